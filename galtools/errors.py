@@ -1,0 +1,55 @@
+"""Errors every galtools command reports the same way.
+
+A library function raises one of these; the CLI layer (galtools.cli.common) turns it into the single line
+``gal-xxx: error: <what> (<hint>)`` on stderr and the exit code below.  The codes follow sysexits(3) so that
+Makefiles and Slurm scripts can tell bad data from a missing file from a missing GPU.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_DATAERR = 65      # NaNs where not allowed, wrong band count, dimension mismatch, stale index
+EXIT_NOINPUT = 66      # an input file is missing or unreadable
+EXIT_UNAVAILABLE = 69  # the requested device (e.g. --device cuda) is not usable
+EXIT_IOERR = 74        # cannot write an output (missing folder, disk full, permission)
+EXIT_TEMPFAIL = 75     # interrupted on purpose (SIGTERM/SIGUSR1): checkpoint written, requeue me
+
+
+class GalError(Exception):
+    """A problem the user can fix: ``what`` names it, ``hint`` says how to fix it."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, what: str, hint: str | None = None):
+        super().__init__(what)
+        self.what = what
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.what if not self.hint else f"{self.what} ({self.hint})"
+        return " ".join(text.split())  # one line, whatever the message held
+
+
+class UsageProblem(GalError):
+    exit_code = EXIT_USAGE
+
+
+class BadData(GalError):
+    exit_code = EXIT_DATAERR
+
+
+class InputMissing(GalError):
+    exit_code = EXIT_NOINPUT
+
+
+class DeviceUnavailable(GalError):
+    exit_code = EXIT_UNAVAILABLE
+
+
+class OutputError(GalError):
+    exit_code = EXIT_IOERR
+
+
+class Requeue(GalError):
+    exit_code = EXIT_TEMPFAIL

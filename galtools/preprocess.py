@@ -1,0 +1,156 @@
+"""Preprocessing shared by training and embedding: arcsinh dynamic-range compression, then per-band normalisation.
+
+    y = (asinh(x / scale_b) - mean_b) / std_b
+
+Galaxy fluxes span several decades between the sky and a bright bulge; asinh is linear for |x| << scale_b (the sky
+noise keeps its Gaussian shape) and logarithmic for x >> scale_b (the bulge no longer dominates the loss).  The
+parameters are fitted once on a sample of raw cutouts, stored with the trained model as JSON
+(``encoder.onnx`` metadata ``galtools.preprocess``) and applied unchanged by ``gal-embed``: the two code paths
+(numpy for ONNX Runtime, torch for training) use the same float32 formula, checked against each other in the tests.
+
+This module imports only numpy, so that the no-torch tools can use it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from galtools.errors import BadData
+
+KIND = "arcsinh-standardise"
+FORMAT_VERSION = 1
+MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian = 1.4826 * median absolute deviation
+DEFAULT_BORDER = 4     # width in pixels of the outer frame used to measure the sky noise
+
+
+def border_pixels(images_nbhw: np.ndarray, border: int = DEFAULT_BORDER) -> np.ndarray:
+    """The outer frame of each cutout, (n, bands, pixels): mostly sky, so its spread measures the noise."""
+    height, width = images_nbhw.shape[-2:]
+    border = max(1, min(border, height // 2, width // 2))
+    top_bottom = np.concatenate([images_nbhw[..., :border, :], images_nbhw[..., height - border:, :]], axis=-2)
+    left_right = np.concatenate([images_nbhw[..., border:height - border, :border],
+                                 images_nbhw[..., border:height - border, width - border:]], axis=-1)
+    n, bands = images_nbhw.shape[:2]
+    return np.concatenate([top_bottom.reshape(n, bands, -1), left_right.reshape(n, bands, -1)], axis=-1)
+
+
+def robust_sigma(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """1.4826 x the median absolute deviation along ``axis``: a noise level that ignores a few bright pixels."""
+    median = np.median(values, axis=axis, keepdims=True)
+    return MAD_TO_SIGMA * np.median(np.abs(values - median), axis=axis)
+
+
+def _fallback_scale(band_pixels: np.ndarray) -> float:
+    """A softening scale for a band without measurable noise (noiseless simulations): 1% of its bright end."""
+    bright = float(np.percentile(np.abs(band_pixels), 99.0)) if band_pixels.size else 0.0
+    return 0.01 * bright if bright > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Fitted parameters of ``y = (asinh(x / scale) - mean) / std``, one value per band."""
+
+    bands: tuple[str, ...]
+    scale: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    # -- fitting --------------------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, sample_nbhw, bands, softening: float = 1.0, border: int = DEFAULT_BORDER) -> "Preprocess":
+        """Fit on a sample of raw cutouts (n, bands, H, W).
+
+        scale_b = softening x the sky noise of band b (robust sigma of the cutouts' outer frames, so that the
+        galaxies do not inflate it); mean_b and std_b are those of asinh(x / scale_b) over all sample pixels.
+        """
+        sample = np.asarray(sample_nbhw, dtype=np.float32)
+        bands = tuple(str(b) for b in bands)
+        _check_images(sample, len(bands), what="sample to fit the preprocessing on")
+        if sample.shape[0] == 0:
+            raise BadData("cannot fit the preprocessing on an empty sample", "give at least one cutout")
+        if not softening > 0:
+            raise BadData(f"softening must be positive, got {softening}")
+        frame = border_pixels(sample, border)
+        sky_sigma = robust_sigma(frame.transpose(1, 0, 2).reshape(len(bands), -1))
+        scale = []
+        for b in range(len(bands)):
+            sigma = float(sky_sigma[b])
+            scale.append(softening * sigma if np.isfinite(sigma) and sigma > 0 else _fallback_scale(sample[:, b]))
+        compressed = np.arcsinh(sample / np.asarray(scale, dtype=np.float32)[None, :, None, None])
+        mean = compressed.mean(axis=(0, 2, 3), dtype=np.float64)
+        std = compressed.std(axis=(0, 2, 3), dtype=np.float64)
+        std = np.where(std > 0, std, 1.0)  # a constant band stays constant instead of dividing by zero
+        return cls(bands, tuple(float(s) for s in scale), tuple(float(m) for m in mean),
+                   tuple(float(s) for s in std))
+
+    # -- storage --------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"kind": KIND, "version": FORMAT_VERSION, "bands": list(self.bands),
+                           "scale": list(self.scale), "mean": list(self.mean), "std": list(self.std)},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Preprocess":
+        try:
+            spec = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise BadData(f"preprocessing parameters are not valid JSON: {exc}",
+                          "re-export the model with gal-train export") from None
+        if not isinstance(spec, dict) or spec.get("kind") != KIND:
+            raise BadData(f"preprocessing parameters are not of kind {KIND!r}",
+                          "re-export the model with gal-train export")
+        if spec.get("version") != FORMAT_VERSION:
+            raise BadData(f"preprocessing format version {spec.get('version')} is not {FORMAT_VERSION}",
+                          "upgrade galtools or re-export the model")
+        try:
+            bands = tuple(str(b) for b in spec["bands"])
+            values = {key: tuple(float(v) for v in spec[key]) for key in ("scale", "mean", "std")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadData(f"preprocessing parameters are incomplete: {exc}", "re-export the model") from None
+        if any(len(v) != len(bands) for v in values.values()):
+            raise BadData("preprocessing parameters do not have one value per band", "re-export the model")
+        if not all(s > 0 and np.isfinite(s) for key in ("scale", "std") for s in values[key]):
+            raise BadData("preprocessing scale and std must be positive and finite", "re-export the model")
+        return cls(bands, values["scale"], values["mean"], values["std"])
+
+    # -- band bookkeeping -----------------------------------------------------------------------------------
+    def band_indices(self, available_bands) -> list[int]:
+        """Where each of this model's bands sits in a table with ``available_bands`` (for band selection)."""
+        available = [str(b) for b in available_bands]
+        missing = [b for b in self.bands if b not in available]
+        if missing:
+            raise BadData(f"the table lacks band(s) {','.join(missing)} that the model needs",
+                          f"the model was trained on bands {','.join(self.bands)}, the table has {','.join(available)}")
+        return [available.index(b) for b in self.bands]
+
+    # -- application ----------------------------------------------------------------------------------------
+    def _columns(self):
+        as_column = lambda values: np.asarray(values, dtype=np.float32)[None, :, None, None]  # noqa: E731
+        return as_column(self.scale), as_column(self.mean), as_column(self.std)
+
+    def apply_numpy(self, x_nbhw) -> np.ndarray:
+        """float32 (n, bands, H, W) -> float32, the formula above (used by gal-embed before ONNX Runtime)."""
+        x = np.asarray(x_nbhw, dtype=np.float32)
+        _check_images(x, len(self.bands), what="images to preprocess")
+        scale, mean, std = self._columns()
+        return ((np.arcsinh(x / scale) - mean) / std).astype(np.float32, copy=False)
+
+    def apply_torch(self, x_nbhw):
+        """The same formula on a torch tensor, on its device (used by gal-train on whole batches)."""
+        import torch  # torch only where torch is used: this module stays importable without it
+
+        _check_images(x_nbhw, len(self.bands), what="images to preprocess")
+        x = x_nbhw.to(torch.float32)
+        scale, mean, std = (torch.from_numpy(c).to(x.device) for c in self._columns())
+        return (torch.asinh(x / scale) - mean) / std
+
+
+def _check_images(images, n_bands: int, what: str) -> None:
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise BadData(f"{what} must have shape (n, bands, H, W), got {shape}")
+    if shape[1] != n_bands:
+        raise BadData(f"{what} have {shape[1]} bands, expected {n_bands}",
+                      "select the bands the model was trained on")
