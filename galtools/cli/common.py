@@ -1,0 +1,276 @@
+"""What every galtools command shares: options, help with an example, errors and exit codes, progress, pipes.
+
+Kept light on imports (click only): ``gal-xxx --help`` must start fast and never import torch, pyarrow or rich.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import click
+
+from galtools import __version__
+from galtools.errors import EXIT_USAGE, GalError
+
+log = logging.getLogger("galtools")
+_state = {"quiet": False, "verbose": 0, "tool": "galtools"}
+
+
+# ----------------------------------------------------------------------------------------------- error handling
+
+def _wants_traceback(args) -> bool:
+    args = sys.argv[1:] if args is None else list(args)
+    return any(a in ("-v", "--verbose", "-vv") for a in args)
+
+
+def _say_error(tool: str, text: str) -> None:
+    try:
+        sys.stderr.write(f"{tool}: error: {text}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``| head``), point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
+    """Run a click command, turning every way it can end into one stderr line and a documented exit code."""
+    _state["tool"] = tool
+    try:
+        code = command.main(args=args, prog_name=tool, standalone_mode=False, **extra)
+        code = code if isinstance(code, int) else 0
+        sys.stdout.flush()
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        _say_error(tool, "aborted")
+        code = 130
+    except click.ClickException as exc:
+        _say_error(tool, f"{' '.join(exc.format_message().split())} (see '{tool} --help')")
+        code = exc.exit_code if exc.exit_code else EXIT_USAGE
+    except GalError as exc:
+        if _wants_traceback(args):
+            import traceback
+
+            traceback.print_exc()
+        _say_error(tool, exc.one_line())
+        code = exc.exit_code
+    except BrokenPipeError:
+        _silence_stdout()
+        code = 0
+    except KeyboardInterrupt:
+        _say_error(tool, "interrupted")
+        code = 130
+    except MemoryError:
+        _say_error(tool, "out of memory (use a smaller --batch-size, or --shard the input)")
+        code = 1
+    except Exception as exc:  # a bug: say so in one line, traceback on -v
+        if _wants_traceback(args):
+            import traceback
+
+            traceback.print_exc()
+        _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                         "(rerun with -v for the traceback, and please report it)")
+        code = 1
+    sys.exit(code)
+
+
+class _GalMixin:
+    tool_name = "galtools"
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        if standalone_mode:
+            run_main(self, self.tool_name, args, **extra)
+        return super().main(args=args, prog_name=prog_name or self.tool_name, standalone_mode=False, **extra)
+
+
+class GalCommand(_GalMixin, click.Command):
+    pass
+
+
+class GalGroup(_GalMixin, click.Group):
+    pass
+
+
+def _configure(quiet: bool, verbose: int) -> None:
+    _state["quiet"], _state["verbose"] = quiet, verbose
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    log.setLevel(level)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{_state['tool']}: %(message)s"))
+        log.addHandler(handler)
+    log.propagate = False
+
+
+def _verbosity_options(func):
+    @click.option("-q", "--quiet", is_flag=True, help="Print errors only: no progress, no summaries.")
+    @click.option("-v", "--verbose", count=True, help="More detail, and tracebacks on errors.")
+    @functools.wraps(func)
+    def wrapper(*args, quiet=False, verbose=0, **kwargs):
+        _configure(quiet, verbose)
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _epilog(example: str) -> str:
+    lines = [line for line in example.strip().splitlines()]
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def galtools_command(tool: str, example: str, **settings):
+    """Make a click command for ``tool`` with -q/-v/--version, an example in its help, and galtools error handling."""
+    def decorator(func):
+        func = _verbosity_options(func)
+        func = click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")(func)
+        command = click.command(tool, cls=GalCommand, epilog=_epilog(example),
+                                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+                                **settings)(func)
+        command.tool_name = tool
+        return command
+
+    return decorator
+
+
+def galtools_group(tool: str, example: str, **settings):
+    """Like galtools_command for a tool with sub-commands (``gal-knn index``, ``gal-photoz fit``)."""
+    def decorator(func):
+        func = _verbosity_options(func)
+        func = click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")(func)
+        group = click.group(tool, cls=GalGroup, epilog=_epilog(example),
+                            context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+                            **settings)(func)
+        group.tool_name = tool
+        return group
+
+    return decorator
+
+
+def subcommand(group: click.Group, name: str, example: str, **settings):
+    """A sub-command with an example in its help and its own -q/-v."""
+    def decorator(func):
+        func = _verbosity_options(func)
+        return group.command(name, epilog=_epilog(example),
+                             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+                             **settings)(func)
+
+    return decorator
+
+
+# ------------------------------------------------------------------------------------------------------- options
+
+def input_argument(name: str = "input", required: bool = True, nargs: int = 1):
+    """A table input: a path, '-' for stdin, a folder or a quoted glob of parts. Passed unchanged to open_table
+    (so CFITSIO extended names like 'file.fits[CATALOG]' keep working)."""
+    return click.argument(name, metavar=name.upper(), required=required, nargs=nargs)
+
+
+def output_options(default: str = "-"):
+    def decorator(func):
+        func = click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")(func)
+        func = click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]),
+                            default=None, help="Output format (default: from the extension; Arrow stream on stdout).")(func)
+        func = click.option("-o", "--output", default=default, show_default=True, metavar="OUTPUT",
+                            help="Output table (.fits, .parquet, .arrow) or '-' for an Arrow stream on stdout.")(func)
+        return func
+
+    return decorator
+
+
+def shard_option(func):
+    return click.option("--shard", default=None, metavar="I/N",
+                        help="Process the I-th of N contiguous slices (from 0). Default: the Slurm array task, "
+                             "if any. '{shard}' in -o is replaced by the part number.")(func)
+
+
+def resolve_shard(text: str | None):
+    """The shard to process: --shard, else the Slurm array task, else None (everything)."""
+    from galtools.io.shard import Shard
+
+    return Shard.parse(text) if text else Shard.from_slurm()
+
+
+def device_option(func):
+    return click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+                        help="Where to compute; 'cuda' without a usable GPU exits 69.")(func)
+
+
+def seed_option(func):
+    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed (outputs are deterministic for a seed).")(func)
+
+
+# ------------------------------------------------------------------------------------------------------ progress
+
+def progress_enabled() -> bool:
+    return not _state["quiet"] and sys.stderr.isatty()
+
+
+class _NoProgress:
+    def __init__(self, *a, **k):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, amount: int = 1) -> None:
+        pass
+
+
+class _RichProgress:
+    def __init__(self, total, description):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                                  transient=False)
+        self._total, self._description = total, description
+
+    def __enter__(self):
+        self._progress.__enter__()
+        self._task = self._progress.add_task(self._description, total=self._total)
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def advance(self, amount: int = 1) -> None:
+        self._progress.advance(self._task, amount)
+
+
+def progress_bar(total: int | None, description: str):
+    """``with progress_bar(n, "embedding") as bar: bar.advance(k)``: rich on a terminal's stderr, else nothing."""
+    return _RichProgress(total, description) if progress_enabled() else _NoProgress()
+
+
+def progress(iterable, total: int | None = None, description: str = "working"):
+    """Wrap an iterable with a progress bar (stderr, terminal only)."""
+    if not progress_enabled():
+        yield from iterable
+        return
+    with _RichProgress(total, description) as bar:
+        for item in iterable:
+            yield item
+            bar.advance(1)
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def is_verbose() -> bool:
+    return _state["verbose"] > 0

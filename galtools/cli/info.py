@@ -1,0 +1,36 @@
+"""gal-info: what a galtools table holds."""
+from __future__ import annotations
+
+import click
+
+from galtools.cli.common import galtools_command, input_argument
+
+
+@galtools_command("gal-info", example="gal-info cutouts.fits\ngal-sim -n 100 | gal-info -\ngal-info --json emb.parquet | jq .rows")
+@input_argument()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, for scripts.")
+@click.option("--pixels", is_flag=True, help="Also scan every image: per-band min/median/max and non-finite pixels "
+                                              "(exit 65 if any pixel is NaN or infinite).")
+def cli(input, as_json, pixels):
+    """Summarise a table: rows, columns with types, image shape and bands, metadata and history.
+
+    INPUT is a FITS, Parquet or Arrow file, '-' for stdin, a folder or a quoted glob of parts.
+    """
+    from galtools.errors import BadData
+    from galtools.info import render_json, render_text, summarize
+    from galtools.io import open_table
+
+    with open_table(input) as table:
+        info = summarize(table, "stdin" if input == "-" else input, pixels=pixels)
+    click.echo(render_json(info) if as_json else render_text(info))
+    if pixels and info.get("pixels", {}).get("nonfinite_pixels"):
+        pix = info["pixels"]
+        raise BadData(f"{pix['images_with_nonfinite']} images hold {pix['nonfinite_pixels']} NaN or infinite pixels "
+                      f"(first: object_id {pix['first_nonfinite_object_id']})",
+                      "fill them, e.g. gal-pack IN --fill-nan 0 -o OUT")
+
+
+main = cli
+
+if __name__ == "__main__":
+    main()

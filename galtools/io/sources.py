@@ -1,0 +1,123 @@
+"""Where a table comes from: a path, stdin (``-``), a folder or a glob of parts; and what format its bytes are."""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import shutil
+import sys
+import tempfile
+
+from galtools.errors import BadData, InputMissing
+
+FITS, PARQUET, ARROW_FILE, ARROW_STREAM = "fits", "parquet", "arrow-file", "arrow-stream"
+TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".parquet", ".pq", ".arrow", ".feather", ".arrows")
+_GLOB_CHARS = set("*?[")
+
+
+def sniff(head: bytes, name: str) -> str:
+    """The table format from the first bytes of a file."""
+    if not head:
+        raise BadData(f"{name}: the input is empty", "check that the command writing it succeeded")
+    if head.startswith(b"SIMPLE  =") or head.startswith(b"\x1f\x8b"):
+        return FITS
+    if head.startswith(b"PAR1"):
+        return PARQUET
+    if head.startswith(b"ARROW1"):
+        return ARROW_FILE
+    if head.startswith(b"\xff\xff\xff\xff"):
+        return ARROW_STREAM
+    shown = head[:12].decode("latin-1").encode("unicode_escape").decode()
+    raise BadData(f"{name}: not a FITS, Parquet or Arrow table (it starts with '{shown}')",
+                  "give a file written by galtools, or make one with gal-pack")
+
+
+def sniff_path(path: str) -> str:
+    with open(path, "rb") as handle:
+        return sniff(handle.read(16), path)
+
+
+def expand_parts(source: str) -> list[str]:
+    """The files a source names: itself, the table files in a folder, or the matches of a glob, in sorted order."""
+    if os.path.isdir(source):
+        parts = sorted(os.path.join(source, name) for name in os.listdir(source)
+                       if name.lower().endswith(TABLE_SUFFIXES) and not name.startswith("."))
+        if not parts:
+            raise InputMissing(f"{source}: folder holds no table files", f"expected files ending {', '.join(TABLE_SUFFIXES[:6])}")
+        return parts
+    if _GLOB_CHARS & set(source) and not os.path.exists(source):
+        parts = sorted(glob.glob(source))
+        if not parts:
+            raise InputMissing(f"{source}: no file matches", "check the pattern (quote it so the shell passes it unchanged)")
+        return parts
+    # A CFITSIO extended name (file.fits[CATALOG][col > 3]) names a file that exists without its brackets.
+    base = source.split("[", 1)[0]
+    if not os.path.exists(base):
+        raise InputMissing(f"{source}: no such file", "check the path")
+    if os.path.isfile(base) and not os.access(base, os.R_OK):
+        raise InputMissing(f"{source}: permission denied", "check the file's permissions")
+    return [source]
+
+
+class _PrefixedStdin(io.RawIOBase):
+    """stdin with the bytes already read for sniffing put back in front."""
+
+    def __init__(self, prefix: bytes, raw):
+        self._prefix = prefix
+        self._raw = raw
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self._prefix:
+            count = min(len(buffer), len(self._prefix))
+            buffer[:count] = self._prefix[:count]
+            self._prefix = self._prefix[count:]
+            return count
+        data = self._raw.read1(len(buffer)) if hasattr(self._raw, "read1") else self._raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def open_stdin() -> tuple[str, object]:
+    """Sniff stdin. Returns (format, stream) for an Arrow stream, else (format, path of a spooled temporary copy).
+
+    Parquet and FITS need random access, so they are copied to a temporary file first (silently, as DESIGN.md asks).
+    """
+    raw = sys.stdin.buffer
+    head = b""
+    while len(head) < 16:
+        chunk = raw.read1(16 - len(head)) if hasattr(raw, "read1") else raw.read(16 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    fmt = sniff(head, "stdin")
+    stream = io.BufferedReader(_PrefixedStdin(head, raw), buffer_size=1 << 20)
+    if fmt == ARROW_STREAM:
+        return fmt, stream
+    return fmt, spool_to_file(stream, ".fits" if fmt == FITS else ".parquet" if fmt == PARQUET else ".arrow")
+
+
+def spool_to_file(stream, suffix: str) -> str:
+    handle = tempfile.NamedTemporaryFile(prefix="galtools-stdin-", suffix=suffix, delete=False)
+    with handle:
+        shutil.copyfileobj(stream, handle, length=1 << 22)
+    _SPOOLED.append(handle.name)
+    return handle.name
+
+
+_SPOOLED: list[str] = []
+
+
+def remove_spooled() -> None:
+    while _SPOOLED:
+        try:
+            os.unlink(_SPOOLED.pop())
+        except OSError:
+            pass
+
+
+import atexit  # noqa: E402  (registered once the helpers above exist)
+
+atexit.register(remove_spooled)

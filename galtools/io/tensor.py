@@ -1,0 +1,73 @@
+"""Conversions between numpy arrays and the Arrow columns that hold images and embeddings.
+
+Images are Arrow's canonical ``fixed_shape_tensor`` extension type (float32, shape (bands, H, W)); embeddings are
+``fixed_size_list<float32>[D]``.  Both convert without copying where Arrow's memory layout allows it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from galtools.errors import BadData
+
+IMAGE = "image"
+EMBEDDING = "embedding"
+
+
+def _single_chunk(column):
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def is_tensor_type(arrow_type) -> bool:
+    return isinstance(arrow_type, pa.FixedShapeTensorType)
+
+
+def tensor_column(images: np.ndarray) -> pa.ExtensionArray:
+    """A fixed_shape_tensor column from an (n, bands, H, W) array (cast to contiguous float32)."""
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (n, bands, H, W), got shape {images.shape}")
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(images)
+
+
+def images_of(data, column: str = IMAGE) -> np.ndarray:
+    """The (n, bands, H, W) float32 images of a RecordBatch or Table."""
+    if column not in data.schema.names:
+        raise BadData(f"the table has no '{column}' column (columns: {', '.join(data.schema.names)})",
+                      "give a cutout table, e.g. one made by gal-pack or gal-sim")
+    col = _single_chunk(data.column(column))
+    if not is_tensor_type(col.type):
+        raise BadData(f"column '{column}' is {col.type}, not an image tensor",
+                      "give a cutout table made by gal-pack or gal-sim")
+    shape = tuple(col.type.shape)
+    if len(col) == 0:
+        return np.zeros((0, *shape), np.float32)
+    return col.to_numpy_ndarray().astype(np.float32, copy=False)
+
+
+def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """A fixed_size_list<float32|float16>[D] column from an (n, D) array."""
+    vectors = np.ascontiguousarray(vectors)
+    if vectors.dtype not in (np.float32, np.float16):
+        vectors = vectors.astype(np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be (n, D), got shape {vectors.shape}")
+    flat = pa.array(vectors.reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+def vectors_of(data, column: str = EMBEDDING) -> np.ndarray:
+    """The (n, D) float32 vectors of a fixed_size_list column of a RecordBatch or Table."""
+    if column not in data.schema.names:
+        raise BadData(f"the table has no '{column}' column (columns: {', '.join(data.schema.names)})",
+                      "give an embedding table made by gal-embed")
+    col = _single_chunk(data.column(column))
+    if not pa.types.is_fixed_size_list(col.type):
+        raise BadData(f"column '{column}' is {col.type}, not a fixed-size vector",
+                      "give an embedding table made by gal-embed")
+    width = col.type.list_size
+    values = col.flatten() if col.offset or col.null_count else col.values
+    out = values.to_numpy(zero_copy_only=False).reshape(len(col), width)
+    return out.astype(np.float32, copy=False)

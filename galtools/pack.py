@@ -1,0 +1,361 @@
+"""gal-pack's library: turn per-object stamps (FITS, PNG, JPEG) and a catalogue into a cutout table, or convert,
+crop, resize and select the bands of an existing cutout table, in batches."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from galtools.errors import BadData, InputMissing, UsageProblem
+from galtools.io import meta, sources
+from galtools.io.tensor import IMAGE, images_of, tensor_column
+
+STAMP_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fts", ".png", ".jpg", ".jpeg")
+ID_CANDIDATES = ("object_id", "objid", "id")
+RGB_BANDS, GRAY_BANDS = ["red", "green", "blue"], ["gray"]
+
+
+# ------------------------------------------------------------------------------------------------- one stamp
+
+def read_stamp(path: str) -> tuple[np.ndarray, bool]:
+    """One stamp as float32 (bands, H, W) and whether it came from 8/16-bit integers (scaled to [0, 1])."""
+    lower = path.lower()
+    if lower.endswith((".png", ".jpg", ".jpeg")):
+        return _read_picture(path), True
+    return _read_fits_stamp(path), False
+
+
+def _read_picture(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            if picture.mode in ("RGBA", "P", "LA", "CMYK", "YCbCr"):
+                picture = picture.convert("RGB" if picture.mode != "LA" else "L")
+            array = np.asarray(picture)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise BadData(f"{path}: unreadable image ({' '.join(str(exc).split())[:80]})") from None
+    scale = 65535.0 if array.dtype == np.uint16 or array.max(initial=0) > 255 else 255.0
+    array = array.astype(np.float32) / np.float32(scale)
+    return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+
+
+def _read_fits_stamp(path: str) -> np.ndarray:
+    import fitsio
+
+    try:
+        with fitsio.FITS(path) as fits:
+            for hdu in fits:
+                if hdu.get_exttype() == "IMAGE_HDU" and hdu.get_dims():
+                    data = np.asarray(hdu.read(), dtype=np.float32)
+                    break
+            else:
+                raise BadData(f"{path}: FITS stamp holds no image")
+    except (OSError, ValueError) as exc:
+        raise BadData(f"{path}: unreadable FITS stamp ({' '.join(str(exc).split())[:80]})") from None
+    if data.ndim == 2:
+        return data[None]
+    if data.ndim == 3:
+        return data
+    raise BadData(f"{path}: FITS stamp has {data.ndim} dimensions", "expected (H, W) or (bands, H, W)")
+
+
+# ------------------------------------------------------------------------------------------ crop and resample
+
+def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop of (..., H, W) to (..., size, size); the extra pixel of an odd margin goes to the far side."""
+    height, width = images.shape[-2:]
+    if height < size or width < size:
+        raise BadData(f"cannot crop {height}x{width} images to {size}", f"use --crop {min(height, width)} or less")
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[..., top:top + size, left:left + size]
+
+
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of the fraction of each input pixel inside each output pixel, rows summing to 1."""
+    scale = n_in / n_out
+    lo = np.arange(n_out)[:, None] * scale
+    hi = lo + scale
+    pixel = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, pixel + 1) - np.maximum(lo, pixel), 0, None)
+    return (overlap / scale).astype(np.float64)
+
+
+def area_resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Area-averaging resample of (n, bands, H, W) to (n, bands, size, size): the mean surface brightness of each
+    output pixel's footprint, so a flat image stays flat and total flux scales with pixel area."""
+    height, width = images.shape[-2:]
+    if (height, width) == (size, size):
+        return images
+    rows, cols = area_weights(height, size), area_weights(width, size)
+    out = np.einsum("oh,nbhw,pw->nbop", rows, images.astype(np.float64), cols, optimize=True)
+    return out.astype(np.float32)
+
+
+# -------------------------------------------------------------------------------------------------- the plan
+
+@dataclass
+class PackOptions:
+    crop: int | None = None
+    resize: int | None = None
+    bands: list[str] | None = None
+    skip_bad: bool = False
+    fill_nan: float | None = None
+    jobs: int = 4
+    pixscale: float | None = None
+    batch_rows: int = 256
+
+
+@dataclass
+class PackReport:
+    written: int = 0
+    skipped: list[tuple[object, str]] = field(default_factory=list)
+
+
+def reshape_images(images: np.ndarray, options: PackOptions) -> np.ndarray:
+    """Centre crop, then area-resample, a batch of (n, bands, H, W) images as the options ask."""
+    if options.crop:
+        images = centre_crop(images, options.crop)
+    if options.resize:
+        images = area_resize(images, options.resize)
+    return images
+
+
+def handle_nonfinite(images: np.ndarray, options: PackOptions, ids, report: PackReport):
+    """Fill, skip or refuse images with NaN/inf pixels; returns (images, keep mask)."""
+    keep = np.ones(len(images), bool)
+    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if bad.any():
+        if options.fill_nan is not None:
+            images = np.where(np.isfinite(images), images, np.float32(options.fill_nan))
+        elif options.skip_bad:
+            for i in np.flatnonzero(bad):
+                report.skipped.append((ids[i], "NaN or infinite pixels"))
+            keep &= ~bad
+        else:
+            first = ids[int(np.argmax(bad))]
+            raise BadData(f"{int(bad.sum())} images hold NaN or infinite pixels (first: object_id {first})",
+                          "pass --fill-nan 0 to replace them, or --skip-bad to leave those objects out")
+    return np.ascontiguousarray(images, dtype=np.float32), keep
+
+
+def read_catalogue(path: str) -> pa.Table:
+    """A catalogue as an Arrow table: CSV/TSV by text, or any galtools table (FITS, Parquet, Arrow)."""
+    head = open(path, "rb").read(16) if os.path.isfile(path) else b""
+    try:
+        sources.sniff(head, path)
+        is_table = True
+    except BadData:
+        is_table = False
+    if is_table:
+        from galtools.io import open_table
+
+        with open_table(path) as table:
+            return table.read_all()
+    import pyarrow.csv as pacsv
+
+    delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    try:
+        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    except pa.ArrowInvalid as exc:
+        raise BadData(f"{path}: not a readable CSV catalogue ({' '.join(str(exc).split())[:100]})",
+                      "give a CSV with a header row, or a FITS/Parquet table") from None
+
+
+def id_column_of(catalogue: pa.Table, requested: str | None) -> str | None:
+    if requested:
+        if requested not in catalogue.column_names:
+            raise BadData(f"catalogue has no id column '{requested}' (columns: {', '.join(catalogue.column_names)})",
+                          "name one with --id-column")
+        return requested
+    lower = {name.lower(): name for name in catalogue.column_names}
+    return next((lower[c] for c in ID_CANDIDATES if c in lower), None)
+
+
+@dataclass
+class StampJob:
+    object_id: object
+    paths: list[str]   # one path, or one per band for a '{band}' pattern
+
+
+def stamp_jobs(catalogue: pa.Table, folder: str, file_column: str, ids, band_names) -> list[StampJob]:
+    if file_column not in catalogue.column_names:
+        raise BadData(f"catalogue has no file column '{file_column}' (columns: {', '.join(catalogue.column_names)})",
+                      "name it with --file-column")
+    jobs = []
+    for object_id, name in zip(ids, catalogue.column(file_column).to_pylist()):
+        name = "" if name is None else str(name)
+        if "{band}" in name:
+            if not band_names:
+                raise UsageProblem("the file column holds a '{band}' pattern but no band names were given",
+                                   "pass --bands u,g,r,i,z")
+            paths = [os.path.join(folder, name.replace("{band}", band)) for band in band_names]
+        else:
+            paths = [os.path.join(folder, name)]
+        jobs.append(StampJob(object_id, paths))
+    return jobs
+
+
+def load_job(job: StampJob):
+    """(images (bands, H, W), from_8bit) or an error string."""
+    try:
+        planes = [read_stamp(path) for path in job.paths]
+    except BadData as exc:
+        return exc.one_line()
+    if len(planes) == 1:
+        return planes[0]
+    if any(p[0].shape[0] != 1 for p in planes):
+        return f"{job.paths[0]}: a per-band file holds more than one plane"
+    shapes = {p[0].shape for p in planes}
+    if len(shapes) > 1:
+        return f"{job.paths[0]}: per-band files differ in size {sorted(shapes)}"
+    return np.concatenate([p[0] for p in planes]), planes[0][1]
+
+
+class StampPacker:
+    """Loads stamps in parallel threads (decoders release the GIL) and yields finished record batches."""
+
+    def __init__(self, jobs: list[StampJob], extra: pa.Table | None, options: PackOptions, report: PackReport):
+        self.jobs, self.extra, self.options, self.report = jobs, extra, options, report
+        self.shape = None         # (bands, H, W) after crop/resize, fixed by the first good stamp
+        self.raw_bands = None     # band count of the first good stamp
+        self.from_8bit = None
+        self.first_path = None
+
+    def check_missing(self) -> None:
+        missing = [(job.object_id, path) for job in self.jobs for path in job.paths if not os.path.exists(path)]
+        if not missing:
+            return
+        if not self.options.skip_bad:
+            listed = ", ".join(p for _, p in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            raise InputMissing(f"{len(missing)} stamp files are missing: {listed}",
+                               "fix the paths (relative to the catalogue's folder) or pass --skip-bad")
+        gone = {object_id for object_id, _ in missing}
+        self.report.skipped.extend((object_id, "missing file") for object_id in sorted(gone, key=str))
+        keep = [i for i, job in enumerate(self.jobs) if job.object_id not in gone]
+        self.jobs = [self.jobs[i] for i in keep]
+        if self.extra is not None:
+            self.extra = self.extra.take(pa.array(keep, pa.int64()))
+
+    def _accept(self, job: StampJob, loaded) -> np.ndarray | None:
+        if isinstance(loaded, str):
+            return self._reject(job, loaded)
+        image, from_8bit = loaded
+        if self.raw_bands is None:
+            self.raw_bands, self.from_8bit, self.first_path = image.shape[0], from_8bit, job.paths[0]
+        if image.shape[0] != self.raw_bands:
+            return self._reject(job, f"{job.paths[0]} has {image.shape[0]} bands, but {self.first_path} has {self.raw_bands}")
+        finished = reshape_images(image[None], self.options)
+        if self.shape is None:
+            self.shape = finished.shape[1:]
+        if finished.shape[1:] != self.shape:
+            return self._reject(job, f"{job.paths[0]} is {image.shape[1]}x{image.shape[2]} pixels, unlike "
+                                     f"{self.first_path}; bring stamps to one size with --crop N and/or --resize N")
+        return finished[0]
+
+    def _reject(self, job: StampJob, reason: str):
+        if not self.options.skip_bad:
+            raise BadData(reason, "fix the stamp, or pass --skip-bad to leave such objects out")
+        self.report.skipped.append((job.object_id, reason))
+        return None
+
+    def batches(self, advance=lambda n: None):
+        size = self.options.batch_rows
+        with ThreadPoolExecutor(max(1, self.options.jobs)) as pool:
+            for lo in range(0, len(self.jobs), size):
+                chunk = self.jobs[lo:lo + size]
+                loaded = list(pool.map(load_job, chunk))
+                kept_rows, images = [], []
+                for offset, (job, item) in enumerate(zip(chunk, loaded)):
+                    image = self._accept(job, item)
+                    if image is not None:
+                        kept_rows.append(lo + offset)
+                        images.append(image)
+                advance(len(chunk))
+                if not images:
+                    continue
+                ids = [self.jobs[i].object_id for i in kept_rows]
+                pixels, keep = handle_nonfinite(np.stack(images), self.options, ids, self.report)
+                if keep.any():
+                    yield self._batch([r for r, k in zip(kept_rows, keep) if k], pixels[keep])
+
+    def _batch(self, rows: list[int], pixels: np.ndarray) -> pa.RecordBatch:
+        columns = {"object_id": pa.array([self.jobs[i].object_id for i in rows])}
+        if self.extra is not None:
+            taken = self.extra.take(pa.array(rows, pa.int64()))
+            for name in taken.column_names:
+                columns[name] = taken.column(name).combine_chunks()
+        columns[IMAGE] = tensor_column(pixels)
+        self.report.written += len(rows)
+        return pa.RecordBatch.from_pydict(columns)
+
+
+def band_names_for(count: int, requested: list[str] | None, from_8bit: bool) -> list[str]:
+    if requested:
+        if len(requested) != count:
+            raise BadData(f"--bands names {len(requested)} bands but the stamps have {count}",
+                          f"give {count} names, e.g. --bands {','.join('gri'[:count] if count <= 3 else 'ugriz'[:count])}")
+        return requested
+    if from_8bit and count == 3:
+        return list(RGB_BANDS)
+    if from_8bit and count == 1:
+        return list(GRAY_BANDS)
+    return [f"b{i}" for i in range(count)]
+
+
+def select_bands(images: np.ndarray, have: list[str] | None, want: list[str] | None) -> np.ndarray:
+    if not want:
+        return images
+    if not have:
+        raise BadData("the input's bands are not named, so --bands cannot select among them",
+                      "name them when packing (gal-pack --bands)")
+    missing = [b for b in want if b not in have]
+    if missing:
+        raise BadData(f"band {missing[0]} is not in the input (bands: {','.join(have)})", "choose from those bands")
+    return images[:, [have.index(b) for b in want]]
+
+
+def convert_batches(table, options: PackOptions, report: PackReport):
+    """Crop/resize/select bands of an existing cutout table, batch by batch."""
+    for batch in table.iter_batches(batch_size=options.batch_rows):
+        images = select_bands(images_of(batch), table.bands, options.bands)
+        ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else list(range(batch.num_rows))
+        images, keep = handle_nonfinite(reshape_images(images, options), options, ids, report)
+        batch = batch.drop_columns([IMAGE])
+        if not keep.all():
+            batch = batch.filter(pa.array(keep))
+            images = images[keep]
+        report.written += len(images)
+        yield batch.append_column(IMAGE, tensor_column(images))
+
+
+def stamps_in_folder(folder: str) -> list[str]:
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(STAMP_SUFFIXES) and not n.startswith("."))
+    if not names:
+        raise InputMissing(f"{folder}: holds no FITS, PNG or JPEG stamps", f"expected files ending {', '.join(STAMP_SUFFIXES)}")
+    return names
+
+
+def ids_from_names(names: list[str]) -> list:
+    stems = []
+    for name in names:
+        stem = name
+        for suffix in sorted(STAMP_SUFFIXES, key=len, reverse=True):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        stems.append(stem)
+    if all(s.lstrip("-").isdigit() for s in stems):
+        return [int(s) for s in stems]
+    return stems
+
+
+def stamp_metadata(bands: list[str], from_8bit: bool, pixscale: float | None) -> dict[str, str]:
+    out = {meta.BANDS: ",".join(bands), meta.FLUX_UNIT: "8-bit scaled to [0,1]" if from_8bit else "as in the stamps"}
+    if pixscale:
+        out[meta.PIXSCALE] = repr(float(pixscale))
+    return out
