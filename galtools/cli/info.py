@@ -21,6 +21,8 @@ def cli(input, as_json, pixels):
     from galtools.io import open_table
 
     with open_table(input) as table:
+        if pixels:
+            table.require_images()
         info = summarize(table, "stdin" if input == "-" else input, pixels=pixels)
     click.echo(render_json(info) if as_json else render_text(info))
     if pixels and info.get("pixels", {}).get("nonfinite_pixels"):

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from galtools.cli.common import galtools_command, log, output_options, progress_bar
+from galtools.cli.common import galtools_command, log, output_options, progress_bar, resolve_shard, shard_option
 
 EXAMPLE = """gal-pack labels.csv --crop 212 --resize 64 --bands i,r,g -o gz.fits
 gal-pack stamps/ --resize 64 -o cutouts.parquet
@@ -32,7 +32,9 @@ def _band_list(text: str | None):
               "(they are listed on stderr) instead of stopping.")
 @click.option("--fill-nan", type=float, default=None, help="Replace NaN/inf pixels by this value instead of refusing them.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=4, show_default=True, help="Threads decoding stamps.")
-def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, bands, pixscale, skip_bad, fill_nan, jobs):
+@shard_option
+def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, bands, pixscale, skip_bad, fill_nan, jobs,
+        shard):
     """Pack stamps into a cutout table, or convert one.
 
     SOURCE is a catalogue (CSV, FITS or Parquet) with a file column, a folder of FITS/PNG/JPEG stamps (object_id
@@ -45,11 +47,14 @@ def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, ba
     options = PackOptions(crop=crop, resize=resize, bands=_band_list(bands), skip_bad=skip_bad,
                           fill_nan=fill_nan, jobs=jobs, pixscale=pixscale)
     report = PackReport()
+    shard = resolve_shard(shard)
+    if shard is not None:
+        output = shard.format_path(output)
     with open_output(output, overwrite=overwrite, fmt=fmt, tool="gal-pack") as out:
         if _is_cutout_table(source):
-            _convert(source, out, options, report)
+            _convert(source, out, options, report, shard)
         else:
-            _pack_stamps(source, out, options, report, file_column, id_column)
+            _pack_stamps(source, out, options, report, file_column, id_column, shard)
     for object_id, reason in report.skipped:
         log.warning(f"skipped object {object_id}: {reason}")
     log.info(f"wrote {report.written} cutouts to {'stdout' if output == '-' else output}"
@@ -74,11 +79,11 @@ def _is_cutout_table(source: str) -> bool:
         return table.image_shape is not None
 
 
-def _convert(source, out, options, report):
+def _convert(source, out, options, report, shard):
     from galtools.io import BANDS, open_table
     from galtools.pack import convert_batches
 
-    with open_table(source) as table:
+    with open_table(source, shard=shard) as table:
         table.require_images()
         out.metadata.update({k: v for k, v in table.metadata.items() if k != "galtools.history"})
         out.metadata["galtools.history"] = _merged_history(table.metadata, out.metadata)
@@ -101,7 +106,7 @@ def _merged_history(source_metadata: dict, out_metadata: dict) -> str:
     return json.dumps(history_of(source_metadata) + history_of(out_metadata)[-1:], separators=(",", ":"))
 
 
-def _pack_stamps(source, out, options, report, file_column, id_column):
+def _pack_stamps(source, out, options, report, file_column, id_column, shard):
     from galtools.errors import InputMissing
     from galtools.pack import (StampJob, StampPacker, band_names_for, id_column_of, ids_from_names,
                                read_catalogue, stamp_jobs, stamp_metadata, stamps_in_folder)
@@ -123,6 +128,9 @@ def _pack_stamps(source, out, options, report, file_column, id_column):
     else:
         raise InputMissing(f"{source}: no such file or folder", "check the path")
 
+    if shard is not None:
+        lo, hi = shard.bounds(len(jobs))
+        jobs, extra = jobs[lo:hi], extra.slice(lo, hi - lo)
     packer = StampPacker(jobs, extra, options, report)
     packer.check_missing()
     band_planes = None if any(len(j.paths) > 1 for j in jobs) else options.bands

@@ -1,0 +1,214 @@
+"""Shared CLI behaviour, gal-info and gal-pack, run as a user would: real processes, pipes and files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import SHARED_GZ1, make_cutouts, run_tool, shell, write_table
+from galtools.io import images_of, open_table, tensor_column
+
+
+def assert_clean_error(result, code: int, *words: str):
+    """One line on stderr naming the problem, the documented exit code, no traceback."""
+    err = result.stderr.decode()
+    assert result.returncode == code, (result.returncode, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and ": error: " in lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_pack_then_info_through_a_real_pipe(tmp_path, cutouts):
+    path, table = cutouts
+    result = shell(f"gal-pack {path} --crop 8 -o - | gal-info --json -")
+    assert result.returncode == 0, result.stderr.decode()
+    info = json.loads(result.stdout)
+    assert info["rows"] == table.num_rows and info["image"]["shape"] == [3, 8, 8]
+    assert info["image"]["bands"] == ["g", "r", "i"]
+    assert [h["tool"] for h in info["history"]] == ["test", "gal-pack"]
+
+
+def test_info_text_names_rows_columns_bands(cutouts):
+    path, table = cutouts
+    out = run_tool("gal-info", path, check=True).stdout.decode()
+    assert out.splitlines()[0] == f"{path}: 20 rows, 5 columns (fits)"
+    assert "images: 3 x 16 x 16 (bands g,r,i" in out
+    assert "  label      string" in out
+
+
+def test_info_into_head_exits_quietly(tmp_path):
+    wide = pa.table({f"column_{i:05d}": pa.array([1.0]) for i in range(6000)})   # summary larger than a pipe buffer
+    path = str(tmp_path / "wide.parquet")
+    write_table(wide, path)
+    result = shell(f"gal-info {path} | head -1")
+    assert result.returncode == 0 and result.stderr == b"", result.stderr.decode()
+    assert result.stdout.decode().startswith(f"{path}: 1 rows, 6000 columns")
+
+
+def test_help_has_an_example_and_imports_neither_torch_nor_data_libraries():
+    for tool in ("info", "pack"):
+        code = (f"import sys; from galtools.cli.{tool} import main\n"
+                "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+                "print(sorted(m for m in ('torch', 'pyarrow', 'numpy', 'onnxruntime', 'rich') if m in sys.modules))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+        out = result.stdout.decode()
+        assert "Example:" in out and f"gal-{tool} " in out.split("Example:")[1]
+        assert out.strip().splitlines()[-1] == "[]", out
+
+
+def test_version_flag():
+    assert run_tool("gal-info", "--version", check=True).stdout.decode().strip().startswith("gal-info 0.")
+
+
+@pytest.mark.parametrize("content,code,word", [
+    (b"", 65, "empty"),
+    (b"objid,file\n1,a.png\n", 65, "not a FITS, Parquet or Arrow"),
+])
+def test_info_rejects_empty_and_text_files(tmp_path, content, code, word):
+    path = tmp_path / "bad.fits"
+    path.write_bytes(content)
+    assert_clean_error(run_tool("gal-info", path), code, word)
+
+
+def test_truncated_fits_is_bad_data_and_nothing_is_written(tmp_path, cutouts):
+    path, _ = cutouts
+    data = open(path, "rb").read()
+    truncated = tmp_path / "cut.fits"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert_clean_error(run_tool("gal-info", truncated), 65, "truncated")
+    assert_clean_error(run_tool("gal-pack", truncated, "-o", tmp_path / "out.parquet"), 65, "truncated")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_parquet_without_image_is_refused_where_images_are_needed(tmp_path):
+    path = write_table(pa.table({"object_id": [1, 2], "z": [0.1, 0.2]}), str(tmp_path / "plain.parquet"))
+    assert_clean_error(run_tool("gal-info", "--pixels", path), 65, "no 'image' column")
+    assert_clean_error(run_tool("gal-pack", path, "-o", tmp_path / "o.fits"), 65, "no file column")
+    assert not (tmp_path / "o.fits").exists()
+
+
+def test_cube_with_nans_is_refused_filled_or_skipped(tmp_path):
+    table = make_cutouts(n=6)
+    images = images_of(table).copy()
+    images[2, 1, 3, 3] = np.nan
+    table = table.set_column(table.schema.get_field_index("image"), "image", tensor_column(images))
+    path = write_table(table, str(tmp_path / "nan.fits"))
+    assert_clean_error(run_tool("gal-info", "--pixels", path), 65, "NaN", "1002")
+    assert_clean_error(run_tool("gal-pack", path, "-o", tmp_path / "o.fits"), 65, "NaN", "--fill-nan")
+    assert not (tmp_path / "o.fits").exists()
+    run_tool("gal-pack", path, "--fill-nan", "0", "-o", tmp_path / "filled.fits", check=True)
+    with open_table(str(tmp_path / "filled.fits")) as filled:
+        assert images_of(filled.read_all())[2, 1, 3, 3] == 0
+    run_tool("gal-pack", path, "--skip-bad", "-o", tmp_path / "skipped.fits", check=True)
+    with open_table(str(tmp_path / "skipped.fits")) as skipped:
+        assert skipped.read_all().column("object_id").to_pylist() == [1000, 1001, 1003, 1004, 1005]
+
+
+def _png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def test_mismatched_band_counts_across_stamps(tmp_path):
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    rng = np.random.default_rng(0)
+    _png(stamps / "1.png", rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    _png(stamps / "2.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
+    assert_clean_error(run_tool("gal-pack", stamps, "-o", tmp_path / "o.fits"), 65, "2.png has 1 bands", "--skip-bad")
+    assert not (tmp_path / "o.fits").exists()
+    run_tool("gal-pack", stamps, "--skip-bad", "-o", tmp_path / "o.fits", check=True)
+    with open_table(str(tmp_path / "o.fits")) as table:
+        assert table.read_all().column("object_id").to_pylist() == [1]
+
+
+def test_output_in_missing_folder_and_existing_output(tmp_path, cutouts):
+    path, _ = cutouts
+    assert_clean_error(run_tool("gal-pack", path, "-o", tmp_path / "nope" / "o.fits"), 74, "does not exist", "mkdir")
+    existing = tmp_path / "exists.parquet"
+    existing.write_bytes(b"precious")
+    assert_clean_error(run_tool("gal-pack", path, "-o", existing), 1, "already exists", "--overwrite")
+    assert existing.read_bytes() == b"precious"
+    run_tool("gal-pack", path, "-o", existing, "--overwrite", check=True)
+    assert existing.read_bytes()[:4] == b"PAR1"
+    assert sorted(os.listdir(tmp_path)) == ["cutouts.fits", "exists.parquet"]
+
+
+def test_usage_errors_are_one_line_exit_2(cutouts):
+    path, _ = cutouts
+    assert_clean_error(run_tool("gal-pack", path, "--crop", "zero"), 2, "--crop", "--help")
+    assert_clean_error(run_tool("gal-pack", path, "--shard", "5/2", "-o", "x.fits"), 2, "--shard")
+
+
+def test_binary_output_to_a_terminal_is_refused(cutouts):
+    import pty
+
+    path, _ = cutouts
+    leader, follower = pty.openpty()
+    result = subprocess.run([sys.executable, "-m", "galtools.cli.pack", path], stdout=follower,
+                            stderr=subprocess.PIPE, timeout=60)
+    os.close(follower)
+    os.close(leader)
+    assert result.returncode == 2 and b"refusing to write a binary table to the terminal" in result.stderr
+
+
+def test_pack_catalogue_with_fits_stamps_per_band_and_area_resize(tmp_path):
+    import fitsio
+
+    rng = np.random.default_rng(5)
+    planes = {band: rng.uniform(0, 10, (3, 30, 30)).astype(np.float32) for band in "gri"}
+    for obj in range(3):
+        for band in "gri":
+            fitsio.write(str(tmp_path / f"o{obj}_{band}.fits"), planes[band][obj], clobber=True)
+    (tmp_path / "cat.csv").write_text("objid,file,z\n" + "".join(f"{10 + i},o{i}_{{band}}.fits,0.{i}\n" for i in range(3)))
+    run_tool("gal-pack", tmp_path / "cat.csv", "--bands", "g,r,i", "--crop", "27", "--resize", "10",
+             "-o", tmp_path / "out.parquet", check=True)
+    with open_table(str(tmp_path / "out.parquet")) as table:
+        got = table.read_all()
+        assert table.bands == ["g", "r", "i"]
+    assert got.column("object_id").to_pylist() == [10, 11, 12] and got.column("z").to_pylist() == [0.0, 0.1, 0.2]
+    images = images_of(got)
+    for obj in range(3):
+        for b, band in enumerate("gri"):
+            cropped = planes[band][obj][1:28, 1:28]
+            # exact area average: split every pixel into 10x10 sub-pixels, then average blocks of 27x27 of them
+            reference = np.repeat(np.repeat(cropped, 10, 0), 10, 1).reshape(10, 27, 10, 27).mean(axis=(1, 3))
+            assert np.allclose(images[obj, b], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_stamps_are_listed_and_can_be_skipped(tmp_path):
+    _png(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "cat.csv").write_text("id,file\n1,a.png\n2,gone.png\n")
+    assert_clean_error(run_tool("gal-pack", tmp_path / "cat.csv", "-o", tmp_path / "o.fits"), 66, "gone.png", "--skip-bad")
+    result = run_tool("gal-pack", tmp_path / "cat.csv", "--skip-bad", "-o", tmp_path / "o.fits", check=True)
+    assert "skipped object 2: missing file" in result.stderr.decode()
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_GZ1), reason="../shared/data/gz1-sdss is not here (a user's clone)")
+def test_pack_gz1_sdss_makes_1500_rows_of_3x64x64_with_labels(tmp_path):
+    out = tmp_path / "gz.fits"
+    run_tool("gal-pack", os.path.join(SHARED_GZ1, "labels.csv"), "--crop", "212", "--resize", "64", "-o", out, check=True)
+    with open_table(str(out)) as table:
+        assert table.num_rows == 1500 and table.image_shape == (3, 64, 64)
+        read = table.read_all(columns=["object_id", "gz1_label", "gz1_class"])
+    assert read.column("object_id")[0].as_py() == 588017703489700179
+    counts = dict(zip(*np.unique(read.column("gz1_label").to_pylist(), return_counts=True)))
+    assert counts["elliptical"] == 615 and counts["edge_on"] == 400
+    with open_table(str(out)) as table:
+        first = images_of(next(table.iter_batches(batch_size=1)))[0]
+    assert 0 <= first.min() and first.max() <= 1
+
+
+def test_man_pages_are_current():
+    from galtools.cli import manpage
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert manpage.main(["--check", os.path.join(root, "man")]) == 0, "man pages are stale: run 'make man'"
