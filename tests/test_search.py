@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from galtools.errors import BadData, UsageProblem
+from galtools.errors import BadData, GalError, UsageProblem
 from galtools.search import FaissIndex, all_rows_topk, exact_topk, recall_at_k, tie_ranks, unit_rows
 
 
@@ -208,7 +208,7 @@ def test_index_save_load_and_stale_checks(tmp_path, rng):
     assert sidecar["kind"] == "ivf" and sidecar["metric"] == "cosine" and sidecar["count"] == 500
     assert sidecar["params"]["nlist"] == 8 and sidecar["params"]["nprobe"] == 2
     assert sidecar["embeddings_checksum"] == "abc123" and sidecar["model_sha256"] == "m" * 64
-    with pytest.raises(UsageProblem, match="exists"):
+    with pytest.raises(GalError, match="already exists"):
         index.save(path, embeddings_checksum="abc123", model_sha256=None)
     loaded = FaissIndex.load(path)
     loaded.check_matches(embeddings_checksum="abc123", model_sha256="m" * 64, count=500, dim=8)

@@ -328,15 +328,17 @@ def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, *, base_ids=None, 
 def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_ids=None,
                   tie_rank: np.ndarray | None = None, largest: bool = True, metric: str = "cosine",
                   normalized: bool = False, query_block: int = DEFAULT_QUERY_BLOCK,
-                  block_bytes: int = DEFAULT_BLOCK_BYTES, device: str = "cpu") -> Iterator[tuple[range, TopK]]:
-    """Top-k of every row in ``rows`` (default: all) against the whole base, each row excluding itself.
+                  block_bytes: int = DEFAULT_BLOCK_BYTES, device: str = "cpu",
+                  exclude_self: bool = True) -> Iterator[tuple[range, TopK]]:
+    """Top-k of every row in ``rows`` (default: all) against the whole base, each row excluding itself
+    (unless ``exclude_self=False``).
 
     Yields ``(rows_of_block, TopK)`` per block of ``query_block`` rows so callers can stream the neighbour
     table out with bounded memory.  A shard is just a slice: ``rows=range(start, stop)``.
     """
     base = np.asarray(base, dtype=np.float32)
     rows = range(base.shape[0]) if rows is None else rows
-    _check_k(k, base.shape[0], True)
+    _check_k(k, base.shape[0], exclude_self)
     if tie_rank is None:
         tie_rank = tie_ranks(base_ids, base.shape[0])
     normalize = metric == "cosine" and not normalized
@@ -348,5 +350,5 @@ def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_i
         queries = base[block_rows.start:block_rows.stop]
         if normalize:
             queries = unit_rows(queries)
-        exclude = np.arange(block_rows.start, block_rows.stop, dtype=np.int64)
+        exclude = np.arange(block_rows.start, block_rows.stop, dtype=np.int64) if exclude_self else None
         yield block_rows, _search_block(engine, queries, k, tie_rank, exclude, largest, block_bytes)

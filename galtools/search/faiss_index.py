@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galtools.errors import BadData, InputMissing, OutputError, UsageProblem
+from galtools.errors import BadData, GalError, InputMissing, OutputError, UsageProblem
 from galtools.search.exact import TopK, exact_topk, tie_ranks, unit_rows
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -41,7 +41,7 @@ def default_nlist(n_rows: int) -> int:
 
 def _atomic_write_bytes(path: Path, write, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise UsageProblem(f"{path} exists", "pass --overwrite to replace it")
+        raise GalError(f"{path} already exists", "pass --overwrite to replace it")
     if not path.parent.exists():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist", "create it first")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -93,7 +93,7 @@ class FaissIndex:
             train_size = min(n_rows, train_size or 256 * nlist)
             sample = np.random.default_rng(seed).choice(n_rows, train_size, replace=False)
             index.train(unit[np.sort(sample)])
-            nprobe = nprobe or max(1, min(nlist, nlist // 16 or 1))
+            nprobe = nprobe or min(nlist, max(8, nlist // 16))
             index.nprobe = nprobe
             params = {"nlist": nlist, "nprobe": nprobe, "train_size": int(train_size), "seed": seed}
         else:
@@ -118,7 +118,7 @@ class FaissIndex:
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}))
         sidecar = sidecar_path(path)
         if sidecar.exists() and not overwrite:
-            raise UsageProblem(f"{sidecar} exists", "pass --overwrite to replace it")
+            raise GalError(f"{sidecar} already exists", "pass --overwrite to replace it")
         _atomic_write_bytes(path, lambda tmp: faiss.write_index(self.index, str(tmp)), overwrite)
         _atomic_write_bytes(sidecar, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"), True)
         self.meta = meta

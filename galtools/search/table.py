@@ -1,0 +1,220 @@
+"""An embedding table in memory for search: ids, unit vectors, the carried columns, the model and a checksum.
+
+Exact search needs every base vector in memory: N x D x 4 bytes (128-d: 512 MB per million rows), plus the
+carried columns.  The checksum (sha256 over the embedding values and the ids, independent of how the table is
+split into batches or parts) ties a FAISS index to the exact table it was built from.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from galtools.errors import BadData
+from galtools.io import vectors_of
+from galtools.search.exact import tie_ranks, unit_rows
+
+OBJECT_ID = "object_id"
+EMBEDDING = "embedding"
+MODEL_SHA256 = "galtools.model_sha256"
+NOT_CARRIED = (EMBEDDING, "image")  # never copied into a neighbour table
+
+
+class _Checksum:
+    """sha256 of the embedding values (float32, little-endian) and the ids, whatever the batch boundaries."""
+
+    def __init__(self):
+        self.values = hashlib.sha256()
+        self.id_lengths = hashlib.sha256()
+        self.id_bytes = hashlib.sha256()
+
+    def add(self, vectors: np.ndarray, ids: pa.Array) -> None:
+        self.values.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        if pa.types.is_integer(ids.type):
+            self.id_bytes.update(ids.cast(pa.int64()).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
+            return
+        text = ids.cast(pa.large_string())
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset: text.offset + len(text) + 1]
+        self.id_lengths.update(np.diff(offsets).astype("<i8").tobytes())
+        data = text.buffers()[2]
+        if data is not None:
+            self.id_bytes.update(memoryview(data)[int(offsets[0]): int(offsets[-1])])
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(self.values.digest() + self.id_lengths.digest() + self.id_bytes.digest()).hexdigest()
+
+
+@dataclass
+class EmbeddingSet:
+    """Everything search needs from an embedding table, held in memory."""
+
+    name: str
+    ids: pa.Array                     # object_id, one chunk
+    vectors: np.ndarray               # (N, D) float32, unit length (cosine similarity = inner product)
+    carried: pa.Table                 # the other columns (ra, dec, labels ...), row-aligned
+    metadata: dict
+    checksum: str | None = None
+    _tie_rank: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def count(self) -> int:
+        return self.vectors.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    @property
+    def model_sha256(self) -> str | None:
+        return self.metadata.get(MODEL_SHA256) or None
+
+    @property
+    def tie_rank(self) -> np.ndarray:
+        if self._tie_rank is None:
+            self._tie_rank = tie_ranks(self.ids, self.count)
+        return self._tie_rank
+
+    def rows_of(self, query_ids) -> np.ndarray:
+        """Row of each requested object_id (first occurrence); BadData (65) naming an unknown one."""
+        wanted = _as_id_array(query_ids, self.ids.type, self)
+        rows = pc.index_in(wanted, value_set=self.ids)
+        missing = np.flatnonzero(rows.is_null().to_numpy(zero_copy_only=False))
+        if missing.size:
+            raise _unknown_id(wanted[int(missing[0])].as_py(), self, missing.size - 1)
+        return rows.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _unknown_id(value, table: EmbeddingSet, others: int = 0) -> BadData:
+    more = f" (and {others} more requested ids)" if others else ""
+    return BadData(f"object_id {value!r}{more} not in {table.name}, which has {table.count} ids "
+                   f"(e.g. {table.ids[0].as_py()!r})", "check the id, or that the table is the right one")
+
+
+def _as_id_array(query_ids, id_type: pa.DataType, table: EmbeddingSet) -> pa.Array:
+    """Query ids (strings from the command line, or a column) in the table's id type."""
+    if isinstance(query_ids, (pa.Array, pa.ChunkedArray)):
+        values = query_ids.to_pylist()
+    else:
+        values = list(query_ids)
+    if pa.types.is_integer(id_type):
+        numbers = []
+        for value in values:
+            try:
+                numbers.append(int(value))
+            except (TypeError, ValueError):
+                raise _unknown_id(value, table) from None
+        return pa.array(numbers, type=id_type)
+    return pa.array([str(v) for v in values], type=id_type)
+
+
+def model_hashes_of(table) -> list[str | None]:
+    """``galtools.model_sha256`` of each part of a galtools.io Table (one entry per part)."""
+    parts_metadata = getattr(table, "parts_metadata", None) or [table.metadata]
+    return [m.get(MODEL_SHA256) or None for m in parts_metadata]
+
+
+def check_single_model(table) -> None:
+    """BadData when the parts of one table were embedded by different models: their vectors do not compare."""
+    hashes = model_hashes_of(table)
+    distinct = list(dict.fromkeys(hashes))
+    if len(distinct) > 1:
+        names = [getattr(p, "name", "?") for p in getattr(table, "parts", [])] or ["?"] * len(hashes)
+        seen = {h: names[hashes.index(h)] for h in distinct}
+        listed = ", ".join(f"{(h or 'none')[:12]} in {name}" for h, name in seen.items())
+        raise BadData(f"{table.name} mixes embeddings of {len(distinct)} models ({listed})",
+                      "embed all parts with the same encoder.onnx, or search each model's table separately")
+
+
+def load_embeddings(table, *, checksum: bool = False, name: str | None = None) -> EmbeddingSet:
+    """Read a galtools.io Table of embeddings whole: ids, unit vectors (normalised in place), carried columns.
+
+    Refuses (BadData, exit 65) a table without object_id or embedding, null ids, NaN/inf or all-zero vectors,
+    and parts embedded by different models.
+    """
+    name = name or table.name
+    schema = table.schema
+    for needed in (OBJECT_ID, EMBEDDING):
+        if needed not in schema.names:
+            raise BadData(f"{name} has no '{needed}' column (columns: {', '.join(schema.names)})",
+                          "give an embedding table made by gal-embed")
+    if not pa.types.is_fixed_size_list(schema.field(EMBEDDING).type):
+        raise BadData(f"{name}: column 'embedding' is {schema.field(EMBEDDING).type}, not a fixed-size vector",
+                      "give an embedding table made by gal-embed")
+    check_single_model(table)
+    dim = schema.field(EMBEDDING).type.list_size
+    columns = [c for c in schema.names if c not in NOT_CARRIED]
+    hasher = _Checksum() if checksum else None
+    total = table.num_rows
+    vectors = np.empty((total, dim), dtype=np.float32) if total is not None else None
+    pieces, kept, filled = [], [], 0
+    for batch in table.iter_batches(columns=columns + [EMBEDDING]):
+        block = vectors_of(batch, EMBEDDING)
+        ids = batch.column(OBJECT_ID)
+        if ids.null_count:
+            raise BadData(f"{name}: object_id has null values", "every row needs an object_id")
+        if hasher is not None:
+            hasher.add(block, ids)
+        if vectors is not None:
+            vectors[filled: filled + len(block)] = block
+        else:
+            pieces.append(np.array(block, dtype=np.float32))
+        filled += len(block)
+        kept.append(batch.select(columns))
+    if vectors is None:
+        vectors = np.concatenate(pieces) if pieces else np.empty((0, dim), np.float32)
+        pieces.clear()
+    if filled == 0:
+        raise BadData(f"{name} has no rows", "check the input and any --shard or filter")
+    carried = pa.Table.from_batches(kept, schema=pa.schema([schema.field(c) for c in columns])).combine_chunks()
+    ids = carried.column(OBJECT_ID).combine_chunks()
+    _check_vectors(vectors, ids, name)
+    unit_rows(vectors, out=vectors)
+    return EmbeddingSet(name=name, ids=ids, vectors=vectors, carried=carried.drop_columns([OBJECT_ID]),
+                        metadata=dict(table.metadata), checksum=hasher.hexdigest() if hasher else None)
+
+
+def _check_vectors(vectors: np.ndarray, ids: pa.Array, name: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad.size:
+        raise BadData(f"{name}: {bad.size} embedding(s) hold NaN or infinite values (first: object_id "
+                      f"{ids[int(bad[0])].as_py()!r})", "re-embed those objects or drop them")
+    zero = np.flatnonzero(~vectors.any(axis=1))
+    if zero.size:
+        raise BadData(f"{name}: {zero.size} embedding(s) are all zeros (first: object_id {ids[int(zero[0])].as_py()!r}); "
+                      "cosine similarity is undefined for them", "re-embed those objects or drop them")
+
+
+def neighbour_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_missing: bool = True) -> pa.RecordBatch:
+    """The neighbour table of DESIGN.md for one block of queries: query_id, rank (1 = most similar, or least with
+    --least), neighbor_id, similarity, then the neighbour's carried columns prefixed ``neighbor_``."""
+    n_queries, k = topk.indices.shape
+    flat_rows = topk.indices.ravel()
+    query_of = np.repeat(np.arange(n_queries), k)
+    rank = np.tile(np.arange(1, k + 1, dtype=np.int32), n_queries)
+    scores = topk.scores.ravel()
+    if drop_missing:
+        found = flat_rows >= 0
+        flat_rows, query_of, rank, scores = flat_rows[found], query_of[found], rank[found], scores[found]
+    take = pa.array(flat_rows, type=pa.int64())
+    columns = {
+        "query_id": pc.take(queries_ids, pa.array(query_of, type=pa.int64())),
+        "rank": pa.array(rank, type=pa.int32()),
+        "neighbor_id": pc.take(base.ids, take),
+        "similarity": pa.array(scores, type=pa.float32()),
+    }
+    for column in base.carried.column_names:
+        columns[f"neighbor_{column}"] = pc.take(base.carried.column(column), take).combine_chunks()
+    columns["query_id"] = columns["query_id"].combine_chunks() if isinstance(columns["query_id"], pa.ChunkedArray) \
+        else columns["query_id"]
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def neighbour_schema(base: EmbeddingSet) -> pa.Schema:
+    """Columns of the neighbour table for ``base`` (what an empty result is written with)."""
+    from galtools.search.exact import TopK
+
+    empty = TopK(indices=np.empty((0, 1), np.int64), scores=np.empty((0, 1), np.float32))
+    return neighbour_batch(pa.array([], type=base.ids.type), empty, base).schema
