@@ -2,22 +2,29 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from galtools.models import ResNet
 from galtools.ssl import distributed as ddp
+from galtools.ssl.batchnorm import convert_split_batchnorm
 from galtools.ssl.losses import nt_xent
 from galtools.ssl.moco import ContrastiveEncoder
 
 
 class SimCLR(nn.Module):
-    """``loss = model(x1, x2, seed)``.  Each view goes through the encoder on its own, so batch-norm statistics
-    never mix an object's two views; under DDP the embeddings of all ranks are gathered (with gradient)."""
+    """``loss = model(x1, x2, seed)``.
+
+    Both views go through the encoder in one forward pass (one pass per step is what DDP expects), interleaved
+    as x1[0], x2[0], x1[1], ... with two-group split batch norm: each view is normalised with its own batch
+    statistics, so batch norm never mixes an object's two views.  Under DDP the embeddings of every rank are
+    gathered (with gradient) so that the whole global batch provides the negatives.
+    """
 
     def __init__(self, backbone: ResNet, dim: int = 128, temperature: float = 0.2):
         super().__init__()
         self.temperature = temperature
-        self.encoder_q = ContrastiveEncoder(backbone, dim)
+        self.encoder_q = convert_split_batchnorm(ContrastiveEncoder(backbone, dim), 2)
         self._query_runner: list[nn.Module] = [self.encoder_q]
 
     def set_query_runner(self, runner: nn.Module) -> None:
@@ -28,11 +35,13 @@ class SimCLR(nn.Module):
         return self.encoder_q.backbone
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        run = self._query_runner[0]
-        z1, z2 = run(x1).float(), run(x2).float()
+        interleaved = torch.stack([x1, x2], dim=1).flatten(0, 1)
+        z = self._query_runner[0](interleaved).float()
+        z1, z2 = z[0::2], z[1::2]
         all_z1, all_z2 = ddp.gather_with_grad(z1), ddp.gather_with_grad(z2)
-        loss = nt_xent(z1, z2, self.temperature, all_z1, all_z2, offset=ddp.rank() * len(z1))
+        offset = ddp.rank() * len(z1)
+        loss = nt_xent(z1, z2, self.temperature, all_z1, all_z2, offset=offset)
         with torch.no_grad():
-            sim = torch.nn.functional.normalize(z1, dim=1) @ torch.nn.functional.normalize(all_z2, dim=1).T
-            hits = sim.argmax(dim=1) == torch.arange(len(z1), device=z1.device) + ddp.rank() * len(z1)
+            sim = F.normalize(z1, dim=1) @ F.normalize(all_z2, dim=1).T
+            hits = sim.argmax(dim=1) == torch.arange(len(z1), device=z1.device) + offset
         return loss, hits.float().mean()

@@ -1,0 +1,131 @@
+"""Training checkpoints: plain tensors and containers only, so they load with ``torch.load(weights_only=True)``
+(opening a checkpoint never runs code from it), written atomically (a killed job leaves the previous one intact).
+
+A checkpoint holds everything a resumed run needs to continue exactly: the model (query and key encoders, the
+MoCo queue and its pointer), the optimizer and scheduler, the step, the RNG states, and what the export needs
+(bands, preprocessing, augmentation spec, configuration).
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+import numpy as np
+
+from galtools.errors import BadData, InputMissing, OutputError
+
+FORMAT = "galtools.train.checkpoint/1"
+LAST = "last.pt"
+FOLDER = "checkpoints"
+
+
+def usual_mode(path: str) -> None:
+    """mkstemp files are private (0600); give a finished file the mode the user's umask asks for."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def save(path: str, state: dict) -> None:
+    import torch
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        handle, tmp_path = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+        os.close(handle)
+        torch.save({"format": FORMAT, **state}, tmp_path)
+        usual_mode(tmp_path)
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write checkpoint {path}: {exc.strerror}", "check free space and permissions") from None
+    finally:
+        if "tmp_path" in locals() and os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+
+
+def load(path: str) -> dict:
+    import pickle
+
+    import torch
+
+    if not os.path.isfile(path):
+        raise InputMissing(f"{path}: no such checkpoint", "give RUN/last.pt or a file in RUN/checkpoints/")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise BadData(f"{path}: not a readable gal-train checkpoint ({' '.join(str(exc).split())[:100]})",
+                      "give a checkpoint written by gal-train") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise BadData(f"{path}: not a gal-train checkpoint", "give a checkpoint written by gal-train")
+    return state
+
+
+def backbone_state(model_state: dict) -> dict:
+    """The query encoder's backbone weights (what gets exported) from a MoCo or SimCLR state dict."""
+    prefix = "encoder_q.backbone."
+    return {key[len(prefix):]: value for key, value in model_state.items() if key.startswith(prefix)}
+
+
+# -- random number generators --------------------------------------------------------------------------------
+def rng_state() -> dict:
+    import torch
+
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_step(run_dir: str, step: int, state: dict, keep: int) -> str:
+    """Write RUN/checkpoints/step-N.pt, point RUN/last.pt at it (a hard link: one write), prune old steps."""
+    path = step_path(run_dir, step)
+    save(path, state)
+    last = os.path.join(run_dir, LAST)
+    tmp_last = last + ".tmp"
+    try:
+        if os.path.exists(tmp_last):
+            os.unlink(tmp_last)
+        try:
+            os.link(path, tmp_last)
+        except OSError:                  # a file system without hard links
+            import shutil
+            shutil.copyfile(path, tmp_last)
+        os.replace(tmp_last, last)
+    except OSError as exc:
+        raise OutputError(f"cannot write checkpoint {last}: {exc.strerror}", "check free space and permissions") from None
+    prune(run_dir, keep)
+    return path
+
+
+def step_path(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, FOLDER, f"step-{step:09d}.pt")
+
+
+def prune(run_dir: str, keep: int) -> None:
+    """Keep the ``keep`` most recent step checkpoints (RUN/last.pt is always kept)."""
+    folder = os.path.join(run_dir, FOLDER)
+    names = sorted(n for n in os.listdir(folder) if n.startswith("step-") and n.endswith(".pt"))
+    for name in names[:max(0, len(names) - keep)]:
+        os.unlink(os.path.join(folder, name))

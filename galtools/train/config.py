@@ -1,0 +1,99 @@
+"""Everything that defines a training run, as one JSON-serialisable record.
+
+It is stored in every checkpoint and, as ``galtools.train_config``, in the exported ``encoder.onnx``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from galtools.errors import UsageProblem
+from galtools.models import DEFAULT_ARCH, list_encoders
+
+METHODS = ("moco", "simclr")
+REFERENCE_BATCH = 256   # lr is given per 256 images and scaled linearly with the global batch (Goyal et al. 2017)
+DEFAULT_EPOCHS = 200  # MoCo v2's schedule length, when neither --epochs nor --steps is given
+
+# Fields that shape the model and its state: a checkpoint can only continue with the same values.
+MODEL_FIELDS = ("arch", "width", "method", "dim", "queue_size", "crop")
+
+
+@dataclass
+class TrainConfig:
+    inputs: list[str] = field(default_factory=list)
+    out: str = "run"
+    # model and method
+    arch: str = DEFAULT_ARCH
+    width: float = 1.0
+    method: str = "moco"
+    dim: int = 128
+    queue_size: int = 65536
+    key_momentum: float = 0.999
+    temperature: float = 0.2
+    bn_splits: int = 0                  # 0: automatic (8 on one process for MoCo, 1 under DDP)
+    # optimisation
+    batch_size: int = 256               # global: split evenly over the processes
+    lr: float = 0.03                    # per 256 images
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: float | None = None
+    steps: int | None = None
+    warmup_steps: int | None = None     # None: 5% of the run
+    # data
+    crop: int = 64
+    ops: str = ""                       # augmentation spec; "" is galtools.augment's default
+    pixscale: float | None = None
+    preprocess_sample: int = 2048
+    loader_threads: int = 4
+    prefetch: int = 4
+    # run
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool | None = None   # None: on CUDA
+    compile: bool = False
+    deterministic: bool = False
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    monitor_label: str | None = None
+    monitor_size: int = 1000
+    monitor_k: int = 20
+    export: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if not self.inputs:
+            raise UsageProblem("no cutout table given", "gal-train CUTOUTS... --out RUN/")
+        if self.arch not in list_encoders():
+            raise UsageProblem(f"unknown --arch {self.arch!r}", f"choose from {', '.join(list_encoders())}")
+        if self.method not in METHODS:
+            raise UsageProblem(f"unknown --method {self.method!r}", "choose moco or simclr")
+        positive = {"--batch-size": self.batch_size, "--lr": self.lr, "--width": self.width, "--crop": self.crop,
+                    "--dim": self.dim, "--temperature": self.temperature, "--checkpoint-every": self.checkpoint_every,
+                    "--log-every": self.log_every, "--preprocess-sample": self.preprocess_sample}
+        for name, value in positive.items():
+            if not value > 0:
+                raise UsageProblem(f"{name} must be positive, got {value}")
+        if self.method == "moco" and not 0 <= self.key_momentum < 1:
+            raise UsageProblem(f"--key-momentum must be in [0, 1), got {self.key_momentum}")
+        if self.method == "moco" and self.queue_size < 1:
+            raise UsageProblem(f"--queue-size must be positive, got {self.queue_size}")
+        if self.epochs is not None and self.steps is not None:
+            raise UsageProblem("give --epochs or --steps, not both")
+        if (self.epochs is not None and not self.epochs > 0) or (self.steps is not None and self.steps < 1):
+            raise UsageProblem("--epochs and --steps must be positive")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageProblem(f"unknown --precision {self.precision!r}", "choose auto, fp32 or bf16")
+        return self
+
+    @property
+    def scaled_lr(self) -> float:
+        return self.lr * self.batch_size / REFERENCE_BATCH
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})

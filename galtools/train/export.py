@@ -1,0 +1,166 @@
+"""Export the trained backbone as ``encoder.onnx``: the contract between gal-train and gal-embed/knn/photoz.
+
+- input ``image`` float32 [batch, bands, S, S], already preprocessed; output ``embedding`` float32 [batch, D];
+  ``batch`` is a named dynamic axis;
+- one self-contained file (weights inside); metadata_props carry what gal-embed needs to preprocess and to
+  describe the model (``METADATA_KEYS``);
+- before the file is kept, ONNX Runtime must agree with torch (fp32, eval mode) on batches of 1 and 37 within
+  1e-4; otherwise nothing is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+from galtools import __version__
+from galtools.errors import BadData, GalError, OutputError
+from galtools.train.checkpoint import usual_mode
+
+PARITY_BATCHES = (1, 37)
+PARITY_TOLERANCE = 1e-4
+METADATA_KEYS = ("galtools.bands", "galtools.input_size", "galtools.preprocess", "galtools.embedding_dim",
+                 "galtools.arch", "galtools.version", "galtools.train_config", "galtools.augment")
+
+
+def encoder_metadata(bands, input_size: int, preprocess_json: str, embedding_dim: int, arch: str,
+                     train_config_json: str, augment_spec: str) -> dict[str, str]:
+    return {
+        "galtools.bands": ",".join(bands),
+        "galtools.input_size": str(int(input_size)),
+        "galtools.preprocess": preprocess_json,
+        "galtools.embedding_dim": str(int(embedding_dim)),
+        "galtools.arch": arch,
+        "galtools.version": __version__,
+        "galtools.train_config": train_config_json,
+        "galtools.augment": augment_spec,
+    }
+
+
+def _representation_module(backbone):
+    import torch
+
+    class Representation(torch.nn.Module):
+        """image -> pooled backbone output (the projection head is not part of the representation)."""
+
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, image):
+            return self.backbone.forward_features(image)
+
+    return Representation(backbone).eval()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter reports on stderr (missing torchvision ops, deprecations): not the user's business."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _parity_inputs(in_chans: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    # Preprocessed images are standardised per band: unit normals are the range the model sees.
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, in_chans, size, size), dtype=np.float32) for n in PARITY_BATCHES]
+
+
+def check_parity(onnx_path: str, reference, inputs: list[np.ndarray]) -> float:
+    """Largest |ORT - torch| / (1 + |torch|) over the inputs; raises BadData beyond the tolerance."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for x in inputs:
+        with torch.no_grad():
+            expected = reference(torch.from_numpy(x)).numpy()
+        got = session.run(["embedding"], {"image": x})[0]
+        if got.shape != expected.shape:
+            raise BadData(f"the exported model gives shape {got.shape} for a batch of {len(x)}, torch {expected.shape}",
+                          "report this: the export is broken for this architecture")
+        worst = max(worst, float(np.max(np.abs(got - expected) / (1.0 + np.abs(expected)))))
+    if not worst <= PARITY_TOLERANCE:
+        raise BadData(f"ONNX Runtime and torch disagree by {worst:.2e} (tolerance {PARITY_TOLERANCE:g}); "
+                      "encoder.onnx was not written", "report this with the checkpoint")
+    return worst
+
+
+def export_encoder(backbone, path: str, metadata: dict[str, str], input_size: int, overwrite: bool = False) -> float:
+    """Write ``backbone``'s representation to ``path`` as ONNX with ``metadata``; returns the parity error."""
+    import onnx
+    import torch
+
+    if os.path.exists(path) and not overwrite:
+        raise GalError(f"{path} already exists", "use --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist", "create it first")
+    backbone = backbone.float().to("cpu", memory_format=torch.contiguous_format).eval()
+    reference = _representation_module(backbone)
+    example = torch.zeros(2, backbone.in_chans, input_size, input_size)  # trace with batch > 1
+    with _quiet_exporter():
+        program = torch.onnx.export(reference, (example,), None, input_names=["image"], output_names=["embedding"],
+                                    dynamo=True, dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+                                    external_data=False, verbose=False)
+    model = program.model_proto
+    onnx.helper.set_model_props(model, metadata)   # metadata last, on the final graph
+    try:
+        handle, tmp_path = tempfile.mkstemp(prefix=".encoder-", suffix=".onnx.tmp", dir=folder)
+        os.close(handle)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder}: {exc.strerror}", "check the folder's permissions") from None
+    try:
+        onnx.save_model(model, tmp_path)
+        onnx.checker.check_model(tmp_path)
+        worst = check_parity(tmp_path, reference, _parity_inputs(backbone.in_chans, input_size))
+        usual_mode(tmp_path)
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}", "check free space and permissions") from None
+    finally:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+    return worst
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The metadata_props of an ONNX file (for tests and ``gal-train export`` summaries)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def export_checkpoint(checkpoint_path: str, out_path: str, overwrite: bool = False) -> dict:
+    """Re-export the query backbone of a gal-train checkpoint (``gal-train export``)."""
+    from galtools.train import checkpoint as ckpt
+    from galtools.train.config import TrainConfig
+    from galtools.models import build_encoder
+
+    state = ckpt.load(checkpoint_path)
+    config = TrainConfig.from_json(state["config"])
+    bands = list(state["bands"])
+    backbone = build_encoder(config.arch, len(bands), width=config.width)
+    backbone.load_state_dict(ckpt.backbone_state(state["model"]))
+    metadata = encoder_metadata(bands, config.crop, state["preprocess"], backbone.num_features, config.arch,
+                                state["config"], state["augment"])
+    worst = export_encoder(backbone, out_path, metadata, config.crop, overwrite=overwrite)
+    return {"path": out_path, "step": int(state["step"]), "parity": worst, "metadata": metadata,
+            "embedding_dim": backbone.num_features}
+
+
