@@ -242,25 +242,70 @@ class _Embedded:
         self.ids, self.vectors, self.model_sha256, self.images, self.bands = ids, vectors, model_sha256, images, bands
 
 
+class _Collected:
+    """An Output look-alike for gal-embed's embed_table that keeps ids and vectors in memory (queries are few)."""
+
+    def __init__(self):
+        self.ids, self.vectors = [], []
+
+    def expect_schema(self, schema):
+        pass
+
+    def write(self, batch):
+        from galtools.io import vectors_of
+
+        self.ids.append(batch.column("object_id"))
+        self.vectors.append(vectors_of(batch))
+
+
+class _KeepFirstImages:
+    """A table passed through to embed_table unchanged, keeping the first images it reads for the montage
+    (so --query-image - works from a pipe, which cannot be read twice)."""
+
+    def __init__(self, table, keep: int):
+        self._table, self._keep, self.kept = table, keep, []
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+    def iter_batches(self, *args, **kwargs):
+        from galtools.io import images_of
+
+        for batch in self._table.iter_batches(*args, **kwargs):
+            room = self._keep - sum(len(k) for k in self.kept)
+            if room > 0:
+                self.kept.append(images_of(batch.slice(0, room)).copy())
+            yield batch
+
+
 def _embed_cutouts(cutouts, model, device, shard):
+    """Embed the query cutouts exactly as gal-embed does (bands, centre crop, the model's preprocessing)."""
     import numpy as np
-
-    from galtools.embed import Embedder
-    from galtools.io import images_of, open_table
-
-    embedder = Embedder(model, device=device)
-    ids, vectors, pictures = [], [], []
-    with open_table(cutouts, shard=shard) as table:
-        for batch in table.iter_batches(columns=["object_id", "image"]):
-            images = images_of(batch)
-            vectors.append(embedder.embed_images(images, table.bands))
-            ids.extend(batch.column("object_id").to_pylist())
-            pictures.append(images[:MONTAGE_ROWS - sum(len(p) for p in pictures)])
-        bands = table.bands
     import pyarrow as pa
 
-    return _Embedded(pa.array(ids), np.concatenate(vectors), embedder.model_sha256,
-                     np.concatenate(pictures), bands)
+    from galtools.embed import EmbedSettings, embed_table, load_encoder
+    from galtools.io import open_table
+
+    encoder = load_encoder(model, EmbedSettings(device=device))
+    for note in encoder.notes:
+        log.info(note)
+    collected = _Collected()
+    with open_table(cutouts, shard=shard) as table:
+        if "object_id" not in table.schema.names:
+            from galtools.errors import BadData
+
+            raise BadData(f"--query-image {cutouts} has no object_id column", "give a cutout table from gal-pack or gal-sim")
+        teed = _KeepFirstImages(table, MONTAGE_ROWS)
+        embed_table(teed, encoder, collected)
+        bands = table.bands
+    if not collected.ids:
+        from galtools.errors import BadData
+
+        raise BadData(f"--query-image {cutouts} has no rows", "check the input and any --shard")
+    ids = pa.concat_arrays([column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+                            for column in collected.ids])
+    pictures = np.concatenate(teed.kept) if teed.kept else None
+    return _Embedded(ids, np.concatenate(collected.vectors), encoder.info.sha256, pictures, bands)
 
 
 def _search_blocks(base, plan, k, least, index, nprobe, ef, device):
@@ -385,12 +430,13 @@ def _draw_montage(kept, base, plan, images_source, label, path, least):
         return
     wanted = set()
     for query_id, rows, _ in kept:
-        wanted.add(query_id)
+        if plan.images is None:  # with --query-image the query pictures come with the queries
+            wanted.add(query_id)
         wanted.update(base.ids.take(rows[rows >= 0]).to_pylist())
     pictures, labels_from_cutouts, bands = _pictures_of(images_source, wanted, label)
-    if plan.images is not None:  # --query-image: the queries are not in the cutout table
-        for (query_id, _, _), image in zip(kept, plan.images):
-            pictures.setdefault(query_id, image)
+    if plan.images is not None:
+        pictures.update({query_id: image for (query_id, _, _), image in zip(kept, plan.images)})
+        bands = bands or plan.bands
     missing = [i for i in wanted if i not in pictures]
     if missing:
         raise BadData(f"{len(missing)} objects are not in --images {images_source} (e.g. object_id {missing[0]!r})",
@@ -439,7 +485,10 @@ def _pictures_of(source, wanted, label):
         columns = ["object_id", "image"] + ([label] if label and label in table.schema.names else [])
         if label and label in table.schema.names:
             labels = {}
-        value_set = pa.array(sorted(wanted, key=str)).cast(table.schema.field("object_id").type)
+        id_type = table.schema.field("object_id").type
+        if pa.types.is_integer(id_type):
+            wanted = [w for w in wanted if isinstance(w, int)]
+        value_set = pa.array(sorted(wanted, key=str)).cast(id_type)
         for batch in table.iter_batches(columns=columns):
             chosen = pc.is_in(batch.column("object_id"), value_set=value_set)
             if not pc.any(chosen).as_py():

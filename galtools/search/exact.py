@@ -23,7 +23,7 @@ import numpy as np
 
 from galtools.errors import BadData, DeviceUnavailable, UsageProblem
 
-DEFAULT_BLOCK_BYTES = 256 * 2**20  # one similarity tile; the rest of the working memory is O(queries x k)
+DEFAULT_BLOCK_BYTES = 128 * 2**20  # one similarity tile; the rest of the working memory is O(queries x k)
 DEFAULT_QUERY_BLOCK = 2048         # queries per tile in all-rows search
 GPU_WORTH_IT_FLOPS = 5e9           # below this much work, importing torch costs more than it saves
 _NO_ROW = np.iinfo(np.int64).max   # tie key of an empty slot: sorts after every real row
