@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from galtools.errors import GalError, OutputError, UsageProblem
 from galtools.io import meta
+from galtools.io.files import usual_mode
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
            ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".arrows": "arrow-stream"}
@@ -152,7 +153,7 @@ class Output:
             sys.stdout.buffer.flush()
             os.unlink(self._target)
         else:
-            os.chmod(self._target, 0o666 & ~_umask())   # mkstemp made it private; give it the user's usual mode
+            usual_mode(self._target)   # mkstemp made it private
             os.replace(self._target, self.path)
         self._writer.discard()
 
@@ -187,12 +188,6 @@ class Output:
     def expect_schema(self, schema: pa.Schema) -> None:
         """The columns to write if no row ever comes (an empty shard): an empty table rather than an error."""
         self._empty_schema = schema
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _suffixes(name: str) -> list[str]:
