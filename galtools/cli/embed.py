@@ -1,0 +1,70 @@
+"""gal-embed: embed cutouts with a trained encoder.onnx on ONNX Runtime (no torch)."""
+from __future__ import annotations
+
+import click
+
+from galtools.cli.common import (device_option, galtools_command, input_argument, is_verbose, log, output_options,
+                                 progress_bar, resolve_shard, shard_option)
+
+EXAMPLE = """gal-embed cutouts.fits --model run/encoder.onnx -o emb.parquet
+gal-sim -n 200 -o - | gal-embed - --model run/encoder.onnx | gal-info -
+gal-embed big.parquet --model m.onnx --device cuda --precision fp16 --shard 3/16 -o 'emb/part-{shard}.parquet'"""
+
+
+@galtools_command("gal-embed", example=EXAMPLE)
+@input_argument()
+@click.option("-m", "--model", required=True, metavar="ENCODER.onnx",
+              help="The encoder exported by gal-train (its metadata gives bands, size and preprocessing).")
+@output_options()
+@device_option
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Arithmetic of the encoder. fp16 converts the model once (cached in $GALTOOLS_CACHE_DIR or "
+                   "~/.cache/galtools) and keeps float32 inputs and outputs; it pays off on GPUs.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of the embedding column (float16 halves the file; not for FITS).")
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=256, show_default=True,
+              help="Cutouts per inference call; memory grows with it, not with the input.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads (default: this job's CPU allocation, from its affinity and SLURM_CPUS_PER_TASK).")
+@shard_option
+def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_size, threads, shard):
+    """Embed the cutouts of INPUT with the encoder MODEL.
+
+    Applies the model's own preprocessing (band selection and order, centre crop to its input size, arcsinh
+    compression and per-band normalisation, all read from the model's metadata) and writes object_id, the input's
+    other columns and 'embedding' in the input's row order. INPUT is a FITS, Parquet or Arrow file, '-' for
+    stdin, a folder or a quoted glob of parts.
+    """
+    from galtools.embed import EmbedSettings, embed_table, load_encoder, output_metadata
+    from galtools.errors import UsageProblem
+    from galtools.io import check_output_path, open_output, open_table
+    from galtools.io.output import format_for
+
+    shard = resolve_shard(shard)
+    if shard is not None:
+        output = shard.format_path(output)
+    check_output_path(output, overwrite)   # before loading anything: a clash should cost nothing
+    if dtype == "float16" and format_for(output, fmt) == "fits":
+        raise UsageProblem("FITS tables cannot hold float16 embeddings", "write Parquet or Arrow, or use --dtype float32")
+
+    encoder = load_encoder(model, EmbedSettings(device=device, precision=precision, batch_size=batch_size,
+                                                threads=threads, verbose=is_verbose()))
+    for note in encoder.notes:
+        log.warning(note)
+    log.debug(f"model {model}: {encoder.info.arch}, bands {','.join(encoder.info.bands)}, "
+              f"{encoder.info.input_size}x{encoder.info.input_size} -> {encoder.info.embedding_dim}-d, "
+              f"sha256 {encoder.info.sha256[:12]}; {encoder.provider} {precision}, {encoder.threads} CPU threads")
+
+    with open_table(input, shard=shard) as table:
+        metadata = output_metadata(table.metadata, encoder, "stdin" if input == "-" else input)
+        with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool="gal-embed") as out, \
+                progress_bar(table.num_rows, "embedding") as bar:
+            stats = embed_table(table, encoder, out, dtype=dtype, batch_size=batch_size, on_rows=bar.advance)
+    log.info(f"embedded {stats.rows} cutouts ({stats.images_per_second:,.0f} images/s on {encoder.provider}, "
+             f"{precision}) to {'stdout' if output == '-' else output}")
+
+
+main = cli
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""gal-embed's library: an ``encoder.onnx`` on ONNX Runtime, fed by a pipelined reader, with no training stack.
+
+    from galtools.embed import EmbedSettings, load_encoder, embed_table
+    encoder = load_encoder("run/encoder.onnx", EmbedSettings(device="auto", precision="fp32"))
+    with open_table("cutouts.fits") as table, open_output("emb.parquet", metadata=...) as out:
+        embed_table(table, encoder, out)
+
+Nothing here imports torch; numpy, pyarrow and onnxruntime do the work (``onnx`` only for a first fp16 conversion).
+"""
+from galtools.embed.encoder import EmbedSettings, Encoder, load_encoder
+from galtools.embed.inputs import InputPlan, centre_crop_start
+from galtools.embed.model import ModelInfo
+from galtools.embed.providers import Device, cpu_allocation
+from galtools.embed.table import EmbedStats, embed_table, output_metadata, output_schema
+
+__all__ = ["Device", "EmbedSettings", "EmbedStats", "Encoder", "InputPlan", "ModelInfo", "centre_crop_start",
+           "cpu_allocation", "embed_table", "load_encoder", "output_metadata", "output_schema"]

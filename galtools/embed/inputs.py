@@ -1,0 +1,119 @@
+"""From a table's raw cutouts to the encoder's input, exactly as in training:
+
+    raw fluxes -> band selection and order -> centre crop to the model's size -> Preprocess (the fitted
+    arcsinh + per-band normalisation stored in the model) -> float32 (n, bands, S, S)
+
+The crop start is ``(size_in - S) // 2``, the convention of galtools.augment's centre crop, so that an unaugmented
+training view and gal-embed's input are the same pixels.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from galtools.errors import BadData
+from galtools.preprocess import Preprocess
+
+FILL_HINT = "fill them first, e.g. gal-pack IN --fill-nan 0 -o OUT"
+
+
+def centre_crop_start(size_in: int, size_out: int) -> int:
+    """First row/column of a centre crop (the same integer formula as galtools.augment.ops)."""
+    return (size_in - size_out) // 2
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """Which planes and pixels of the table's images feed the model, and how they are normalised."""
+
+    band_index: tuple[int, ...]      # position in the table's images of each model band, in the model's order
+    rows: slice
+    cols: slice
+    preprocess: Preprocess
+
+    @classmethod
+    def for_table(cls, model, table_bands, image_shape, table_name: str, model_name: str) -> "InputPlan":
+        """Match a table's (bands, H, W) images to a model; BadData (65) names both sides when they disagree."""
+        n_planes, height, width = image_shape
+        size, model_bands = model.input_size, list(model.bands)
+        if table_bands is None:
+            if n_planes != len(model_bands):
+                raise BadData(f"{table_name} has {n_planes}-band images without band names, {model_name} needs "
+                              f"{len(model_bands)} bands ({','.join(model_bands)})",
+                              "give a table with matching bands (gal-pack --bands to name or select them)")
+            index = list(range(n_planes))   # unnamed planes: taken in the model's order, as the count agrees
+        else:
+            table_bands = list(table_bands)
+            if len(table_bands) != n_planes:
+                raise BadData(f"{table_name} names {len(table_bands)} bands ({','.join(table_bands)}) for "
+                              f"{n_planes}-plane images", "fix the table's galtools.bands metadata (gal-pack --bands)")
+            missing = [b for b in model_bands if b not in table_bands]
+            if missing:
+                raise BadData(f"{table_name} has bands {','.join(table_bands)} but {model_name} needs "
+                              f"{','.join(model_bands)} (missing {','.join(missing)})",
+                              "embed cutouts with the bands the model was trained on")
+            index = [table_bands.index(b) for b in model_bands]
+        if height < size or width < size:
+            raise BadData(f"{table_name} has {height}x{width} images but {model_name} needs at least {size}x{size}",
+                          f"use cutouts of {size}x{size} pixels or more (gal-pack --resize), or a model trained "
+                          "at this size")
+        top, left = centre_crop_start(height, size), centre_crop_start(width, size)
+        return cls(tuple(index), slice(top, top + size), slice(left, left + size), model.preprocess)
+
+    @property
+    def identity_bands(self) -> bool:
+        return list(self.band_index) == list(range(len(self.band_index)))
+
+    def select(self, images: np.ndarray) -> np.ndarray:
+        """The model's bands and centre crop of (n, planes, H, W) images: a view unless bands are reordered."""
+        cropped = images[:, :, self.rows, self.cols]
+        return cropped if self.identity_bands else cropped[:, list(self.band_index)]
+
+    def prepare_into(self, images: np.ndarray, out: np.ndarray) -> None:
+        """Select, crop and preprocess ``images`` into ``out`` (n, bands, S, S) float32."""
+        out[...] = self.preprocess.apply_numpy(self.select(images))
+
+
+class Preparer:
+    """Prepares batches, splitting each over ``workers`` threads (numpy releases the GIL in its loops, so on a GPU
+    node the preprocessing of one batch uses several cores and keeps up with the GPU)."""
+
+    CHUNK_ROWS = 64
+
+    def __init__(self, plan: InputPlan, workers: int = 1):
+        self.plan = plan
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="gal-embed-prep") if self.workers > 1 else None
+
+    def __call__(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        n = images.shape[0]
+        size = self.plan.rows.stop - self.plan.rows.start
+        if out is None:
+            out = np.empty((n, len(self.plan.band_index), size, size), np.float32)
+        if self._pool is None or n <= self.CHUNK_ROWS:
+            self.plan.prepare_into(images, out)
+        else:
+            step = max(self.CHUNK_ROWS, -(-n // self.workers))
+            jobs = [self._pool.submit(self.plan.prepare_into, images[lo:lo + step], out[lo:lo + step])
+                    for lo in range(0, n, step)]
+            for job in jobs:
+                job.result()
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def check_finite(prepared: np.ndarray, object_ids) -> None:
+    """NaN or infinite pixels would give NaN embeddings without a word: refuse them, naming the first objects.
+    (The preprocessing maps finite pixels to finite values, so checking its output checks the input.)"""
+    finite = np.isfinite(prepared.reshape(len(prepared), -1)).all(axis=1)
+    if finite.all():
+        return
+    bad = np.nonzero(~finite)[0]
+    ids = [str(object_ids[i]) for i in bad[:5]] if object_ids is not None else [f"row {i}" for i in bad[:5]]
+    raise BadData(f"{len(bad)} cutout(s) in a batch hold NaN or infinite pixels (object_id {', '.join(ids)}"
+                  f"{', ...' if len(bad) > 5 else ''})", FILL_HINT)

@@ -1,0 +1,118 @@
+"""Embedding a cutout table: every row in order, ``object_id`` and the other columns carried, ``embedding`` added."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from galtools.embed.inputs import InputPlan, Preparer, check_finite
+from galtools.embed.pipeline import Pipeline
+from galtools.errors import BadData, UsageProblem
+from galtools.io import BANDS, EMBEDDING, IMAGE, MODEL_SHA256, images_of, vector_column
+
+DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+
+
+@dataclass
+class EmbedStats:
+    rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+def output_schema(input_schema: pa.Schema, dim: int, dtype: str) -> pa.Schema:
+    carried = [f for f in input_schema if f.name != IMAGE]
+    if EMBEDDING in [f.name for f in carried]:
+        raise BadData(f"the input already has an '{EMBEDDING}' column", "embed a cutout table, not an embedding table")
+    return pa.schema(carried + [pa.field(EMBEDDING, pa.list_(DTYPES[dtype][1], dim))])
+
+
+def output_metadata(table_metadata: dict, encoder, input_name: str) -> dict:
+    """The input's metadata (history included: the output appends to it) plus what names the model and the input."""
+    info = encoder.info
+    metadata = dict(table_metadata)
+    metadata.update({
+        MODEL_SHA256: info.sha256,
+        "galtools.model": os.path.basename(info.path),
+        "galtools.model_arch": info.arch,
+        "galtools.embedding_dim": str(info.embedding_dim),
+        BANDS: ",".join(info.bands),          # the bands the embedding was made from
+        "galtools.embed.input": input_name,
+        "galtools.embed.precision": encoder.precision,
+        "galtools.embed.provider": encoder.provider,
+    })
+    return metadata
+
+
+def fixed_batches(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of exactly ``size`` rows (the last may be shorter): a GPU runs one shape, and the row order
+    is kept whatever the input's own batching (Parquet row groups, parts, pipe chunks)."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= size:
+            merged = pa.Table.from_batches(pending).combine_chunks()
+            yield merged.slice(0, size).to_batches(max_chunksize=size)[0]
+            rest = merged.slice(size)
+            pending = rest.to_batches() if rest.num_rows else []
+            held = rest.num_rows
+    if held:
+        merged = pa.Table.from_batches(pending).combine_chunks()
+        yield merged.to_batches(max_chunksize=size)[0]
+
+
+def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 256, on_rows=None) -> EmbedStats:
+    """Embed every row of ``table`` (a galtools.io Table) with ``encoder`` into ``out`` (an open Output)."""
+    if dtype not in DTYPES:
+        raise UsageProblem(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    image_shape = table.require_images()
+    plan = InputPlan.for_table(encoder.info, table.bands, image_shape, table.name, encoder.info.path)
+    schema = output_schema(table.schema, encoder.info.embedding_dim, dtype)
+    out.expect_schema(schema)
+    preparer = Preparer(plan, encoder.prepare_workers)
+    runner, dim, np_dtype = encoder.runner, encoder.info.embedding_dim, DTYPES[dtype][0]
+    carried_names = [f.name for f in schema if f.name != EMBEDDING]
+    stats = EmbedStats()
+
+    def produce():
+        for batch in fixed_batches(table.iter_batches(batch_size=batch_size), batch_size):
+            prepared = preparer(images_of(batch))
+            ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
+            check_finite(prepared, ids)
+            carried = pa.RecordBatch.from_arrays([batch.column(n) for n in carried_names], names=carried_names)
+            yield carried, runner.stage(prepared)
+
+    def infer(item):
+        carried, staged = item
+        return carried, runner.run(staged)
+
+    def write(item):
+        carried, embedding = item
+        if embedding.shape != (carried.num_rows, dim):
+            raise BadData(f"the model returned embeddings of shape {embedding.shape} for {carried.num_rows} cutouts, "
+                          f"its metadata promises {dim} dimensions", "re-export the model with gal-train export")
+        column = vector_column(embedding.astype(np_dtype, copy=False))
+        out.write(pa.RecordBatch.from_arrays([*carried.columns, column], names=schema.names))
+        stats.rows += carried.num_rows
+        if on_rows is not None:
+            on_rows(carried.num_rows)
+
+    start = time.perf_counter()
+    try:
+        # On a GPU the ring of device buffers allows one prepared batch in the queue (see runner.RING).
+        Pipeline(produce(), write, prepare_depth=1 if encoder.on_gpu else 2).run(infer)
+    finally:
+        preparer.close()
+    stats.seconds = time.perf_counter() - start
+    return stats
