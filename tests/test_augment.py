@@ -150,6 +150,35 @@ def test_scale_enlarges_by_the_factor():
     assert scaled.max() == pytest.approx(galaxy.max(), rel=0.02)  # surface brightness is kept
 
 
+def test_fused_geometry_equals_the_steps_one_after_the_other():
+    """rotate then jitter resample once; the result is ops.rotate followed by ops.jitter_crop with the same draws."""
+    from galtools.augment import streams
+
+    x = galaxy_batch(6)
+    ids = np.arange(6)
+    fused = AugmentPipeline.from_spec("rotate,jitter:max_shift=7", out_size=64, bands=BANDS)(x, ids, view=2, seed=8)
+    keys = streams.object_keys(ids)
+    angles = 360.0 * streams.uniforms(streams.stream_keys(8, keys, 2, "rotate#0"), 1)[:, 0]
+    shifts = np.floor(15 * streams.uniforms(streams.stream_keys(8, keys, 2, "jitter#0"), 2)) - 7
+    stepwise = ops.jitter_crop(ops.rotate(x, angles), shifts, 64)
+    torch.testing.assert_close(fused, stepwise, atol=1e-4 * float(x.abs().max()), rtol=0)
+
+
+def test_scaling_widens_the_psf_that_the_psf_step_starts_from():
+    import galsim
+
+    size = 81
+    star = galsim.Gaussian(fwhm=0.8, flux=10.0).drawImage(nx=size, ny=size, scale=PIXSCALE, method="no_pixel").array
+    x = torch.from_numpy(np.stack([star] * 5)[None].astype(np.float32))
+    scaled_only = AugmentPipeline.from_spec("scale:min_factor=2:max_factor=2", out_size=size, bands=BANDS)(x, [0])
+    measured = galsim.Image(scaled_only[0, 2].numpy().astype(np.float64), scale=PIXSCALE).calculateFWHM()
+    assert measured == pytest.approx(1.6, rel=0.05)
+    pipe = AugmentPipeline.from_spec("scale:min_factor=2:max_factor=2,psf:fwhm_min=2.2:fwhm_max=2.2:fwhm_in=0.8",
+                                     out_size=size, bands=BANDS, pixscale=PIXSCALE)
+    out = pipe(x, [0])[0, 2].numpy().astype(np.float64)
+    assert galsim.Image(out, scale=PIXSCALE).calculateFWHM() == pytest.approx(2.2, rel=0.05)
+
+
 # ------------------------------------------------------------------------------------------------ reddening
 def test_reddening_follows_the_formula_exactly():
     x = torch.from_numpy(np.random.default_rng(1).uniform(1, 10, size=(8, 5, 16, 16)).astype(np.float32))
