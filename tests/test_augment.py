@@ -112,7 +112,8 @@ def test_flip_is_a_left_right_mirror_and_off_by_default():
     x = torch.randn(6, 5, 32, 32)
     mirrored = AugmentPipeline.from_spec("flip:p=1", out_size=32, bands=BANDS)(x, np.arange(6))
     assert torch.equal(mirrored, torch.flip(x, dims=[-1]))
-    assert torch.equal(AugmentPipeline.from_spec("flip:p=0", out_size=32, bands=BANDS)(x, np.arange(6)), x)
+    unchanged = AugmentPipeline.from_spec("flip:p=0", out_size=32, bands=BANDS)(x, np.arange(6))
+    assert torch.equal(unchanged, x) and unchanged.data_ptr() != x.data_ptr()  # a new tensor, never the input
     plain = AugmentPipeline.from_spec("rotate:step=90", out_size=32, bands=BANDS)(x, np.arange(6))
     for i in range(6):  # without flip every view is a pure rotation, never a mirror image
         assert any(torch.equal(plain[i], torch.rot90(x[i], k, dims=(-2, -1))) for k in range(4))

@@ -151,12 +151,14 @@ class AugmentPipeline:
             state.geometry.then(np.broadcast_to(np.eye(2), (n, 2, 2)).copy(), np.broadcast_to(start, (n, 2)).copy(),
                                 (self.out_size, self.out_size))
         x = self._materialise(x, state)
+        if x is images:  # nothing changed the cutouts: still hand back a new tensor, never the caller's own
+            return x.to(torch.float32).contiguous().clone()
         return x.contiguous() if x.dtype == torch.float32 else x.to(torch.float32).contiguous()
 
     def _check_images(self, images):
         import torch
 
-        x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images, dtype=np.float32))
         if x.ndim != 4:
             raise BadData(f"cutouts must have shape (N, bands, H, W), got {tuple(x.shape)}")
         if not x.is_floating_point():
