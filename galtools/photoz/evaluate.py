@@ -1,0 +1,113 @@
+"""``gal-photoz eval``: the metrics of a prediction table against the true redshifts, as text, JSON and a plot."""
+from __future__ import annotations
+
+import numpy as np
+
+from galtools.errors import BadData
+from galtools.io import open_table
+from galtools.photoz.metrics import OUTLIER_DZ, binned_metrics, normalised_residuals, photoz_metrics, quantile_edges
+
+
+def read_columns(source: str, columns: dict[str, str | None]) -> tuple[dict[str, np.ndarray], dict]:
+    """The named numeric columns of a table as float64 arrays (NaN for nulls), and its metadata.
+
+    ``columns`` maps a role (e.g. 'truth') to a column name (None: not wanted)."""
+    import pyarrow as pa
+
+    name = "stdin" if source == "-" else source
+    wanted = {role: column for role, column in columns.items() if column}
+    with open_table(source) as table:
+        for role, column in wanted.items():
+            if column not in table.schema.names:
+                raise BadData(f"{name} has no '{column}' column (columns: {', '.join(table.schema.names)})",
+                              f"name the {role} column with --{role.replace('_', '-')}")
+            field_type = table.schema.field(column).type
+            if not (pa.types.is_floating(field_type) or pa.types.is_integer(field_type)
+                    or pa.types.is_boolean(field_type)):
+                raise BadData(f"{name}: column '{column}' is {field_type}, not numeric",
+                              f"name the {role} column with --{role.replace('_', '-')}")
+        pieces = {role: [] for role in wanted}
+        for batch in table.iter_batches(columns=list(dict.fromkeys(wanted.values()))):
+            for role, column in wanted.items():
+                values = batch.column(column).to_numpy(zero_copy_only=False)
+                pieces[role].append(np.asarray(values, dtype=np.float64))
+        metadata = dict(table.metadata)
+    arrays = {role: np.concatenate(p) if p else np.empty(0) for role, p in pieces.items()}
+    return arrays, metadata
+
+
+def evaluate(z_phot: np.ndarray, z_spec: np.ndarray, magnitude: np.ndarray | None = None,
+             z_edges: np.ndarray | None = None, mag_bins: int = 5, outlier_dz: float = OUTLIER_DZ) -> dict:
+    """Overall metrics, metrics in bins of z_spec and (with ``magnitude``) of magnitude, and what was skipped."""
+    z_phot = np.asarray(z_phot, dtype=np.float64)
+    z_spec = np.asarray(z_spec, dtype=np.float64)
+    usable = np.isfinite(z_phot) & np.isfinite(z_spec)
+    if magnitude is not None:
+        magnitude = np.asarray(magnitude, dtype=np.float64)
+    if not usable.any():
+        raise BadData("no row has both a prediction and a true redshift",
+                      "check --truth names the spectroscopic redshift column")
+    report = {"n": int(usable.sum()), "n_skipped": int((~usable).sum()), "outlier_dz": outlier_dz}
+    report.update({k: v for k, v in photoz_metrics(z_phot[usable], z_spec[usable], outlier_dz).items() if k != "n"})
+    if z_edges is None:
+        z_edges = np.linspace(0.0, float(np.max(z_spec[usable])), 9)
+    report["by_z"] = binned_metrics(z_phot[usable], z_spec[usable], z_spec[usable], z_edges, outlier_dz)
+    if magnitude is not None:
+        edges = quantile_edges(magnitude[usable], mag_bins)
+        report["by_magnitude"] = binned_metrics(z_phot[usable], z_spec[usable], magnitude[usable], edges, outlier_dz)
+    return report
+
+
+def format_report(report: dict, magnitude_name: str | None = None) -> str:
+    lines = [f"N = {report['n']}" + (f" ({report['n_skipped']} rows without z_phot or truth skipped)"
+                                     if report["n_skipped"] else ""),
+             f"bias (median dz)  = {report['bias']:+.5f}",
+             f"sigma_MAD         = {report['sigma_mad']:.5f}",
+             f"eta (|dz| > {report['outlier_dz']:g}) = {report['eta']:.2f} %"]
+    for key, title in (("by_z", "z_spec"), ("by_magnitude", magnitude_name or "magnitude")):
+        if key not in report:
+            continue
+        lines += ["", f"{title + ' bin':>19}  {'N':>7}  {'bias':>9}  {'sigma_MAD':>9}  {'eta %':>6}"]
+        for row in report[key]:
+            label = f"{row['lo']:.3f} - {row['hi']:.3f}"
+            if row["n"]:
+                lines.append(f"{label:>19}  {row['n']:>7}  {row['bias']:>+9.5f}  {row['sigma_mad']:>9.5f}  "
+                             f"{row['eta']:>6.2f}")
+            else:
+                lines.append(f"{label:>19}  {0:>7}  {'-':>9}  {'-':>9}  {'-':>6}")
+    return "\n".join(lines)
+
+
+def plot_report(z_phot: np.ndarray, z_spec: np.ndarray, report: dict, path: str, zmax: float | None = None) -> None:
+    """Left: the density of z_phot against z_spec with y = x and the outlier bounds; right: the dz histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    usable = np.isfinite(z_phot) & np.isfinite(z_spec)
+    z_phot, z_spec = z_phot[usable], z_spec[usable]
+    top = zmax or float(max(z_spec.max(), z_phot.max()))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    *_, image = left.hist2d(z_spec, z_phot, bins=min(120, max(20, int(np.sqrt(len(z_spec))))),
+                            range=[[0, top], [0, top]], norm=LogNorm(), cmap="viridis")
+    figure.colorbar(image, ax=left, label="objects per cell")
+    line = np.linspace(0, top, 100)
+    bound = report["outlier_dz"]
+    left.plot(line, line, "w-", lw=1)
+    for sign in (+1, -1):
+        left.plot(line, line + sign * bound * (1 + line), "r--", lw=1)
+    left.set(xlabel="z_spec", ylabel="z_phot", xlim=(0, top), ylim=(0, top),
+             title=f"N={report['n']}  sigma_MAD={report['sigma_mad']:.4f}  eta={report['eta']:.2f}%")
+    dz = normalised_residuals(z_phot, z_spec)
+    limit = max(3 * bound, 5 * report["sigma_mad"])
+    right.hist(np.clip(dz, -limit, limit), bins=100, range=(-limit, limit), color="0.3")
+    for sign in (+1, -1):
+        right.axvline(sign * bound, color="r", ls="--", lw=1)
+    right.axvline(report["bias"], color="b", lw=1)
+    right.set(xlabel="dz = (z_phot - z_spec) / (1 + z_spec)", ylabel="objects",
+              title=f"bias={report['bias']:+.4f}; red: |dz| = {bound:g}; beyond +-{limit:.2f} piled at the ends")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,88 @@
+"""Predicting redshifts for an embedding table, batch by batch (numpy only; memory bounded by one batch)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from galtools.errors import BadData
+from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, open_output, open_table, vector_column, vectors_of
+from galtools.photoz.model import PhotozModel
+
+log = logging.getLogger("galtools")
+
+BINS_KEY = "galtools.photoz.bins"      # "n_bins,zmax" of the model that made the predictions
+PREDICTION_COLUMNS = ("z_phot", "z_phot_mode", "z_phot_std", "z_pdf")
+NOT_CARRIED = (IMAGE,) + PREDICTION_COLUMNS     # the embedding is carried: gal-photoz predict | gal-ood score -
+
+
+def prediction_batch(batch: pa.RecordBatch, model: PhotozModel, with_pdf: bool, name: str,
+                     keep_embedding: bool = True) -> pa.RecordBatch:
+    """The batch's carried columns followed by z_phot, z_phot_mode, z_phot_std (and z_pdf)."""
+    x = vectors_of(batch)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        ids = batch.column("object_id") if "object_id" in batch.schema.names else None
+        first = ids[int(bad[0])].as_py() if ids is not None else f"row {int(bad[0])} of a batch"
+        raise BadData(f"{name}: {bad.size} embedding(s) hold NaN or infinite values (first: object_id {first!r})",
+                      "re-embed those objects or drop them")
+    out = model.predict(x)
+    dropped = NOT_CARRIED if keep_embedding else NOT_CARRIED + (EMBEDDING,)
+    columns = {c: batch.column(c) for c in batch.schema.names if c not in dropped}
+    columns["z_phot"] = pa.array(out["z_phot"], pa.float32())
+    columns["z_phot_mode"] = pa.array(out["z_phot_mode"], pa.float32())
+    columns["z_phot_std"] = pa.array(out["z_phot_std"], pa.float32())
+    if with_pdf:
+        columns["z_pdf"] = vector_column(out["z_pdf"].astype(np.float32))
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def predict_table(source: str, model: PhotozModel, check_embeddings, output: str, *, fmt=None, overwrite=False,
+                  with_pdf=True, keep_embedding=True, shard=None, seed=None, progress=None) -> int:
+    """Write the predictions for every row of ``source``; returns the number of rows written.
+
+    ``check_embeddings(dim, model_sha256, name)`` raises when the table's embeddings do not fit the model.
+    """
+    name = "stdin" if source == "-" else source
+    with open_table(source, shard=shard) as table:
+        if EMBEDDING not in table.schema.names:
+            hint = ("embed the cutouts first: gal-embed CUTOUTS --model encoder.onnx | gal-photoz predict - ..."
+                    if IMAGE in table.schema.names else "give an embedding table made by gal-embed")
+            raise BadData(f"{name} has no '{EMBEDDING}' column (columns: {', '.join(table.schema.names)})", hint)
+        field = table.schema.field(EMBEDDING)
+        if not pa.types.is_fixed_size_list(field.type):
+            raise BadData(f"{name}: column 'embedding' is {field.type}, not a fixed-size vector",
+                          "give an embedding table made by gal-embed")
+        from galtools.search.table import check_single_model
+
+        check_single_model(table)
+        check_embeddings(field.type.list_size, table.metadata.get(MODEL_SHA256) or None, name)
+        metadata = dict(table.metadata)
+        metadata[BINS_KEY] = f"{model.bins.n_bins},{model.bins.zmax:g}"
+        metadata["galtools.photoz.model"] = json.dumps({"kind": model.kind, "seed": model.info.get("seed"),
+                                                         "z_column": model.info.get("z_column")})
+        columns = [c for c in table.schema.names if c not in (IMAGE,) + PREDICTION_COLUMNS]
+        with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool="gal-photoz",
+                         seed=seed) as out:
+            for batch in table.iter_batches(columns=columns):
+                out.write(prediction_batch(batch, model, with_pdf, name, keep_embedding))
+                if progress is not None:
+                    progress(batch.num_rows)
+            if out.rows == 0:
+                empty = pa.RecordBatch.from_pylist([], schema=pa.schema([table.schema.field(c) for c in columns]))
+                out.expect_schema(prediction_batch(empty, model, with_pdf, name, keep_embedding).schema)
+            return out.rows
+
+
+def bins_of(metadata: dict) -> tuple[int, float] | None:
+    """(n_bins, zmax) recorded by predict_table, or None."""
+    text = metadata.get(BINS_KEY)
+    if not text:
+        return None
+    try:
+        n_bins, zmax = text.split(",")
+        return int(n_bins), float(zmax)
+    except ValueError:
+        return None
