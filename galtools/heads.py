@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from galtools.errors import BadData, GalError, InputMissing, OutputError
+from galtools.errors import BadData, InputMissing, UsageProblem
+from galtools.io.files import atomic_file
 
 FORMAT = "galtools.head/1"
 META_KEY = "__galtools__"
@@ -77,7 +77,7 @@ def save_head(path: str, arrays: dict[str, np.ndarray], *, tool: str, kind: str,
 
     if META_KEY in arrays:
         raise ValueError(f"array name {META_KEY} is reserved")
-    _check_writable(path, overwrite)
+    check_head_output(path, overwrite)
     meta = {"format": FORMAT, "tool": tool, "version": __version__, "kind": kind,
             "embedding_dim": int(embedding_dim), "model_sha256": model_sha256 or None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
@@ -86,34 +86,18 @@ def save_head(path: str, arrays: dict[str, np.ndarray], *, tool: str, kind: str,
         if value.dtype == object:
             raise ValueError(f"array {name} has dtype object, which would need pickle")
     payload[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **payload)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}", "check free space and permissions") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_file(path) as temporary, open(temporary, "wb") as stream:
+        np.savez(stream, **payload)
     return meta
-
-
-def _check_writable(path: str, overwrite: bool) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f"cannot write {path}: folder {os.path.dirname(path) or '.'} does not exist",
-                          "create it first (mkdir -p)")
-    if os.path.isdir(path):
-        raise OutputError(f"cannot write {path}: it is a folder", "give a file name")
-    if os.path.exists(path) and not overwrite:
-        raise GalError(f"{path} already exists", "pass --overwrite to replace it")
 
 
 def check_head_output(path: str, overwrite: bool) -> None:
     """Fail before any work when the model file cannot or must not be written."""
-    _check_writable(path, overwrite)
+    from galtools.io import check_output_path
+
+    if path == "-":
+        raise UsageProblem("a model file cannot go to stdout", "give a file name with -o")
+    check_output_path(path, overwrite)
 
 
 def load_head(path: str, tool: str, kinds: tuple[str, ...] | None = None) -> Head:

@@ -172,11 +172,11 @@ def evaluate(pred, truth, pred_column, mag_column, mag_bins, z_bins, as_json, pl
 
     from galtools.photoz.evaluate import evaluate as evaluate_predictions
     from galtools.photoz.evaluate import format_report, plot_report, read_columns
-    from galtools.photoz.figures import check_figure_path, save_atomically
+    from galtools.io import atomic_file, check_output_path
     from galtools.photoz.predict import bins_of
 
     if plot:
-        check_figure_path(plot, overwrite)
+        check_output_path(plot, overwrite)
     arrays, metadata = read_columns(pred, {"pred_column": pred_column, "truth": truth, "mag": mag_column})
     bins = bins_of(metadata)
     usable_truth = arrays["truth"][np.isfinite(arrays["truth"])]
@@ -190,7 +190,8 @@ def evaluate(pred, truth, pred_column, mag_column, mag_bins, z_bins, as_json, pl
     else:
         click.echo(format_report(report, mag_column))
     if plot:
-        save_atomically(plot, lambda path: plot_report(arrays["pred_column"], arrays["truth"], report, path, zmax))
+        with atomic_file(plot) as temporary:
+            plot_report(arrays["pred_column"], arrays["truth"], report, temporary, zmax)
 
 
 # ------------------------------------------------------------------------------------------------------- curve
@@ -215,16 +216,15 @@ def curve(emb, z_column, bins, zmax, hidden, val_fraction, max_epochs, patience,
 
     The labelled rows of EMB are held in memory.
     """
-    from galtools.io import check_output_path
+    from galtools.io import atomic_file, check_output_path
     from galtools.photoz.curve import format_curve, linear_probe_curve, parse_fractions, plot_curve
-    from galtools.photoz.figures import check_figure_path, save_atomically
     from galtools.photoz.fit import read_labelled
 
     settings = _fit_settings(bins, zmax, hidden, val_fraction, max_epochs, patience, batch_size, lr, weight_decay,
                              seed, None)
     wanted = parse_fractions(fractions)
     if plot:
-        check_figure_path(plot, overwrite)
+        check_output_path(plot, overwrite)
     if output:
         check_output_path(output, overwrite)
     x, z, model_sha256 = read_labelled(emb, z_column, settings.n_bins)
@@ -239,7 +239,8 @@ def curve(emb, z_column, bins, zmax, hidden, val_fraction, max_epochs, patience,
     if output:
         _write_curve_table(rows, output, fmt, overwrite, seed)
     if plot:
-        save_atomically(plot, lambda path: plot_curve(rows, path))
+        with atomic_file(plot) as temporary:
+            plot_curve(rows, temporary)
 
 
 def _write_curve_table(rows, output, fmt, overwrite, seed):
