@@ -240,6 +240,8 @@ def train_head(rows, val_x: np.ndarray, val_y: np.ndarray, dim: int, settings: F
                progress=None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Minimise cross-entropy on ``rows``; stop when the validation loss has not improved for ``patience`` checks.
 
+    Targets (``rows``' and ``val_y``) are class indices, or (n, classes) probabilities for soft targets.
+
     Returns the best (lowest validation loss) weights with the input standardisation folded into the first layer,
     and a record of the run.
     """
@@ -254,6 +256,15 @@ def train_head(rows, val_x: np.ndarray, val_y: np.ndarray, dim: int, settings: F
         torch.set_num_threads(threads)
 
 
+def _targets(torch, y):
+    """Class indices (1-d) as int64, or per-class probabilities (2-d, soft targets such as vote fractions) as
+    float32: torch's cross_entropy takes either."""
+    y = np.asarray(y)
+    if y.ndim == 2:
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return torch.from_numpy(y.astype(np.int64, copy=False))
+
+
 def _train_head(rows, val_x, val_y, dim, settings, progress):
     import torch
 
@@ -266,7 +277,7 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
     model = _torch_head(dim, settings.n_bins, settings.hidden)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     val_xt = (torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)) - mean_t) / scale_t
-    val_yt = torch.from_numpy(val_y.astype(np.int64))
+    val_yt = _targets(torch, val_y)
 
     steps_per_pass = math.ceil(rows.count / settings.batch_size)
     steps_per_check = max(steps_per_pass, MIN_STEPS_PER_CHECK)
@@ -281,7 +292,7 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
         for _ in range(steps_per_check):
             x, y = next(batches)
             logits = model((torch.from_numpy(x) - mean_t) / scale_t)
-            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+            loss = torch.nn.functional.cross_entropy(logits, _targets(torch, y))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
