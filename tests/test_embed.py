@@ -268,21 +268,48 @@ def test_float16_storage(model, table_file, fp32_run, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ scale-out
 
-def test_shards_concatenate_to_the_unsharded_output(model, table_file, fp32_run, tmp_path):
+def _gal_embed_on_path(folder) -> dict:
+    """An environment whose PATH has a gal-embed that runs this checkout (before the console script is installed)."""
+    shim = folder / "gal-embed"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m galtools.cli.embed "$@"\n')
+    shim.chmod(0o755)
+    return dict(os.environ, PYTHONPATH=ROOT, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_array_parts_concatenate_to_the_unsharded_output(model, table_file, fp32_run, tmp_path):
+    """examples/slurm-embed.sh as three array tasks (ids 1..3), then examples/check-embed-parts.py."""
     model_path, _, _ = model
     path, _ = table_file
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    env = _gal_embed_on_path(bin_folder)
     parts = tmp_path / "parts"
-    parts.mkdir()
-    for i in range(3):
-        # Slurm array variables choose the shard when --shard is not given (as in examples/slurm-embed.sh)
-        env = {"SLURM_ARRAY_TASK_ID": str(i + 1), "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "3"}
-        result = embed(path, "--model", model_path, "-o", parts / "part-{shard}.parquet", "-b", "64", env_extra=env)
+    script = os.path.join(ROOT, "examples", "slurm-embed.sh")
+    for task in (1, 2, 3):
+        task_env = dict(env, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_COUNT="3",
+                        PRECISION="fp32", BATCH="64")
+        result = subprocess.run(["bash", script, path, model_path, str(parts)], env=task_env, capture_output=True,
+                                timeout=300)
         assert result.returncode == 0, result.stderr.decode()
     assert sorted(os.listdir(parts)) == ["part-0-of-3.parquet", "part-1-of-3.parquet", "part-2-of-3.parquet"]
-    merged, reference = read(str(parts)), fp32_run
-    assert merged.column("object_id").to_pylist() == reference.column("object_id").to_pylist()
-    assert merged.column("label").to_pylist() == reference.column("label").to_pylist()
-    assert np.array_equal(embeddings(merged), embeddings(reference))
+    merged_path = tmp_path / "merged.parquet"
+    check = [sys.executable, os.path.join(ROOT, "examples", "check-embed-parts.py"), path, str(parts)]
+    result = subprocess.run(check + ["--merge", str(merged_path)], env=env, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    assert "every input row exactly once" in result.stderr.decode()
+
+    for merged in (read(str(parts)), read(str(merged_path))):
+        assert merged.column("object_id").to_pylist() == fp32_run.column("object_id").to_pylist()
+        assert merged.column("label").to_pylist() == fp32_run.column("label").to_pylist()
+        assert np.array_equal(embeddings(merged), embeddings(fp32_run))
+
+    # a rerun skips finished parts; a lost part is named by the check
+    again = subprocess.run(["bash", script, path, model_path, str(parts)], capture_output=True, timeout=300,
+                           env=dict(env, SLURM_ARRAY_TASK_ID="2", SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_COUNT="3"))
+    assert again.returncode == 0 and b"skipping" in again.stdout
+    os.unlink(parts / "part-1-of-3.parquet")
+    lost = subprocess.run(check, env=env, capture_output=True, timeout=300)
+    assert lost.returncode == 65 and b"shard(s) 1" in lost.stderr
 
 
 def test_an_empty_shard_writes_an_empty_table(model, tmp_path):
