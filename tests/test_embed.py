@@ -506,3 +506,20 @@ def test_threads_follow_the_cpu_allocation(model, table_file, tmp_path):
                    path, "--model", model_path, "-o", str(tmp_path / "t.parquet"), "-v"]
         pinned = subprocess.run(command, capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
         assert pinned.returncode == 0 and "1 CPU threads" in pinned.stderr.decode()
+
+
+def test_io_binding_ring_gives_the_same_embeddings(model, table_file, fp32_run, tmp_path):
+    """The GPU path's ring of bound input buffers, run on CPU buffers: a buffer reused too early would mix batches."""
+    from galtools.embed import EmbedSettings, embed_table, load_encoder
+    from galtools.embed.runner import IoBindingRunner
+    from galtools.io import open_output, open_table
+
+    model_path, _, _ = model
+    path, _ = table_file
+    encoder = load_encoder(model_path, EmbedSettings(device="cpu", batch_size=16))
+    encoder.runner = IoBindingRunner(encoder.session, 0, (16, 5, MODEL_SIZE, MODEL_SIZE), device_type="cpu")
+    out_path = str(tmp_path / "bound.parquet")
+    with open_table(path) as table, open_output(out_path, metadata=table.metadata, tool="test") as out:
+        stats = embed_table(table, encoder, out, batch_size=16)
+    assert stats.rows == N_ROWS
+    np.testing.assert_allclose(embeddings(read(out_path)), embeddings(fp32_run), rtol=0, atol=1e-5)

@@ -15,7 +15,7 @@ RING = 3
 
 
 class CpuRunner:
-    on_gpu = False
+    max_queued = 2     # prepared batches waiting for the session (each one is the caller's own numpy array)
 
     def __init__(self, session):
         self.session = session
@@ -30,14 +30,15 @@ class CpuRunner:
 class IoBindingRunner:
     """Inputs staged in a ring of device buffers; outputs left on the device during the run, then copied back."""
 
-    on_gpu = True
+    max_queued = RING - 2   # with one buffer being filled and one being run, this many can wait in between
 
-    def __init__(self, session, device_index: int, batch_shape: tuple[int, int, int, int]):
+    def __init__(self, session, device_index: int, batch_shape: tuple[int, int, int, int], device_type: str = "cuda"):
         import onnxruntime as ort
 
         self.session, self.device_index, self.batch_shape = session, device_index, tuple(batch_shape)
+        self.device_type = device_type   # "cuda"; "cpu" runs the same code in the tests of machines without a GPU
         self._ort = ort
-        self._ring = [ort.OrtValue.ortvalue_zeros(self.batch_shape, np.float32, "cuda", device_index)
+        self._ring = [ort.OrtValue.ortvalue_from_shape_and_type(self.batch_shape, np.float32, device_type, device_index)
                       for _ in range(RING)]
         self._next = 0
 
@@ -50,12 +51,12 @@ class IoBindingRunner:
             buffer.update_inplace(prepared)
             return buffer
         # the last, shorter batch: a buffer of its own
-        return self._ort.OrtValue.ortvalue_from_numpy(prepared, "cuda", self.device_index)
+        return self._ort.OrtValue.ortvalue_from_numpy(prepared, self.device_type, self.device_index)
 
     def run(self, staged) -> np.ndarray:
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, staged)
-        binding.bind_output(OUTPUT_NAME, "cuda", self.device_index)
+        binding.bind_output(OUTPUT_NAME, self.device_type, self.device_index)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 

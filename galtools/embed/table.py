@@ -110,8 +110,8 @@ def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 2
 
     start = time.perf_counter()
     try:
-        # On a GPU the ring of device buffers allows one prepared batch in the queue (see runner.RING).
-        Pipeline(produce(), write, prepare_depth=1 if encoder.on_gpu else 2).run(infer)
+        # With I/O binding, the ring of device buffers bounds the prepared batches in flight (see runner.RING).
+        Pipeline(produce(), write, prepare_depth=runner.max_queued).run(infer)
     finally:
         preparer.close()
     stats.seconds = time.perf_counter() - start
