@@ -178,20 +178,24 @@ def test_parallel_preparation_is_bitwise_the_serial_one():
     pre = _preprocess(["u", "g", "r"])
     plan = InputPlan.for_table(_Model(["u", "g", "r"], 20, pre), ["r", "g", "u"], (3, 24, 24), "t", "m")
     images = np.random.default_rng(1).normal(size=(300, 3, 24, 24)).astype(np.float32) * 10
-    serial = Preparer(plan, 1)(images)
+    images[123, 1, 5, 5] = np.nan
+    serial, serial_finite = Preparer(plan, 1)(images)
     parallel_preparer = Preparer(plan, 4)
     try:
-        assert np.array_equal(parallel_preparer(images), serial)
+        parallel, parallel_finite = parallel_preparer(images)
     finally:
         parallel_preparer.close()
+    assert np.array_equal(parallel, serial, equal_nan=True)
+    assert np.array_equal(parallel_finite, serial_finite)
+    assert np.nonzero(~parallel_finite)[0].tolist() == [123]
 
 
 def test_non_finite_pixels_name_the_objects():
-    prepared = np.zeros((4, 1, 2, 2), np.float32)
-    prepared[2, 0, 1, 1] = np.inf
     with pytest.raises(BadData, match="object_id 12"):
-        check_finite(prepared, [10, 11, 12, 13])
-    check_finite(np.zeros((3, 1, 2, 2), np.float32), None)
+        check_finite(np.array([True, True, False, True]), [10, 11, 12, 13])
+    with pytest.raises(BadData, match="row 0"):
+        check_finite(np.array([False]), None)
+    check_finite(np.ones(3, bool), None)
 
 
 # ------------------------------------------------------------------------------------------------ memory

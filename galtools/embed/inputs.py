@@ -87,33 +87,35 @@ class Preparer:
         self.workers = max(1, workers)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="gal-embed-prep") if self.workers > 1 else None
 
-    def __call__(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def _chunk(self, images: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Prepare rows into ``out``; which of them are finite (checked here, in the worker, while hot in cache)."""
+        self.plan.prepare_into(images, out)
+        return np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+
+    def __call__(self, images: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(prepared float32 (n, bands, S, S), per-row "all values finite")."""
         n = images.shape[0]
         size = self.plan.rows.stop - self.plan.rows.start
         if out is None:
             out = np.empty((n, len(self.plan.band_index), size, size), np.float32)
         if self._pool is None or n <= self.CHUNK_ROWS:
-            self.plan.prepare_into(images, out)
-        else:
-            step = max(self.CHUNK_ROWS, -(-n // self.workers))
-            jobs = [self._pool.submit(self.plan.prepare_into, images[lo:lo + step], out[lo:lo + step])
-                    for lo in range(0, n, step)]
-            for job in jobs:
-                job.result()
-        return out
+            return out, self._chunk(images, out)
+        step = max(self.CHUNK_ROWS, -(-n // self.workers))
+        jobs = [self._pool.submit(self._chunk, images[lo:lo + step], out[lo:lo + step]) for lo in range(0, n, step)]
+        return out, np.concatenate([job.result() for job in jobs])
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
 
-def check_finite(prepared: np.ndarray, object_ids) -> None:
+def check_finite(finite_rows: np.ndarray, object_ids) -> None:
     """NaN or infinite pixels would give NaN embeddings without a word: refuse them, naming the first objects.
-    (The preprocessing maps finite pixels to finite values, so checking its output checks the input.)"""
-    finite = np.isfinite(prepared.reshape(len(prepared), -1)).all(axis=1)
-    if finite.all():
+    (``finite_rows`` comes from the preprocessed values, which are finite exactly when the pixels are, short of
+    fluxes near float32's overflow.)"""
+    if finite_rows.all():
         return
-    bad = np.nonzero(~finite)[0]
+    bad = np.nonzero(~finite_rows)[0]
     ids = [str(object_ids[i]) for i in bad[:5]] if object_ids is not None else [f"row {i}" for i in bad[:5]]
     raise BadData(f"{len(bad)} cutout(s) in a batch hold NaN or infinite pixels (object_id {', '.join(ids)}"
                   f"{', ...' if len(bad) > 5 else ''})", FILL_HINT)

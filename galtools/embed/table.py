@@ -87,9 +87,10 @@ def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 2
 
     def produce():
         for batch in fixed_batches(table.iter_batches(batch_size=batch_size), batch_size):
-            prepared = preparer(images_of(batch))
-            ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
-            check_finite(prepared, ids)
+            prepared, finite_rows = preparer(images_of(batch))
+            if not finite_rows.all():
+                ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
+                check_finite(finite_rows, ids)
             carried = pa.RecordBatch.from_arrays([batch.column(n) for n in carried_names], names=carried_names)
             yield carried, runner.stage(prepared)
 
