@@ -129,7 +129,8 @@ def bench_cpu(args, folder: str) -> None:
            f"-> Parquet, batch {args.batch}, {threads} threads (bench_embed.py)",
            f"{ours_rate:.1f} images/s file to file incl. start-up (median of {args.repeats}; "
            f"read-infer-write loop {statistics.median(ours_loop):.1f} images/s)",
-           f"torch {torch.__version__} eager, same model and images in memory: {torch_rate:.1f} images/s",
+           f"torch {torch.__version__} eager, same model and images in memory: {torch_rate:.1f} images/s "
+           f"(load average {os.getloadavg()[0]:.1f} at the end: other users of the machine)",
            f"{ours_rate / torch_rate:.2f}x")
 
 

@@ -34,6 +34,9 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     compression and per-band normalisation, all read from the model's metadata) and writes object_id, the input's
     other columns and 'embedding' in the input's row order. INPUT is a FITS, Parquet or Arrow file, '-' for
     stdin, a folder or a quoted glob of parts.
+
+    --device auto takes a GPU when one is usable (else the CPU); cuda[:N] insists on one (exit 69 with the reason
+    otherwise); tensorrt[:N] uses ONNX Runtime's TensorRT provider where it is installed.
     """
     from galtools.embed import EmbedSettings, embed_table, load_encoder, output_metadata
     from galtools.errors import UsageProblem
