@@ -18,6 +18,7 @@ FIT_EXAMPLE = """gal-photoz fit emb.parquet --z-column z_spec -o photoz.model
 gal-photoz fit emb.parquet --hidden 256 --bins 180 --zmax 0.4 --seed 1 -o photoz-mlp.model"""
 
 PREDICT_EXAMPLE = """gal-photoz predict emb.parquet --model photoz.model -o pred.parquet
+gal-photoz predict emb.parquet --model photoz.model --truth z_spec | gal-ood score - --model ood.model -o both.pq
 gal-embed cutouts.fits --model encoder.onnx | gal-photoz predict - --model photoz.model --no-pdf | gal-info -"""
 
 EVAL_EXAMPLE = """gal-photoz eval pred.parquet --truth z_spec
@@ -114,9 +115,11 @@ def fit(emb, z_column, bins, zmax, hidden, val_fraction, max_epochs, patience, b
 @click.option("--no-pdf", is_flag=True, help="Leave out the z_pdf column (n_bins floats per object).")
 @click.option("--drop-embedding", is_flag=True,
               help="Leave out the embedding column (kept by default, so the output can go on to gal-ood).")
+@click.option("--truth", default=None, metavar="COLUMN",
+              help="Also add dz = (z_phot - COLUMN) / (1 + COLUMN) and abs_dz (e.g. for gal-ood eval --error-column).")
 @shard_option
 @output_options()
-def predict(emb, model_path, no_pdf, drop_embedding, shard, output, fmt, overwrite):
+def predict(emb, model_path, no_pdf, drop_embedding, truth, shard, output, fmt, overwrite):
     """Predict redshifts for every row of EMB (an embedding table from gal-embed, or '-').
 
     Adds z_phot (the pdf's mean over the bin centres), z_phot_mode (the most probable bin's centre), z_phot_std
@@ -141,7 +144,7 @@ def predict(emb, model_path, no_pdf, drop_embedding, shard, output, fmt, overwri
 
     with progress_bar(None, "predicting") as bar:
         rows = predict_table(emb, model, check, output, fmt=fmt, overwrite=overwrite, with_pdf=not no_pdf,
-                             keep_embedding=not drop_embedding, shard=selected, progress=bar.advance)
+                             keep_embedding=not drop_embedding, truth=truth, shard=selected, progress=bar.advance)
     log.debug(f"{rows} predictions written")
 
 

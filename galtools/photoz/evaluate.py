@@ -8,15 +8,20 @@ from galtools.io import open_table
 from galtools.photoz.metrics import OUTLIER_DZ, binned_metrics, normalised_residuals, photoz_metrics, quantile_edges
 
 
-def read_columns(source: str, columns: dict[str, str | None]) -> tuple[dict[str, np.ndarray], dict]:
+def read_columns(source: str, columns: dict[str, str | None],
+                 optional: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """The named numeric columns of a table as float64 arrays (NaN for nulls), and its metadata.
 
-    ``columns`` maps a role (e.g. 'truth') to a column name (None: not wanted)."""
+    ``columns`` maps a role (e.g. 'truth') to a column name (None: not wanted); ``optional`` roles are read only
+    when the table has their column."""
     import pyarrow as pa
 
     name = "stdin" if source == "-" else source
     wanted = {role: column for role, column in columns.items() if column}
     with open_table(source) as table:
+        for role, column in (optional or {}).items():
+            if column in table.schema.names and role not in wanted:
+                wanted[role] = column
         for role, column in wanted.items():
             if column not in table.schema.names:
                 raise BadData(f"{name} has no '{column}' column (columns: {', '.join(table.schema.names)})",

@@ -9,18 +9,20 @@ import pyarrow as pa
 
 from galtools.errors import BadData
 from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, open_output, open_table, vector_column, vectors_of
+from galtools.photoz.metrics import normalised_residuals
 from galtools.photoz.model import PhotozModel
 
 log = logging.getLogger("galtools")
 
 BINS_KEY = "galtools.photoz.bins"      # "n_bins,zmax" of the model that made the predictions
-PREDICTION_COLUMNS = ("z_phot", "z_phot_mode", "z_phot_std", "z_pdf")
+PREDICTION_COLUMNS = ("z_phot", "z_phot_mode", "z_phot_std", "z_pdf", "dz", "abs_dz")
 NOT_CARRIED = (IMAGE,) + PREDICTION_COLUMNS     # the embedding is carried: gal-photoz predict | gal-ood score -
 
 
 def prediction_batch(batch: pa.RecordBatch, model: PhotozModel, with_pdf: bool, name: str,
-                     keep_embedding: bool = True) -> pa.RecordBatch:
-    """The batch's carried columns followed by z_phot, z_phot_mode, z_phot_std (and z_pdf)."""
+                     keep_embedding: bool = True, truth: str | None = None) -> pa.RecordBatch:
+    """The batch's carried columns followed by z_phot, z_phot_mode, z_phot_std (and z_pdf; and with ``truth``,
+    dz = (z_phot - truth) / (1 + truth) and |dz|, NaN where the truth is missing)."""
     x = vectors_of(batch)
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if bad.size:
@@ -36,11 +38,16 @@ def prediction_batch(batch: pa.RecordBatch, model: PhotozModel, with_pdf: bool, 
     columns["z_phot_std"] = pa.array(out["z_phot_std"], pa.float32())
     if with_pdf:
         columns["z_pdf"] = vector_column(out["z_pdf"].astype(np.float32))
+    if truth is not None:
+        z_true = np.asarray(batch.column(truth).to_numpy(zero_copy_only=False), dtype=np.float64)
+        dz = normalised_residuals(out["z_phot"], z_true)
+        columns["dz"] = pa.array(dz, pa.float32())
+        columns["abs_dz"] = pa.array(np.abs(dz), pa.float32())
     return pa.RecordBatch.from_pydict(columns)
 
 
 def predict_table(source: str, model: PhotozModel, check_embeddings, output: str, *, fmt=None, overwrite=False,
-                  with_pdf=True, keep_embedding=True, shard=None, seed=None, progress=None) -> int:
+                  with_pdf=True, keep_embedding=True, truth=None, shard=None, seed=None, progress=None) -> int:
     """Write the predictions for every row of ``source``; returns the number of rows written.
 
     ``check_embeddings(dim, model_sha256, name)`` raises when the table's embeddings do not fit the model.
@@ -59,6 +66,14 @@ def predict_table(source: str, model: PhotozModel, check_embeddings, output: str
 
         check_single_model(table)
         check_embeddings(field.type.list_size, table.metadata.get(MODEL_SHA256) or None, name)
+        if truth is not None:
+            if truth not in table.schema.names:
+                raise BadData(f"{name} has no '{truth}' column (columns: {', '.join(table.schema.names)})",
+                              "name the true redshift column with --truth, or leave --truth out")
+            if not (pa.types.is_floating(table.schema.field(truth).type)
+                    or pa.types.is_integer(table.schema.field(truth).type)):
+                raise BadData(f"{name}: column '{truth}' is {table.schema.field(truth).type}, not numeric",
+                              "name the true redshift column with --truth")
         metadata = dict(table.metadata)
         metadata[BINS_KEY] = f"{model.bins.n_bins},{model.bins.zmax:g}"
         metadata["galtools.photoz.model"] = json.dumps({"kind": model.kind, "seed": model.info.get("seed"),
@@ -67,12 +82,12 @@ def predict_table(source: str, model: PhotozModel, check_embeddings, output: str
         with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool="gal-photoz",
                          seed=seed) as out:
             for batch in table.iter_batches(columns=columns):
-                out.write(prediction_batch(batch, model, with_pdf, name, keep_embedding))
+                out.write(prediction_batch(batch, model, with_pdf, name, keep_embedding, truth))
                 if progress is not None:
                     progress(batch.num_rows)
             if out.rows == 0:
                 empty = pa.RecordBatch.from_pylist([], schema=pa.schema([table.schema.field(c) for c in columns]))
-                out.expect_schema(prediction_batch(empty, model, with_pdf, name, keep_embedding).schema)
+                out.expect_schema(prediction_batch(empty, model, with_pdf, name, keep_embedding, truth).schema)
             return out.rows
 
 

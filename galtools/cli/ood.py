@@ -1,0 +1,280 @@
+"""gal-ood: which predictions to trust, and which objects are anomalies (distance to the labelled reference)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar, seed_option,
+                                 shard_option, subcommand)
+
+EXAMPLE = """gal-ood fit labelled-emb.parquet -k 10 -o ood.model
+gal-ood score survey-emb.parquet --model ood.model -o scored.parquet
+gal-ood score survey-emb.parquet --model ood.model --top 20 --montage strange.png --images cutouts.fits
+gal-ood eval scored.parquet --truth is_anomaly --error-column abs_dz --plot ood.png"""
+
+FIT_EXAMPLE = """gal-ood fit labelled-emb.parquet -o ood.model                    # k-th neighbour cosine distance
+gal-ood fit labelled-emb.parquet --method gmm --pca 32 --components 8 -o gmm.model
+gal-ood fit labelled-emb.parquet --search hnsw -k 50 -o big.model"""
+
+SCORE_EXAMPLE = """gal-ood score emb.parquet --model ood.model -o scored.parquet
+gal-photoz predict emb.parquet --model photoz.model --truth z_spec | gal-ood score - --model ood.model -o both.parquet
+gal-ood score emb.parquet --model ood.model --top 16 --montage strange.png --images cutouts.fits"""
+
+EVAL_EXAMPLE = """gal-ood eval scored.parquet --truth is_anomaly --json
+gal-ood eval both.parquet --error-column abs_dz --plot trust.png"""
+
+TOP_COLUMNS = ("object_id", "ood_score", "ood_raw", "trusted", "nearest_reference_id", "nearest_reference_distance")
+MONTAGE_COLUMNS = 8
+DEFAULT_MONTAGE_COUNT = 16
+
+
+@galtools_group("gal-ood", example=EXAMPLE)
+def cli():
+    """Out-of-distribution scores: how unlike a labelled reference set each object is.
+
+    \b
+    gal-ood fit REFERENCE -o MODEL     learn the reference (k-th neighbour distance, or --method gmm/iforest),
+                                       calibrated on held-out reference rows
+    gal-ood score TARGET --model M     ood_score (a percentile of the reference), trusted, nearest reference
+    gal-ood eval SCORED                AUROC / average precision / TPR at 5% FPR; the trust curve of an error
+
+    Objects far from every labelled one get predictions that should not be trusted; the same scores rank
+    anomalies. Scoring needs numpy (and faiss-cpu for --search flat/ivf/hnsw); fitting gmm/iforest needs
+    scikit-learn.
+    """
+
+
+# --------------------------------------------------------------------------------------------------------- fit
+
+@subcommand(cli, "fit", example=FIT_EXAMPLE)
+@input_argument("reference")
+@click.option("--method", type=click.Choice(["knn", "gmm", "iforest"]), default="knn", show_default=True,
+              help="knn: cosine distance to the k-th nearest reference row; gmm: -log density of a Gaussian "
+                   "mixture on a PCA projection; iforest: isolation-forest score on the same projection.")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Which neighbour's distance (knn).")
+@click.option("--search", type=click.Choice(["exact", "flat", "ivf", "hnsw"]), default="exact", show_default=True,
+              help="How neighbours are found (gal-knn's backends): exact blocked search, or a FAISS index.")
+@click.option("--calibration-fraction", type=float, default=0.2, show_default=True,
+              help="Reference rows held out of the fit to calibrate the scores on.")
+@click.option("--pca", type=int, default=32, show_default=True, help="PCA components (gmm, iforest).")
+@click.option("--components", type=int, default=8, show_default=True, help="Gaussian mixture components (gmm).")
+@click.option("--trees", type=int, default=200, show_default=True, help="Isolation-forest trees (iforest).")
+@seed_option
+@click.option("-o", "--output", required=True, metavar="MODEL", help="Model file to write (.model, an npz).")
+@click.option("--overwrite", is_flag=True, help="Replace MODEL if it exists.")
+def fit(reference, method, k, search, calibration_fraction, pca, components, trees, seed, output, overwrite):
+    """Learn the reference distribution from REFERENCE (e.g. the labelled objects' embeddings).
+
+    A fraction of the reference rows is held out; the statistic of those rows calibrates the scores, so that
+    ood_score is the fraction of in-distribution objects less strange than a given one. The model keeps the
+    other reference rows (their unit vectors and object_ids) and the encoder's sha256.
+    """
+    from galtools.heads import check_head_output
+    from galtools.io import open_table
+    from galtools.ood.fit import OodSettings, fit_reference
+    from galtools.search.table import load_embeddings
+
+    settings = OodSettings(method=method, k=k, search=search, calibration_fraction=calibration_fraction, pca=pca,
+                           components=components, trees=trees, seed=seed).validate()
+    check_head_output(output, overwrite)
+    name = "stdin" if reference == "-" else reference
+    with open_table(reference) as table:
+        embeddings = load_embeddings(table, name=name)
+    model = fit_reference(embeddings.vectors, embeddings.ids, settings, embeddings.model_sha256, source=name)
+    model.save(output, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------------------------------- score
+
+@subcommand(cli, "score", example=SCORE_EXAMPLE)
+@input_argument("target")
+@click.option("--model", "model_path", required=True, metavar="MODEL", help="A model from 'gal-ood fit'.")
+@click.option("--coverage", type=float, default=0.95, show_default=True,
+              help="trusted = ood_score < COVERAGE: this fraction of in-distribution objects is trusted.")
+@click.option("--top", type=click.IntRange(0), default=0, metavar="N",
+              help="Print the N strangest objects as a table (on stdout unless it carries the scored table).")
+@click.option("--show", "show_columns", multiple=True, metavar="COLUMN", help="Extra column in the --top table.")
+@click.option("--montage", metavar="PNG", help="Draw the strangest objects (--top N, default 16) from --images.")
+@click.option("--images", metavar="CUTOUTS", help="Cutout table holding the pictures for --montage.")
+@shard_option
+@output_options(default=None)
+def score(target, model_path, coverage, top, show_columns, montage, images, shard, output, fmt, overwrite):
+    """Score every row of TARGET (an embedding table, or '-') against the model's reference.
+
+    Adds ood_score (0-1: the fraction of held-out reference rows less strange than this object), ood_raw (the
+    statistic itself: k-th neighbour cosine distance, -log density or isolation score; it keeps ordering objects
+    beyond the reference's range), trusted (ood_score < --coverage), nearest_reference_id and
+    nearest_reference_distance (cosine); other columns are carried. With --top N and no -o, only the table of
+    the N strangest is printed (with -o -, it goes to stderr).
+    """
+    from galtools.cli.common import resolve_shard
+    from galtools.errors import UsageProblem
+    from galtools.heads import load_head
+    from galtools.io import check_output_path
+    from galtools.ood.model import KINDS, TOOL, OodModel
+    from galtools.ood.score import score_table
+
+    if not 0 < coverage < 1:
+        raise UsageProblem(f"--coverage must be between 0 and 1, got {coverage}")
+    if montage and not images:
+        raise UsageProblem("--montage needs --images", "the cutout table holding the pictures")
+    if montage:
+        top = top or DEFAULT_MONTAGE_COUNT
+    head = load_head(model_path, TOOL, KINDS)
+    model = OodModel.from_head(head)
+    selected = resolve_shard(shard)
+    if output is None:
+        output = None if top else "-"
+    if output is not None:
+        if selected is not None and "{shard}" in output:
+            output = selected.format_path(output)
+        check_output_path(output, overwrite)
+    if montage:
+        check_output_path(montage, overwrite)
+
+    def check(dim, sha, name):
+        head.check_embeddings(dim, sha, name, log)
+
+    with progress_bar(None, "scoring") as bar:
+        rows, strangest = score_table(target, model, check, output, coverage=coverage, fmt=fmt, overwrite=overwrite,
+                                      shard=selected, top=top, progress=bar.advance)
+    log.debug(f"{rows} objects scored")
+    if top:
+        _print_top(strangest, show_columns, to_stderr=output == "-")   # stdout may carry the scored table
+    if montage:
+        _draw_montage(strangest, images, montage)
+
+
+def _print_top(strangest, show_columns, to_stderr=False):
+    from galtools.errors import UsageProblem
+
+    if strangest is None or strangest.num_rows == 0:
+        click.echo("no objects scored", err=to_stderr)
+        return
+    columns = [c for c in TOP_COLUMNS if c in strangest.column_names]
+    for column in show_columns:
+        if column not in strangest.column_names:
+            raise UsageProblem(f"--show {column}: no such column", f"columns: {', '.join(strangest.column_names)}")
+        columns.append(column)
+    rows = [[_cell(v) for v in strangest.column(c).to_pylist()] for c in columns]
+    widths = [max(len(c), *(len(v) for v in values)) for c, values in zip(columns, rows)]
+    click.echo("  ".join(["rank"] + [c.rjust(w) for c, w in zip(columns, widths)]), err=to_stderr)
+    for i in range(strangest.num_rows):
+        click.echo("  ".join([str(i + 1).rjust(4)] + [values[i].rjust(w) for values, w in zip(rows, widths)]),
+                   err=to_stderr)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _draw_montage(strangest, images, path):
+    from galtools.errors import BadData
+    from galtools.io import atomic_file
+    from galtools.ood.montage import images_for
+    from galtools.viz import rgb_composite, save_montage
+
+    if strangest is None or strangest.num_rows == 0:
+        raise BadData("nothing to draw: no objects were scored", "check the input")
+    ids = strangest.column("object_id").to_pylist()
+    pictures, bands = images_for(images, ids)
+    rgb = rgb_composite(pictures, bands)
+    scores = strangest.column("ood_score").to_pylist()
+    raws = strangest.column("ood_raw").to_pylist()
+    captions = [f"{i}\nscore {s:.3f}\nraw {r:.3g}" for i, s, r in zip(ids, scores, raws)]
+    grid = [list(rgb[i:i + MONTAGE_COLUMNS]) for i in range(0, len(rgb), MONTAGE_COLUMNS)]
+    caption_grid = [captions[i:i + MONTAGE_COLUMNS] for i in range(0, len(captions), MONTAGE_COLUMNS)]
+    with atomic_file(path) as temporary:
+        save_montage(grid, temporary, captions=caption_grid,
+                     title=f"the {len(ids)} strangest objects, strangest first")
+
+
+# -------------------------------------------------------------------------------------------------------- eval
+
+@subcommand(cli, "eval", example=EVAL_EXAMPLE)
+@input_argument("scored")
+@click.option("--truth", default=None, metavar="COLUMN", help="Boolean (or 0/1) column: 1 for an anomaly.")
+@click.option("--error-column", default=None, metavar="COLUMN",
+              help="An error per object (e.g. abs_dz from 'gal-photoz predict --truth'): the trust curve.")
+@click.option("--score-column", default=None, metavar="COLUMN",
+              help="Score to rank by (default: ood_raw, else ood_score; ood_raw keeps ordering objects beyond "
+                   "the reference's range, where ood_score is 1 for all).")
+@click.option("--bins", type=click.IntRange(1), default=10, show_default=True,
+              help="Equal-count score bins of the trust curve.")
+@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="False-positive rate at which the true-positive rate is reported.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--plot", metavar="PNG", help="Score distributions of anomalies and normal objects; the trust curve.")
+@click.option("--overwrite", is_flag=True, help="Replace PNG if it exists.")
+def evaluate(scored, truth, error_column, score_column, bins, fpr, as_json, plot, overwrite):
+    """How well the scores of SCORED (from 'gal-ood score') separate anomalies (--truth) and how the error of
+    a prediction grows with strangeness (--error-column; with 'trusted' present, trusted vs untrusted too).
+
+    \b
+    AUROC      P(anomaly scores above a normal object), ties counted one half
+    AP         average precision: sum over thresholds of (recall step) x precision
+    TPR@FPR    the largest fraction of anomalies caught while flagging at most --fpr of normal objects
+    """
+    from galtools.errors import BadData, UsageProblem
+    from galtools.io import atomic_file, check_output_path
+    from galtools.ood.evaluate import evaluate as evaluate_scores
+    from galtools.ood.evaluate import format_detection, format_trust, plot_evaluation
+    from galtools.photoz.evaluate import read_columns
+
+    if not truth and not error_column:
+        raise UsageProblem("nothing to evaluate", "give --truth COLUMN (anomalies) and/or --error-column COLUMN")
+    if plot:
+        check_output_path(plot, overwrite)
+    optional = {"trusted": "trusted"}
+    if score_column is None:
+        optional.update({"ood_raw": "ood_raw", "ood_score": "ood_score"})
+    arrays, metadata = read_columns(scored, {"truth": truth, "error_column": error_column, "score_column": score_column},
+                             optional)
+    if score_column is None:
+        chosen = "ood_raw" if "ood_raw" in arrays else "ood_score" if "ood_score" in arrays else None
+        if chosen is None:
+            raise BadData(f"{scored} has neither ood_raw nor ood_score", "score it with 'gal-ood score' first, "
+                          "or name the column with --score-column")
+        score_column, arrays["score"] = chosen, arrays[chosen]
+    else:
+        arrays["score"] = arrays.pop("score_column")
+    if error_column:
+        arrays["error"] = arrays.pop("error_column")
+    report = evaluate_scores(arrays, bins, fpr)
+    report["score_column"] = score_column
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        parts = []
+        if "detection" in report:
+            parts.append(format_detection(report["detection"], score_column))
+        if "trust" in report:
+            parts.append(format_trust(report["trust"], error_column, score_column))
+        click.echo("\n\n".join(parts))
+    if plot:
+        with atomic_file(plot) as temporary:
+            plot_evaluation(arrays, report, temporary, score_column, error_column,
+                            _trust_threshold(metadata, score_column))
+
+
+def _trust_threshold(metadata, score_column):
+    """(value, coverage) of the trust boundary on the plotted score's axis, when the table says."""
+    try:
+        settings = json.loads(metadata.get("galtools.ood", ""))
+    except ValueError:
+        return None
+    if score_column == "ood_raw":
+        return settings.get("threshold"), settings.get("coverage")
+    if score_column == "ood_score":
+        return settings.get("coverage"), settings.get("coverage")
+    return None
+
+
+main = cli
+
+if __name__ == "__main__":
+    main()
