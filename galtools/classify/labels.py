@@ -60,9 +60,9 @@ def parse_class_list(text: str, option: str) -> tuple[tuple[str, ...], dict[str,
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        name, _, members = item.partition("=")
+        name, equals, members = item.partition("=")
         name = name.strip()
-        parts = tuple(m.strip() for m in members.split("+")) if members else (name,)
+        parts = tuple(m.strip() for m in members.split("+")) if equals else (name,)
         if not name or not all(parts):
             raise UsageProblem(f"{option} item {item!r} is not NAME or NAME=A+B",
                                f"e.g. {option} elliptical,spiral=spiral_cw+spiral_acw")
