@@ -41,9 +41,10 @@ MORPH_CLASSES = ("elliptical", "disk", "edge_on")
 
 MAG_R_LIMITS = (14.0, 17.77)  # SDSS MGS: extinction-corrected r < 17.77; bright end ~14 (saturation)
 Z_RANGE = (0.005, 0.45)  # the selection leaves almost nothing beyond 0.4
-ABS_MAG_RANGE = (-23.8, -16.0)
+ABS_MAG_RANGE = (-24.5, -16.0)
+LUMINOSITY_EVOLUTION_Q = 1.6  # M*(z) = M*(0.1) - Q (z - 0.1), Blanton et al. (2003) for SDSS r
 TYPE_PRIOR = np.array([0.15, 0.4, 0.3, 0.15])  # E, Sbc, Scd, Im per unit volume
-# Schechter (M*, alpha) per type in rest-frame r (AB, H0 = 70): bright red galaxies, faint blue ones.
+# Schechter (M*, alpha) per type in rest-frame r at z = 0.1 (AB, H0 = 70): bright red galaxies, faint blue ones.
 SCHECHTER = np.array([[-21.3, -0.6], [-21.2, -1.0], [-20.8, -1.1], [-20.3, -1.4]])
 BULGE_FRAC_RANGE = np.array([[0.7, 1.0], [0.1, 0.6], [0.0, 0.2], [0.0, 0.05]])
 DISK_THICKNESS = np.array([0.3, 0.15, 0.15, 0.3])  # intrinsic axis ratio of an edge-on disk
@@ -106,7 +107,8 @@ def draw_flux_limited_galaxy(rng, batch=512, max_batches=1000):
     for _ in range(max_batches):
         type_index = rng.choice(len(SED_TYPES), size=batch, p=TYPE_PRIOR)
         z = _draw_redshift(rng, batch)
-        abs_mag = _draw_abs_mag(rng, type_index)
+        # galaxies were brighter in the past: the luminosity function slides with z
+        abs_mag = _draw_abs_mag(rng, type_index) - LUMINOSITY_EVOLUTION_Q * (z - 0.1)
         bulge_frac = _draw_bulge_frac(rng, type_index)
         mags, _ = composite_magnitudes(abs_mag, z, type_index, bulge_frac)
         mag_r = mags[:, BANDS.index("r")]

@@ -112,9 +112,11 @@ def _good_fft_size(minimum: int) -> int:
 
 @dataclass(frozen=True)
 class KGrid:
-    """The Fourier grid of a padded stamp, in numpy's rfft2 layout. Its real-space period is n
-    pixels, so light further than n - size/2 pixels from the centre would fold into the stamp:
-    grid_size_for() makes n large enough that no source has light there."""
+    """The Fourier grid of a padded stamp: rows ky = (j - n/2) dk as GalSim draws them, columns
+    kx = 0..n/2 dk (numpy's rfft2 half plane). Keeping GalSim's row order saves a roll per
+    component; it multiplies the inverse FFT's row m by (-1)^m, undone by ``row_sign``.
+    The real-space period is n pixels, so light further than n - size/2 pixels from the centre
+    would fold into the stamp: grid_size_for() makes n large enough that no source has light there."""
 
     size: int
     pixscale: float
@@ -124,15 +126,17 @@ class KGrid:
     kx: np.ndarray  # (1, n//2+1) radians per arcsec
     ky: np.ndarray  # (n, 1)
     pixel_response: np.ndarray  # (n, n//2+1): Fourier transform of the square pixel
+    row_sign: np.ndarray  # (size, 1): (-1)^m
 
 
 @lru_cache(maxsize=32)
 def k_grid(size: int, pixscale: float, n: int) -> KGrid:
     dk = 2.0 * np.pi / (n * pixscale)
-    ky = (np.fft.fftfreq(n, d=1.0 / n) * dk)[:, None]
+    ky = ((np.arange(n) - n // 2) * dk)[:, None]
     kx = (np.arange(n // 2 + 1) * dk)[None, :]
     pixel_response = np.sinc(kx * pixscale / (2 * np.pi)) * np.sinc(ky * pixscale / (2 * np.pi))
-    return KGrid(size, pixscale, n, dk, (size / 2.0 - 0.5) * pixscale, kx, ky, pixel_response)
+    row_sign = np.where(np.arange(size) % 2 == 0, 1.0, -1.0)[:, None]
+    return KGrid(size, pixscale, n, dk, (size / 2.0 - 0.5) * pixscale, kx, ky, pixel_response, row_sign)
 
 
 def _light_extent(source, psf_fwhm_max: float) -> float:
@@ -153,17 +157,16 @@ def grid_size_for(scene: Scene, size: int, pixscale: float) -> int:
     return _good_fft_size(max(int(np.ceil(1.5 * size)), int(np.ceil(size / 2.0 + extent / pixscale))))
 
 
-def _half_plane(kimage: np.ndarray, n: int) -> np.ndarray:
-    """GalSim's centred full k image to numpy's rfft2 layout (origin first, kx >= 0)."""
-    return np.fft.ifftshift(kimage)[:, : n // 2 + 1]
-
-
 def _profile_transform(profile, grid: KGrid, place: bool = True) -> np.ndarray:
-    """Fourier transform of a GalSim profile on the grid; ``place`` moves the stamp centre to the
-    layout of the inverse FFT (sources yes, the PSF kernel no)."""
+    """Fourier transform of a GalSim profile on the grid's half plane; ``place`` moves the stamp
+    centre to the layout of the inverse FFT (sources yes, the PSF kernel no)."""
+    import galsim
+
     if place:
         profile = profile.shift(grid.centre_shift, grid.centre_shift)
-    return _half_plane(profile.drawKImage(nx=grid.n, ny=grid.n, scale=grid.dk).array, grid.n)
+    half = galsim.ImageCD(galsim.BoundsI(0, grid.n // 2, -(grid.n // 2), grid.n // 2 - 1), scale=grid.dk)
+    profile.drawKImage(image=half, recenter=False)
+    return half.array
 
 
 def _point_transform(x: float, y: float, grid: KGrid) -> np.ndarray:
@@ -174,7 +177,7 @@ def _point_transform(x: float, y: float, grid: KGrid) -> np.ndarray:
 def _image_transform(image: np.ndarray, grid: KGrid) -> np.ndarray:
     padded = np.zeros((grid.n, grid.n))
     padded[: grid.size, : grid.size] = image
-    return np.fft.rfft2(padded)
+    return np.roll(np.fft.rfft2(padded), grid.n // 2, axis=0)  # to GalSim's row order
 
 
 def _render_kspace(scene: Scene, size: int, pixscale: float) -> np.ndarray:
@@ -197,7 +200,7 @@ def _render_kspace(scene: Scene, size: int, pixscale: float) -> np.ndarray:
     for band in range(bands):
         psf = _profile_transform(psf_profile(float(scene.psf_fwhm[band])), grid, place=False)
         transform = psf * (unpixelised[band] * grid.pixel_response + pixelised[band])
-        cube[band] = np.fft.irfft2(transform, s=(grid.n, grid.n))[:size, :size]
+        cube[band] = np.fft.irfft2(transform, s=(grid.n, grid.n))[:size, :size] * grid.row_sign
     return cube
 
 
