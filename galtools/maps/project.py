@@ -21,6 +21,7 @@ log = logging.getLogger("galtools")
 
 BLOCK_ROWS = 65536
 UMAP_SLOW_ROWS = 200_000     # above this, say that UMAP on CPU will take a while
+EXACT_NEIGHBOURS_BELOW = 4096  # umap-learn's own limit for exact neighbours (above it: its approximate NN-descent)
 
 
 def pca(x: np.ndarray, n_components: int = 2, block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, dict]:
@@ -58,11 +59,25 @@ def umap_map(x: np.ndarray, seed: int, n_neighbors: int = 15, min_dist: float = 
         log.warning(f"only {n} rows: UMAP uses {neighbours} neighbours instead of {n_neighbors}")
     if n > UMAP_SLOW_ROWS:
         log.info(f"UMAP of {n} rows on one CPU thread takes a while (use --method pca for a quick look)")
+    # Small tables: the exact neighbours with numpy, as umap-learn would compute them, but without compiling its
+    # parallel numba kernels (about 15 s of CPU in every new process, far more than the map itself takes).
+    known = exact_neighbours(x, neighbours) + (None,) if n < EXACT_NEIGHBOURS_BELOW else (None, None, None)
     with warnings.catch_warnings():   # umap warns that a random_state turns parallelism off: that is the point
         warnings.simplefilter("ignore")
         import umap
 
         reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, min_dist=min_dist, metric="euclidean",
-                            random_state=seed, transform_seed=seed)
+                            random_state=seed, transform_seed=seed, precomputed_knn=known)
         coordinates = reducer.fit_transform(np.ascontiguousarray(x, dtype=np.float32))
     return np.asarray(coordinates, dtype=np.float64), {"n_neighbors": neighbours, "min_dist": min_dist}
+
+
+def exact_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, Euclidean distances) of each row's ``k`` nearest rows, itself included, nearest first (ties by
+    row).  Memory n x n float64: for small tables only."""
+    x = np.asarray(x, dtype=np.float64)
+    squares = np.einsum("ij,ij->i", x, x)
+    distance2 = np.maximum(squares[:, None] + squares[None, :] - 2.0 * (x @ x.T), 0.0)
+    np.fill_diagonal(distance2, 0.0)
+    indices = np.argsort(distance2, axis=1, kind="stable")[:, :k]
+    return indices, np.sqrt(np.take_along_axis(distance2, indices, axis=1))
