@@ -287,7 +287,7 @@ def render_scene(scene: Scene, size: int, pixscale: float, rng: np.random.Genera
     if noise:
         # Sky-limited Gaussian noise plus the sources' own Poisson noise (gain in e-/nanomaggy).
         variance = scene.sky_sigma[:, None, None] ** 2 + np.maximum(cube, 0.0) / scene.gain[:, None, None]
-        cube = cube + rng.standard_normal(cube.shape) * np.sqrt(variance)
+        cube = cube + rng.standard_normal(cube.shape, dtype=np.float32) * np.sqrt(variance)
     for defect in scene.detector_defects:
         if isinstance(defect, CosmicRay):
             _deposit_cosmic_ray(defect, cube)
