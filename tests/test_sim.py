@@ -141,7 +141,10 @@ def test_total_flux_matches_catalogue_magnitude(clean_sample):
         noise = np.sqrt(64 * 64) * labels[f"sky_sigma_{band}"][compact] + 0.02 * expected
         assert np.all(measured - expected < 5 * noise), band
         assert np.all(measured - expected > -5 * noise - 0.05 * expected), band  # light beyond the stamp
-        assert np.median(measured / expected) == pytest.approx(1.0, abs=0.03), band
+        # pooled over objects: the sky noise of the sum shrinks, light outside the stamp stays ~1-2%
+        pooled_noise = np.sqrt(np.sum((np.sqrt(64 * 64) * labels[f"sky_sigma_{band}"][compact]) ** 2))
+        tolerance = 0.03 + 4 * pooled_noise / expected.sum()
+        assert measured.sum() / expected.sum() == pytest.approx(1.0, abs=tolerance), band
 
 
 def _moffat_pixels(fwhm, beta, cx, cy, size, sub=3):
