@@ -187,6 +187,11 @@ def test_index_flat_equals_exact_and_recall_is_printed(tmp_path, emb):
     a, b = as_tuples(read_neighbours(exact.stdout)), as_tuples(read_neighbours(via_index.stdout))
     assert [x[:3] for x in a] == [x[:3] for x in b]
     np.testing.assert_allclose([x[3] for x in a], [x[3] for x in b], atol=1e-5)
+    # --all through the index (its stored vectors are the queries) equals exact --all
+    exact_all = run_tool("gal-knn", path, "--all", "-k", 3, "-o", "-", check=True)
+    index_all = run_tool("gal-knn", path, "--all", "-k", 3, "--index", index, "-o", "-", check=True)
+    a, b = as_tuples(read_neighbours(exact_all.stdout)), as_tuples(read_neighbours(index_all.stdout))
+    assert [x[:3] for x in a] == [x[:3] for x in b] and len(a) == 3 * table.num_rows
     again = run_tool("gal-knn", "index", path, "--kind", "flat")
     assert_clean_error(again, 1, "already exists", "--overwrite")
 

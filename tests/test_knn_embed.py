@@ -22,7 +22,7 @@ DIM = 6
 
 
 def linear_encoder(path, weights, preprocess, bands=BANDS):
-    """encoder.onnx of the galtools contract: image [batch, bands, S, S] -> Flatten -> MatMul -> embedding [batch, D]."""
+    """encoder.onnx of the galtools contract: image [batch, bands, S, S] -> Flatten, MatMul -> embedding [batch, D]."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
@@ -126,8 +126,6 @@ def test_query_image_embeds_on_the_fly_and_draws_a_montage(world):
 
 
 def test_query_image_with_wrong_bands_or_model_exits_65(world):
-    from galtools.preprocess import Preprocess
-
     tmp = world["tmp"]
     emb = tmp / "emb.parquet"
     run_tool("gal-embed", world["cutouts"], "--model", world["model"], "--device", "cpu", "-o", emb, check=True)
@@ -146,4 +144,3 @@ def test_query_image_with_wrong_bands_or_model_exits_65(world):
     assert result.returncode == 65 and "not the model that made the table" in result.stderr.decode()
     result = run_tool("gal-knn", emb, "--query-image", one)
     assert result.returncode == 2 and "--query-image needs --model" in result.stderr.decode()
-    del Preprocess

@@ -107,9 +107,9 @@ def test_torch_code_path_gives_the_same_neighbours(rng):
     base[200:] = base[:200]
     ids = rng.permutation(400)
     for largest in (True, False):
-        a = exact_topk(base[:30], base, 9, base_ids=ids, exclude=np.arange(30), largest=largest, block_bytes=4 * 30 * 50)
-        b = exact_topk(base[:30], base, 9, base_ids=ids, exclude=np.arange(30), largest=largest, block_bytes=4 * 30 * 50,
-                       device="torch-cpu")
+        common = dict(base_ids=ids, exclude=np.arange(30), largest=largest, block_bytes=4 * 30 * 50)
+        a = exact_topk(base[:30], base, 9, **common)
+        b = exact_topk(base[:30], base, 9, device="torch-cpu", **common)
         np.testing.assert_array_equal(a.indices, b.indices)
         np.testing.assert_array_equal(a.scores, b.scores)
 
@@ -147,6 +147,8 @@ def test_errors(rng):
         list(all_rows_topk(bad, 2))
     with pytest.raises(BadData, match="NaN"):
         exact_topk(bad[3:4], base, 2)
+    with pytest.raises(BadData, match="NaN"):
+        exact_topk(base[:1], bad, 2)
     with pytest.raises(BadData, match="dimension 3 differs"):
         exact_topk(base[:1, :3], base, 2)
     zero = base.copy()
@@ -179,7 +181,8 @@ def test_faiss_flat_equals_exact(rng):
         np.testing.assert_allclose(approx.scores, exact.scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 64, "nprobe": 8}), ("hnsw", {"hnsw_m": 16, "ef_search": 64})])
+@pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 64, "nprobe": 8}),
+                                         ("hnsw", {"hnsw_m": 16, "ef_search": 64})])
 def test_recall_of_approximate_indexes_on_clustered_data(rng, kind, params):
     from sklearn.neighbors import NearestNeighbors
 

@@ -59,7 +59,8 @@ def cli():
 @click.option("--index", "index_path", metavar="FAISS", help="Search this gal-knn index instead of exact search "
               "(refused, exit 65, if it was built from other embeddings).")
 @click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF: lists to visit (more = better recall).")
-@click.option("--ef", type=click.IntRange(1), default=None, help="HNSW: search breadth efSearch (more = better recall).")
+@click.option("--ef", type=click.IntRange(1), default=None,
+              help="HNSW: search breadth efSearch (more = better recall).")
 @shard_option
 @device_option
 @click.option("--montage", metavar="PNG", help="Also draw each query and its neighbours as colour composites.")
@@ -84,6 +85,8 @@ def search(emb, query_ids, queries_file, query_image, model, all_rows, k, least,
         raise UsageProblem("--query-image needs --model", "the encoder.onnx that made EMB")
     if montage and not images:
         raise UsageProblem("--montage needs --images", "the cutout table holding the pictures")
+    if (images or label) and not montage:
+        raise UsageProblem("--images and --label are for --montage", "add --montage OUT.png, or drop them")
     if (nprobe or ef) and not index_path:
         raise UsageProblem("--nprobe and --ef tune a FAISS index", "pass --index FILE, or drop them")
     shard_of_queries = _shard_for(shard, all_rows)
@@ -97,9 +100,10 @@ def search(emb, query_ids, queries_file, query_image, model, all_rows, k, least,
     if montage:
         _check_png_path(montage, overwrite)
 
-    base = _load_base(emb, checksum=index_path is not None)
+    # With an index the table's vectors are checked and checksummed but not kept: the index holds them.
+    base = _load_base(emb, checksum=index_path is not None, keep_vectors=index_path is None)
     index = _load_index(index_path, base) if index_path else None
-    plan = _plan_queries(base, query_ids, queries_file, query_image, model, all_rows, shard_of_queries,
+    plan = _plan_queries(base, index, query_ids, queries_file, query_image, model, all_rows, shard_of_queries,
                          include_self, device)
     blocks = _search_blocks(base, plan, k, least, index, nprobe, ef, device)
     settings = {"k": k, "least": least, "exact": index is None, "index": index_path, "nprobe": nprobe, "ef": ef,
@@ -133,14 +137,24 @@ def _check_png_path(path, overwrite):
         raise GalError(f"{path} already exists", "pass --overwrite to replace it")
 
 
-def _load_base(emb, checksum):
+def _load_base(emb, checksum, keep_vectors=True):
     from galtools.io import open_table
     from galtools.search.table import load_embeddings
 
     with open_table(emb) as table:
-        base = load_embeddings(table, checksum=checksum, name="stdin" if emb == "-" else emb)
-    log.debug(f"{base.count} embeddings of dimension {base.dim} ({base.vectors.nbytes / 2**20:.0f} MiB)")
+        base = load_embeddings(table, checksum=checksum, keep_vectors=keep_vectors,
+                               name="stdin" if emb == "-" else emb)
+    log.debug(f"{base.count} embeddings of dimension {base.dim} ({base.count * base.dim * 4 / 2**20:.0f} MiB)")
     return base
+
+
+def _vectors_of_rows(base, index, rows):
+    """Unit vectors of base rows: from the table in memory, or from the index when only it holds them."""
+    import numpy as np
+
+    if base.vectors is not None:
+        return np.ascontiguousarray(base.vectors[rows])
+    return index.vectors(rows)
 
 
 def _load_index(index_path, base):
@@ -165,9 +179,7 @@ class _QueryPlan:
         self.bands = bands
 
 
-def _plan_queries(base, query_ids, queries_file, query_image, model, all_rows, shard, include_self, device):
-    import numpy as np
-
+def _plan_queries(base, index, query_ids, queries_file, query_image, model, all_rows, shard, include_self, device):
     if all_rows:
         start, stop = shard.bounds(base.count) if shard else (0, base.count)
         return _QueryPlan(ids=None, all_rows=range(start, stop), exclude=not include_self)
@@ -179,7 +191,7 @@ def _plan_queries(base, query_ids, queries_file, query_image, model, all_rows, s
         wanted = wanted[lo:hi]
     rows = base.rows_of(wanted)
     exclude = None if include_self else rows
-    return _QueryPlan(ids=base.ids.take(rows), vectors=np.ascontiguousarray(base.vectors[rows]), rows=rows,
+    return _QueryPlan(ids=base.ids.take(rows), vectors=_vectors_of_rows(base, index, rows), rows=rows,
                       exclude=exclude)
 
 
@@ -294,7 +306,8 @@ def _embed_cutouts(cutouts, model, device, shard):
         if "object_id" not in table.schema.names:
             from galtools.errors import BadData
 
-            raise BadData(f"--query-image {cutouts} has no object_id column", "give a cutout table from gal-pack or gal-sim")
+            raise BadData(f"--query-image {cutouts} has no object_id column",
+                          "give a cutout table from gal-pack or gal-sim")
         teed = _KeepFirstImages(table, MONTAGE_ROWS)
         embed_table(teed, encoder, collected)
         bands = table.bands
@@ -319,7 +332,7 @@ def _search_blocks(base, plan, k, least, index, nprobe, ef, device):
         if index is None:
             searched = all_rows_topk(base.vectors, k, rows=rows, tie_rank=base.tie_rank, largest=largest,
                                      normalized=True, query_block=QUERY_BLOCK, device=device,
-                                     exclude_self=plan.exclude)
+                                     exclude_self=plan.exclude, check_base=False)  # checked on loading
         else:
             searched = _index_blocks(base, rows, index, k, largest, plan.exclude, nprobe, ef)
         for block_rows, topk in progress(searched, total=total_blocks, description="searching"):
@@ -330,7 +343,7 @@ def _search_blocks(base, plan, k, least, index, nprobe, ef, device):
                             ef=ef, tie_rank=base.tie_rank)
     else:
         topk = exact_topk(plan.vectors, base.vectors, k, tie_rank=base.tie_rank, exclude=plan.exclude,
-                          largest=largest, normalized=True, device=device)
+                          largest=largest, normalized=True, device=device, check_base=False)  # checked on loading
     yield plan.ids, topk
 
 
@@ -339,10 +352,10 @@ def _index_blocks(base, rows, index, k, largest, exclude_self, nprobe, ef):
 
     for begin in range(rows.start, rows.stop, QUERY_BLOCK):
         block_rows = range(begin, min(rows.stop, begin + QUERY_BLOCK))
-        exclude = np.arange(block_rows.start, block_rows.stop, dtype=np.int64) if exclude_self else None
-        yield block_rows, index.search(base.vectors[block_rows.start:block_rows.stop], k, exclude=exclude,
-                                       largest=largest, normalized=True, nprobe=nprobe, ef=ef,
-                                       tie_rank=base.tie_rank)
+        row_numbers = np.arange(block_rows.start, block_rows.stop, dtype=np.int64)
+        queries = _vectors_of_rows(base, index, row_numbers)
+        yield block_rows, index.search(queries, k, exclude=row_numbers if exclude_self else None, largest=largest,
+                                       normalized=True, nprobe=nprobe, ef=ef, tie_rank=base.tie_rank)
 
 
 def _write_neighbours(blocks, base, output, fmt, overwrite, to_terminal, settings, keep):
@@ -468,7 +481,14 @@ def _draw_montage(kept, base, plan, images_source, label, path, least):
                         + [f"{nid}\n{score:.3f}\n{label_of(nid, row)}"
                            for nid, score, row in zip(order_ids[1:], scores[rows >= 0], rows[rows >= 0])])
     title = "least similar" if least else "most similar"
-    save_montage(grid, path, captions=captions, title=f"query, then its {title} (cosine similarity)")
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp.png")
+    try:  # atomic, like the tables: a failed drawing leaves no half-written picture
+        save_montage(grid, temporary, captions=captions, title=f"query, then its {title} (cosine similarity)")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
     log.info(f"wrote montage of {len(grid)} queries to {path}")
 
 
@@ -527,7 +547,8 @@ def _default_index_path(emb):
               help="Index file (default: EMB with .faiss instead of its extension); the sidecar is FAISS.json.")
 @click.option("--overwrite", is_flag=True, help="Replace the index if it exists.")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="IVF: number of lists (default ~4 sqrt(N)).")
-@click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF: lists visited by default (default max(8, nlist/16)).")
+@click.option("--nprobe", type=click.IntRange(1), default=None,
+              help="IVF: lists visited by default (default max(8, nlist/16)).")
 @click.option("--m", "hnsw_m", type=click.IntRange(2), default=32, show_default=True, help="HNSW: links per node.")
 @click.option("--ef-construction", type=click.IntRange(1), default=200, show_default=True, help="HNSW: build breadth.")
 @click.option("--ef", type=click.IntRange(1), default=128, show_default=True, help="HNSW: default search breadth.")

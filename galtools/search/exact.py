@@ -288,14 +288,16 @@ def _search_block(engine, queries, k, tie_rank, exclude, largest, block_bytes) -
 
 def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, *, base_ids=None, tie_rank: np.ndarray | None = None,
                exclude: np.ndarray | None = None, largest: bool = True, metric: str = "cosine",
-               normalized: bool = False, block_bytes: int = DEFAULT_BLOCK_BYTES, device: str = "cpu") -> TopK:
+               normalized: bool = False, block_bytes: int = DEFAULT_BLOCK_BYTES, device: str = "cpu",
+               check_base: bool = True) -> TopK:
     """Exact top-k neighbours of each query among the rows of ``base``.
 
     queries: (Q, D), base: (N, D) float32.  metric "cosine" normalises rows (unless ``normalized`` says they
     already have unit length); "ip" uses raw inner products.  ``base_ids`` (or a precomputed ``tie_rank`` from
     :func:`tie_ranks`) orders ties by object_id.  ``exclude[i]`` is a base row never returned for query i (the
     query itself; -1 for none).  ``largest=False`` returns the least similar.  Memory: the base plus one
-    ``block_bytes`` tile plus O(Q x k).
+    ``block_bytes`` tile plus O(Q x k).  ``check_base=False`` skips the NaN scan of the base (one pass over
+    it) for callers that validated it once already, as gal-knn does when it loads a table.
     """
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     base = np.asarray(base, dtype=np.float32)
@@ -306,6 +308,8 @@ def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, *, base_ids=None, 
         raise UsageProblem(f"unknown metric {metric!r}", "use cosine or ip")
     _check_k(k, base.shape[0], exclude is not None)
     check_finite(queries, "query embeddings")
+    if check_base:
+        check_finite(base, "embeddings")
     if tie_rank is None:
         tie_rank = tie_ranks(base_ids, base.shape[0])
     if exclude is not None:
@@ -329,7 +333,7 @@ def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_i
                   tie_rank: np.ndarray | None = None, largest: bool = True, metric: str = "cosine",
                   normalized: bool = False, query_block: int = DEFAULT_QUERY_BLOCK,
                   block_bytes: int = DEFAULT_BLOCK_BYTES, device: str = "cpu",
-                  exclude_self: bool = True) -> Iterator[tuple[range, TopK]]:
+                  exclude_self: bool = True, check_base: bool = True) -> Iterator[tuple[range, TopK]]:
     """Top-k of every row in ``rows`` (default: all) against the whole base, each row excluding itself
     (unless ``exclude_self=False``).
 
@@ -342,8 +346,8 @@ def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_i
     if tie_rank is None:
         tie_rank = tie_ranks(base_ids, base.shape[0])
     normalize = metric == "cosine" and not normalized
-    if base.shape[0]:
-        check_finite(base[rows.start:rows.stop], "embeddings")
+    if check_base:
+        check_finite(base, "embeddings")
     engine = _tile_engine(base, normalize, device, 2.0 * len(rows) * base.size)
     for begin in range(rows.start, rows.stop, query_block):
         block_rows = range(begin, min(rows.stop, begin + query_block))

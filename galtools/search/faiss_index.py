@@ -190,6 +190,19 @@ class FaissIndex:
             rows, scores = _order_ties(rows, scores, tie_rank, largest)
         return TopK(indices=rows.astype(np.int64), scores=scores)
 
+    def vectors(self, rows) -> np.ndarray:
+        """The stored unit vectors of ``rows`` (all three kinds keep them uncompressed): the queries of a search
+        by object_id without holding the table's vectors a second time."""
+        faiss = _faiss()
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()  # row -> (list, offset): 8 bytes per vector
+        if len(rows) == 0:
+            return np.empty((0, self.meta["dim"]), dtype=np.float32)
+        return np.ascontiguousarray(self.index.reconstruct_batch(rows), dtype=np.float32)
+
     def _set_search_params(self, nprobe: int | None, ef: int | None, wanted: int) -> None:
         faiss = _faiss()
         if self.kind == "ivf":

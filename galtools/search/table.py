@@ -53,19 +53,16 @@ class EmbeddingSet:
 
     name: str
     ids: pa.Array                     # object_id, one chunk
-    vectors: np.ndarray               # (N, D) float32, unit length (cosine similarity = inner product)
+    vectors: np.ndarray | None        # (N, D) float32 unit rows (cosine = inner product); None if not kept
     carried: pa.Table                 # the other columns (ra, dec, labels ...), row-aligned
     metadata: dict
+    dim: int
     checksum: str | None = None
     _tie_rank: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
-        return self.vectors.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.vectors.shape[1]
+        return len(self.ids)
 
     @property
     def model_sha256(self) -> str | None:
@@ -128,11 +125,13 @@ def check_single_model(table) -> None:
                       "embed all parts with the same encoder.onnx, or search each model's table separately")
 
 
-def load_embeddings(table, *, checksum: bool = False, name: str | None = None) -> EmbeddingSet:
-    """Read a galtools.io Table of embeddings whole: ids, unit vectors (normalised in place), carried columns.
+def load_embeddings(table, *, checksum: bool = False, keep_vectors: bool = True,
+                    name: str | None = None) -> EmbeddingSet:
+    """Read a galtools.io Table of embeddings whole: ids, unit vectors, carried columns.
 
     Refuses (BadData, exit 65) a table without object_id or embedding, null ids, NaN/inf or all-zero vectors,
-    and parts embedded by different models.
+    and parts embedded by different models.  ``keep_vectors=False`` checks (and checksums) the vectors in one
+    streaming pass without holding them: for search through a FAISS index, which holds them already.
     """
     name = name or table.name
     schema = table.schema
@@ -147,44 +146,62 @@ def load_embeddings(table, *, checksum: bool = False, name: str | None = None) -
     dim = schema.field(EMBEDDING).type.list_size
     columns = [c for c in schema.names if c not in NOT_CARRIED]
     hasher = _Checksum() if checksum else None
+    problems = _VectorProblems()
     total = table.num_rows
-    vectors = np.empty((total, dim), dtype=np.float32) if total is not None else None
+    vectors = np.empty((total, dim), dtype=np.float32) if keep_vectors and total is not None else None
     pieces, kept, filled = [], [], 0
     for batch in table.iter_batches(columns=columns + [EMBEDDING]):
         block = vectors_of(batch, EMBEDDING)
         ids = batch.column(OBJECT_ID)
         if ids.null_count:
             raise BadData(f"{name}: object_id has null values", "every row needs an object_id")
+        problems.scan(block, ids)
         if hasher is not None:
             hasher.add(block, ids)
         if vectors is not None:
             vectors[filled: filled + len(block)] = block
-        else:
+        elif keep_vectors:  # a stream of unknown length
             pieces.append(np.array(block, dtype=np.float32))
         filled += len(block)
         kept.append(batch.select(columns))
-    if vectors is None:
-        vectors = np.concatenate(pieces) if pieces else np.empty((0, dim), np.float32)
-        pieces.clear()
     if filled == 0:
         raise BadData(f"{name} has no rows", "check the input and any --shard or filter")
+    problems.raise_any(name)
+    if keep_vectors and vectors is None:
+        vectors = np.concatenate(pieces)
+        pieces.clear()
+    if vectors is not None:
+        unit_rows(vectors, out=vectors)
     carried = pa.Table.from_batches(kept, schema=pa.schema([schema.field(c) for c in columns])).combine_chunks()
     ids = carried.column(OBJECT_ID).combine_chunks()
-    _check_vectors(vectors, ids, name)
-    unit_rows(vectors, out=vectors)
     return EmbeddingSet(name=name, ids=ids, vectors=vectors, carried=carried.drop_columns([OBJECT_ID]),
-                        metadata=dict(table.metadata), checksum=hasher.hexdigest() if hasher else None)
+                        metadata=dict(table.metadata), dim=dim, checksum=hasher.hexdigest() if hasher else None)
 
 
-def _check_vectors(vectors: np.ndarray, ids: pa.Array, name: str) -> None:
-    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if bad.size:
-        raise BadData(f"{name}: {bad.size} embedding(s) hold NaN or infinite values (first: object_id "
-                      f"{ids[int(bad[0])].as_py()!r})", "re-embed those objects or drop them")
-    zero = np.flatnonzero(~vectors.any(axis=1))
-    if zero.size:
-        raise BadData(f"{name}: {zero.size} embedding(s) are all zeros (first: object_id {ids[int(zero[0])].as_py()!r}); "
-                      "cosine similarity is undefined for them", "re-embed those objects or drop them")
+class _VectorProblems:
+    """Counts NaN/inf and all-zero embeddings batch by batch, remembering the first object_id of each."""
+
+    def __init__(self):
+        self.nonfinite, self.zero = 0, 0
+        self.first_nonfinite = self.first_zero = None
+
+    def scan(self, block: np.ndarray, ids: pa.Array) -> None:
+        nonfinite = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        zero = np.flatnonzero(~block.any(axis=1))
+        if nonfinite.size and self.first_nonfinite is None:
+            self.first_nonfinite = ids[int(nonfinite[0])].as_py()
+        if zero.size and self.first_zero is None:
+            self.first_zero = ids[int(zero[0])].as_py()
+        self.nonfinite += nonfinite.size
+        self.zero += zero.size
+
+    def raise_any(self, name: str) -> None:
+        if self.nonfinite:
+            raise BadData(f"{name}: {self.nonfinite} embedding(s) hold NaN or infinite values (first: object_id "
+                          f"{self.first_nonfinite!r})", "re-embed those objects or drop them")
+        if self.zero:
+            raise BadData(f"{name}: {self.zero} embedding(s) are all zeros (first: object_id {self.first_zero!r}); "
+                          "cosine similarity is undefined for them", "re-embed those objects or drop them")
 
 
 def neighbour_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_missing: bool = True) -> pa.RecordBatch:
