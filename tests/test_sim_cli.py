@@ -121,6 +121,7 @@ def test_montage_captions_name_redshift_and_class():
     (["-n", "0"], 2, "0 is not in the range x>=1"),
     (["-n", "5", "--anomaly-fraction", "1.5"], 2, "1.5 is not in the range"),
     (["-n", "5", "--shard", "3/3"], 2, "need 0 <= i < n"),
+    (["-n", "5", "--seed", "-1"], 2, "--seed -1 is negative"),
     (["-n", "5", "-o", "/nonexistent-folder/x.fits"], 74, "does not exist"),
 ])
 def test_bad_arguments_exit_with_one_line(args, code, words):

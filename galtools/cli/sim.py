@@ -1,6 +1,8 @@
 """gal-sim: mock SDSS ugriz cutouts with known truth, rendered with GalSim."""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
 
@@ -60,6 +62,10 @@ def cli(count, seed, size, anomaly_fraction, neighbour_rate, jobs, shard, montag
         check_output_path(output, overwrite)
     if montage:
         _check_png_path(montage, overwrite)
+    if seed < 0:
+        from galtools.errors import UsageProblem
+
+        raise UsageProblem(f"--seed {seed} is negative", "give a seed >= 0")
     config = SimConfig(seed=seed, size=size, anomaly_fraction=anomaly_fraction, neighbour_rate=neighbour_rate)
     workers = jobs or _usable_cores()
     if montage_only:
@@ -87,20 +93,24 @@ def _render(config, count, start, stop, workers, output, fmt, overwrite, keep):
 
     kept_images, kept_labels = [], []
     log.debug(f"rendering objects {start}..{stop - 1} of {count} with {workers} worker(s)")
-    with progress_bar(stop - start, "simulating") as bar:
-        if output is None:
-            for chunk in iter_chunks(config, start, stop, jobs=workers):
+    with contextlib.ExitStack() as stack:
+        out = None
+        if output is not None:
+            out = stack.enter_context(open_output(output, overwrite=overwrite, fmt=fmt, tool="gal-sim",
+                                                  metadata=table_metadata(config, count), seed=config.seed))
+            out.expect_schema(output_schema(config.size))
+        chunks = iter_chunks(config, start, stop, jobs=workers)
+        stack.callback(chunks.close)  # stops the workers at once on an error or a closed pipe
+        # The first chunk starts the worker processes: fork them before the progress bar's thread exists.
+        first = next(chunks, None)
+        with progress_bar(stop - start, "simulating") as bar:
+            for chunk in itertools.chain([first] if first is not None else [], chunks):
+                if out is not None:
+                    out.write(chunk_record_batch(chunk))
                 _keep(chunk, keep, kept_images, kept_labels)
                 bar.advance(chunk.stop - chunk.start)
-        else:
-            with open_output(output, overwrite=overwrite, fmt=fmt, metadata=table_metadata(config, count),
-                             tool="gal-sim", seed=config.seed) as out:
-                out.expect_schema(output_schema(config.size))
-                for chunk in iter_chunks(config, start, stop, jobs=workers):
-                    out.write(chunk_record_batch(chunk))
-                    _keep(chunk, keep, kept_images, kept_labels)
-                    bar.advance(chunk.stop - chunk.start)
-            log.info(f"{out.rows} cutouts written to {'stdout' if output == '-' else output}")
+    if out is not None:
+        log.info(f"{out.rows} cutouts written to {'stdout' if output == '-' else output}")
     return kept_images, kept_labels
 
 
