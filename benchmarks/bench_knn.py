@@ -203,7 +203,11 @@ def part_allpairs(args, which):
 
 def run_part(name, args):
     command = [sys.executable, os.path.abspath(__file__), "--part", name] + args.passthrough
-    result = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.threads:  # both libraries alike: BLAS (numpy) and OpenMP (FAISS)
+        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[variable] = str(args.threads)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"part {name} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -227,6 +231,9 @@ def main():
     parser.add_argument("--data", choices=["low-rank", "random"], default="low-rank",
                         help="Vectors of the approximate-index part (exact parts always use random ones).")
     parser.add_argument("--scratch", default="/tmp/galtools-bench-knn")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="Threads for BLAS and FAISS alike (default: the libraries' own). One thread gives "
+                             "steadier numbers on a shared machine.")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--no-record", action="store_true", help="Print only; do not append to RESULTS.md.")
     args = parser.parse_args()
@@ -242,7 +249,7 @@ def main():
 
     save = (lambda *row: record(*row)) if not args.no_record else (lambda *row: print(" | ".join(row)))
     parts = args.parts.split(",")
-    size = f"{args.n:,} x {args.dim}"
+    size = f"{args.n:,} x {args.dim}" + (f", {args.threads} thread(s)" if args.threads else "")
     if "exact" in parts:
         r = run_part("exact", args)
         save(f"gal-knn exact top-{args.k}, {args.queries:,} queries over {size} (bench_knn.py)",
@@ -257,7 +264,7 @@ def main():
         if kind not in parts:
             continue
         r = run_part(kind, args)
-        n = f"{r['n']:,} x {args.dim} {args.data} vectors"
+        n = f"{r['n']:,} x {args.dim} {args.data} vectors" + (f", {args.threads} thread(s)" if args.threads else "")
         if "error" in r:
             save(f"gal-knn {kind} single-query latency over {n}", r["error"], f"curve {r['curve']}", "-")
             continue
@@ -276,7 +283,8 @@ def main():
         agree = float(np.mean(a == b))
         for suffix in ("-ours.npy", "-faiss.npy"):
             os.remove(args.scratch + suffix)
-        save(f"gal-knn --all top-{args.k} (all pairs) over {args.allpairs_n:,} x {args.dim} (bench_knn.py)",
+        threads = f", {args.threads} thread(s)" if args.threads else ""
+        save(f"gal-knn --all top-{args.k} (all pairs) over {args.allpairs_n:,} x {args.dim}{threads} (bench_knn.py)",
              f"{ours['seconds']:.1f} s, peak RSS {ours['peak_rss_mib']:.0f} MiB (data alone "
              f"{ours['data_rss_mib']:.0f} MiB; same neighbours as FAISS: {agree:.4f}; {ours['load']})",
              f"faiss IndexFlatIP.search k={args.k + 1} {theirs['seconds']:.1f} s, peak RSS "
