@@ -189,6 +189,20 @@ def test_soft_fit_reaches_the_soft_optimum_not_the_majority_one():
     assert np.abs(predicted[:3] - wins).max() > 0.15
 
 
+def test_mlp_head_learns_and_survives_its_file(data, tmp_path):
+    from galtools.classify.fit import ClassifySettings, LabelledRows, fit_rows
+    from galtools.classify.labels import HARD, LabelSpec
+
+    spec = LabelSpec(HARD, "morph", CLASSES, {c: (c,) for c in CLASSES})
+    model = fit_rows(LabelledRows(data["x"], data["truth"], spec, "abc123"), ClassifySettings(hidden=8, seed=2))
+    assert model.kind == "classify-mlp" and [w.shape for w in model.weights] == [(DIM, 8), (8, 3)]
+    model.save(str(tmp_path / "mlp.model"))
+    again = load(tmp_path / "mlp.model")
+    assert again.kind == "classify-mlp" and again.classes == CLASSES and again.model_sha256 == "abc123"
+    np.testing.assert_array_equal(again.predict_proba(data["x_test"]), model.predict_proba(data["x_test"]))
+    assert (again.predict_proba(data["x_test"]).argmax(axis=1) == data["truth_test"]).mean() > 0.97
+
+
 # ---------------------------------------------------------------------------------------- predict, eval, curve
 
 def read_json(result):

@@ -93,9 +93,12 @@ def evaluate(predictions: Predictions, confident: float = 0.8, calibration_bins:
         truth = majority_vote(targets)
         skipped = {"n_no_votes": int((~usable).sum())}
     if not usable.any():
-        where = f"'{spec.column}'" if spec.kind == HARD else ", ".join(spec.columns)
-        raise BadData(f"no row has a usable truth in {where} (of {len(usable)} rows)",
-                      "name the label column(s) with --label or --soft-labels")
+        if spec.kind == HARD:
+            values = sorted({v for name in classes for v in spec.sources[name]})
+            raise BadData(f"no row of '{spec.column}' holds a class the model knows (of {len(usable)} rows; it "
+                          f"expects {', '.join(values)})", "name the label column with --label")
+        raise BadData(f"no row has votes in {', '.join(spec.columns)} (of {len(usable)} rows)",
+                      "name the vote columns with --soft-labels")
     q = predictions.probabilities[usable]
     predicted = predictions.predicted[usable]
     report = {"truth": spec.to_json(), **classification_metrics(truth, predicted, classes), **skipped,
