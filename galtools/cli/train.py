@@ -131,7 +131,7 @@ def fit(cutouts, out, method, arch, width, crop, ops, pixscale, batch_size, lr, 
         monitor_label=monitor_label, monitor_size=monitor_size, export=not no_export)
     result = train(config, resume=resume, overwrite=overwrite, progress=progress_bar, log=log,
                    stop_after=stop_after)
-    if result.get("last_loss") is not None:
+    if result["is_main"] and result.get("last_loss") is not None:
         log.info(f"done: {result['steps']} steps, final loss {result['last_loss']:.4f}")
 
 

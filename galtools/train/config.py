@@ -8,7 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from galtools.errors import UsageProblem
-from galtools.models import DEFAULT_ARCH, list_encoders
+
+DEFAULT_ARCH = "resnet50-hayat"   # galtools.models.DEFAULT_ARCH, named here so that this module needs no torch
 
 METHODS = ("moco", "simclr")
 REFERENCE_BATCH = 256   # lr is given per 256 images and scaled linearly with the global batch (Goyal et al. 2017)
@@ -62,6 +63,8 @@ class TrainConfig:
     export: bool = True
 
     def validate(self) -> "TrainConfig":
+        from galtools.models import list_encoders
+
         if not self.inputs:
             raise UsageProblem("no cutout table given", "gal-train CUTOUTS... --out RUN/")
         if self.arch not in list_encoders():

@@ -184,6 +184,7 @@ class Trainer:
         self.data.load_columns(columns)
         self._split_monitor()
         self._check_batch()
+        self.preprocess = self._fit_preprocess()   # reads a sample: bad pixels show up before RUN/ exists
 
     def _check_resume_matches(self) -> None:
         saved = TrainConfig.from_json(self.state["config"])
@@ -398,7 +399,6 @@ class Trainer:
         cuda = rt.device.type == "cuda"
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
         self.channels_last = cuda if config.channels_last is None else config.channels_last
-        self.preprocess = self._fit_preprocess()
         self.model = self._build_model()
         self.optimizer, self.scheduler = self._build_optimizer(self.model)
         start_step = int(self.state["step"]) if self.state is not None else 0
@@ -415,7 +415,7 @@ class Trainer:
                   f"{rt.device}: steps {start_step}..{self.total_steps}, {self.steps_per_epoch} per epoch, "
                   f"batch {config.batch_size}, lr {config.scaled_lr:g}")
         previous_handlers = self._install_signals()
-        result = {"steps": self.total_steps, "start_step": start_step}
+        result = {"steps": self.total_steps, "start_step": start_step, "is_main": rt.is_main}
         try:
             last_step = self._loop(loader, start_step, metrics, monitor_images)
         finally:
