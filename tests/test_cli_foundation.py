@@ -52,6 +52,12 @@ def test_info_into_head_exits_quietly(tmp_path):
     assert result.stdout.decode().startswith(f"{path}: 1 rows, 6000 columns")
 
 
+def test_binary_stream_into_head_exits_quietly(tmp_path):
+    path = write_table(make_cutouts(n=400, size=32), str(tmp_path / "big.fits"))
+    result = shell(f"gal-pack {path} -o - | head -c 100 > /dev/null")
+    assert result.returncode == 0 and result.stderr == b"", (result.returncode, result.stderr.decode())
+
+
 def test_help_has_an_example_and_imports_neither_torch_nor_data_libraries():
     for tool in ("info", "pack"):
         code = (f"import sys; from galtools.cli.{tool} import main\n"

@@ -64,7 +64,7 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
             traceback.print_exc()
         _say_error(tool, exc.one_line())
         code = exc.exit_code
-    except BrokenPipeError:
+    except (BrokenPipeError, _PipeClosed):
         _silence_stdout()
         code = 0
     except KeyboardInterrupt:
@@ -84,8 +84,18 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     sys.exit(code)
 
 
+class _PipeClosed(Exception):
+    """A closed stdout pipe, carried past click, which would otherwise turn EPIPE into exit 1."""
+
+
 class _GalMixin:
     tool_name = "galtools"
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise _PipeClosed() from exc
 
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
         if standalone_mode:
