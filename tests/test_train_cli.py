@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import ROOT, run_tool, tool_command  # noqa: E402
+from conftest import ROOT, tool_command  # noqa: E402
 from test_train import BANDS, galaxy_table, write_galaxies  # noqa: E402
 
 from galtools.io import images_of, open_table  # noqa: E402
@@ -31,6 +31,15 @@ def env():
 def gal_train(*args, **kw):
     return subprocess.run(tool_command("gal-train") + [str(a) for a in args], capture_output=True, env=env(),
                           timeout=600, **kw)
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from galtools.cli.train import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.output.strip()
 
 
 @pytest.fixture(scope="module")
@@ -125,28 +134,41 @@ def test_export_subcommand_reexports_and_refuses_to_overwrite(trained, tmp_path)
     first = ort.InferenceSession(str(run / "encoder.onnx"), providers=["CPUExecutionProvider"])
     again = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(again.run(None, {"image": x})[0], first.run(None, {"image": x})[0], atol=1e-6)
-    refused = gal_train("export", run / "last.pt", "-o", out)
-    assert refused.returncode == 1
-    assert refused.stderr.decode().strip() == f"gal-train: error: {out} already exists (use --overwrite to replace it)"
+    code, output = invoke("export", run / "last.pt", "-o", out)
+    assert code == 1 and output == f"gal-train: error: {out} already exists (use --overwrite to replace it)"
+    code, output = invoke("export", run / "missing.pt", "-o", tmp_path / "x.onnx")
+    assert code == 66 and "no such checkpoint" in output
+    code, output = invoke("export", run / "metrics.jsonl", "-o", tmp_path / "x.onnx")
+    assert code == 65 and "not a readable gal-train checkpoint" in output and not (tmp_path / "x.onnx").exists()
+
+
+def test_export_refuses_a_model_that_onnx_runtime_disagrees_with(trained, tmp_path, monkeypatch):
+    from galtools.train import export
+
+    run, _ = trained
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)    # any difference at all is now a disagreement
+    code, output = invoke("export", run / "last.pt", "-o", tmp_path / "bad.onnx")
+    assert code == 65 and "ONNX Runtime and torch disagree" in output
+    assert os.listdir(tmp_path) == []                      # neither the file nor its temporary copy
 
 
 def test_resume_n_then_n_equals_2n_in_one_run(cutouts, tmp_path):
-    common = [cutouts, *FAST, "--steps", "6", "--log-every", "1", "--deterministic", "--no-export", "--seed", "3"]
+    common = [cutouts, *FAST, "--steps", "4", "--log-every", "1", "--deterministic", "--no-export", "--seed", "3"]
     straight = gal_train(*common, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr.decode()
-    stopped = gal_train(*common, "--out", tmp_path / "split", "--stop-after", "3")
+    stopped = gal_train(*common, "--out", tmp_path / "split", "--stop-after", "2")
     assert stopped.returncode == 75, stopped.stderr.decode()
-    assert "stopped by --stop-after after step 3" in stopped.stderr.decode()
+    assert "stopped by --stop-after after step 2" in stopped.stderr.decode()
     resumed = gal_train(*common, "--out", tmp_path / "split", "--resume")
     assert resumed.returncode == 0, resumed.stderr.decode()
     one = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     two = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
-    assert one["step"] == two["step"] == 6
+    assert one["step"] == two["step"] == 4
     for key, value in one["model"].items():            # query and key encoders, BN statistics, queue, pointer
         assert torch.equal(value, two["model"][key]), key
     for key, value in one["optimizer"]["state"].items():
         assert torch.equal(value["momentum_buffer"], two["optimizer"]["state"][key]["momentum_buffer"])
-    assert one["scheduler"]["last_epoch"] == two["scheduler"]["last_epoch"] == 6
+    assert one["scheduler"]["last_epoch"] == two["scheduler"]["last_epoch"] == 4
     # the metrics of the split run are those of the straight run
     losses = [[json.loads(line)["loss"] for line in open(tmp_path / name / "metrics.jsonl")]
               for name in ("straight", "split")]
@@ -168,12 +190,40 @@ def test_sigterm_writes_a_checkpoint_and_exits_75(cutouts, tmp_path):
     assert message == (f"gal-train: error: stopped by SIGTERM after step {state['step']}; checkpoint {run}/last.pt "
                        "(run the same command with --resume to continue (under Slurm: requeue the job))")
     assert state["step"] >= 1
-    # without --resume the same folder is refused; with it the run continues from the checkpoint
-    again = gal_train(cutouts, "--out", run, *FAST, "--steps", str(state["step"] + 1), "--no-export")
-    assert again.returncode == 1 and "already holds a training run (add --resume" in again.stderr.decode()
-    resumed = gal_train(cutouts, "--out", run, *FAST, "--steps", str(state["step"] + 1), "--no-export", "--resume")
-    assert resumed.returncode == 0, resumed.stderr.decode()
-    assert torch.load(run / "last.pt", weights_only=True)["step"] == state["step"] + 1
+    # without --resume the same folder is refused
+    code, output = invoke(cutouts, "--out", run, *FAST, "--steps", "3")
+    assert code == 1 and "already holds a training run (add --resume" in output
+
+
+def test_slurm_script_requeues_after_exit_75(cutouts, tmp_path):
+    """examples/slurm-train.sh with stand-ins for srun and scontrol: gal-train stops with a checkpoint (exit 75),
+    the script asks Slurm to requeue the job and exits 0; the requeued job resumes and finishes.  (SimCLR here, so
+    that the second method runs end to end too.)"""
+    from conftest import tool_env
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (fake / "scontrol").write_text(f'#!/bin/sh\ncase "$1" in show) echo localhost;; '
+                                   f'requeue) echo "$2" >> {tmp_path}/requeued;; esac\n')
+    for tool in ("srun", "scontrol"):
+        os.chmod(fake / tool, 0o755)
+    environment = {**tool_env(), "PATH": f"{fake}{os.pathsep}{tool_env()['PATH']}", "SLURM_JOB_ID": "4242",
+                   "SLURM_JOB_NODELIST": "localhost", "DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    script = os.path.join(ROOT, "examples", "slurm-train.sh")
+    run = tmp_path / "run"
+    args = ["bash", script, cutouts, str(run), *FAST[:-4], "--loader-threads", "1", "--steps", "4", "--no-export",
+            "--method", "simclr"]
+    first = subprocess.run(args + ["--stop-after", "2"], capture_output=True, env=environment, timeout=600)
+    assert first.returncode == 0, first.stderr.decode()
+    assert (tmp_path / "requeued").read_text() == "4242\n"
+    assert "requeueing job 4242" in first.stdout.decode()
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["step"] == 2 and json.loads(state["config"])["method"] == "simclr" and "queue" not in state["model"]
+    second = subprocess.run(args, capture_output=True, env=environment, timeout=600)
+    assert second.returncode == 0, second.stderr.decode()
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 4
+    assert (tmp_path / "requeued").read_text() == "4242\n"            # finished: not requeued again
 
 
 def test_torchrun_two_cpu_processes_train_and_export(cutouts, tmp_path):
@@ -194,15 +244,6 @@ def test_torchrun_two_cpu_processes_train_and_export(cutouts, tmp_path):
     for n in (1, 37):
         assert session.run(None, {"image": np.zeros((n, 5, 16, 16), np.float32)})[0].shape == (n, 64)
 
-
-# -- bad input: one line, documented exit code, nothing written --------------------------------------------------
-def invoke(*args):
-    from click.testing import CliRunner
-
-    from galtools.cli.train import cli
-
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result.exit_code, result.output.strip()
 
 
 def test_wrong_band_count_for_resume_is_bad_data(trained, tmp_path):
@@ -257,13 +298,13 @@ def test_cuda_without_a_gpu_exits_69(tmp_path):
     assert code == 69 and "no usable GPU" in output and not (tmp_path / "run").exists()
 
 
-def test_help_is_fast_and_does_not_import_torch():
-    result = run_tool("gal-train", "--help")
-    assert result.returncode == 0 and b"gal-train export CHECKPOINT" in result.stdout
+def test_help_does_not_import_torch():
     probe = subprocess.run([sys.executable, "-c", "import sys; from galtools.cli import train; "
                             "sys.argv=['gal-train', 'fit', '--help']\ntry:\n train.main()\nexcept SystemExit: pass\n"
                             "print('torch' in sys.modules, file=sys.stderr)"], capture_output=True, env=env())
     assert probe.stderr.decode().strip().endswith("False") and b"--monitor-label" in probe.stdout
+    code, output = invoke("--help")
+    assert code == 0 and "gal-train export CHECKPOINT" in output
 
 
 def test_galaxy_table_helper_makes_what_it_says():

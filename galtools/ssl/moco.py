@@ -83,16 +83,15 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (n, dim) over the oldest entries of the queue, wrapping around its end."""
+        """Write ``keys`` (n, dim) over the oldest entries of the queue, wrapping around its end.
+
+        Index arithmetic stays on the device: reading the pointer on the host would stall a GPU every step."""
         n = len(keys)
         if n > self.queue_size:
             raise ValueError(f"cannot enqueue {n} keys into a queue of {self.queue_size}")
-        ptr = int(self.queue_ptr)
-        first = min(n, self.queue_size - ptr)
-        self.queue[ptr:ptr + first] = keys[:first].to(self.queue.dtype)
-        if first < n:
-            self.queue[:n - first] = keys[first:].to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + n) % self.queue_size)
+        slots = (self.queue_ptr + torch.arange(n, device=self.queue.device)) % self.queue_size
+        self.queue.index_copy_(0, slots, keys.to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + n) % self.queue_size)
 
     @torch.no_grad()
     def encode_keys(self, x_k: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,12 +123,13 @@ def catalogue_columns(pipe, data: CutoutData) -> dict[str, list[str]]:
     return wanted
 
 
-def catalogue_values(data: CutoutData, wanted: dict[str, list[str]], rows: np.ndarray) -> dict[str, np.ndarray]:
-    out = {}
+def catalogue_arrays(data: CutoutData, wanted: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """The catalogue inputs of every row, once: ebv (N,), psf_fwhm (N, bands or 1)."""
+    arrays = {}
     for name, columns in wanted.items():
-        values = np.stack([np.asarray(data.columns[c], dtype=np.float64)[rows] for c in columns], axis=1)
-        out[name] = values[:, 0] if name == "ebv" else values
-    return out
+        values = np.stack([np.asarray(data.columns[c], dtype=np.float64) for c in columns], axis=1)
+        arrays[name] = values[:, 0] if name == "ebv" else values
+    return arrays
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
@@ -160,6 +161,8 @@ class Trainer:
                 torch.backends.cudnn.benchmark = True
             return self._run()
         finally:
+            if getattr(self, "data", None) is not None:
+                self.data.close()
             runtime.teardown()
 
     # -- set-up ----------------------------------------------------------------------------------------------
@@ -174,14 +177,15 @@ class Trainer:
             raise BadData(f"cutouts of {height}x{width} pixels are smaller than --crop {config.crop}",
                           "give a smaller --crop, or larger cutouts")
         self.pipe = self._pipeline()
-        self.catalogue = catalogue_columns(self.pipe, self.data)
-        columns = [c for cols in self.catalogue.values() for c in cols]
+        catalogue_names = catalogue_columns(self.pipe, self.data)
+        columns = [c for cols in catalogue_names.values() for c in cols]
         if config.monitor_label:
             if not self.data.has_column(config.monitor_label):
                 raise UsageProblem(f"--monitor-label {config.monitor_label}: no such column",
                                    f"the table has {', '.join(self.data.names)}")
             columns.append(config.monitor_label)
         self.data.load_columns(columns)
+        self.catalogue = catalogue_arrays(self.data, catalogue_names)
         self._split_monitor()
         self._check_batch()
         self.preprocess = self._fit_preprocess()   # reads a sample: bad pixels show up before RUN/ exists
@@ -508,7 +512,7 @@ class Trainer:
 
         raw = batch.images if isinstance(batch.images, torch.Tensor) else torch.from_numpy(batch.images)
         raw = raw.to(self.rt.device, non_blocking=True)
-        extra = catalogue_values(self.data, self.catalogue, batch.rows)
+        extra = {name: values[batch.rows] for name, values in self.catalogue.items()}
         seed = epoch_seed(self.config.seed, batch.epoch)
         views = []
         for view in (0, 1):

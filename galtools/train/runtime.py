@@ -26,7 +26,10 @@ def resolve_device(text: str, local_rank: int | None = None):
         if not torch.cuda.is_available():
             raise DeviceUnavailable(f"--device {text}: no usable GPU (torch.cuda.is_available() is False)",
                                     "use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES")
-        index = local_rank if local_rank is not None else int(text.split(":", 1)[1]) if ":" in text else 0
+        if local_rank is not None:    # one GPU per process: all GPUs visible, or only its own (--gpus-per-task)
+            index = local_rank % torch.cuda.device_count()
+        else:
+            index = int(text.split(":", 1)[1]) if ":" in text else 0
         if index >= torch.cuda.device_count():
             raise DeviceUnavailable(f"--device {text}: GPU {index} does not exist ({torch.cuda.device_count()} visible)",
                                     "choose another GPU or fewer processes per node")
