@@ -132,6 +132,11 @@ class InMemoryRows:
     def count(self) -> int:
         return len(self.y)
 
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        if self.y.ndim == 2:                     # soft targets: expected counts
+            return self.y.sum(axis=0, dtype=np.float64)
+        return np.bincount(self.y, minlength=n_classes).astype(np.float64)
+
     def mean_and_scale(self) -> tuple[np.ndarray, np.ndarray]:
         mean = self.x.mean(axis=0, dtype=np.float64)
         std = self.x.std(axis=0, dtype=np.float64)
@@ -167,6 +172,10 @@ class StreamedRows:
                 keep = np.flatnonzero(labels >= 0)
                 if keep.size:
                     yield vectors_of(batch)[keep], labels[keep].astype(np.int64)
+
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        labels = self.label_of_row[self.label_of_row >= 0]
+        return np.bincount(labels, minlength=n_classes).astype(np.float64)
 
     def mean_and_scale(self) -> tuple[np.ndarray, np.ndarray]:
         total = np.zeros(self.dim)
@@ -230,6 +239,19 @@ def _torch_head(dim: int, n_bins: int, hidden: int | None):
     return ScaledHead()
 
 
+def _start_at_the_prior(model, counts: np.ndarray) -> None:
+    """Zero last-layer weights and biases = log of the (Laplace-smoothed) class frequencies: training starts from
+    predicting the label distribution for every object and moves away from it only as far as the data support
+    (early stopping then acts as shrinkage towards the prior, which matters with few labels)."""
+    import torch
+
+    last = _layers(model)[-1]
+    prior = (counts + 1.0) / (counts.sum() + len(counts))
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.from_numpy(np.log(prior).astype(np.float32)))
+
+
 def _layers(module) -> list:
     import torch
 
@@ -275,6 +297,7 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
     mean_t = torch.from_numpy(mean.astype(np.float32))
     scale_t = torch.from_numpy(scale.astype(np.float32))
     model = _torch_head(dim, settings.n_bins, settings.hidden)
+    _start_at_the_prior(model, rows.class_counts(settings.n_bins))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     val_xt = (torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)) - mean_t) / scale_t
     val_yt = _targets(torch, val_y)
