@@ -1,0 +1,113 @@
+"""Write examples/results/README.md from the JSON the commands of examples/Makefile printed (no number typed in).
+
+    python3 report.py RESULTS WORK SCALE "all no-rotate ..."
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def load(path: str):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def photoz_curve(results: str) -> str:
+    curve = load(os.path.join(results, "photoz-curve.json"))
+    rows = [[r["method"], r["n_labels"], r["n_test"], f"{r['sigma_mad']:.4f}", f"{r['eta']:.1f}", f"{r['bias']:+.4f}"]
+            for r in curve["rows"]]
+    return ("## 1. Photometric redshifts against the number of labels (linear probe on the pre-trained representation)\n\n"
+            "`gal-photoz curve train-emb.parquet --z-column z_true --fractions ...` (one fixed test set, nested subsets;\n"
+            "`median` predicts the training median for every object).\n\n"
+            + table(["method", "labels", "test objects", "sigma_MAD", "eta (%)", "bias"], rows)
+            + "\n\n![photo-z label curve](photoz-curve.png)\n")
+
+
+def photoz_and_trust(results: str) -> str:
+    photoz = load(os.path.join(results, "photoz.json"))
+    ood = load(os.path.join(results, "ood.json"))
+    detection, trust = ood["detection"], ood["trust"]
+    text = ("## 4. Photo-z on the survey sample, and which predictions to trust\n\n"
+            "`gal-photoz predict target-emb.parquet --truth z_true | gal-photoz eval` and `gal-ood fit train-emb.parquet`,\n"
+            "`gal-ood score`, `gal-ood eval --truth is_anomaly --error-column abs_dz`.\n\n"
+            + table(["N", "sigma_MAD", "eta (%)", "bias"],
+                    [[photoz["n"], f"{photoz['sigma_mad']:.4f}", f"{photoz['eta']:.1f}", f"{photoz['bias']:+.4f}"]])
+            + "\n\nAnomaly detection by distance to the labelled set: "
+            f"AUROC {detection['auroc']:.3f}, average precision {detection['average_precision']:.3f} "
+            f"(anomaly fraction {detection['anomaly_fraction']:.3f}), TPR at {detection['fpr']:.0%} FPR "
+            f"{detection['tpr_at_fpr']:.3f}.\n\n")
+    if "trusted" in trust and "untrusted" in trust:
+        text += table(["", "N", "median abs(dz)", "mean abs(dz)"],
+                      [[name, trust[name]["n"], f"{trust[name]['median_error']:.4f}", f"{trust[name]['mean_error']:.4f}"]
+                       for name in ("trusted", "untrusted")])
+        text += "\n"
+    text += "\n![trust curve](ood.png)\n\n![photo-z](photoz.png)\n\n![strangest objects](strangest.png)\n"
+    return text
+
+
+def morphology(results: str) -> str:
+    morph = load(os.path.join(results, "morph.json"))
+    rows = [[c["class"], c["support"], f"{c['precision']:.3f}", f"{c['recall']:.3f}"] for c in morph["per_class"]]
+    return ("## Morphology from the representation (simulated classes)\n\n"
+            f"`gal-classify fit/predict/eval`: accuracy {morph['accuracy']:.3f}, balanced accuracy "
+            f"{morph['balanced_accuracy']:.3f} on {morph['n']} survey objects.\n\n"
+            + table(["class", "support", "precision", "recall"], rows) + "\n\n![confusion](morph.png)\n")
+
+
+def ablation(work: str, names: list[str]) -> str:
+    rows = []
+    for name in names:
+        folder = os.path.join(work, "ablation", name)
+        photoz, morph = load(os.path.join(folder, "photoz.json")), load(os.path.join(folder, "morph.json"))
+        ops = load(os.path.join(folder, "result.json"))["ops"]
+        rows.append([name, f"`{ops}`", f"{photoz['sigma_mad']:.4f}", f"{photoz['eta']:.1f}", f"{morph['accuracy']:.3f}"])
+    return ("## 2. Augmentation ablation (each augmentation removed in turn)\n\n"
+            "The same `gal-train` run with `--ops` minus one operation; linear probes on the frozen embeddings.\n\n"
+            + table(["run", "augmentations", "photo-z sigma_MAD", "eta (%)", "morphology accuracy"], rows) + "\n")
+
+
+def pictures() -> str:
+    return ("## 3. Similarity search and maps of the representation\n\n"
+            "`gal-knn target-emb.parquet --query ... --montage`, `gal-map --method umap --color z_true --tiles`.\n\n"
+            "![similar galaxies](similar.png)\n\n![map coloured by redshift](map-z.png)\n\n"
+            "![map coloured by class](map-class.png)\n\n![tiled map](map-tiles.png)\n\n![training](training.png)\n")
+
+
+def gz1(results: str) -> str:
+    if not os.path.exists(os.path.join(results, "gz1-flip.json")):
+        return "## 5. Real SDSS images\n\nSkipped: ../shared/data/gz1-sdss was not available.\n"
+    rows = []
+    for variant in ("noflip", "flip"):
+        morph = load(os.path.join(results, f"gz1-{variant}-morph.json"))
+        chirality = load(os.path.join(results, f"gz1-{variant}.json"))
+        best = [r for r in morph["rows"] if r["method"] != "majority"][-1]
+        spin = [r for r in chirality["rows"] if r["method"] != "majority"][-1]
+        majority = [r for r in chirality["rows"] if r["method"] == "majority"][-1]
+        rows.append([variant, best["n_labels"], f"{best['accuracy']:.3f}", f"{best['balanced_accuracy']:.3f}",
+                     f"{spin['accuracy']:.3f}", f"{majority['accuracy']:.3f}"])
+    return ("## 5. Real SDSS images (Galaxy Zoo 1 sample, gri composites)\n\n"
+            "Pre-trained on the 1,500 images with and without mirror flips; linear probes with `gal-classify curve`\n"
+            "(4 classes: elliptical / spiral / edge-on / merger; and clockwise vs anticlockwise spirals).\n\n"
+            + table(["pre-training", "labels", "4-class accuracy", "balanced", "clockwise vs anticlockwise",
+                     "majority class"], rows) + "\n")
+
+
+def main(results: str, work: str, scale: str, ablation_names: str) -> None:
+    print(f"# galtools examples: the talk's experiments at {scale} scale\n")
+    print("Made by `make -C examples" + ("" if scale == "small" else f" SCALE={scale}") + "`; every number below was "
+          "written by `report.py` from the JSON the commands printed.\n")
+    for section in (photoz_curve(results), ablation(work, ablation_names.split()), pictures(), photoz_and_trust(results),
+                    morphology(results), gz1(results)):
+        print(section)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
