@@ -52,7 +52,7 @@ def trained(cutouts, tmp_path_factory):
     """One finished run with the kNN monitor, checkpoints and the automatic export."""
     run = tmp_path_factory.mktemp("trained") / "run"
     result = gal_train(cutouts, "--out", run, *FAST, "--steps", "8", "--log-every", "2", "--checkpoint-every", "4",
-                       "--keep-checkpoints", "1", "--monitor-label", "morph_class", "-v")
+                       "--keep-checkpoints", "1", "--monitor-label", "morph_class", "--channels-last", "-v")
     assert result.returncode == 0, result.stderr.decode()
     return run, result
 
@@ -175,19 +175,20 @@ def test_resume_n_then_n_equals_2n_in_one_run(cutouts, tmp_path):
     assert losses[0] == losses[1]
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_75(cutouts, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_writes_a_checkpoint_and_exits_75(cutouts, tmp_path, stop_signal):
     run = tmp_path / "run"
     process = subprocess.Popen(tool_command("gal-train") + [cutouts, "--out", str(run), *FAST, "--steps", "100000",
                                "--log-every", "1", "--no-export"], stderr=subprocess.PIPE, env=env())
     deadline = time.time() + 120
     while time.time() < deadline and not (os.path.exists(run / "metrics.jsonl") and os.path.getsize(run / "metrics.jsonl")):
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop_signal)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 75, stderr.decode()
     message = stderr.decode().strip().splitlines()[-1]
     state = torch.load(run / "last.pt", weights_only=True)
-    assert message == (f"gal-train: error: stopped by SIGTERM after step {state['step']}; checkpoint {run}/last.pt "
+    assert message == (f"gal-train: error: stopped by {stop_signal.name} after step {state['step']}; checkpoint {run}/last.pt "
                        "(run the same command with --resume to continue (under Slurm: requeue the job))")
     assert state["step"] >= 1
     # without --resume the same folder is refused
@@ -227,9 +228,11 @@ def test_slurm_script_requeues_after_exit_75(cutouts, tmp_path):
 
 
 def test_torchrun_two_cpu_processes_train_and_export(cutouts, tmp_path):
+    """DDP over gloo, with bf16 autocast as on a GPU; the exported model is fp32."""
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "galtools.cli.train", cutouts, "--out", str(run), *FAST, "--steps", "4", "--log-every", "2"]
+               "-m", "galtools.cli.train", cutouts, "--out", str(run), *FAST, "--steps", "4", "--log-every", "2",
+               "--precision", "bf16"]
     result = subprocess.run([str(c) for c in command], capture_output=True, env=env(), timeout=600)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     state = torch.load(run / "last.pt", weights_only=True)
@@ -313,3 +316,17 @@ def test_galaxy_table_helper_makes_what_it_says():
     t = table.column("t_true").to_numpy()
     # farther (larger t) galaxies are fainter in total flux
     assert np.corrcoef(t, images.sum(axis=(1, 2, 3)))[0, 1] < -0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_run_with_bf16_channels_last_and_compile(cutouts, tmp_path):
+    run = tmp_path / "gpu"
+    args = [a if a != "cpu" else "cuda" for a in FAST]
+    result = gal_train(cutouts, "--out", run, *args, "--steps", "6", "--log-every", "2", "--compile")
+    assert result.returncode == 0, result.stderr.decode()
+    config = json.loads(torch.load(run / "last.pt", weights_only=True)["config"])
+    assert config["device"] == "cuda" and config["precision"] == "auto" and config["compile"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(run / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"image": np.zeros((37, 5, 16, 16), np.float32)})[0].shape == (37, 64)
