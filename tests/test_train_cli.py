@@ -175,6 +175,22 @@ def test_resume_n_then_n_equals_2n_in_one_run(cutouts, tmp_path):
     assert losses[0] == losses[1]
 
 
+def test_trains_from_an_arrow_stream_on_stdin(tmp_path):
+    import pyarrow as pa
+
+    from galtools.io.meta import encode
+
+    table = galaxy_table(48, size=20).replace_schema_metadata(encode({"galtools.bands": ",".join(BANDS)}))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=10)
+    run = tmp_path / "run"
+    result = gal_train("-", "--out", run, *FAST, "--ops", "rotate:step=90", "--steps", "3", "--no-export",
+                       input=sink.getvalue().to_pybytes())
+    assert result.returncode == 0, result.stderr.decode()
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_stop_signal_writes_a_checkpoint_and_exits_75(cutouts, tmp_path, stop_signal):
     run = tmp_path / "run"

@@ -146,7 +146,7 @@ def _parquet_blocks(path: str) -> list[tuple[int, int]] | None:
 
     try:
         meta = pq.ParquetFile(path).metadata
-    except Exception:   # not a plain Parquet file on disk (spooled stdin is, a folder part is)
+    except (pa.ArrowInvalid, OSError):
         return None
     blocks, start = [], 0
     for i in range(meta.num_row_groups):
@@ -167,7 +167,7 @@ def _reader_for(part, row_bytes: int):
     if part.fmt == "arrow" and os.path.isfile(part.name):
         try:
             return ArrowRows(part.name)
-        except Exception:
+        except (pa.ArrowInvalid, OSError):   # e.g. a stream saved to a file: read it in blocks instead
             pass
     if part.fmt == "parquet":
         blocks = _parquet_blocks(part.name)

@@ -58,9 +58,12 @@ def check_run_dir(out: str, resume: str | None, overwrite: bool) -> str | None:
     last = os.path.join(out, ckpt.LAST)
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"--out {out} is a file, not a folder", "give a folder for the run")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out) and not os.access(parent if os.path.isdir(parent) else "/", os.W_OK):
-        raise OutputError(f"cannot create the run folder {out}: permission denied", "choose a writable --out")
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):               # the folder that RUN/ would be created in
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        why = "is not a folder" if not os.path.isdir(existing) else "is not writable"
+        raise OutputError(f"cannot write the run folder {out}: {existing} {why}", "choose a writable --out")
     if resume == "auto":
         return last if os.path.exists(last) else None
     if resume:
