@@ -133,3 +133,81 @@ def test_anomalies_score_above_chance(pipeline, record_property):
     record_property("auroc", detection["auroc"])
     assert detection["n_anomalies"] >= 10
     assert detection["auroc"] > 0.55, detection
+
+
+# -------------------------------------------------------------------------------- fine-tuning the gal-train encoder
+
+@pytest.fixture(scope="module")
+def finetuned(pipeline):
+    folder = pipeline["folder"]
+    _run(f"{_tool('photoz')} fit labelled.parquet --finetune --checkpoint run/last.pt --images sim.parquet "
+         "--bins 60 --max-epochs 1 --seed 2 -q -o finetuned.model", folder)
+    _run(f"{_tool('photoz')} predict holdout.parquet --model finetuned.model --truth z_true -o ft-emb-refused.parquet "
+         "2> refused.txt; echo $? > refused.code; true", folder)
+    # predicting straight from cutouts: the model's own encoder embeds them on the way
+    _run(f"{_tool('photoz')} predict sim.parquet --model finetuned.model --drop-embedding -o ft-pred.parquet", folder)
+    return folder
+
+
+def test_finetuned_model_carries_its_encoder_and_predicts_cutouts(finetuned):
+    import hashlib
+
+    import onnxruntime as ort
+
+    from galtools.photoz.bins import RedshiftBins, summarise_pdf
+    from galtools.preprocess import Preprocess
+    from galtools.train.data import centre_crop
+
+    with np.load(finetuned / "finetuned.model", allow_pickle=False) as data:
+        meta = json.loads(str(data["__galtools__"]))
+        onnx_bytes = data["encoder_onnx"].tobytes()
+        w0, b0 = data["w0"], data["b0"]
+    assert meta["kind"] == "photoz-finetuned" and meta["mode"] == "finetune" and meta["seed"] == 2
+    assert meta["model_sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    assert meta["checkpoint"] == "run/last.pt" and meta["input_size"] == 32
+    # an independent path: ONNX Runtime on the centre crop + the stored preprocessing, then the head in numpy
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    preprocess = Preprocess.from_json(props["galtools.preprocess"])
+    with open_table(str(finetuned / "sim.parquet")) as table:
+        sim = table.read_all()
+        bands = table.bands
+    from galtools.io import images_of
+
+    raw = images_of(sim)[:, [bands.index(b) for b in preprocess.bands]]
+    features = session.run(["embedding"], {"image": preprocess.apply_numpy(centre_crop(raw, 32))})[0]
+    logits = features @ w0 + b0
+    pdf = np.exp(logits - logits.max(axis=1, keepdims=True))
+    pdf /= pdf.sum(axis=1, keepdims=True)
+    expected = summarise_pdf(pdf, RedshiftBins(60, 0.4).centres)[0]
+    predicted, metadata = _read(finetuned / "ft-pred.parquet")
+    assert predicted.num_rows == N_OBJECTS and "embedding" not in predicted.column_names
+    assert np.allclose(predicted.column("z_phot").to_numpy(), expected, atol=1e-5)
+    assert metadata["galtools.model_sha256"] == meta["model_sha256"]
+
+
+def test_finetuned_model_refuses_embeddings_of_the_pretrained_encoder(finetuned):
+    assert (finetuned / "refused.code").read_text().strip() == "65"
+    assert "embedded by another encoder" in (finetuned / "refused.txt").read_text()
+    assert not (finetuned / "ft-emb-refused.parquet").exists()
+
+
+def test_label_curve_with_finetuning_and_from_scratch(pipeline):
+    result = _run(f"{_tool('photoz')} curve labelled.parquet --images sim.parquet --checkpoint run/last.pt "
+                  "--bins 30 --fractions 1 --max-epochs 1 --json --plot curve.png", pipeline["folder"])
+    rows = json.loads(result.stdout)["rows"]
+    methods = {(r["method"], r["fraction"]) for r in rows}
+    assert methods == {(m, 1.0) for m in ("median", "linear", "finetune", "scratch")}
+    test_sizes = {r["n_test"] for r in rows}
+    assert len(test_sizes) == 1                                   # one test set for every point
+    for row in rows:
+        assert np.isfinite(row["sigma_mad"]) and 0 <= row["eta"] <= 100
+    assert (pipeline["folder"] / "curve.png").stat().st_size > 0
+
+
+def test_network_options_need_a_checkpoint(pipeline):
+    result = subprocess.run([sys.executable, "-m", "galtools.cli.photoz", "fit", "labelled.parquet", "--from-scratch",
+                             "-o", "x.model"], capture_output=True, cwd=pipeline["folder"],
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 2
+    assert "need --checkpoint" in result.stderr.decode()

@@ -80,6 +80,28 @@ def linear_probe_curve(x: np.ndarray, z: np.ndarray, fractions: list[float], set
     return rows, split
 
 
+def network_curve(data, split: dict, source, settings, methods=("finetune", "scratch")) -> list[dict]:
+    """Rows of the curve for the encoder fine-tuned from ``source`` and the same network from scratch, trained on
+    the same nested subsets and scored on the same test set as the linear probe (``split`` from
+    :func:`linear_probe_curve`; ``data`` the labelled cutouts in the order of its labelled rows)."""
+    from galtools.photoz.finetune import FinetuneSettings, train_network
+    from galtools.photoz.bins import summarise_pdf
+
+    rows = []
+    test = data.subset(split["test"])
+    for fraction, count in split["sizes"]:
+        train = np.sort(split["pool"][:count])
+        for method in methods:
+            log.info(f"{'fine-tuning' if method == 'finetune' else 'training from scratch'} on {count} labels")
+            mode = FinetuneSettings(fit=replace(settings.fit), backbone_lr_factor=settings.backbone_lr_factor,
+                                    augment=settings.augment, from_scratch=method == "scratch",
+                                    device=settings.device)
+            network, _ = train_network(data.subset(train), source, mode)
+            z_phot = summarise_pdf(network.predict_pdf(test.images), settings.fit.bins.centres)[0]
+            rows.append(curve_row(method, fraction, count, z_phot, test.z))
+    return rows
+
+
 def format_curve(rows: list[dict]) -> str:
     lines = [f"{'method':<12} {'fraction':>8} {'labels':>8} {'sigma_MAD':>10} {'eta %':>7} {'bias':>9}"]
     for row in rows:
@@ -102,8 +124,13 @@ def plot_curve(rows: list[dict], path: str) -> None:
         style = "k:" if method == "median" else "o-"
         axes[0].plot(labels, [row["sigma_mad"] for row in mine], style, label=method)
         axes[1].plot(labels, [row["eta"] for row in mine], style, label=method)
+    from matplotlib.ticker import NullFormatter
+
+    counts = sorted({row["n_labels"] for row in rows})
     for axis, what in zip(axes, ("sigma_MAD", "eta (% with |dz| > 0.05)")):
         axis.set(xscale="log", xlabel="number of labels", ylabel=what)
+        axis.set_xticks(counts, [str(c) for c in counts])     # the sizes measured, not log decades
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.grid(alpha=0.3)
         axis.legend()
     figure.suptitle("label efficiency (same test set for every point)")

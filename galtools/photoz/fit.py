@@ -409,16 +409,20 @@ def fit_table(path: str, z_column: str, settings: FitSettings, progress=None) ->
     return _fit_streamed(path, name, z, z_column, dim, model_sha256, settings, progress)
 
 
-def _labelled_arrays(table, name, z_column, n_bins) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, redshifts) of the rows of an open table that have a finite redshift."""
+def _labelled_arrays(table, name, z_column, n_bins, ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, redshifts) of the rows of an open table that have a finite redshift (their object_ids are
+    appended to ``ids`` when it is a list)."""
     xs, zs, n_rows = [], [], 0
-    for batch in table.iter_batches(columns=[EMBEDDING, z_column]):
+    columns = [EMBEDDING, z_column] + (["object_id"] if ids is not None else [])
+    for batch in table.iter_batches(columns=columns):
         n_rows += batch.num_rows
         z = labels_of(batch, z_column)
         keep = np.flatnonzero(np.isfinite(z))
         if keep.size:
             xs.append(np.array(vectors_of(batch)[keep], dtype=np.float32))
             zs.append(z[keep])
+            if ids is not None:
+                ids.extend(batch.column("object_id").take(keep).to_pylist())
     check_label_count(sum(len(z) for z in zs), n_rows, z_column, name, n_bins)
     x, z = np.concatenate(xs), np.concatenate(zs)
     xs.clear()
@@ -426,15 +430,19 @@ def _labelled_arrays(table, name, z_column, n_bins) -> tuple[np.ndarray, np.ndar
     return x, z
 
 
-def read_labelled(path: str, z_column: str, n_bins: int) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """The labelled rows of an embedding table in memory: (embeddings, redshifts, encoder sha256)."""
+def read_labelled(path: str, z_column: str, n_bins: int, ids: list | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """The labelled rows of an embedding table in memory: (embeddings, redshifts, encoder sha256); with a list
+    ``ids``, their object_ids are appended to it."""
     name = "stdin" if path == "-" else path
     with open_table(path) as table:
         check_columns(table.schema, name, z_column)
+        if ids is not None and "object_id" not in table.schema.names:
+            raise BadData(f"{name} has no object_id column", "give an embedding table made by gal-embed")
         from galtools.search.table import check_single_model
 
         check_single_model(table)
-        x, z = _labelled_arrays(table, name, z_column, n_bins)
+        x, z = _labelled_arrays(table, name, z_column, n_bins, ids)
         return x, z, table.metadata.get(MODEL_SHA256) or None
 
 

@@ -14,7 +14,7 @@ from galtools.heads import Head, load_head, save_head
 from galtools.photoz.bins import RedshiftBins, summarise_pdf
 
 TOOL = "gal-photoz"
-KINDS = ("photoz-linear", "photoz-mlp")
+KINDS = ("photoz-linear", "photoz-mlp", "photoz-finetuned")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -33,9 +33,12 @@ class PhotozModel:
     bins: RedshiftBins
     model_sha256: str | None = None
     info: dict = field(default_factory=dict)   # how it was fitted: seed, counts, losses ...
+    encoder_onnx: bytes | None = None          # a fine-tuned encoder travels with its head (ONNX: data, not code)
 
     @property
     def kind(self) -> str:
+        if self.encoder_onnx is not None:
+            return "photoz-finetuned"
         return "photoz-linear" if len(self.weights) == 1 else "photoz-mlp"
 
     @property
@@ -67,6 +70,8 @@ class PhotozModel:
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"w{i}"] = np.asarray(w, dtype=np.float32)
             arrays[f"b{i}"] = np.asarray(b, dtype=np.float32)
+        if self.encoder_onnx is not None:
+            arrays["encoder_onnx"] = np.frombuffer(self.encoder_onnx, dtype=np.uint8)
         extra = {"n_bins": self.bins.n_bins, "zmax": self.bins.zmax, "layers": len(self.weights), **self.info}
         return save_head(path, arrays, tool=TOOL, kind=self.kind, embedding_dim=self.embedding_dim,
                          model_sha256=self.model_sha256, extra=extra, overwrite=overwrite)
@@ -85,7 +90,9 @@ class PhotozModel:
         info = {k: v for k, v in head.meta.items()
                 if k not in ("n_bins", "zmax", "layers", "format", "tool", "version", "kind", "embedding_dim",
                              "model_sha256", "created")}
-        return cls(weights, biases, bins, head.model_sha256, info)
+        encoder = head.arrays.get("encoder_onnx")
+        return cls(weights, biases, bins, head.model_sha256, info,
+                   encoder_onnx=None if encoder is None else encoder.astype(np.uint8).tobytes())
 
     @classmethod
     def load(cls, path: str) -> "PhotozModel":
