@@ -135,7 +135,7 @@ def test_export_subcommand_reexports_and_refuses_to_overwrite(trained, tmp_path)
     again = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(again.run(None, {"image": x})[0], first.run(None, {"image": x})[0], atol=1e-6)
     code, output = invoke("export", run / "last.pt", "-o", out)
-    assert code == 1 and output == f"gal-train: error: {out} already exists (use --overwrite to replace it)"
+    assert code == 1 and output == f"gal-train: error: {out} already exists (pass --overwrite to replace it)"
     code, output = invoke("export", run / "missing.pt", "-o", tmp_path / "x.onnx")
     assert code == 66 and "no such checkpoint" in output
     code, output = invoke("export", run / "metrics.jsonl", "-o", tmp_path / "x.onnx")

@@ -12,22 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galtools.models import ProjectionHead, ResNet
+from galtools.models import ResNet
 from galtools.ssl import distributed as ddp
 from galtools.ssl.batchnorm import convert_split_batchnorm
+from galtools.ssl.encoder import ContrastiveEncoder, ContrastiveMethod
 from galtools.ssl.losses import info_nce
-
-
-class ContrastiveEncoder(nn.Module):
-    """Backbone + projection head; ``backbone`` alone is the representation that gets exported."""
-
-    def __init__(self, backbone: ResNet, out_dim: int = 128, hidden_dim: int | None = None):
-        super().__init__()
-        self.backbone = backbone
-        self.head = ProjectionHead(backbone.num_features, out_dim, hidden_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x))
 
 
 def permutation(n: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -36,7 +25,7 @@ def permutation(n: int, seed: int, device: torch.device) -> torch.Tensor:
     return torch.randperm(n, generator=generator).to(device, non_blocking=True)
 
 
-class MoCo(nn.Module):
+class MoCo(ContrastiveMethod):
     """MoCo v2: ``loss = model(x_q, x_k, seed)`` for two augmented views of the same objects.
 
     ``bn_splits`` > 1 turns on the one-device shuffle-BN equivalent (split batch norm + permuted keys); under
@@ -47,31 +36,14 @@ class MoCo(nn.Module):
                  temperature: float = 0.2, bn_splits: int = 1):
         super().__init__()
         self.queue_size, self.momentum, self.temperature, self.bn_splits = queue_size, momentum, temperature, bn_splits
-        self.encoder_q = ContrastiveEncoder(backbone, dim)
-        if bn_splits > 1:
-            convert_split_batchnorm(self.encoder_q, bn_splits)
+        encoder = ContrastiveEncoder(backbone, dim)
+        self.set_query_encoder(convert_split_batchnorm(encoder, bn_splits) if bn_splits > 1 else encoder)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
         # The queue starts as random unit vectors (as in MoCo); it fills with real keys after K / batch steps.
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        # What runs the query encoder: the encoder itself, or its DistributedDataParallel wrapper (kept out of
-        # the module tree so that the state dict has one copy of the weights).
-        self._query_runner: list[nn.Module] = [self.encoder_q]
-
-    def set_query_runner(self, runner: nn.Module) -> None:
-        self._query_runner = [runner]
-
-    @property
-    def backbone(self) -> ResNet:
-        return self.encoder_q.backbone
-
-    @torch.no_grad()
-    def sync_key_encoder(self) -> None:
-        """Start the key encoder as a copy of the query encoder (after loading or broadcasting weights)."""
-        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
-            pk.copy_(pq)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -117,7 +89,7 @@ class MoCo(nn.Module):
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """InfoNCE loss of the queries against their keys and the queue; also the top-1 accuracy of the positive."""
-        q = F.normalize(self._query_runner[0](x_q).float(), dim=1)
+        q = F.normalize(self.run_query_encoder(x_q).float(), dim=1)
         self.momentum_update()
         k, k_all = self.encode_keys(x_k, seed)
         negatives = self.queue.clone().detach()

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from galtools.models import ResNet
 from galtools.ssl import distributed as ddp
 from galtools.ssl.batchnorm import convert_split_batchnorm
+from galtools.ssl.encoder import ContrastiveEncoder, ContrastiveMethod
 from galtools.ssl.losses import nt_xent
-from galtools.ssl.moco import ContrastiveEncoder
 
 
-class SimCLR(nn.Module):
+class SimCLR(ContrastiveMethod):
     """``loss = model(x1, x2, seed)``.
 
     Both views go through the encoder in one forward pass (one pass per step is what DDP expects), interleaved
@@ -24,19 +23,11 @@ class SimCLR(nn.Module):
     def __init__(self, backbone: ResNet, dim: int = 128, temperature: float = 0.2):
         super().__init__()
         self.temperature = temperature
-        self.encoder_q = convert_split_batchnorm(ContrastiveEncoder(backbone, dim), 2)
-        self._query_runner: list[nn.Module] = [self.encoder_q]
-
-    def set_query_runner(self, runner: nn.Module) -> None:
-        self._query_runner = [runner]
-
-    @property
-    def backbone(self) -> ResNet:
-        return self.encoder_q.backbone
+        self.set_query_encoder(convert_split_batchnorm(ContrastiveEncoder(backbone, dim), 2))
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         interleaved = torch.stack([x1, x2], dim=1).flatten(0, 1)
-        z = self._query_runner[0](interleaved).float()
+        z = self.run_query_encoder(interleaved).float()
         z1, z2 = z[0::2], z[1::2]
         all_z1, all_z2 = ddp.gather_with_grad(z1), ddp.gather_with_grad(z2)
         offset = ddp.rank() * len(z1)

@@ -9,39 +9,26 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 
 import numpy as np
 
 from galtools.errors import BadData, InputMissing, OutputError
+from galtools.io.files import atomic_file
 
 FORMAT = "galtools.train.checkpoint/1"
 LAST = "last.pt"
 FOLDER = "checkpoints"
 
 
-def usual_mode(path: str) -> None:
-    """mkstemp files are private (0600); give a finished file the mode the user's umask asks for."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def save(path: str, state: dict) -> None:
     import torch
 
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        handle, tmp_path = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
-        os.close(handle)
-        torch.save({"format": FORMAT, **state}, tmp_path)
-        usual_mode(tmp_path)
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write checkpoint {path}: {exc.strerror}", "check free space and permissions") from None
-    finally:
-        if "tmp_path" in locals() and os.path.exists(tmp_path):
-            os.unlink(tmp_path)
+        with atomic_file(path) as temporary:
+            torch.save({"format": FORMAT, **state}, temporary)
+    except RuntimeError as exc:   # torch.save's writer reports a full disk as RuntimeError
+        raise OutputError(f"cannot write checkpoint {path}: {' '.join(str(exc).split())[:120]}",
+                          "check free space and permissions") from None
 
 
 def load(path: str) -> dict:

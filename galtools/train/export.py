@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import warnings
 
 import numpy as np
 
 from galtools import __version__
-from galtools.errors import BadData, GalError, OutputError
-from galtools.train.checkpoint import usual_mode
+from galtools.errors import BadData
+from galtools.io import check_output_path
+from galtools.io.files import atomic_file
 
 PARITY_BATCHES = (1, 37)
 PARITY_TOLERANCE = 1e-4
@@ -105,11 +104,7 @@ def export_encoder(backbone, path: str, metadata: dict[str, str], input_size: in
     import onnx
     import torch
 
-    if os.path.exists(path) and not overwrite:
-        raise GalError(f"{path} already exists", "use --overwrite to replace it")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f"cannot write {path}: folder {folder} does not exist", "create it first")
+    check_output_path(path, overwrite)
     backbone = backbone.float().to("cpu", memory_format=torch.contiguous_format).eval()
     reference = _representation_module(backbone)
     example = torch.zeros(2, backbone.in_chans, input_size, input_size)  # trace with batch > 1
@@ -119,23 +114,10 @@ def export_encoder(backbone, path: str, metadata: dict[str, str], input_size: in
                                     external_data=False, verbose=False)
     model = program.model_proto
     onnx.helper.set_model_props(model, metadata)   # metadata last, on the final graph
-    try:
-        handle, tmp_path = tempfile.mkstemp(prefix=".encoder-", suffix=".onnx.tmp", dir=folder)
-        os.close(handle)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {folder}: {exc.strerror}", "check the folder's permissions") from None
-    try:
-        onnx.save_model(model, tmp_path)
-        onnx.checker.check_model(tmp_path)
-        worst = check_parity(tmp_path, reference, _parity_inputs(backbone.in_chans, input_size))
-        usual_mode(tmp_path)
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}", "check free space and permissions") from None
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-    return worst
+    with atomic_file(path) as temporary:           # kept only if ONNX Runtime agrees with torch
+        onnx.save_model(model, temporary)
+        onnx.checker.check_model(temporary)
+        return check_parity(temporary, reference, _parity_inputs(backbone.in_chans, input_size))
 
 
 def read_metadata(path: str) -> dict[str, str]:

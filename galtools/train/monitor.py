@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from galtools.errors import BadData, OutputError
+from galtools.io.files import atomic_file
 
 METRICS = "metrics.jsonl"
 PLOT = "training.png"
@@ -108,8 +109,7 @@ def plot_training(run_dir: str) -> str | None:
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     out = os.path.join(run_dir, PLOT)
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(out) as temporary:
+        fig.savefig(temporary, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
