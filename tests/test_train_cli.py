@@ -152,7 +152,9 @@ def test_export_refuses_a_model_that_onnx_runtime_disagrees_with(trained, tmp_pa
     assert os.listdir(tmp_path) == []                      # neither the file nor its temporary copy
 
 
-def test_resume_n_then_n_equals_2n_in_one_run(cutouts, tmp_path):
+def test_resume_n_then_n_equals_2n_in_one_run(tmp_path):
+    # Parquet in row groups of 32: the block-shuffled reading path (FITS cubes are memory-mapped and permuted)
+    cutouts = write_galaxies(tmp_path / "cutouts.parquet", 160, size=20, row_group_size=32)
     common = [cutouts, *FAST, "--steps", "4", "--log-every", "1", "--deterministic", "--no-export", "--seed", "3"]
     straight = gal_train(*common, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr.decode()
