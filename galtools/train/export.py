@@ -3,7 +3,7 @@
 - input ``image`` float32 [batch, bands, S, S], already preprocessed; output ``embedding`` float32 [batch, D];
   ``batch`` is a named dynamic axis;
 - one self-contained file (weights inside); metadata_props carry what gal-embed needs to preprocess and to
-  describe the model (``METADATA_KEYS``);
+  describe the model (``encoder_metadata``);
 - before the file is kept, ONNX Runtime must agree with torch (fp32, eval mode) on batches of 1 and 37 within
   1e-4; otherwise nothing is written.
 """
@@ -22,8 +22,6 @@ from galtools.io.files import atomic_file
 
 PARITY_BATCHES = (1, 37)
 PARITY_TOLERANCE = 1e-4
-METADATA_KEYS = ("galtools.bands", "galtools.input_size", "galtools.preprocess", "galtools.embedding_dim",
-                 "galtools.arch", "galtools.version", "galtools.train_config", "galtools.augment")
 
 
 def encoder_metadata(bands, input_size: int, preprocess_json: str, embedding_dim: int, arch: str,
@@ -130,10 +128,11 @@ def read_metadata(path: str) -> dict[str, str]:
 
 def export_checkpoint(checkpoint_path: str, out_path: str, overwrite: bool = False) -> dict:
     """Re-export the query backbone of a gal-train checkpoint (``gal-train export``)."""
+    from galtools.models import build_encoder
     from galtools.train import checkpoint as ckpt
     from galtools.train.config import TrainConfig
-    from galtools.models import build_encoder
 
+    check_output_path(out_path, overwrite)          # before reading a checkpoint that may be large
     state = ckpt.load(checkpoint_path)
     config = TrainConfig.from_json(state["config"])
     bands = list(state["bands"])
