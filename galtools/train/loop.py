@@ -206,8 +206,7 @@ class Trainer:
                                    f"command {getattr(self.config, name)}", "resume with the run's own settings")
 
     def _pipeline(self):
-        from galtools.augment.pipeline import AugmentPipeline
-        from galtools.augment.spec import DEFAULT_SPEC
+        from galtools.augment import DEFAULT_SPEC, AugmentPipeline
         from galtools.io import PIXSCALE
 
         spec = self.config.ops or DEFAULT_SPEC
