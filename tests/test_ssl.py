@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from galtools.models import build_encoder  # noqa: E402
-from galtools.ssl import MoCo, SimCLR, SplitBatchNorm2d, convert_split_batchnorm, info_nce, nt_xent  # noqa: E402
+from galtools.ssl import (ContrastiveEncoder, MoCo, SimCLR, SplitBatchNorm2d, convert_split_batchnorm,  # noqa: E402
+                          info_nce, nt_xent)
 from galtools.ssl.moco import permutation  # noqa: E402
 
 
@@ -203,3 +204,15 @@ def test_shuffle_bn_and_gathers_across_two_gloo_ranks(tmp_path):
     z2 = torch.randn(8, 8, generator=torch.Generator().manual_seed(3), requires_grad=True)
     (nt_xent(z1, z2, 0.2) * 2).backward()   # sum of the 2 ranks' mean losses = 2 x the global mean
     assert torch.allclose(got["grad1"][:4], z1.grad[:4], atol=1e-6)
+
+
+def test_simclr_normalises_each_view_with_its_own_batch_statistics():
+    torch.manual_seed(0)
+    model = SimCLR(build_encoder("tiny", 3, width=0.5), dim=8).train()
+    x1, x2 = torch.randn(4, 3, 16, 16), 5 + torch.randn(4, 3, 16, 16)
+    loss, _ = model(x1, x2)
+    plain = ContrastiveEncoder(build_encoder("tiny", 3, width=0.5), 8)   # ordinary batch norm
+    plain.load_state_dict(model.encoder_q.state_dict())
+    plain.train()
+    expected = nt_xent_by_hand(plain(x1).detach().double().numpy(), plain(x2).detach().double().numpy(), 0.2)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
