@@ -108,8 +108,10 @@ def main() -> None:
         if not torch.cuda.is_available():
             sys.exit("bench_train --paper needs a CUDA GPU")
         arch, batch, size, crop, device, window = "resnet50-hayat", 512, 72, 64, "cuda", args.window_steps or 10
+        queue = 65536
     else:
         arch, batch, size, crop, device, window = "tiny", 64, 40, 32, "cpu", args.window_steps or 5
+        queue = 4096
         torch.set_num_threads(args.threads)
     steps = window * (args.windows + 1)
     rows = batch * (steps + 2)
@@ -117,7 +119,7 @@ def main() -> None:
         table = os.path.join(tmp, "cutouts.fits")
         write_cutouts(table, galaxy_cutouts(rows, size))
         config = TrainConfig(inputs=[table], out=os.path.join(tmp, "run"), arch=arch, crop=crop, batch_size=batch,
-                             steps=steps, queue_size=max(4096, batch), ops=CHAIN.format(shift=(size - crop) // 2),
+                             steps=steps, queue_size=queue, ops=CHAIN.format(shift=(size - crop) // 2),
                              pixscale=0.396, log_every=window, checkpoint_every=10**9, device=device,
                              compile=args.compile, export=False, preprocess_sample=512)
         # Bare-step windows before and after the pipeline, so that a change of load on a shared machine hits both.
