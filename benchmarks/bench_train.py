@@ -8,8 +8,9 @@ bare step: the same MoCo v2 model, optimizer, precision and memory format on syn
 
 CPU (default): the tiny encoder, batch 64, 32x32 views of 40x40 cutouts.
 GPU (--paper, when CUDA is usable): the paper's configuration, resnet50-hayat, batch 512, bf16 autocast,
-    channels_last, 64x64 views of 78x78 cutouts (jitter up to 7 pixels, as in the paper); the goal is full pipeline >= 90% of the bare step
-    (reference on one H200: bare step 2,950 images/s eager, 4,500 compiled).  Add --compile for both.
+    channels_last, 64x64 views of 78x78 cutouts (jitter up to 7 pixels, as in the paper); the goal is full
+    pipeline >= 90% of the bare step (reference on one H200: bare step 2,950 images/s eager, 4,500 compiled).
+    Add --compile for both.
 
     python benchmarks/bench_train.py
     python benchmarks/bench_train.py --paper [--compile]
