@@ -196,3 +196,15 @@ def test_history_is_json_in_metadata(tmp_path):
     with open_table(path) as table:
         entries = json.loads(table.metadata["galtools.history"])
     assert entries[0]["tool"] == "test" and "time" in entries[0] and "version" in entries[0]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".arrow", ".fits"])
+def test_an_empty_table_is_written_with_its_columns(tmp_path, suffix):
+    from galtools.io import tensor_column
+
+    empty = pa.table({"object_id": pa.array([], pa.int64()), "image": tensor_column(np.zeros((0, 2, 4, 4), np.float32))})
+    path = str(tmp_path / f"empty{suffix}")
+    with open_output(path, tool="test") as out:
+        out.write(empty)
+    with open_table(path) as back:
+        assert back.num_rows == 0 and back.image_shape == (2, 4, 4)

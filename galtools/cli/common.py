@@ -54,6 +54,9 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     except click.exceptions.Abort:
         _say_error(tool, "aborted")
         code = 130
+    except click.exceptions.NoArgsIsHelpError as exc:   # a bare group: its overview, as a usage error
+        sys.stderr.write(exc.ctx.get_help() + "\n")
+        code = EXIT_USAGE
     except click.ClickException as exc:
         _say_error(tool, f"{' '.join(exc.format_message().split())} (see '{tool} --help')")
         code = exc.exit_code if exc.exit_code else EXIT_USAGE
@@ -153,11 +156,12 @@ def galtools_command(tool: str, example: str, **settings):
 
 
 def galtools_group(tool: str, example: str, **settings):
-    """Like galtools_command for a tool with sub-commands (``gal-knn index``, ``gal-photoz fit``)."""
+    """Like galtools_command for a tool with sub-commands (``gal-knn index``, ``gal-photoz fit``); ``cls`` may name a
+    GalGroup subclass (e.g. one with an implied default sub-command)."""
     def decorator(func):
         func = _verbosity_options(func)
         func = click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")(func)
-        group = click.group(tool, cls=GalGroup, epilog=_epilog(example),
+        group = click.group(tool, cls=settings.pop("cls", GalGroup), epilog=_epilog(example),
                             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                             **settings)(func)
         group.tool_name = tool
@@ -225,7 +229,9 @@ def progress_enabled() -> bool:
     return not _state["quiet"] and sys.stderr.isatty()
 
 
-class _NoProgress:
+class NullProgress:
+    """The progress bar when there is none to show (quiet, not a terminal, or not the main process)."""
+
     def __init__(self, *a, **k):
         pass
 
@@ -264,7 +270,7 @@ class _RichProgress:
 
 def progress_bar(total: int | None, description: str):
     """``with progress_bar(n, "embedding") as bar: bar.advance(k)``: rich on a terminal's stderr, else nothing."""
-    return _RichProgress(total, description) if progress_enabled() else _NoProgress()
+    return _RichProgress(total, description) if progress_enabled() else NullProgress()
 
 
 def progress(iterable, total: int | None = None, description: str = "working"):

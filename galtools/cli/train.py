@@ -33,7 +33,7 @@ class _TrainGroup(GalGroup):
         return super().parse_args(ctx, args)
 
 
-@galtools_group("gal-train", example=EXAMPLE)
+@galtools_group("gal-train", example=EXAMPLE, cls=_TrainGroup)
 def cli():
     """Self-supervised pre-training of a galaxy encoder (MoCo v2 by default, as Hayat et al. 2021).
 
@@ -44,9 +44,6 @@ def cli():
     RUN/ receives checkpoints (RUN/last.pt, RUN/checkpoints/), metrics.jsonl, training.png and encoder.onnx.
     Exit 75 means "stopped on SIGTERM/SIGUSR1 with a checkpoint written: run again with --resume".
     """
-
-
-cli.__class__ = _TrainGroup   # galtools_group builds a GalGroup; this one also has an implied sub-command
 
 
 def _positive(ctx, param, value):

@@ -129,7 +129,8 @@ class FitsSource:
         for hdu in (self._cube, self._catalog):
             if hdu is not None:
                 _check_complete(path, hdu)
-        self.metadata = _header_metadata(self._fits[0].read_header())
+        self._primary_header = self._fits[0].read_header()
+        self.metadata = _header_metadata(self._primary_header)
         if self._cube is not None:
             self.metadata = {**_header_metadata(self._cube.read_header()), **self.metadata}
         self._find_table_tensor()
@@ -166,9 +167,13 @@ class FitsSource:
             fields = [pa.field(n, a.type) for n, a in structured_to_arrow(empty)]
         elif self._cube is not None:
             fields = [pa.field("object_id", pa.int64())]
+        shape = None
         if self._cube is not None:
             dims = self._cube.get_dims()
             shape = tuple(dims[1:]) if len(dims) == 4 else (1, *dims[1:])
+        elif "GTSHAPE" in self._primary_header:
+            shape = tuple(int(n) for n in str(self._primary_header["GTSHAPE"]).split(","))
+        if shape is not None:
             fields.append(pa.field(IMAGE, pa.fixed_shape_tensor(pa.float32(), shape)))
         return pa.schema(fields)
 
@@ -250,11 +255,14 @@ class FitsWriter:
     spooling keeps memory bounded by the catalogue, not the images.
     """
 
-    def __init__(self, path: str, metadata: dict[str, str]):
+    def __init__(self, path: str, metadata: dict[str, str], schema: pa.Schema | None = None):
         self.path = path
         self.metadata = metadata
         self._catalog_batches: list[pa.RecordBatch] = []
+        self._schema = schema
         self._image_shape = None
+        if schema is not None and IMAGE in schema.names and is_tensor_type(schema.field(IMAGE).type):
+            self._image_shape = tuple(schema.field(IMAGE).type.shape)
         self._rows = 0
         self._spool_path = path + ".images"
         self._spool = None
@@ -292,7 +300,15 @@ class FitsWriter:
             if self._spool is not None:
                 self._spool.close()
                 self._write_cube(fits)
-            table = pa.Table.from_batches(self._catalog_batches) if self._catalog_batches else None
+            elif self._image_shape is not None:   # no rows: keep the image shape for readers
+                fits[0].write_key("GTSHAPE", ",".join(str(n) for n in self._image_shape), "image shape of an empty table")
+            if self._catalog_batches:
+                table = pa.Table.from_batches(self._catalog_batches)
+            elif self._schema is not None:
+                table = self._schema.empty_table()
+                table = table.drop_columns([IMAGE]) if IMAGE in table.column_names else table
+            else:
+                table = None
             if table is not None and table.num_columns:
                 fits.write(_arrow_to_structured(table), extname="CATALOG")
 

@@ -115,7 +115,7 @@ class Output:
         self._schema = schema.with_metadata(meta.encode(self.metadata))
         if self._writer is None:
             if self.format == "fits":
-                self._writer = FitsWriter(self._target, self.metadata)
+                self._writer = FitsWriter(self._target, self.metadata, schema)
             else:
                 self._writer = _ArrowWriter(self._target, self.format)
         if isinstance(self._writer, _ArrowWriter):
@@ -124,6 +124,8 @@ class Output:
     def write(self, data) -> None:
         """Write a RecordBatch or Table; later writes are cast to the first one's column types."""
         batches = data.to_batches() if isinstance(data, pa.Table) else [data]
+        if self._schema is None and not batches:   # an empty table still fixes the columns
+            self._start(data.schema)
         for batch in batches:
             if self._schema is None:
                 self._start(batch.schema)

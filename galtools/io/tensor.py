@@ -29,6 +29,10 @@ def tensor_column(images: np.ndarray) -> pa.ExtensionArray:
     images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be (n, bands, H, W), got shape {images.shape}")
+    if len(images) == 0:   # from_numpy_ndarray refuses empty arrays; build the (empty) storage directly
+        tensor_type = pa.fixed_shape_tensor(pa.float32(), images.shape[1:])
+        storage = pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), int(np.prod(images.shape[1:])))
+        return pa.ExtensionArray.from_storage(tensor_type, storage)
     return pa.FixedShapeTensorArray.from_numpy_ndarray(images)
 
 

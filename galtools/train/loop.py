@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from galtools.cli.common import NullProgress
 from galtools.errors import BadData, GalError, InputMissing, OutputError, Requeue, UsageProblem
 from galtools.train import checkpoint as ckpt
 from galtools.train import monitor, runtime
@@ -463,7 +464,7 @@ class Trainer:
         self.last_loss, self.last_knn_step = None, None
         window_start, window_steps = time.perf_counter(), 0
         step = start_step
-        progress = self.progress if rt.is_main else _NoProgress
+        progress = self.progress if rt.is_main else NullProgress
         with progress(self.total_steps - start_step, "training") as bar:
             for batch in loader:
                 views = self._views(batch)
@@ -540,20 +541,6 @@ class Trainer:
         return {"path": path, "parity": worst, "embedding_dim": backbone.num_features}
 
 
-class _NoProgress:
-    def __init__(self, total=None, description=""):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self, amount: int = 1) -> None:
-        pass
-
-
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False, progress=None, log=None,
           stop_after: int | None = None) -> dict:
     """Train (or resume) a run as ``gal-train`` does; returns a summary dict (steps, last loss, export).
@@ -562,4 +549,4 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     (Requeue, exit 75) after that many steps of this call.  progress: a factory like
     galtools.cli.common.progress_bar.
     """
-    return Trainer(config, resume, overwrite, progress or _NoProgress, log, stop_after).run()
+    return Trainer(config, resume, overwrite, progress or NullProgress, log, stop_after).run()
