@@ -170,8 +170,8 @@ def estimate_noise(images, border: int = 4):
 
 def add_noise_to_level(images, current_sigma, target_sigma, unit_normals):
     """Add sqrt(target^2 - current^2) x unit_normals per object and band (nothing where the target is lower)."""
-    current = torch.as_tensor(np.array(current_sigma, dtype=np.float32), device=images.device)
-    target = torch.as_tensor(np.array(target_sigma, dtype=np.float32), device=images.device)
+    current = torch.as_tensor(current_sigma, dtype=torch.float32, device=images.device)
+    target = torch.as_tensor(target_sigma, dtype=torch.float32, device=images.device)
     extra = torch.sqrt(torch.clamp(target * target - current * current, min=0.0))
     return images + extra[:, :, None, None] * unit_normals
 

@@ -227,16 +227,21 @@ class AugmentPipeline:
         return ops.scale_bands(x, 1.0 / ops.extinction_factors(ebv, _bandwise(step.params["r"], x.shape[1])))
 
     def _noise(self, x, step, draws, state, keys, seed, view, ops):
+        import torch
+
         p, (n, bands) = step.params, x.shape[:2]
         if p["sigma_in"] is not None:
-            current = np.broadcast_to(_bandwise(p["sigma_in"], bands), (n, bands))
-        else:
-            current = ops.estimate_noise(x, p["border"]).cpu().numpy().astype(np.float64)
+            current = torch.as_tensor(np.broadcast_to(_bandwise(p["sigma_in"], bands), (n, bands)).copy(),
+                                      dtype=torch.float32, device=x.device)
+        else:   # measured on the device and kept there: no host round trip (a GPU sync) per batch
+            current = ops.estimate_noise(x, p["border"]).to(torch.float32)
+        fraction = torch.as_tensor(draws, dtype=torch.float32, device=x.device)
         if p["sigma_min"] is not None:
-            low, high = _bandwise(p["sigma_min"], bands), _bandwise(p["sigma_max"], bands)
-            target = low[None, :] + draws * (high - low)[None, :]
+            low, high = (torch.as_tensor(_bandwise(p[k], bands), dtype=torch.float32, device=x.device)
+                         for k in ("sigma_min", "sigma_max"))
+            target = low[None, :] + fraction * (high - low)[None, :]
         else:
-            target = (p["factor_min"] + draws * (p["factor_max"] - p["factor_min"])) * current
+            target = (p["factor_min"] + fraction * (p["factor_max"] - p["factor_min"])) * current
         # the pixels' own stream, so the per-object draws above do not shift when the image size changes
         pixel_streams = streams.stream_keys(seed, keys, view, step.tag + "/pixels")
         normals = streams.normal_field(pixel_streams, tuple(x.shape[1:]), x.device)
