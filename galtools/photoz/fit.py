@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
@@ -309,6 +310,7 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
     history, train_losses = [], []
     batches = rows.passes(rng, settings.batch_size)
     since_cut = 0
+    started, check_seconds = time.perf_counter(), []
     for check in range(max_checks):
         model.train()
         running, seen = 0.0, 0
@@ -326,6 +328,7 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
             val_loss = float(torch.nn.functional.cross_entropy(model(val_xt), val_yt))
         history.append(round(val_loss, 5))
         train_losses.append(round(running / max(seen, 1), 5))
+        check_seconds.append(round(time.perf_counter() - started, 3))
         if progress is not None:
             progress(check, val_loss)
         log.debug(f"check {check + 1}: train loss {train_losses[-1]:.4f}, validation loss {val_loss:.4f}")
@@ -351,7 +354,8 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
     biases[0] = biases[0] - mean @ weights[0]
     record = {"checks": len(history), "best_check": best["check"] + 1, "steps_per_check": steps_per_check,
               "best_val_loss": round(best["loss"], 5), "val_loss": history, "train_loss": train_losses,
-              "stopped_early": len(history) < max_checks, "logit_scale": round(logit_scale, 4)}
+              "stopped_early": len(history) < max_checks, "logit_scale": round(logit_scale, 4),
+              "seconds_at_check": check_seconds}
     return ([w.astype(np.float32) for w in weights], [b.astype(np.float32) for b in biases], record)
 
 
