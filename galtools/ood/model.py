@@ -64,9 +64,10 @@ class OodModel:
 
         top = self.neighbours(unit, self.k if self.method == "knn" else 1)
         nearest_row = top.indices[:, 0]
-        nearest_distance = 1.0 - top.scores[:, 0].astype(np.float64)
+        # float32 rounding can put the similarity of identical vectors a hair above 1: distances start at 0
+        nearest_distance = np.clip(1.0 - top.scores[:, 0].astype(np.float64), 0.0, 2.0)
         if self.method == "knn":
-            raw = 1.0 - top.scores[:, self.k - 1].astype(np.float64)
+            raw = np.clip(1.0 - top.scores[:, self.k - 1].astype(np.float64), 0.0, None)
         elif self.method == "gmm":
             raw = -gmm_log_density(project(unit, self.density), self.density)
         else:
