@@ -69,4 +69,7 @@ def save_montage(rows, path: str, captions=None, row_titles=None, cell: int = 96
             if captions and r < len(captions) and c < len(captions[r]):
                 for k, line in enumerate(str(captions[r][c]).split("\n")):
                     draw.text((x, y + cell + 2 + k * line_height), line, fill="black", font=font)
-    canvas.save(path, format="PNG")
+    from galtools.io.files import atomic_file
+
+    with atomic_file(path) as temporary:   # a failed run leaves no half-written picture
+        canvas.save(temporary, format="PNG")

@@ -153,7 +153,6 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 def _peak_rss_mb(command: list[str]) -> float:
     """Peak resident memory of a child process, in MB (ru_maxrss of the waited-for child)."""
-    import resource
     import subprocess
 
     script = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "

@@ -1,7 +1,6 @@
 """gal-augment: write N augmented views of every cutout, and a montage to judge them by eye."""
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -70,7 +69,7 @@ def cli(input, views, spec, size, seed, montage, montage_rows, pixscale, ebv_col
     if not montage_only:
         check_output_path(output, overwrite)
     if montage:
-        _check_png_path(montage, overwrite)
+        check_output_path(montage, overwrite)
 
     with open_table(input, shard=part) as table:
         plan = _Plan.make(table, spec, size, pixscale, ebv_column, psf_columns, device)
@@ -264,17 +263,6 @@ def _draw_montage(rows_or_batches, plan, views, seed, path):
     save_montage(pictures, path, captions=captions, row_titles=titles,
                  title=f"gal-augment --seed {seed} --ops {plan.spec_text}"[:160])
     log.info(f"montage of {len(rows)} objects x {views} views written to {path}")
-
-
-def _check_png_path(path, overwrite):
-    from galtools.errors import GalError, OutputError
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f"cannot write {path}: folder {os.path.dirname(path) or '.'} does not exist",
-                          "create it first (mkdir -p)")
-    if os.path.exists(path) and not overwrite:
-        raise GalError(f"{path} already exists", "pass --overwrite to replace it")
 
 
 main = cli

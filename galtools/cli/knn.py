@@ -98,7 +98,7 @@ def search(emb, query_ids, queries_file, query_image, model, all_rows, k, least,
 
         check_output_path(output, overwrite)
     if montage:
-        _check_png_path(montage, overwrite)
+        check_output_path(montage, overwrite)
 
     # With an index the table's vectors are checked and checksummed but not kept: the index holds them.
     base = _load_base(emb, checksum=index_path is not None, keep_vectors=index_path is None)
@@ -126,15 +126,6 @@ def _shard_for(text, all_rows):
     return Shard.parse(text) if text else None
 
 
-def _check_png_path(path, overwrite):
-    from galtools.errors import GalError, OutputError
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f"cannot write {path}: folder {os.path.dirname(path) or '.'} does not exist",
-                          "create it first (mkdir -p)")
-    if os.path.exists(path) and not overwrite:
-        raise GalError(f"{path} already exists", "pass --overwrite to replace it")
 
 
 def _load_base(emb, checksum, keep_vectors=True):
@@ -562,10 +553,12 @@ def index_command(emb, kind, output, overwrite, nlist, nprobe, hnsw_m, ef_constr
     The sidecar FILE.json records the embeddings' checksum, the model's sha256, the metric (cosine) and the
     parameters; searching a table that differs from the one indexed is refused (exit 65).
     """
+    from galtools.io import check_output_path
     from galtools.search import FaissIndex, recall_at_k
 
     output = output or _default_index_path(emb)
-    _check_index_path(output, overwrite)
+    for path in (output, f"{output}.json"):   # the index and its sidecar
+        check_output_path(path, overwrite)
     base = _load_base(emb, checksum=True)
     index = FaissIndex.build(base.vectors, kind, normalized=True, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
                              ef_construction=ef_construction, ef_search=ef, seed=seed)
@@ -581,16 +574,6 @@ def index_command(emb, kind, output, overwrite, nlist, nprobe, hnsw_m, ef_constr
     log.info(f"wrote {kind} index of {base.count} embeddings to {output} (+ {output}.json)")
 
 
-def _check_index_path(path, overwrite):
-    from galtools.errors import GalError, OutputError
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f"cannot write {path}: folder {os.path.dirname(path) or '.'} does not exist",
-                          "create it first (mkdir -p)")
-    for existing in (path, f"{path}.json"):
-        if os.path.exists(existing) and not overwrite:
-            raise GalError(f"{existing} already exists", "pass --overwrite to replace it")
 
 
 def _params_text(index):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import sys
 
 import click
@@ -61,7 +60,7 @@ def cli(count, seed, size, anomaly_fraction, neighbour_rate, jobs, shard, montag
     if not montage_only:
         check_output_path(output, overwrite)
     if montage:
-        _check_png_path(montage, overwrite)
+        check_output_path(montage, overwrite)
     if seed < 0:
         from galtools.errors import UsageProblem
 
@@ -150,17 +149,6 @@ def _draw_montage(kept, path, config):
     save_montage(rows, path, captions=captions, cell=max(96, config.size),
                  title=f"gal-sim --seed {config.seed} --size {config.size}: gri, arcsinh stretch")
     log.info(f"montage of {len(pictures)} cutouts written to {path}")
-
-
-def _check_png_path(path, overwrite):
-    from galtools.errors import GalError, OutputError
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(f"cannot write {path}: folder {os.path.dirname(path) or '.'} does not exist",
-                          "create it first (mkdir -p)")
-    if os.path.exists(path) and not overwrite:
-        raise GalError(f"{path} already exists", "pass --overwrite to replace it")
 
 
 main = cli

@@ -10,7 +10,6 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from galtools.models import ResNet
 from galtools.ssl import distributed as ddp

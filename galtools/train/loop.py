@@ -394,8 +394,6 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def _run(self) -> dict:
-        import torch
-
         config, rt = self.config, self.rt
         self.resume_path = _collective(lambda: check_run_dir(config.out, self.resume, self.overwrite), rt)
         _collective(self._open, rt)   # every rank reads the tables (and fails the same way on bad data)
