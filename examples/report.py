@@ -24,9 +24,11 @@ def photoz_curve(results: str) -> str:
     curve = load(os.path.join(results, "photoz-curve.json"))
     rows = [[r["method"], r["n_labels"], r["n_test"], f"{r['sigma_mad']:.4f}", f"{r['eta']:.1f}", f"{r['bias']:+.4f}"]
             for r in curve["rows"]]
-    return ("## 1. Photometric redshifts against the number of labels (linear probe on the pre-trained representation)\n\n"
-            "`gal-photoz curve train-emb.parquet --z-column z_true --fractions ...` (one fixed test set, nested subsets;\n"
-            "`median` predicts the training median for every object).\n\n"
+    return ("## 1. Photometric redshifts against the number of labels\n\n"
+            "`gal-photoz curve train-emb.parquet --z-column z_true --fractions ... --images train.parquet --checkpoint\n"
+            "full/last.pt`: one fixed test set, nested subsets of labels; `median` predicts the training median for every\n"
+            "object, `linear` is the linear probe on the frozen pre-trained representation, `finetune` fine-tunes the\n"
+            "pre-trained encoder end to end, `scratch` trains the same network from random weights.\n\n"
             + table(["method", "labels", "test objects", "sigma_MAD", "eta (%)", "bias"], rows)
             + "\n\n![photo-z label curve](photoz-curve.png)\n")
 
