@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from galtools.classify.labels import (HARD, SOFT, LabelSpec, check_label_columns, class_indices, label_strings,
+from galtools.classify.labels import (HARD, LabelSpec, check_label_columns, class_indices, label_strings,
                                       majority_vote, natural_order, soft_targets, vote_fractions)
 from galtools.classify.model import ClassifierModel
 from galtools.errors import BadData
@@ -133,15 +133,6 @@ def read_labelled(path: str, spec: LabelSpec) -> LabelledRows:
     return rows
 
 
-class _FloatTargets(np.ndarray):
-    """Vote fractions handed to ``train_head`` as validation targets.  Its validation step turns the labels it is
-    given into class indices (``astype(np.int64)``); soft targets must stay probabilities, which torch's
-    ``cross_entropy`` takes as they are."""
-
-    def astype(self, dtype, *args, **kwargs):
-        return np.asarray(self, dtype=np.float32)
-
-
 def fit_rows(rows: LabelledRows, settings: ClassifySettings) -> ClassifierModel:
     """Fit a classifier on labelled rows (a validation split of them for early stopping)."""
     settings.validate()
@@ -154,11 +145,7 @@ def fit_rows(rows: LabelledRows, settings: ClassifySettings) -> ClassifierModel:
     missing = [c for i, c in enumerate(rows.labels.classes) if not np.any(train_truth == i)]
     if missing and rows.labels.kind == HARD:
         log.warning(f"no training row of class(es) {', '.join(missing)}: they will hardly ever be predicted")
-    if rows.labels.kind == SOFT:
-        train_targets = rows.targets[~val]
-        val_targets = np.ascontiguousarray(rows.targets[val]).view(_FloatTargets)
-    else:
-        train_targets, val_targets = rows.targets[~val], rows.targets[val]
+    train_targets, val_targets = rows.targets[~val], rows.targets[val]   # class indices, or vote fractions
     log.info(f"fitting on {int((~val).sum())} labelled rows, validating on {int(val.sum())}")
     weights, biases, record = train_head(InMemoryRows(rows.x[~val], train_targets), rows.x[val], val_targets,
                                          rows.x.shape[1], settings.for_classes(n_classes))
