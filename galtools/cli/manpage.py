@@ -60,7 +60,8 @@ def _options(command: click.Command, ctx: click.Context) -> list[str]:
 
 def render(tool: str, command: click.Command, parent: str | None = None) -> str:
     name = f"{parent} {tool}" if parent else tool
-    ctx = click.Context(command, info_name=name)
+    # the command's own settings (-h/--help): click caches the help option per command, so use them always
+    ctx = click.Context(command, info_name=name, **command.context_settings)
     usage = " ".join(command.collect_usage_pieces(ctx))
     summary = (command.get_short_help_str(limit=200) or "").rstrip(".")
     parts = [
