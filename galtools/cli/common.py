@@ -29,8 +29,8 @@ def _say_error(tool: str, text: str) -> None:
     try:
         sys.stderr.write(f"{tool}: error: {text}\n")
         sys.stderr.flush()
-    except (BrokenPipeError, ValueError):
-        pass
+    except (BrokenPipeError, ValueError):   # stderr itself is gone: nowhere left to report
+        return
 
 
 def _silence_stdout() -> None:
@@ -38,8 +38,8 @@ def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
+    except (OSError, ValueError, AttributeError):   # no real stdout (e.g. under CliRunner): nothing to silence
+        return
 
 
 def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
@@ -107,11 +107,11 @@ class _GalMixin:
 
 
 class GalCommand(_GalMixin, click.Command):
-    pass
+    """A click command with galtools' error handling."""
 
 
 class GalGroup(_GalMixin, click.Group):
-    pass
+    """A click group with galtools' error handling."""
 
 
 def _configure(quiet: bool, verbose: int) -> None:
@@ -232,8 +232,8 @@ def progress_enabled() -> bool:
 class NullProgress:
     """The progress bar when there is none to show (quiet, not a terminal, or not the main process)."""
 
-    def __init__(self, *a, **k):
-        pass
+    def __init__(self, *args, **kwargs):
+        """Accepts progress_bar's arguments and ignores them."""
 
     def __enter__(self):
         return self
@@ -242,7 +242,7 @@ class NullProgress:
         return False
 
     def advance(self, amount: int = 1) -> None:
-        pass
+        """Nothing to draw."""
 
 
 class _RichProgress:

@@ -87,7 +87,7 @@ class ArrowStreamSource:
                 yield batch.slice(offset, batch_size)
 
     def close(self):
-        pass
+        """The stream belongs to the caller (stdin): nothing to close here."""
 
 
 class ParquetSource:

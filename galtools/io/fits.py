@@ -6,6 +6,7 @@ On input we also accept a BINTABLE whose image column has a TDIM, and a bare (N,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -48,10 +49,8 @@ def _history_from_cards(cards: list[str]) -> list[dict]:
 def _header_metadata(header) -> dict[str, str]:
     out: dict[str, str] = {}
     if "GTMETA" in header:
-        try:
+        with contextlib.suppress(json.JSONDecodeError, TypeError):   # a foreign GTMETA: fall back to the keys below
             out.update(json.loads(header["GTMETA"]))
-        except (json.JSONDecodeError, TypeError):
-            pass
     for key, name in (("BANDS", meta.BANDS), ("PIXSCALE", meta.PIXSCALE), ("BUNIT", meta.FLUX_UNIT)):
         if name not in out and key in header:
             out[name] = str(header[key]).strip()
@@ -336,7 +335,5 @@ class FitsWriter:
 
 
 def cleanup(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

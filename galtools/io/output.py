@@ -2,6 +2,7 @@
 ``overwrite``, refuses binary output to a terminal, appends this run to the provenance history."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -78,7 +79,7 @@ class _ArrowWriter:
             self._writer.close()
 
     def discard(self):
-        pass
+        """Nothing to remove: an Arrow or Parquet writer keeps no side files."""
 
 
 class Output:
@@ -161,15 +162,11 @@ class Output:
 
     def abort(self) -> None:
         if self._writer is not None:
-            try:
+            with contextlib.suppress(OSError):   # cleaning up after a failure must not hide it
                 self._writer.discard()
-            except OSError:
-                pass
         if self._target is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self._target)
-            except OSError:
-                pass
 
     def __enter__(self):
         return self

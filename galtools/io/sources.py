@@ -1,6 +1,7 @@
 """Where a table comes from: a path, stdin (``-``), a folder or a glob of parts; and what format its bytes are."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
@@ -112,10 +113,8 @@ _SPOOLED: list[str] = []
 
 def remove_spooled() -> None:
     while _SPOOLED:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(_SPOOLED.pop())
-        except OSError:
-            pass
 
 
 import atexit  # noqa: E402  (registered once the helpers above exist)
