@@ -27,6 +27,16 @@ FORMAT = "galtools.head/1"
 META_KEY = "__galtools__"
 
 
+def mlp_logits(x: np.ndarray, weights, biases) -> np.ndarray:
+    """Forward pass of a head stored as plain arrays: x @ W + b per layer, ReLU between layers (numpy, no torch)."""
+    hidden = np.asarray(x, dtype=np.float32)
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        hidden = hidden @ w + b
+        if i < len(weights) - 1:
+            np.maximum(hidden, 0, out=hidden)
+    return hidden
+
+
 @dataclass
 class Head:
     """A loaded small model: its arrays and its metadata (``meta['tool']``, ``meta['kind']`` ...)."""

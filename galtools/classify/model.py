@@ -13,7 +13,7 @@ import numpy as np
 
 from galtools.classify.labels import LabelSpec
 from galtools.errors import BadData
-from galtools.heads import Head, load_head, save_head
+from galtools.heads import Head, load_head, mlp_logits, save_head
 from galtools.photoz.model import softmax
 
 TOOL = "gal-classify"
@@ -42,12 +42,7 @@ class ClassifierModel:
         return int(self.weights[0].shape[0])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        hidden = np.asarray(x, dtype=np.float32)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            hidden = hidden @ w + b
-            if i < len(self.weights) - 1:
-                np.maximum(hidden, 0, out=hidden)
-        return hidden
+        return mlp_logits(x, self.weights, self.biases)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """(n, classes) float32 probabilities."""

@@ -14,8 +14,8 @@ import pyarrow as pa
 
 from galtools.classify.fit import check_embedding_column
 from galtools.classify.model import ClassifierModel
-from galtools.errors import BadData
-from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, open_output, open_table, vectors_of
+from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, open_output, open_table
+from galtools.io.tensor import finite_vectors_of
 
 META_KEY = "galtools.classify"
 PREDICTED_CLASS = "predicted_class"
@@ -32,13 +32,7 @@ def prediction_columns(classes) -> list[str]:
 
 def prediction_batch(batch: pa.RecordBatch, model: ClassifierModel, carried: list[str], name: str) -> pa.RecordBatch:
     """The carried columns of ``batch`` followed by the predictions."""
-    x = vectors_of(batch)
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if bad.size:
-        ids = batch.column("object_id") if "object_id" in batch.schema.names else None
-        first = ids[int(bad[0])].as_py() if ids is not None else f"row {int(bad[0])} of a batch"
-        raise BadData(f"{name}: {bad.size} embedding(s) hold NaN or infinite values (first: object_id {first!r})",
-                      "re-embed those objects or drop them")
+    x = finite_vectors_of(batch, name)
     probabilities = model.predict_proba(x)
     best = np.argmax(probabilities, axis=1) if len(x) else np.zeros(0, np.int64)
     columns = {c: batch.column(c) for c in carried}

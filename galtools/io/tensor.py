@@ -62,6 +62,18 @@ def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
+def finite_vectors_of(batch, name: str, column: str = EMBEDDING) -> np.ndarray:
+    """vectors_of, refusing NaN or infinite values (BadData naming the first object) where a model must score them."""
+    vectors = vectors_of(batch, column)
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad.size:
+        ids = batch.column("object_id") if "object_id" in batch.schema.names else None
+        first = ids[int(bad[0])].as_py() if ids is not None else f"row {int(bad[0])} of a batch"
+        raise BadData(f"{name}: {bad.size} embedding(s) hold NaN or infinite values (first: object_id {first!r})",
+                      "re-embed those objects or drop them")
+    return vectors
+
+
 def vectors_of(data, column: str = EMBEDDING) -> np.ndarray:
     """The (n, D) float32 vectors of a fixed_size_list column of a RecordBatch or Table."""
     if column not in data.schema.names:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from galtools.heads import Head, load_head, save_head
+from galtools.heads import Head, load_head, mlp_logits, save_head
 from galtools.photoz.bins import RedshiftBins, summarise_pdf
 
 TOOL = "gal-photoz"
@@ -46,12 +46,7 @@ class PhotozModel:
         return int(self.weights[0].shape[0])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        hidden = np.asarray(x, dtype=np.float32)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            hidden = hidden @ w + b
-            if i < len(self.weights) - 1:
-                np.maximum(hidden, 0, out=hidden)
-        return hidden
+        return mlp_logits(x, self.weights, self.biases)
 
     def predict_pdf(self, x: np.ndarray) -> np.ndarray:
         """(n, n_bins) float32 probabilities."""

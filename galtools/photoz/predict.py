@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData, UsageProblem
-from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, open_output, open_table, vector_column, vectors_of
+from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, open_output, open_table, vector_column
+from galtools.io.tensor import finite_vectors_of
 from galtools.photoz.metrics import normalised_residuals
 from galtools.photoz.model import PhotozModel
 
@@ -23,13 +24,7 @@ def prediction_batch(batch: pa.RecordBatch, model: PhotozModel, with_pdf: bool, 
                      keep_embedding: bool = True, truth: str | None = None) -> pa.RecordBatch:
     """The batch's carried columns followed by z_phot, z_phot_mode, z_phot_std (and z_pdf; and with ``truth``,
     dz = (z_phot - truth) / (1 + truth) and |dz|, NaN where the truth is missing)."""
-    x = vectors_of(batch)
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if bad.size:
-        ids = batch.column("object_id") if "object_id" in batch.schema.names else None
-        first = ids[int(bad[0])].as_py() if ids is not None else f"row {int(bad[0])} of a batch"
-        raise BadData(f"{name}: {bad.size} embedding(s) hold NaN or infinite values (first: object_id {first!r})",
-                      "re-embed those objects or drop them")
+    x = finite_vectors_of(batch, name)
     out = model.predict(x)
     dropped = NOT_CARRIED if keep_embedding else NOT_CARRIED + (EMBEDDING,)
     columns = {c: batch.column(c) for c in batch.schema.names if c not in dropped}
