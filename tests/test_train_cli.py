@@ -75,6 +75,20 @@ def test_run_folder_holds_checkpoints_metrics_plot_and_encoder(trained):
     assert "encoder_q.backbone.conv1.weight" in state["model"] and "queue" in state["model"]
     assert int(state["model"]["queue_ptr"]) == (8 * 16) % 48   # 32: the queue wrapped around
     assert "kNN accuracy of morph_class" in result.stderr.decode()
+    # m=0.999 for 8 steps: the key encoder would lag the whole run; 48 keys in a queue over 128 cutouts are fine
+    assert "averages the key encoder over about 1000 steps, a long lag for a 8-step run" in result.stderr.decode()
+    assert "queue will hold" not in result.stderr.decode()
+
+
+def test_notes_a_queue_that_holds_the_objects_own_keys(cutouts, tmp_path):
+    fast = [a if a != "48" else "96" for a in FAST]        # 96 keys > half of the 160 training cutouts
+    result = gal_train(cutouts, "--out", tmp_path / "run", *fast, "--steps", "25", "--key-momentum", "0.5",
+                       "--no-export")
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert "--queue-size 96 is more than half the 160 training cutouts" in stderr
+    assert "--queue-size 40 or less" in stderr
+    assert "averages the key encoder" not in stderr     # m=0.5 lags about 2 steps: short against 25
 
 
 def test_encoder_onnx_follows_the_contract(trained, cutouts):
