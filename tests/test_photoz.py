@@ -79,6 +79,33 @@ def test_z_at_and_above_zmax_goes_to_the_last_bin():
     assert (above, below) == (3, 1)
 
 
+def test_label_smoothing_kernel_is_a_normalised_gaussian_over_bins():
+    from galtools.photoz.bins import smoothing_kernel
+
+    bins = RedshiftBins(180, 0.4)
+    kernel = smoothing_kernel(bins, 2.0)
+    assert kernel.shape == (180, 180) and kernel.dtype == np.float32
+    assert np.allclose(kernel.sum(axis=1), 1.0, atol=1e-6)
+    # far from the edges: mean at the label's own bin centre, standard deviation 2 bin widths, values as the formula
+    mean, mode, std = summarise_pdf(kernel[[40, 90, 130]], bins.centres)
+    assert np.allclose(mean, bins.centres[[40, 90, 130]], atol=1e-7) and np.allclose(mode, mean)
+    assert np.allclose(std, 2.0 * bins.width, rtol=1e-4)
+    offsets = np.arange(-8, 9)
+    gaussian = np.exp(-offsets**2 / 8.0)
+    row_total = np.exp(-np.arange(-90, 90)**2 / 8.0).sum()          # row 90 reaches 90 bins down, 89 up
+    assert np.allclose(kernel[90, 82:99], gaussian / row_total, atol=1e-7)
+    # at the edge the Gaussian is cut at z = 0 and renormalised: no probability outside the bins
+    assert kernel[0, 0] == pytest.approx(1 / np.exp(-np.arange(180)**2 / 8.0).sum(), rel=1e-5)
+    assert np.array_equal(smoothing_kernel(bins, 0.0), np.eye(180, dtype=np.float32))
+
+
+def test_label_smoothing_out_of_range_is_a_usage_error(small, tmp_path):
+    folder, emb, *_ = small
+    result = run_tool("gal-photoz", "fit", emb, "--label-smoothing", "-1", "-o", tmp_path / "x.model")
+    _error(result, 2, "--label-smoothing must be between 0 and the number of bins, got -1.0")
+    assert not (tmp_path / "x.model").exists()
+
+
 # ------------------------------------------------------------------------------------------------ synthetic data
 
 def synthetic_embeddings(n, dim=16, seed=0):

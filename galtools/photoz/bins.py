@@ -47,6 +47,20 @@ class RedshiftBins:
         return np.clip(index, 0, self.n_bins - 1), above, below
 
 
+def smoothing_kernel(bins: RedshiftBins, sigma_bins: float) -> np.ndarray:
+    """(n_bins, n_bins) float32 soft targets: row k is a Gaussian of standard deviation ``sigma_bins`` bin widths
+    centred on bin k, cut at [0, zmax] and normalised to sum to 1.
+
+    With a few thousand labels, one-hot targets over 180 bins leave each bin's weights to be learnt from a handful
+    of objects; spreading each label over its neighbours tells the head that nearby redshifts are nearly right.
+    """
+    if not sigma_bins > 0:
+        return np.eye(bins.n_bins, dtype=np.float32)
+    offset = np.arange(bins.n_bins)[None, :] - np.arange(bins.n_bins)[:, None]
+    kernel = np.exp(-0.5 * (offset / sigma_bins) ** 2)
+    return (kernel / kernel.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def summarise_pdf(pdf: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, mode, standard deviation) of each row of an (n, n_bins) pdf over the bin centres."""
     pdf = np.asarray(pdf, dtype=np.float64)

@@ -27,7 +27,8 @@ import numpy as np
 
 from galtools.errors import BadData, DeviceUnavailable, UsageProblem
 from galtools.io import IMAGE, images_of, open_table
-from galtools.photoz.fit import (FitSettings, _start_at_the_prior, _torch_head, check_label_count, labels_of,
+from galtools.photoz.bins import smoothing_kernel
+from galtools.photoz.fit import (FitSettings, _start_at_the_prior, _targets, _torch_head, check_label_count, labels_of,
                                  validation_split, warn_clipped)
 from galtools.photoz.model import PhotozModel
 
@@ -252,6 +253,14 @@ class RedshiftNetwork:
         self.head.load_state_dict(state["head"])
 
 
+def _cross_entropy_of_pdf(torch, pdf, targets) -> float:
+    """Mean cross-entropy of predicted probabilities against class indices or soft targets."""
+    log_pdf = torch.log(pdf.clamp_min(1e-12))
+    if targets.ndim == 2:
+        return float(-(targets * log_pdf).sum(dim=1).mean())
+    return float(torch.nn.functional.nll_loss(log_pdf, targets))
+
+
 def train_network(data: LabelledCutouts, source: EncoderSource, settings: FinetuneSettings) -> tuple:
     """Fine-tune (or train from scratch) on ``data``; returns (network at its best validation loss, record)."""
     import torch
@@ -267,7 +276,8 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Finetu
                               device)
     factor = 1.0 if settings.from_scratch else settings.backbone_lr_factor
     optimiser = torch.optim.AdamW(network.parameters_by_group(fit.lr, factor), weight_decay=fit.weight_decay)
-    val_y = torch.from_numpy(y[val_rows]).to(device)
+    kernel = smoothing_kernel(bins, fit.label_smoothing) if fit.label_smoothing > 0 else None
+    val_y = _targets(torch, y[val_rows], kernel).to(device)
     rng = np.random.default_rng([fit.seed, 17])
     steps_per_epoch = math.ceil(len(train_rows) / fit.batch_size)
     best = {"loss": math.inf, "epoch": -1, "state": None}
@@ -280,13 +290,13 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Finetu
             if len(rows) < 2:        # BatchNorm cannot train on one image
                 continue
             views = network.training_views(data.images[rows], [data.ids[r] for r in rows], step, fit.seed)
-            loss = torch.nn.functional.cross_entropy(network.logits(views), torch.from_numpy(y[rows]).to(device))
+            loss = torch.nn.functional.cross_entropy(network.logits(views), _targets(torch, y[rows], kernel).to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             step += 1
         pdf = torch.from_numpy(network.predict_pdf(data.images[val_rows])).to(device)
-        val_loss = float(torch.nn.functional.nll_loss(torch.log(pdf.clamp_min(1e-12)), val_y))
+        val_loss = _cross_entropy_of_pdf(torch, pdf, val_y)
         history.append(round(val_loss, 5))
         log.debug(f"epoch {epoch + 1}: validation loss {val_loss:.4f}")
         if val_loss < best["loss"] - 1e-4:

@@ -21,7 +21,7 @@ import numpy as np
 
 from galtools.errors import BadData, UsageProblem
 from galtools.io import EMBEDDING, MODEL_SHA256, open_table, vectors_of
-from galtools.photoz.bins import RedshiftBins
+from galtools.photoz.bins import RedshiftBins, smoothing_kernel
 from galtools.photoz.model import PhotozModel
 
 log = logging.getLogger("galtools")
@@ -48,6 +48,7 @@ class FitSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     stream: bool | None = None         # None: stream only when the labelled rows do not fit IN_MEMORY_BYTES
+    label_smoothing: float = 0.0       # Gaussian sigma, in bins, that each label is spread over (0: one-hot)
 
     def validate(self) -> "FitSettings":
         if self.n_bins < 2:
@@ -64,6 +65,9 @@ class FitSettings:
                 raise UsageProblem(f"{name} must be at least 1, got {value}")
         if not self.lr > 0:
             raise UsageProblem(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing <= self.n_bins:
+            raise UsageProblem(f"--label-smoothing must be between 0 and the number of bins, got "
+                               f"{self.label_smoothing}", "give a width in bins, e.g. 2")
         return self
 
     @property
@@ -279,10 +283,12 @@ def train_head(rows, val_x: np.ndarray, val_y: np.ndarray, dim: int, settings: F
         torch.set_num_threads(threads)
 
 
-def _targets(torch, y):
+def _targets(torch, y, kernel: np.ndarray | None = None):
     """Class indices (1-d) as int64, or per-class probabilities (2-d, soft targets such as vote fractions) as
-    float32: torch's cross_entropy takes either."""
+    float32: torch's cross_entropy takes either.  With a smoothing ``kernel``, class index k becomes row k."""
     y = np.asarray(y)
+    if kernel is not None and y.ndim == 1:
+        y = kernel[y]
     if y.ndim == 2:
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
     return torch.from_numpy(y.astype(np.int64, copy=False))
@@ -301,7 +307,8 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
     _start_at_the_prior(model, rows.class_counts(settings.n_bins))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     val_xt = (torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)) - mean_t) / scale_t
-    val_yt = _targets(torch, val_y)
+    kernel = smoothing_kernel(settings.bins, settings.label_smoothing) if settings.label_smoothing > 0 else None
+    val_yt = _targets(torch, val_y, kernel)
 
     steps_per_pass = math.ceil(rows.count / settings.batch_size)
     steps_per_check = max(steps_per_pass, MIN_STEPS_PER_CHECK)
@@ -317,7 +324,7 @@ def _train_head(rows, val_x, val_y, dim, settings, progress):
         for _ in range(steps_per_check):
             x, y = next(batches)
             logits = model((torch.from_numpy(x) - mean_t) / scale_t)
-            loss = torch.nn.functional.cross_entropy(logits, _targets(torch, y))
+            loss = torch.nn.functional.cross_entropy(logits, _targets(torch, y, kernel))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
