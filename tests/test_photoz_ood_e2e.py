@@ -1,12 +1,11 @@
-"""gal-photoz and gal-ood end to end, as a user runs them: gal-sim cutouts (5% anomalies), a tiny encoder from
-gal-train, gal-embed; then, as in a survey, spectroscopic redshifts only for the bright normal galaxies of one part
-of the sky (the labelled set) and the rest unlabelled.
+"""gal-photoz and gal-ood end to end, as a user runs them: gal-sim cutouts (5% anomalies), a tiny encoder
+pre-trained by gal-train (MoCo v2, 300 steps on the CPU), gal-embed; then two catalogues of spectroscopic redshifts:
+- as in a survey, only the bright normal galaxies of one part of the sky (the labelled set), the rest unlabelled:
+  the trust and anomaly tests;
+- a random 70% of the normal galaxies (the random split), the other 30% held out: the photo-z quality tests.
 
-The encoder is trained for two steps (the test budget), so its representation is little better than a random
-convolutional network's.  The floors below are what such an encoder supports, measured over gal-sim seeds 7-9 and
-900-2000 objects (sigma_MAD ratio to the training median 0.84-0.95, untrusted/trusted median |dz| 1.34-2.0, AUROC
-of anomalies 0.54-0.81); the correlation of z_phot_std with the error, which needs a representation that knows
-its uncertainty, is checked on synthetic embeddings in test_photoz.py, and only recorded here.
+Measured with gal-sim seeds 7, 8 and 9 (see the closing notes of issues 5 and 8): the numbers each floor leaves
+room for are in the tests.
 """
 from __future__ import annotations
 
@@ -22,10 +21,16 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import ROOT, write_table
-from galtools.io import open_table
+from galtools.io import open_table, vectors_of
 
 PYTHON = shlex.quote(sys.executable)
-N_OBJECTS = 900
+N_OBJECTS = 5000
+SEED = int(os.environ.get("GALTOOLS_E2E_SEED", "7"))
+# MoCo v2 on the tiny encoder, sized for a short CPU run: m=0.99 and a queue of a fifth of the table (gal-train's
+# notes say why); no reddening augmentation: invariance to it costs colour, i.e. redshift, at this scale
+TRAINING = ("--arch tiny --crop 32 --steps 300 --batch-size 64 --lr 0.3 --queue-size 1024 --key-momentum 0.99 "
+            "--ops rotate,jitter,psf,noise --log-every 10 --device cpu --loader-threads 1 -q")
+RANDOM_LABELLED_SHARE = 0.7
 LABELLED_SHARE = 2 / 3
 
 
@@ -48,9 +53,8 @@ def _read(path) -> pa.Table:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e")
-    _run(f"{_tool('sim')} -n {N_OBJECTS} --seed 7 --anomaly-fraction 0.05 -j 2 -q -o sim.parquet", folder)
-    _run(f"{_tool('train')} fit sim.parquet --out run --arch tiny --crop 32 --steps 2 --batch-size 32 "
-         "--queue-size 64 --device cpu --loader-threads 1 -q", folder)
+    _run(f"{_tool('sim')} -n {N_OBJECTS} --seed {SEED} --anomaly-fraction 0.05 -j 2 -q -o sim.parquet", folder)
+    _run(f"{_tool('train')} fit sim.parquet --out run {TRAINING}", folder)
     _run(f"{_tool('embed')} sim.parquet --model run/encoder.onnx -q -o emb.parquet", folder)
     _split_catalogue(folder)
     # photo-z and trust: both learnt from the labelled set, applied to everything else
@@ -82,7 +86,10 @@ def _split_catalogue(folder):
     emb = emb.append_column("z_spec", pc.if_else(pa.array(labelled), emb.column("z_true"),
                                                  pa.nulls(emb.num_rows, pa.float32())))
     model = {"galtools.model_sha256": metadata["galtools.model_sha256"]}
-    for name, mask in (("labelled", labelled), ("target", ~labelled), ("normal", normal), ("holdout", ~first)):
+    all_normal = ~emb.column("is_anomaly").to_numpy(zero_copy_only=False)
+    drawn = np.random.default_rng(SEED).random(emb.num_rows) < RANDOM_LABELLED_SHARE
+    for name, mask in (("labelled", labelled), ("target", ~labelled), ("normal", normal), ("holdout", ~first),
+                       ("random-labelled", all_normal & drawn), ("random-test", all_normal & ~drawn)):
         write_table(emb.filter(pa.array(mask)), str(folder / f"{name}.parquet"), bands="u,g,r,i,z", **model)
 
 
@@ -98,7 +105,107 @@ def test_pipeline_keeps_every_target_row_and_column(pipeline):
     assert pipeline["photoz"]["n"] == scored.num_rows
 
 
-def test_linear_probe_beats_the_training_median(pipeline, record_property):
+# ---------------------------------------------------------------------------- pre-training (issue 5) and photo-z
+
+def test_pretraining_lowers_the_loss_and_beats_a_random_encoder(pipeline, tmp_path, record_property):
+    """MoCo on gal-sim: the loss falls, and a ridge probe of z_true on the learned representation beats the same
+    probe on the same network with random weights, embedded the same way."""
+    import torch
+
+    from galtools.models import build_encoder
+    from galtools.train.export import export_encoder, read_metadata
+    from test_train import ridge_probe_r2
+
+    folder = pipeline["folder"]
+    losses = [r["loss"] for r in map(json.loads, open(folder / "run" / "metrics.jsonl")) if "loss" in r]
+    # the first record (step 10) is while the queue still holds random vectors, easy negatives; it is full of real
+    # keys after 1024 / 64 = 16 steps: from the next record on (step 20), the loss must fall
+    record_property("loss_step20_end", (losses[1], losses[-1]))
+    assert np.mean(losses[-5:]) < losses[1] - 0.5, losses
+
+    torch.manual_seed(0)
+    export_encoder(build_encoder("tiny", 5), str(tmp_path / "random.onnx"),
+                   read_metadata(str(folder / "run" / "encoder.onnx")), 32)
+    _run(f"{_tool('embed')} sim.parquet --model {tmp_path / 'random.onnx'} -q -o {tmp_path / 'random.parquet'}", folder)
+    learned, _ = _read(folder / "emb.parquet")
+    random, _ = _read(tmp_path / "random.parquet")
+    normal = ~learned.column("is_anomaly").to_numpy(zero_copy_only=False)
+    z_true = learned.column("z_true").to_numpy().astype(np.float64)[normal]
+    r2_learned = ridge_probe_r2(vectors_of(learned)[normal].astype(np.float64), z_true)
+    r2_random = ridge_probe_r2(vectors_of(random)[normal].astype(np.float64), z_true)
+    record_property("ridge_r2_learned_random", (r2_learned, r2_random))
+    assert r2_learned > r2_random + 0.1, (r2_learned, r2_random)
+
+
+@pytest.fixture(scope="module")
+def random_split(pipeline):
+    """Photo-z heads fitted on the random split's labels and applied to its held-out 30%."""
+    folder = pipeline["folder"]
+    heads = {"linear-onehot": "", "linear": "--label-smoothing 2", "mlp": "--label-smoothing 2 --hidden 128"}
+    results = {}
+    for name, flags in heads.items():
+        _run(f"{_tool('photoz')} fit random-labelled.parquet --z-column z_true {flags} -q -o {name}.model", folder)
+        _run(f"{_tool('photoz')} predict random-test.parquet --model {name}.model -q -o {name}-pred.parquet", folder)
+        evaluation = _run(f"{_tool('photoz')} eval {name}-pred.parquet --truth z_true --json", folder)
+        results[name] = (json.loads(evaluation.stdout), _read(folder / f"{name}-pred.parquet")[0])
+    labelled, _ = _read(folder / "random-labelled.parquet")
+    results["training_median"] = float(np.median(labelled.column("z_true").to_numpy()))
+    results["folder"] = folder
+    return results
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_probe_beats_the_training_median_by_a_wide_margin(random_split, head, record_property):
+    from galtools.photoz.metrics import photoz_metrics
+
+    evaluation, predictions = random_split[head]
+    z_true = predictions.column("z_true").to_numpy().astype(np.float64)
+    median = photoz_metrics(np.full(len(z_true), random_split["training_median"]), z_true)
+    # gal-photoz eval against the formulas written out
+    dz = (predictions.column("z_phot").to_numpy() - z_true) / (1 + z_true)
+    assert evaluation["sigma_mad"] == pytest.approx(1.4826 * np.median(np.abs(dz - np.median(dz))), rel=1e-5)
+    assert evaluation["eta"] == pytest.approx(100 * np.mean(np.abs(dz) > 0.05), rel=1e-6)
+    record_property("sigma_mad_probe_median", (evaluation["sigma_mad"], median["sigma_mad"]))
+    record_property("eta_probe_median", (evaluation["eta"], median["eta"]))
+    assert evaluation["sigma_mad"] < 0.7 * median["sigma_mad"], (evaluation, median)
+    assert evaluation["eta"] < 0.5 * median["eta"], (evaluation, median)
+    assert abs(evaluation["bias"]) < 0.01
+
+
+def test_label_smoothing_helps_the_probe_with_few_labels_per_bin(random_split, record_property):
+    smoothed, one_hot = random_split["linear"][0], random_split["linear-onehot"][0]
+    record_property("sigma_mad_smoothed_onehot", (smoothed["sigma_mad"], one_hot["sigma_mad"]))
+    assert smoothed["sigma_mad"] < 0.95 * one_hot["sigma_mad"], (smoothed, one_hot)
+    with np.load(random_split["folder"] / "linear.model", allow_pickle=False) as data:
+        assert json.loads(str(data["__galtools__"]))["settings"]["label_smoothing"] == 2.0
+
+
+def test_predicted_spread_is_larger_where_the_error_is(random_split, record_property):
+    from scipy.stats import spearmanr
+
+    correlations, quarter_ratios = {}, {}
+    for head in ("linear", "mlp"):
+        predictions = random_split[head][1]
+        z_true = predictions.column("z_true").to_numpy().astype(np.float64)
+        abs_dz = np.abs(predictions.column("z_phot").to_numpy() - z_true) / (1 + z_true)
+        spread = predictions.column("z_phot_std").to_numpy()
+        correlations[head] = float(spearmanr(spread, abs_dz).statistic)
+        narrow, wide = np.quantile(spread, [0.25, 0.75])
+        quarter_ratios[head] = float(np.median(abs_dz[spread > wide]) / np.median(abs_dz[spread < narrow]))
+    record_property("spearman_std_abs_dz", correlations)
+    record_property("widest_narrowest_quarter_error_ratio", quarter_ratios)
+    # The magnitude, the main driver of the error in gal-sim, correlates with |dz| at Spearman 0.19-0.21 (seeds
+    # 7-9): the predicted spread does as well, not much better.  The quarter of objects with the widest pdfs has
+    # 1.6-1.9 times the median error of the quarter with the narrowest.
+    assert correlations["mlp"] > 0.2, correlations
+    assert correlations["linear"] > 0.15, correlations
+    assert min(quarter_ratios.values()) > 1.4, quarter_ratios
+
+
+def test_linear_probe_beats_the_training_median_on_fainter_targets(pipeline, record_property):
+    """Labels for the bright half only: the probe still beats the median on the fainter rest, by less (sigma_MAD
+    ratio 0.76-0.79 for seeds 7-9).  Its z_phot_std does not grow for the faint objects it never saw
+    (Spearman with the error 0.01-0.12, recorded): telling those apart is gal-ood's job, tested below."""
     from scipy.stats import spearmanr
 
     from galtools.photoz.metrics import photoz_metrics
@@ -114,7 +221,7 @@ def test_linear_probe_beats_the_training_median(pipeline, record_property):
     record_property("sigma_mad_median", median["sigma_mad"])
     record_property("spearman_std_error", spearmanr(scored.column("z_phot_std").to_numpy()[normal],
                                                     np.abs(z_phot - z_true)).statistic)
-    assert probe["sigma_mad"] < 0.97 * median["sigma_mad"], (probe, median)
+    assert probe["sigma_mad"] < 0.85 * median["sigma_mad"], (probe, median)
     assert abs(probe["bias"]) < 0.03
 
 
@@ -123,7 +230,8 @@ def test_untrusted_predictions_are_the_worse_ones(pipeline, record_property):
     record_property("median_abs_dz_trusted", trust["trusted"]["median_error"])
     record_property("median_abs_dz_untrusted", trust["untrusted"]["median_error"])
     assert trust["untrusted"]["n"] >= 20 and trust["trusted"]["n"] >= 200
-    assert trust["untrusted"]["median_error"] > 1.2 * trust["trusted"]["median_error"], trust
+    # seeds 7-9: 1.46-1.56
+    assert trust["untrusted"]["median_error"] > 1.3 * trust["trusted"]["median_error"], trust
     bins = trust["bins"]
     assert bins[-1]["median_error"] > bins[0]["median_error"]        # strangest tenth vs most typical tenth
 
@@ -132,7 +240,7 @@ def test_anomalies_score_above_chance(pipeline, record_property):
     detection = pipeline["detection"]
     record_property("auroc", detection["auroc"])
     assert detection["n_anomalies"] >= 10
-    assert detection["auroc"] > 0.55, detection
+    assert detection["auroc"] > 0.65, detection            # seeds 7-9: 0.74-0.83
 
 
 # -------------------------------------------------------------------------------- fine-tuning the gal-train encoder
