@@ -299,6 +299,13 @@ def test_curve_rises_above_the_majority_baseline(data, tmp_path):
     assert rows[("linear", 1.0)]["accuracy"] > 0.95
     assert rows[("majority", 1.0)]["accuracy"] < 0.5 and rows[("majority", 1.0)]["balanced_accuracy"] == 1 / 3
     assert pq.read_table(tmp_path / "curve.parquet").num_rows == 4
+    # 0.002 of 480 is 1 label, fewer than the 3 classes: skipped with a warning; nothing usable is an error
+    skipped = classify("curve", data["train"], "--label", "morph", "--fractions", "0.002,0.02", "--json")
+    assert "fraction 0.002 gives 1 labels, fewer than the 3 classes: skipped" in skipped.stderr.decode()
+    assert {row["fraction"] for row in read_json(skipped)["rows"]} == {0.02}
+    nothing = classify("curve", data["train"], "--label", "morph", "--fractions", "0.002")
+    assert nothing.returncode == 65 and "no fraction gives at least 3 labels" in nothing.stderr.decode()
+    assert "use larger --fractions or more labelled rows" in nothing.stderr.decode()
 
 
 # ------------------------------------------------------------------------------------------------------ errors

@@ -1,8 +1,9 @@
 """The label-efficiency curve of the classifier: accuracy against the number of labels (as gal-photoz's curve).
 
-The labelled rows are split once into a fixed test set and a training pool (gal-photoz's ``split_test``); for each
-fraction, the first ``fraction x pool`` rows of the pool's seeded permutation train a classifier (so the subsets
-are nested), and every classifier is scored on the same test set against the label (or the majority vote).
+The labelled rows are split once into a fixed test set and a training pool (gal-photoz's ``split_test`` and
+``subset_sizes``); for each fraction, the first ``fraction x pool`` rows of the pool's seeded permutation train a
+classifier (so the subsets are nested), and every classifier is scored on the same test set against the label (or
+the majority vote).
 ``majority`` predicts the training subset's most frequent class: the floor any representation must beat.
 """
 from __future__ import annotations
@@ -13,25 +14,9 @@ import numpy as np
 
 from galtools.classify.fit import ClassifySettings, LabelledRows, fit_rows
 from galtools.classify.metrics import classification_metrics
-from galtools.errors import BadData
-from galtools.photoz.curve import split_test
+from galtools.photoz.curve import split_test, subset_sizes
 
 log = logging.getLogger("galtools")
-
-
-def subset_sizes(pool: int, fractions: list[float], n_classes: int) -> list[tuple[float, int]]:
-    """(fraction, number of labels) for each fraction giving at least one label per class and a validation row."""
-    sizes = []
-    for fraction in fractions:
-        count = int(round(fraction * pool))
-        if count < max(n_classes, 2):
-            log.warning(f"fraction {fraction:g} gives {count} labels, fewer than the {n_classes} classes: skipped")
-            continue
-        sizes.append((fraction, count))
-    if not sizes:
-        raise BadData(f"no fraction gives at least {n_classes} labels from a training pool of {pool}",
-                      "use larger --fractions or more labelled rows")
-    return sizes
 
 
 def curve_row(method: str, fraction: float, n_labels: int, truth: np.ndarray, predicted: np.ndarray,
@@ -49,7 +34,10 @@ def label_curve(rows: LabelledRows, fractions: list[float], settings: ClassifySe
     truth = rows.truth
     method = "linear" if settings.hidden is None else f"mlp{settings.hidden}"
     curve = []
-    for fraction, count in subset_sizes(len(pool), fractions, len(classes)):
+    # at least one label per class (and two, so that one can validate)
+    sizes = subset_sizes(len(pool), fractions, max(len(classes), 2), "classes",
+                         "use larger --fractions or more labelled rows")
+    for fraction, count in sizes:
         train = np.sort(pool[:count])
         majority = int(np.argmax(np.bincount(truth[train], minlength=len(classes))))
         curve.append(curve_row("majority", fraction, count, truth[test], np.full(len(test), majority), classes))

@@ -39,18 +39,19 @@ def split_test(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.
     return order[n_test:], np.sort(order[:n_test])
 
 
-def subset_sizes(pool: int, fractions: list[float], n_bins: int) -> list[tuple[float, int]]:
-    """(fraction, number of labels) for each fraction that gives at least one label per bin."""
+def subset_sizes(pool: int, fractions: list[float], n_outputs: int, outputs: str = "bins",
+                 fix: str = "use larger --fractions, fewer --bins, or more labelled rows") -> list[tuple[float, int]]:
+    """(fraction, number of labels) for each fraction that gives at least one label per output (redshift bin, or
+    class for gal-classify's curve); the others are skipped with a warning."""
     sizes = []
     for fraction in fractions:
         count = int(round(fraction * pool))
-        if count < n_bins:
-            log.warning(f"fraction {fraction:g} gives {count} labels, fewer than the {n_bins} bins: skipped")
+        if count < n_outputs:
+            log.warning(f"fraction {fraction:g} gives {count} labels, fewer than the {n_outputs} {outputs}: skipped")
             continue
         sizes.append((fraction, count))
     if not sizes:
-        raise BadData(f"no fraction gives at least {n_bins} labels from a training pool of {pool}",
-                      "use larger --fractions, fewer --bins, or more labelled rows")
+        raise BadData(f"no fraction gives at least {n_outputs} labels from a training pool of {pool}", fix)
     return sizes
 
 
