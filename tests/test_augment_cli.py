@@ -1,7 +1,6 @@
 """gal-augment as a user runs it: real processes, files, pipes into gal-info, a montage PNG."""
 from __future__ import annotations
 
-import io
 import os
 import shlex
 import subprocess

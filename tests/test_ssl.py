@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from galtools.models import build_encoder  # noqa: E402
-from galtools.ssl import (ContrastiveEncoder, MoCo, SimCLR, SplitBatchNorm2d, convert_split_batchnorm,  # noqa: E402
+from galtools.ssl import (ContrastiveEncoder, MoCo, SimCLR, SplitBatchNorm2d,  # noqa: E402
                           info_nce, nt_xent)
 from galtools.ssl.moco import permutation  # noqa: E402
 

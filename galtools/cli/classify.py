@@ -174,14 +174,15 @@ def evaluate(pred, label, soft_labels, confident, calibration_bins, as_json, plo
     """
     from galtools.classify.evaluate import evaluate as evaluate_predictions
     from galtools.classify.evaluate import format_report, plot_report, read_predictions
-    from galtools.photoz.figures import check_figure_path, save_atomically
+    from galtools.io import atomic_file, check_output_path
 
     if plot:
-        check_figure_path(plot, overwrite)
+        check_output_path(plot, overwrite)
     report = evaluate_predictions(read_predictions(pred, label, soft_labels), confident, calibration_bins)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     if plot:
-        save_atomically(plot, lambda path: plot_report(report, path))
+        with atomic_file(plot) as path:
+            plot_report(report, path)
 
 
 # ------------------------------------------------------------------------------------------------------- curve
@@ -209,9 +210,8 @@ def curve(emb, label, soft_labels, classes, hidden, val_fraction, max_epochs, pa
     from galtools.classify.curve import format_curve, label_curve, plot_curve
     from galtools.classify.fit import read_labelled
     from galtools.classify.labels import label_spec
-    from galtools.io import check_output_path
+    from galtools.io import atomic_file, check_output_path
     from galtools.photoz.curve import parse_fractions
-    from galtools.photoz.figures import check_figure_path, save_atomically
 
     spec = label_spec(label, soft_labels, classes)
     settings = _settings(hidden, val_fraction, max_epochs, patience, batch_size, lr, weight_decay, seed)
@@ -221,7 +221,7 @@ def curve(emb, label, soft_labels, classes, hidden, val_fraction, max_epochs, pa
 
         raise UsageProblem(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     if plot:
-        check_figure_path(plot, overwrite)
+        check_output_path(plot, overwrite)
     if output:
         check_output_path(output, overwrite)
     rows = read_labelled(emb, spec)
@@ -241,7 +241,8 @@ def curve(emb, label, soft_labels, classes, hidden, val_fraction, max_epochs, pa
         with open_output(output, overwrite=overwrite, fmt=fmt, tool="gal-classify", seed=seed) as out:
             out.write(pa.Table.from_pylist(points))
     if plot:
-        save_atomically(plot, lambda path: plot_curve(points, path))
+        with atomic_file(plot) as path:
+            plot_curve(points, path)
 
 
 main = cli

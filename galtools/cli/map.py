@@ -38,8 +38,7 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
     held in memory.
     """
     from galtools.errors import UsageProblem
-    from galtools.io import check_output_path
-    from galtools.photoz.figures import check_figure_path, save_atomically
+    from galtools.io import atomic_file, check_output_path
 
     if bool(images) != bool(tiles):
         raise UsageProblem("--images CUTOUTS and --tiles PNG go together", "give both, or neither")
@@ -50,7 +49,7 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
     check_output_path(output, overwrite)
     for picture in (plot, tiles):
         if picture:
-            check_figure_path(picture, overwrite)
+            check_output_path(picture, overwrite)
 
     from galtools.maps.table import make_map, write_map
 
@@ -66,11 +65,13 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
         if colour:
             column = result.ids if colour == "object_id" else result.carried.column(colour)
         title = f"{method.upper()} map of {len(result.xy)} objects" + (f", coloured by {colour}" if colour else "")
-        save_atomically(plot, lambda path: plot_map(result.xy, path, column, colour, seed, title))
+        with atomic_file(plot) as path:
+            plot_map(result.xy, path, column, colour, seed, title)
     if tiles:
         from PIL import Image
 
-        save_atomically(tiles, lambda path: Image.fromarray(picture).save(path, format="PNG"))
+        with atomic_file(tiles) as path:
+            Image.fromarray(picture).save(path, format="PNG")
         log.info(f"wrote {tiles}: {filled} of {grid * grid} cells hold a galaxy")
     rows = write_map(result, output, fmt=fmt, overwrite=overwrite, seed=seed)
     log.debug(f"{rows} map rows written")
