@@ -120,8 +120,10 @@ def provider_list(device: Device, cache_dir: str, batch_size: int, input_shape: 
         return [cuda, CPU]
     bands, height, width = input_shape
     shape = lambda n: f"image:{n}x{bands}x{height}x{width}"  # noqa: E731
+    engine_cache = os.path.join(cache_dir, "tensorrt")
+    os.makedirs(engine_cache, exist_ok=True)     # TensorRT creates only the last level of the path itself
     trt = (TENSORRT, {"device_id": str(device.index), "trt_fp16_enable": "1" if fp16 else "0",
-                      "trt_engine_cache_enable": "1", "trt_engine_cache_path": os.path.join(cache_dir, "tensorrt"),
+                      "trt_engine_cache_enable": "1", "trt_engine_cache_path": engine_cache,
                       "trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(batch_size),
                       "trt_profile_max_shapes": shape(batch_size)})
     return [trt, cuda, CPU]
@@ -159,6 +161,12 @@ def create_session(model, device: Device, threads: int, cache_dir: str, batch_si
                                 "install onnxruntime-gpu instead of onnxruntime, or pass --device cpu")
     options = session_options(threads, device.is_gpu, verbose)
     with captured_output() as log_text:
+        if device.is_gpu and hasattr(ort, "preload_dlls"):
+            # gal-embed does not import torch, so nothing has loaded the CUDA and cuDNN libraries that the CUDA
+            # provider needs (it has no search path of its own); onnxruntime-gpu finds those of the nvidia-* pip
+            # packages beside it.  It prints what it loads: captured, so an Arrow stream on stdout stays clean.
+            with contextlib.suppress(Exception):   # a library it cannot load: the session below says why
+                ort.preload_dlls()
         try:
             session = ort.InferenceSession(model, sess_options=options, providers=providers)
             error = None

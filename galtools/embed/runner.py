@@ -62,4 +62,10 @@ class IoBindingRunner:
 
 
 def make_runner(session, gpu_index: int | None, batch_shape):
-    return CpuRunner(session) if gpu_index is None else IoBindingRunner(session, gpu_index, batch_shape)
+    if gpu_index is None:
+        return CpuRunner(session)
+    runner = IoBindingRunner(session, gpu_index, batch_shape)
+    # The first run of a shape searches cuDNN's convolution algorithms (EXHAUSTIVE) and grows the memory arena:
+    # seconds for a ResNet-50.  Pay it here, before the first real batch, not in the middle of the reading.
+    runner.run(runner.stage(np.zeros(batch_shape, np.float32)))
+    return runner
