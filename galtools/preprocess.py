@@ -12,6 +12,7 @@ This module imports only numpy, so that the no-torch tools can use it.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -143,8 +144,15 @@ class Preprocess:
 
         _check_images(x_nbhw, len(self.bands), what="images to preprocess")
         x = x_nbhw.to(torch.float32)
-        scale, mean, std = (torch.from_numpy(c).to(x.device) for c in self._columns())
+        scale, mean, std = self._columns_on(x.device)
         return (torch.asinh(x / scale) - mean) / std
+
+    @functools.lru_cache(maxsize=4)
+    def _columns_on(self, device):
+        """The constants as tensors on ``device``, made once: not three host-to-device copies per batch."""
+        import torch
+
+        return tuple(torch.from_numpy(c).to(device) for c in self._columns())
 
 
 def _check_images(images, n_bands: int, what: str) -> None:

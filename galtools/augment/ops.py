@@ -19,6 +19,16 @@ KERNEL_RADIUS_SIGMAS = 4.0   # Gaussian kernels are cut at 4 sigma (the tail hol
 MAD_TO_SIGMA = 1.4826
 
 
+def host_to_device(array: np.ndarray, device) -> torch.Tensor:
+    """A numpy array of per-object parameters on ``device``.  To a GPU it goes through pinned memory without
+    waiting: a copy from ordinary (pageable) memory makes the host wait for every kernel queued before it, and a
+    batch's augmentation copies about ten such arrays per view."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 # ------------------------------------------------------------------------------------------------ geometry
 def rotation_matrices(angles_deg) -> np.ndarray:
     """(n, 2, 2) float64 matrices that map output offsets from the centre to input offsets for a rotation.
@@ -67,7 +77,7 @@ def warp(images, matrix: np.ndarray, offset: np.ndarray, out_hw: tuple[int, int]
         if len(chosen) == len(exact):
             return method(images, matrix, offset, out_hw)
         if len(chosen):
-            index = torch.from_numpy(chosen).to(images.device)
+            index = host_to_device(chosen, images.device)
             result[index] = method(images[index], matrix[chosen], offset[chosen], out_hw)
     return result
 
@@ -81,8 +91,8 @@ def _output_grid(device, out_hw, dtype):
 def _warp_by_index(images, matrix, offset, out_hw):
     n, bands, height, width = images.shape
     xs, ys = _output_grid(images.device, out_hw, torch.int64)
-    m = torch.from_numpy(np.rint(matrix).astype(np.int64)).to(images.device)[:, :, :, None, None]
-    b = torch.from_numpy(np.rint(offset).astype(np.int64)).to(images.device)[:, :, None, None]
+    m = host_to_device(np.rint(matrix).astype(np.int64), images.device)[:, :, :, None, None]
+    b = host_to_device(np.rint(offset).astype(np.int64), images.device)[:, :, None, None]
     src_x = reflect_index(m[:, 0, 0] * xs + m[:, 0, 1] * ys + b[:, 0], width)
     src_y = reflect_index(m[:, 1, 0] * xs + m[:, 1, 1] * ys + b[:, 1], height)
     flat = (src_y * width + src_x).reshape(n, 1, -1).expand(n, bands, -1)
@@ -95,8 +105,8 @@ def _warp_bilinear(images, matrix, offset, out_hw):
     # fold the normalisation of grid_sample (align_corners=True: -1 and +1 are the edge pixels' centres) into the
     # affine map, so the grid is computed in one pass on the images' device
     to_unit = np.array([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
-    m = torch.from_numpy((matrix * to_unit[None, :, None]).astype(np.float32)).to(images.device)
-    b = torch.from_numpy((offset * to_unit[None, :] - 1.0).astype(np.float32)).to(images.device)
+    m = host_to_device((matrix * to_unit[None, :, None]).astype(np.float32), images.device)
+    b = host_to_device((offset * to_unit[None, :] - 1.0).astype(np.float32), images.device)
     grid_x = m[:, 0, 0, None, None] * xs + m[:, 0, 1, None, None] * ys + b[:, 0, None, None]
     grid_y = m[:, 1, 0, None, None] * xs + m[:, 1, 1, None, None] * ys + b[:, 1, None, None]
     grid = torch.stack([grid_x, grid_y], dim=-1)
@@ -134,12 +144,20 @@ def extinction_factors(ebv: np.ndarray, r_values) -> np.ndarray:
 
 def scale_bands(images, factors: np.ndarray):
     """Multiply each object's band b by factors[object, b]."""
-    f = torch.from_numpy(np.asarray(factors, dtype=np.float32)).to(images.device)
+    f = host_to_device(np.asarray(factors, dtype=np.float32), images.device)
     return images * f[:, :, None, None]
 
 
 CLIP_SIGMAS = 3.0
 CLIPPED_STD_OF_UNIT_GAUSSIAN = 0.98658  # std of a unit Gaussian cut at +-3 sigma
+
+
+def _lower_median(values):
+    """torch.median along the last axis (the lower of the two middle values for an even count), by sorting:
+    median() with indices refuses to run on CUDA under torch.use_deterministic_algorithms (gal-train
+    --deterministic); a sort does not."""
+    middle = (values.shape[-1] - 1) // 2
+    return values.sort(dim=-1).values[..., middle:middle + 1]
 
 
 def estimate_noise(images, border: int = 4):
@@ -158,8 +176,8 @@ def estimate_noise(images, border: int = 4):
         images[..., border:height - border, :border].reshape(n, bands, -1),
         images[..., border:height - border, width - border:].reshape(n, bands, -1),
     ], dim=-1).to(torch.float64)
-    median = frame.median(dim=-1, keepdim=True).values
-    mad_sigma = MAD_TO_SIGMA * (frame - median).abs().median(dim=-1, keepdim=True).values
+    median = _lower_median(frame)
+    mad_sigma = MAD_TO_SIGMA * _lower_median((frame - median).abs())
     kept = ((frame - median).abs() <= CLIP_SIGMAS * mad_sigma).to(torch.float64)
     count = kept.sum(dim=-1, keepdim=True).clamp(min=2.0)
     mean = (frame * kept).sum(dim=-1, keepdim=True) / count
@@ -201,7 +219,7 @@ def gaussian_blur(images, sigma_px: np.ndarray):
         return images
     radius = int(np.ceil(KERNEL_RADIUS_SIGMAS * sigma.max()))
     radius = max(1, min(radius, height - 1, width - 1))  # reflect padding needs radius < size
-    kernels = torch.from_numpy(gaussian_kernels(sigma, radius).astype(np.float32)).to(images.device)
+    kernels = host_to_device(gaussian_kernels(sigma, radius).astype(np.float32), images.device)
     planes = images.reshape(1, n * bands, height, width)
     planes = F.pad(planes, (radius, radius, 0, 0), mode="reflect")
     planes = F.conv2d(planes, kernels[:, None, None, :], groups=n * bands)

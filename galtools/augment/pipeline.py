@@ -231,13 +231,13 @@ class AugmentPipeline:
 
         p, (n, bands) = step.params, x.shape[:2]
         if p["sigma_in"] is not None:
-            current = torch.as_tensor(np.broadcast_to(_bandwise(p["sigma_in"], bands), (n, bands)).copy(),
-                                      dtype=torch.float32, device=x.device)
+            current = ops.host_to_device(np.broadcast_to(_bandwise(p["sigma_in"], bands), (n, bands))
+                                         .astype(np.float32), x.device)
         else:   # measured on the device and kept there: no host round trip (a GPU sync) per batch
             current = ops.estimate_noise(x, p["border"]).to(torch.float32)
-        fraction = torch.as_tensor(draws, dtype=torch.float32, device=x.device)
+        fraction = ops.host_to_device(np.asarray(draws, dtype=np.float32), x.device)
         if p["sigma_min"] is not None:
-            low, high = (torch.as_tensor(_bandwise(p[k], bands), dtype=torch.float32, device=x.device)
+            low, high = (ops.host_to_device(np.asarray(_bandwise(p[k], bands), dtype=np.float32), x.device)
                          for k in ("sigma_min", "sigma_max"))
             target = low[None, :] + fraction * (high - low)[None, :]
         else:

@@ -121,7 +121,9 @@ def normal_field(stream: np.ndarray, shape: tuple[int, ...], device):
     n = len(stream)
     size = int(np.prod(shape))
     pairs = (size + 1) // 2
-    keys = torch.from_numpy(np.asarray(stream, dtype=np.uint64).view(np.int64).copy()).to(device)
+    from galtools.augment.ops import host_to_device
+
+    keys = host_to_device(np.asarray(stream, dtype=np.uint64).view(np.int64).copy(), device)
     counters = torch.arange(pairs, dtype=torch.int64, device=device) * _as_signed(GOLDEN_GAMMA)
     bits = (keys[:, None] + counters[None, :]).reshape(-1)
     chunk = CPU_CHUNK if device.type == "cpu" else bits.numel()

@@ -109,7 +109,6 @@ class ResNet(nn.Module):
         for i, (stage_planes, depth) in enumerate(zip(planes, layers)):
             stages.append(self._make_stage(block, stage_planes, depth, stride=1 if i == 0 else 2))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = self.in_planes
         self._init_weights(zero_init_residual)
 
@@ -142,7 +141,8 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The representation: global-average-pooled output of the last stage, (N, num_features)."""
-        return torch.flatten(self.pool(self.forward_feature_maps(x)), 1)
+        # global average pooling as a mean: AdaptiveAvgPool2d's CUDA backward refuses deterministic mode
+        return self.forward_feature_maps(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)

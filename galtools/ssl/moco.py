@@ -15,7 +15,7 @@ from galtools.models import ResNet
 from galtools.ssl import distributed as ddp
 from galtools.ssl.batchnorm import convert_split_batchnorm
 from galtools.ssl.encoder import ContrastiveEncoder, ContrastiveMethod
-from galtools.ssl.losses import info_nce
+from galtools.ssl.losses import full_precision, info_nce
 
 
 def permutation(n: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -93,7 +93,7 @@ class MoCo(ContrastiveMethod):
         k, k_all = self.encode_keys(x_k, seed)
         negatives = self.queue.clone().detach()
         loss = info_nce(q, k, negatives, self.temperature)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(q):
             positive_wins = (q * k).sum(1) > (q @ negatives.T).max(dim=1).values
         self.enqueue(k_all)
         return loss, positive_wins.float().mean()

@@ -8,7 +8,7 @@ from galtools.models import ResNet
 from galtools.ssl import distributed as ddp
 from galtools.ssl.batchnorm import convert_split_batchnorm
 from galtools.ssl.encoder import ContrastiveEncoder, ContrastiveMethod
-from galtools.ssl.losses import nt_xent
+from galtools.ssl.losses import full_precision, nt_xent
 
 
 class SimCLR(ContrastiveMethod):
@@ -27,12 +27,14 @@ class SimCLR(ContrastiveMethod):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         interleaved = torch.stack([x1, x2], dim=1).flatten(0, 1)
+        if x1.dim() == 4 and x1.is_contiguous(memory_format=torch.channels_last):
+            interleaved = interleaved.contiguous(memory_format=torch.channels_last)   # stack returns NCHW
         z = self.run_query_encoder(interleaved).float()
         z1, z2 = z[0::2], z[1::2]
         all_z1, all_z2 = ddp.gather_with_grad(z1), ddp.gather_with_grad(z2)
         offset = ddp.rank() * len(z1)
         loss = nt_xent(z1, z2, self.temperature, all_z1, all_z2, offset=offset)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(z1):
             sim = F.normalize(z1, dim=1) @ F.normalize(all_z2, dim=1).T
             hits = sim.argmax(dim=1) == torch.arange(len(z1), device=z1.device) + offset
         return loss, hits.float().mean()

@@ -67,8 +67,10 @@ def rng_state() -> dict:
         "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
                    "gauss": py_gauss},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's GPU only: get_rng_state_all() would open a context on every visible GPU (under torchrun,
+        # on the other ranks' GPUs too), and a CPU run has nothing to save
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -81,8 +83,8 @@ def restore_rng(state: dict) -> None:
                          np_state["has_gauss"], np_state["gauss"]))
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if isinstance(state.get("cuda"), torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])     # on this process's current GPU
 
 
 def save_step(run_dir: str, step: int, state: dict, keep: int) -> str:
