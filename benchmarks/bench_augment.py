@@ -132,7 +132,8 @@ def moco_like_step_seconds(registry, args, device) -> float:
     query = registry.build_encoder("resnet50-hayat", in_chans=5).to(device).to(memory_format=torch.channels_last)
     key = registry.build_encoder("resnet50-hayat", in_chans=5).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(query.parameters(), lr=0.03, momentum=0.9)
-    views = torch.randn(2, args.batch, 5, args.out, args.out, device=device).to(memory_format=torch.channels_last)
+    views = [torch.randn(args.batch, 5, args.out, args.out, device=device).contiguous(memory_format=torch.channels_last)
+             for _ in range(2)]      # channels_last needs 4-d tensors: one per view
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
