@@ -153,11 +153,15 @@ CLIPPED_STD_OF_UNIT_GAUSSIAN = 0.98658  # std of a unit Gaussian cut at +-3 sigm
 
 
 def _lower_median(values):
-    """torch.median along the last axis (the lower of the two middle values for an even count), by sorting:
+    """torch.median along the last axis, kept (the lower of the two middle values for an even count).
+
     median() with indices refuses to run on CUDA under torch.use_deterministic_algorithms (gal-train
-    --deterministic); a sort does not."""
-    middle = (values.shape[-1] - 1) // 2
-    return values.sort(dim=-1).values[..., middle:middle + 1]
+    --deterministic); there a sort gives the same value.  Elsewhere median() stays: on the CPU it is about three
+    times faster than the sort."""
+    if values.is_cuda and torch.are_deterministic_algorithms_enabled():
+        middle = (values.shape[-1] - 1) // 2
+        return values.sort(dim=-1).values[..., middle:middle + 1]
+    return values.median(dim=-1, keepdim=True).values
 
 
 def estimate_noise(images, border: int = 4):
