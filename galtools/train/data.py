@@ -14,6 +14,7 @@ at start-up; only the images stay on disk.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -165,10 +166,9 @@ def _reader_for(part, row_bytes: int):
             return cube
         return BlockRows(part, _fixed_blocks(part.num_rows, 1024), row_bytes, columns=None)
     if part.fmt == "arrow" and os.path.isfile(part.name):
-        try:
+        # e.g. a stream saved to a file is no random-access Arrow file: read it in blocks instead (below)
+        with contextlib.suppress(pa.ArrowInvalid, OSError):
             return ArrowRows(part.name)
-        except (pa.ArrowInvalid, OSError):   # e.g. a stream saved to a file: read it in blocks instead
-            pass
     if part.fmt == "parquet":
         blocks = _parquet_blocks(part.name)
         if blocks is not None:

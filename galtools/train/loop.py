@@ -86,8 +86,7 @@ def create_run_dir(out: str, fresh: bool) -> None:
             shutil.rmtree(os.path.join(out, ckpt.FOLDER), ignore_errors=True)
         os.makedirs(os.path.join(out, ckpt.FOLDER), exist_ok=True)
         probe = os.path.join(out, ".gal-train-write-test")
-        with open(probe, "w"):
-            pass
+        open(probe, "w").close()        # can we create a file here? (permissions, read-only mounts)
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"cannot write the run folder {out}: {exc.strerror}",
