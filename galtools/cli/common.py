@@ -111,7 +111,23 @@ class GalCommand(_GalMixin, click.Command):
 
 
 class GalGroup(_GalMixin, click.Group):
-    """A click group with galtools' error handling."""
+    """A click group with galtools' error handling.
+
+    ``default_command`` (set by ``galtools_group(..., default=NAME)``) names the sub-command implied when the first
+    word of the command line is not a sub-command: ``gal-knn EMB --query ID`` is ``gal-knn search EMB --query ID``,
+    ``gal-train CUTOUTS --out RUN`` is ``gal-train fit CUTOUTS --out RUN``. ``-h``/``--version`` alone stay the
+    group's; a bare command prints the overview as a usage error (exit 2).
+    """
+
+    default_command: str | None = None
+
+    def parse_args(self, ctx, args):
+        if self.default_command and args:
+            first_word = next((a for a in args if not a.startswith("-")), None)
+            asks_group = first_word is None and any(a in ("-h", "--help", "--version") for a in args)
+            if not asks_group and first_word not in self.commands:
+                args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
 
 
 def _configure(quiet: bool, verbose: int) -> None:
@@ -155,9 +171,9 @@ def galtools_command(tool: str, example: str, **settings):
     return decorator
 
 
-def galtools_group(tool: str, example: str, **settings):
-    """Like galtools_command for a tool with sub-commands (``gal-knn index``, ``gal-photoz fit``); ``cls`` may name a
-    GalGroup subclass (e.g. one with an implied default sub-command)."""
+def galtools_group(tool: str, example: str, default: str | None = None, **settings):
+    """Like galtools_command for a tool with sub-commands (``gal-knn index``, ``gal-photoz fit``); ``default`` names
+    the sub-command implied when none is named (see GalGroup)."""
     def decorator(func):
         func = _verbosity_options(func)
         func = click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")(func)
@@ -165,6 +181,7 @@ def galtools_group(tool: str, example: str, **settings):
                             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                             **settings)(func)
         group.tool_name = tool
+        group.default_command = default
         return group
 
     return decorator
@@ -189,13 +206,29 @@ def input_argument(name: str = "input", required: bool = True, nargs: int = 1):
     return click.argument(name, metavar=name.upper(), required=required, nargs=nargs)
 
 
+def format_option(func):
+    """--format of an output table (fmt=None: from the extension, an Arrow stream on stdout)."""
+    return click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]),
+                        default=None, help="Output format (default: from the extension; Arrow stream on stdout).")(func)
+
+
 def output_options(default: str = "-"):
+    """-o/--output OUTPUT, --format and --overwrite of a command writing a table."""
     def decorator(func):
         func = click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")(func)
-        func = click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]),
-                            default=None, help="Output format (default: from the extension; Arrow stream on stdout).")(func)
+        func = format_option(func)
         func = click.option("-o", "--output", default=default, show_default=True, metavar="OUTPUT",
                             help="Output table (.fits, .parquet, .arrow) or '-' for an Arrow stream on stdout.")(func)
+        return func
+
+    return decorator
+
+
+def model_output_options(metavar: str = "MODEL", help: str = "The model file to write.", required: bool = True):
+    """-o/--output FILE and --overwrite of a command writing a model or an index (not a table: no --format)."""
+    def decorator(func):
+        func = click.option("--overwrite", is_flag=True, help=f"Replace {metavar} if it exists.")(func)
+        func = click.option("-o", "--output", required=required, default=None, metavar=metavar, help=help)(func)
         return func
 
     return decorator
@@ -207,11 +240,71 @@ def shard_option(func):
                              "if any. '{shard}' in -o is replaced by the part number.")(func)
 
 
-def resolve_shard(text: str | None):
-    """The shard to process: --shard, else the Slurm array task, else None (everything)."""
+def resolve_shard(text: str | None, slurm: bool = True):
+    """The shard to process: --shard, else (``slurm``) the Slurm array task, else None (everything)."""
     from galtools.io.shard import Shard
 
-    return Shard.parse(text) if text else Shard.from_slurm()
+    if text:
+        return Shard.parse(text)
+    return Shard.from_slurm() if slurm else None
+
+
+class Writing:
+    """What a writing command settled before any work (see :func:`prepare_output`)."""
+
+    def __init__(self, path, fmt, overwrite, shard, table, tool):
+        self.path, self.fmt, self.overwrite, self.shard, self.table, self.tool = path, fmt, overwrite, shard, table, tool
+
+    @property
+    def name(self) -> str:
+        """The output as messages name it."""
+        return "stdout" if self.path == "-" else self.path
+
+    def open(self, metadata: dict | None = None, seed=None):
+        """``open_output`` of the table, with the tool's name and this run in the history."""
+        from galtools.io import open_output
+
+        return open_output(self.path, overwrite=self.overwrite, fmt=self.fmt, metadata=metadata, tool=self.tool,
+                           seed=seed)
+
+
+def prepare_output(output: str, fmt: str | None, overwrite: bool, shard: str | None = None, *, pictures=(),
+                   slurm: bool = True, terminal: str | None = None, table: bool = True) -> Writing:
+    """The prologue every writing command repeats, before any work (so a clash costs nothing):
+
+    1. the shard: ``--shard I/N``, else (``slurm``) the Slurm array task, else None;
+    2. ``{shard}`` in the output path replaced by the part number;
+    3. the output checked (exists without --overwrite, no such folder, binary to a terminal), and each of
+       ``pictures`` (PNG paths given, None for those not asked for) too;
+    4. a :class:`Writing` whose ``open(metadata, seed)`` is ``open_output`` with the tool's name.
+
+    ``terminal`` says when no table is written because stdout is a terminal and no --format was given:
+    ``"dash"`` when -o is '-' (the command shows something readable instead), ``"default"`` only when -o was not
+    given at all (the command draws only its pictures); ``Writing.table`` is then False. None: always a table.
+    ``table=False``: the command writes no table this time (nothing to check).
+    """
+    from galtools.io import check_output_path
+
+    part = resolve_shard(shard, slurm=slurm)
+    if part is not None and "{shard}" in output:
+        output = part.format_path(output)
+    if table and terminal and output == "-" and fmt is None and sys.stdout.isatty():
+        ctx = click.get_current_context(silent=True)
+        defaulted = ctx is not None and ctx.get_parameter_source("output") == click.core.ParameterSource.DEFAULT
+        table = not (terminal == "dash" or defaulted)
+    if table:
+        check_output_path(output, overwrite)
+    for picture in pictures:
+        if picture:
+            check_output_path(picture, overwrite)
+    return Writing(output, fmt, overwrite, part, table, _tool_name())
+
+
+def _tool_name() -> str:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        return getattr(ctx.find_root().command, "tool_name", None) or _state["tool"]
+    return _state["tool"]
 
 
 def device_option(func):
@@ -282,10 +375,6 @@ def progress(iterable, total: int | None = None, description: str = "working"):
         for item in iterable:
             yield item
             bar.advance(1)
-
-
-def is_quiet() -> bool:
-    return _state["quiet"]
 
 
 def is_verbose() -> bool:

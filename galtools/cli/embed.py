@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from galtools.cli.common import (device_option, galtools_command, input_argument, is_verbose, log, output_options,
-                                 progress_bar, resolve_shard, shard_option)
+                                 prepare_output, progress_bar, shard_option)
 
 EXAMPLE = """gal-embed cutouts.fits --model run/encoder.onnx -o emb.parquet
 gal-sim -n 200 -o - | gal-embed - --model run/encoder.onnx | gal-info -
@@ -40,14 +40,11 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     """
     from galtools.embed import EmbedSettings, embed_table, load_encoder, output_metadata
     from galtools.errors import UsageProblem
-    from galtools.io import check_output_path, open_output, open_table
+    from galtools.io import display_name, open_table
     from galtools.io.output import format_for
 
-    shard = resolve_shard(shard)
-    if shard is not None:
-        output = shard.format_path(output)
-    check_output_path(output, overwrite)   # before loading anything: a clash should cost nothing
-    if dtype == "float16" and format_for(output, fmt) == "fits":
+    writing = prepare_output(output, fmt, overwrite, shard)   # before loading anything: a clash should cost nothing
+    if dtype == "float16" and format_for(writing.path, fmt) == "fits":
         raise UsageProblem("FITS tables cannot hold float16 embeddings", "write Parquet or Arrow, or use --dtype float32")
 
     encoder = load_encoder(model, EmbedSettings(device=device, precision=precision, batch_size=batch_size,
@@ -58,13 +55,12 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
               f"{encoder.info.input_size}x{encoder.info.input_size} -> {encoder.info.embedding_dim}-d, "
               f"sha256 {encoder.info.sha256[:12]}; {encoder.provider} {precision}, {encoder.threads} CPU threads")
 
-    with open_table(input, shard=shard) as table:
-        metadata = output_metadata(table.metadata, encoder, "stdin" if input == "-" else input)
-        with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool="gal-embed") as out, \
-                progress_bar(table.num_rows, "embedding") as bar:
+    with open_table(input, shard=writing.shard) as table:
+        metadata = output_metadata(table.metadata, encoder, display_name(input))
+        with writing.open(metadata) as out, progress_bar(table.num_rows, "embedding") as bar:
             stats = embed_table(table, encoder, out, dtype=dtype, batch_size=batch_size, on_rows=bar.advance)
     log.info(f"embedded {stats.rows} cutouts ({stats.images_per_second:,.0f} images/s on {encoder.provider}, "
-             f"{precision}) to {'stdout' if output == '-' else output}")
+             f"{precision}) to {writing.name}")
 
 
 main = cli

@@ -18,12 +18,12 @@ def cli(input, as_json, pixels):
     """
     from galtools.errors import BadData
     from galtools.info import render_json, render_text, summarize
-    from galtools.io import open_table
+    from galtools.io import display_name, open_table
 
     with open_table(input) as table:
         if pixels:
             table.require_images()
-        info = summarize(table, "stdin" if input == "-" else input, pixels=pixels)
+        info = summarize(table, display_name(input), pixels=pixels)
     click.echo(render_json(info) if as_json else render_text(info))
     if pixels and info.get("pixels", {}).get("nonfinite_pixels"):
         pix = info["pixels"]

@@ -26,9 +26,7 @@ def console_scripts(pyproject: str) -> dict[str, str]:
 def load_command(target: str) -> click.Command:
     module_name, attr = target.split(":")
     module = importlib.import_module(module_name)
-    command = getattr(module, attr)
-    # an entry point may be a plain function wrapping the click command (gal-knn's default sub-command)
-    return command if isinstance(command, click.Command) else module.cli
+    return getattr(module, attr)
 
 
 def _escape(text: str) -> str:

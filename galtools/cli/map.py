@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from galtools.cli.common import galtools_command, input_argument, log, output_options, seed_option
+from galtools.cli.common import galtools_command, input_argument, log, output_options, prepare_output, seed_option
 
 EXAMPLE = """gal-map emb.parquet --method umap -o map.parquet --color morph_class --plot map.png
 gal-map emb.parquet --method pca -o map.parquet --color z_true --plot map-z.png --images cutouts.fits --tiles tiles.png"""
@@ -38,7 +38,7 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
     held in memory.
     """
     from galtools.errors import UsageProblem
-    from galtools.io import atomic_file, check_output_path
+    from galtools.io import atomic_file
 
     if bool(images) != bool(tiles):
         raise UsageProblem("--images CUTOUTS and --tiles PNG go together", "give both, or neither")
@@ -46,12 +46,9 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
         raise UsageProblem("--color colours the --plot picture", "add --plot map.png")
     if images == "-" and emb == "-":
         raise UsageProblem("EMB and --images cannot both be read from stdin", "write one of them to a file")
-    check_output_path(output, overwrite)
-    for picture in (plot, tiles):
-        if picture:
-            check_output_path(picture, overwrite)
+    writing = prepare_output(output, fmt, overwrite, pictures=[plot, tiles], slurm=False)
 
-    from galtools.maps.table import make_map, write_map
+    from galtools.maps.table import make_map, map_metadata, write_map
 
     result = make_map(emb, method, seed, colour, n_neighbors, min_dist)
     if tiles:   # read the cutouts before writing anything, so a bad CUTOUTS leaves no output behind
@@ -73,8 +70,9 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
         with atomic_file(tiles) as path:
             Image.fromarray(picture).save(path, format="PNG")
         log.info(f"wrote {tiles}: {filled} of {grid * grid} cells hold a galaxy")
-    rows = write_map(result, output, fmt=fmt, overwrite=overwrite, seed=seed)
-    log.debug(f"{rows} map rows written")
+    with writing.open(map_metadata(result), seed=seed) as out:
+        write_map(result, out)
+    log.debug(f"{out.rows} map rows written to {writing.name}")
 
 
 main = cli

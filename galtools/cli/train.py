@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from galtools.cli.common import GalGroup, device_option, galtools_group, log, progress_bar, seed_option, subcommand
+from galtools.cli.common import device_option, galtools_group, log, progress_bar, seed_option, subcommand
 
 EXAMPLE = """gal-train cutouts.fits --out runs/moco --epochs 200 --batch-size 256
 gal-train tiny.parquet --out runs/try --arch tiny --crop 32 --steps 200 --device cpu
@@ -17,23 +17,7 @@ torchrun --nproc-per-node 4 -m galtools.cli.train cutouts.fits --out runs/moco -
 gal-train export runs/moco/last.pt -o encoder.onnx"""
 
 
-class _TrainGroup(GalGroup):
-    """A group whose first sub-command, ``fit``, is implied: ``gal-train CUTOUTS... --out RUN``."""
-
-    default_command = "fit"
-
-    def parse_args(self, ctx, args):
-        if not args:                    # bare 'gal-train': the overview, as a usage error
-            click.echo(ctx.get_help(), err=True)
-            ctx.exit(2)
-        first_word = next((a for a in args if not a.startswith("-")), None)
-        asks_group = not first_word and any(a in ("-h", "--help", "--version") for a in args)
-        if not asks_group and first_word not in self.commands and args:
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
-
-
-@galtools_group("gal-train", example=EXAMPLE, cls=_TrainGroup)
+@galtools_group("gal-train", example=EXAMPLE, default="fit")
 def cli():
     """Self-supervised pre-training of a galaxy encoder (MoCo v2 by default, as Hayat et al. 2021).
 

@@ -72,8 +72,11 @@ def fixed_batches(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.R
         yield merged.to_batches(max_chunksize=size)[0]
 
 
-def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 256, on_rows=None) -> EmbedStats:
-    """Embed every row of ``table`` (a galtools.io Table) with ``encoder`` into ``out`` (an open Output)."""
+def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 256, on_rows=None,
+                on_batch=None) -> EmbedStats:
+    """Embed every row of ``table`` (a galtools.io Table) with ``encoder`` into ``out`` (a sink: an open Output, or
+    any object with ``expect_schema`` and ``write``, see galtools.io.sink). ``on_batch(batch)`` sees each input
+    batch as it is read (e.g. to keep some pictures from a pipe, which cannot be read twice)."""
     if dtype not in DTYPES:
         raise UsageProblem(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     image_shape = table.require_images()
@@ -87,6 +90,8 @@ def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 2
 
     def produce():
         for batch in fixed_batches(table.iter_batches(batch_size=batch_size), batch_size):
+            if on_batch is not None:
+                on_batch(batch)
             prepared, finite_rows = preparer(images_of(batch))
             if not finite_rows.all():
                 ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None

@@ -5,6 +5,10 @@
             images = images_of(batch)                    # (n, bands, H, W) float32
     with open_output("out.parquet", metadata=table.metadata, tool="gal-xxx") as out:
         out.write(batch)                                 # atomic; history appended
+
+A library that produces rows writes them to a *sink* (``galtools.io.sink``): any object with
+``expect_schema(schema)`` and ``write(batch)``; ``Output`` is one, ``CollectingSink`` keeps rows in memory.
+``galtools.io.lookup`` reads a few columns, a list of ids, or the images of chosen objects.
 """
 from galtools.io.files import atomic_file, usual_mode
 from galtools.io.meta import BANDS, FLUX_UNIT, HISTORY, MODEL_SHA256, PIXSCALE, bands_of, history_of
@@ -12,9 +16,12 @@ from galtools.io.output import Output, check_output_path, open_output
 from galtools.io.shard import Shard
 from galtools.io.table import Table, open_table
 from galtools.io.tensor import IMAGE, EMBEDDING, images_of, tensor_column, vector_column, vectors_of
+from galtools.io.sink import CollectingSink, Sink
+from galtools.io.lookup import FoundImages, display_name, images_by_id, read_columns, read_ids
 
 __all__ = [
     "atomic_file", "usual_mode", "BANDS", "FLUX_UNIT", "HISTORY", "MODEL_SHA256", "PIXSCALE", "bands_of", "history_of",
     "Output", "check_output_path", "open_output", "Shard", "Table", "open_table",
     "IMAGE", "EMBEDDING", "images_of", "tensor_column", "vector_column", "vectors_of",
+    "CollectingSink", "Sink", "FoundImages", "display_name", "images_by_id", "read_columns", "read_ids",
 ]

@@ -16,10 +16,8 @@ TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".parquet", ".pq", ".a
 _GLOB_CHARS = set("*?[")
 
 
-def sniff(head: bytes, name: str) -> str:
-    """The table format from the first bytes of a file."""
-    if not head:
-        raise BadData(f"{name}: the input is empty", "check that the command writing it succeeded")
+def table_format(head: bytes) -> str | None:
+    """The table format the first bytes of a file announce, or None for anything else (text, CSV, ...)."""
     if head.startswith(b"SIMPLE  =") or head.startswith(b"\x1f\x8b"):
         return FITS
     if head.startswith(b"PAR1"):
@@ -28,6 +26,16 @@ def sniff(head: bytes, name: str) -> str:
         return ARROW_FILE
     if head.startswith(b"\xff\xff\xff\xff"):
         return ARROW_STREAM
+    return None
+
+
+def sniff(head: bytes, name: str) -> str:
+    """The table format from the first bytes of a file."""
+    if not head:
+        raise BadData(f"{name}: the input is empty", "check that the command writing it succeeded")
+    fmt = table_format(head)
+    if fmt is not None:
+        return fmt
     shown = head[:12].decode("latin-1").encode("unicode_escape").decode()
     raise BadData(f"{name}: not a FITS, Parquet or Arrow table (it starts with '{shown}')",
                   "give a file written by galtools, or make one with gal-pack")
@@ -84,7 +92,7 @@ class _PrefixedStdin(io.RawIOBase):
 def open_stdin() -> tuple[str, object]:
     """Sniff stdin. Returns (format, stream) for an Arrow stream, else (format, path of a spooled temporary copy).
 
-    Parquet and FITS need random access, so they are copied to a temporary file first (silently, as DESIGN.md asks).
+    Parquet and FITS need random access, so they are copied to a temporary file first (silently).
     """
     raw = sys.stdin.buffer
     head = b""

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData, UsageProblem
-from galtools.io import open_output, open_table
+from galtools.io import display_name, open_table
 
 log = logging.getLogger("galtools")
 
@@ -40,7 +40,7 @@ def make_map(source: str, method: str, seed: int, colour: str | None = None, n_n
 
     if method not in METHODS:
         raise UsageProblem(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    name = "stdin" if source == "-" else source
+    name = display_name(source)
     with open_table(source) as table:
         if colour and colour not in table.schema.names:
             raise BadData(f"{name} has no '{colour}' column to colour by (columns: {', '.join(table.schema.names)})",
@@ -57,11 +57,17 @@ def make_map(source: str, method: str, seed: int, colour: str | None = None, n_n
     return Map(embeddings.ids, xy, carried, embeddings.metadata, {"method": method, "seed": seed, **details})
 
 
-def write_map(result: Map, output: str, fmt=None, overwrite=False, seed=None) -> int:
+def map_metadata(result: Map) -> dict:
+    """The embeddings' metadata with how the map was made."""
     metadata = dict(result.metadata)
     metadata[MAP_KEY] = json.dumps(result.method)
+    return metadata
+
+
+def write_map(result: Map, sink) -> None:
+    """object_id, the carried columns, map_x and map_y to ``sink`` (galtools.io.sink)."""
     columns = {"object_id": result.ids, **{c: result.carried.column(c) for c in result.carried.column_names},
                "map_x": pa.array(result.xy[:, 0], pa.float32()), "map_y": pa.array(result.xy[:, 1], pa.float32())}
-    with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool="gal-map", seed=seed) as out:
-        out.write(pa.table(columns))
-        return out.rows
+    table = pa.table(columns)
+    sink.expect_schema(table.schema)
+    sink.write(table)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from galtools.errors import BadData
-from galtools.io import IMAGE, images_of, open_table
+from galtools.io import IMAGE, display_name, images_of, open_table
 
 log = logging.getLogger("galtools")
 
@@ -101,7 +101,7 @@ def _map_rows_of(batch_ids, map_ids: pa.Array, name: str) -> np.ndarray:
 
 def tile_map(xy: np.ndarray, map_ids: pa.Array, cutouts: str, cells: int, tile: int) -> tuple[np.ndarray, int]:
     """The tiled picture and the number of cells that got a galaxy."""
-    name = "stdin" if cutouts == "-" else cutouts
+    name = display_name(cutouts)
     grid = Grid.over(xy, cells)
     picker = TilePicker(grid, xy)
     found = 0
