@@ -4,198 +4,12 @@ Kept light on imports (click only): ``gal-xxx --help`` must start fast and never
 """
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import sys
 
 import click
 
-from galtools import __version__
-from galtools.errors import EXIT_USAGE, GalError
-
-log = logging.getLogger("galtools")
-_state = {"quiet": False, "verbose": 0, "tool": "galtools"}
-
-
-# ----------------------------------------------------------------------------------------------- error handling
-
-def _wants_traceback(args) -> bool:
-    args = sys.argv[1:] if args is None else list(args)
-    return any(a in ("-v", "--verbose", "-vv") for a in args)
-
-
-def _say_error(tool: str, text: str) -> None:
-    try:
-        sys.stderr.write(f"{tool}: error: {text}\n")
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):   # stderr itself is gone: nowhere left to report
-        return
-
-
-def _silence_stdout() -> None:
-    """After a closed pipe (``| head``), point stdout at /dev/null so the interpreter's final flush stays quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):   # no real stdout (e.g. under CliRunner): nothing to silence
-        return
-
-
-def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
-    """Run a click command, turning every way it can end into one stderr line and a documented exit code."""
-    _state["tool"] = tool
-    try:
-        code = command.main(args=args, prog_name=tool, standalone_mode=False, **extra)
-        code = code if isinstance(code, int) else 0
-        sys.stdout.flush()
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        _say_error(tool, "aborted")
-        code = 130
-    except click.exceptions.NoArgsIsHelpError as exc:   # a bare group: its overview, as a usage error
-        sys.stderr.write(exc.ctx.get_help() + "\n")
-        code = EXIT_USAGE
-    except click.ClickException as exc:
-        _say_error(tool, f"{' '.join(exc.format_message().split())} (see '{tool} --help')")
-        code = exc.exit_code if exc.exit_code else EXIT_USAGE
-    except GalError as exc:
-        if _wants_traceback(args):
-            import traceback
-
-            traceback.print_exc()
-        _say_error(tool, exc.one_line())
-        code = exc.exit_code
-    except (BrokenPipeError, _PipeClosed):
-        _silence_stdout()
-        code = 0
-    except KeyboardInterrupt:
-        _say_error(tool, "interrupted")
-        code = 130
-    except MemoryError:
-        _say_error(tool, "out of memory (use a smaller --batch-size, or --shard the input)")
-        code = 1
-    except Exception as exc:  # a bug: say so in one line, traceback on -v
-        if _wants_traceback(args):
-            import traceback
-
-            traceback.print_exc()
-        _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                         "(rerun with -v for the traceback, and please report it)")
-        code = 1
-    sys.exit(code)
-
-
-class _PipeClosed(Exception):
-    """A closed stdout pipe, carried past click, which would otherwise turn EPIPE into exit 1."""
-
-
-class _GalMixin:
-    tool_name = "galtools"
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError as exc:
-            raise _PipeClosed() from exc
-
-    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
-        if standalone_mode:
-            run_main(self, self.tool_name, args, **extra)
-        return super().main(args=args, prog_name=prog_name or self.tool_name, standalone_mode=False, **extra)
-
-
-class GalCommand(_GalMixin, click.Command):
-    """A click command with galtools' error handling."""
-
-
-class GalGroup(_GalMixin, click.Group):
-    """A click group with galtools' error handling.
-
-    ``default_command`` (set by ``galtools_group(..., default=NAME)``) names the sub-command implied when the first
-    word of the command line is not a sub-command: ``gal-knn EMB --query ID`` is ``gal-knn search EMB --query ID``,
-    ``gal-train CUTOUTS --out RUN`` is ``gal-train fit CUTOUTS --out RUN``. ``-h``/``--version`` alone stay the
-    group's; a bare command prints the overview as a usage error (exit 2).
-    """
-
-    default_command: str | None = None
-
-    def parse_args(self, ctx, args):
-        if self.default_command and args:
-            first_word = next((a for a in args if not a.startswith("-")), None)
-            asks_group = first_word is None and any(a in ("-h", "--help", "--version") for a in args)
-            if not asks_group and first_word not in self.commands:
-                args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
-
-
-def _configure(quiet: bool, verbose: int) -> None:
-    _state["quiet"], _state["verbose"] = quiet, verbose
-    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    log.setLevel(level)
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{_state['tool']}: %(message)s"))
-        log.addHandler(handler)
-    log.propagate = False
-
-
-def _verbosity_options(func):
-    @click.option("-q", "--quiet", is_flag=True, help="Print errors only: no progress, no summaries.")
-    @click.option("-v", "--verbose", count=True, help="More detail, and tracebacks on errors.")
-    @functools.wraps(func)
-    def wrapper(*args, quiet=False, verbose=0, **kwargs):
-        _configure(quiet, verbose)
-        return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _epilog(example: str) -> str:
-    lines = [line for line in example.strip().splitlines()]
-    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def galtools_command(tool: str, example: str, **settings):
-    """Make a click command for ``tool`` with -q/-v/--version, an example in its help, and galtools error handling."""
-    def decorator(func):
-        func = _verbosity_options(func)
-        func = click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")(func)
-        command = click.command(tool, cls=GalCommand, epilog=_epilog(example),
-                                context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-                                **settings)(func)
-        command.tool_name = tool
-        return command
-
-    return decorator
-
-
-def galtools_group(tool: str, example: str, default: str | None = None, **settings):
-    """Like galtools_command for a tool with sub-commands (``gal-knn index``, ``gal-photoz fit``); ``default`` names
-    the sub-command implied when none is named (see GalGroup)."""
-    def decorator(func):
-        func = _verbosity_options(func)
-        func = click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")(func)
-        group = click.group(tool, cls=settings.pop("cls", GalGroup), epilog=_epilog(example),
-                            context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-                            **settings)(func)
-        group.tool_name = tool
-        group.default_command = default
-        return group
-
-    return decorator
-
-
-def subcommand(group: click.Group, name: str, example: str, **settings):
-    """A sub-command with an example in its help and its own -q/-v."""
-    def decorator(func):
-        func = _verbosity_options(func)
-        return group.command(name, epilog=_epilog(example),
-                             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-                             **settings)(func)
-
-    return decorator
+from galtools.cli.command import (GalCommand, GalGroup, galtools_command, galtools_group, is_quiet,  # noqa: F401
+                                  is_verbose, log, run_main, subcommand, tool_name)
 
 
 # ------------------------------------------------------------------------------------------------------- options
@@ -297,14 +111,7 @@ def prepare_output(output: str, fmt: str | None, overwrite: bool, shard: str | N
     for picture in pictures:
         if picture:
             check_output_path(picture, overwrite)
-    return Writing(output, fmt, overwrite, part, table, _tool_name())
-
-
-def _tool_name() -> str:
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        return getattr(ctx.find_root().command, "tool_name", None) or _state["tool"]
-    return _state["tool"]
+    return Writing(output, fmt, overwrite, part, table, tool_name())
 
 
 def device_option(func):
@@ -319,7 +126,7 @@ def seed_option(func):
 # ------------------------------------------------------------------------------------------------------ progress
 
 def progress_enabled() -> bool:
-    return not _state["quiet"] and sys.stderr.isatty()
+    return not is_quiet() and sys.stderr.isatty()
 
 
 class NullProgress:
@@ -375,7 +182,3 @@ def progress(iterable, total: int | None = None, description: str = "working"):
         for item in iterable:
             yield item
             bar.advance(1)
-
-
-def is_verbose() -> bool:
-    return _state["verbose"] > 0

@@ -64,7 +64,7 @@ def cli():
               help="Also write these columns of each query (from EMB) as query_COL, e.g. ra,dec,morph_class.")
 @click.option("--precision-at", "precision_k", type=click.IntRange(1), default=None, metavar="K",
               help="Print precision@K of --label as JSON on stdout: the share of each query's K nearest neighbors "
-                   "with its label, per class and overall (-k is raised to K; the table is written only with -o FILE).")
+                   "with its label, per class and overall (-k defaults to K; the table is written only with -o FILE).")
 @click.option("--index", "index_path", metavar="FAISS", help="Search this gal-knn index instead of exact search "
               "(refused, exit 65, if it was built from other embeddings).")
 @click.option("--nprobe", type=click.IntRange(1), default=None, help="IVF: lists to visit (more = better recall).")
@@ -129,7 +129,7 @@ def search(emb, query_ids, queries_file, query_image, model, all_rows, k, least,
 
 def _check_search_options(query_ids, queries_file, query_image, model, all_rows, k, precision_k, query_columns,
                           index_path, nprobe, ef, montage, images, label, output):
-    """Usage errors (exit 2) before any work; returns k (raised to --precision-at's K when -k was not given)."""
+    """Usage errors (exit 2) before any work; returns k (--precision-at's K when -k was not given)."""
     from galtools.errors import UsageProblem
 
     if sum([bool(query_ids or queries_file), bool(query_image), all_rows]) != 1:
@@ -153,7 +153,7 @@ def _check_search_options(query_ids, queries_file, query_image, model, all_rows,
                 and output == "-":
             raise UsageProblem("--precision-at prints JSON on stdout", "write the neighbor table with -o FILE")
         if click.get_current_context().get_parameter_source("k") == click.core.ParameterSource.DEFAULT:
-            return max(k, precision_k)
+            return precision_k
         if k < precision_k:
             raise UsageProblem(f"-k {k} is below --precision-at {precision_k}", "raise -k, or drop it")
     return k
@@ -183,19 +183,6 @@ def _write(writing, blocks, base, query_columns, observers, settings, measure_on
 
 # -------------------------------------------------------------------------------------------------------- index
 
-def _default_index_path(emb):
-    from galtools.errors import UsageProblem
-
-    if emb == "-" or any(ch in emb for ch in "*?["):
-        raise UsageProblem("with EMB from stdin or a glob, name the index", "pass -o FILE.faiss")
-    stem = emb.rstrip("/")
-    for suffix in (".parquet", ".pq", ".arrow", ".feather", ".arrows", ".fits.gz", ".fits", ".fit"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return stem + ".faiss"
-
-
 @subcommand(cli, "index", example=INDEX_EXAMPLE)
 @input_argument("emb")
 @click.option("--kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="hnsw", show_default=True,
@@ -221,9 +208,10 @@ def index_command(emb, kind, output, overwrite, nlist, nprobe, hnsw_m, ef_constr
     """
     from galtools.io import check_output_path
     from galtools.search import FaissIndex, recall_at_k
+    from galtools.search.faiss_index import default_index_path, params_text
     from galtools.search.queries import load_base
 
-    output = output or _default_index_path(emb)
+    output = output or default_index_path(emb)
     for path in (output, f"{output}.json"):   # the index and its sidecar
         check_output_path(path, overwrite)
     base = load_base(emb, checksum=True)
@@ -235,19 +223,10 @@ def index_command(emb, kind, output, overwrite, nlist, nprobe, hnsw_m, ef_constr
                                tie_rank=base.tie_rank)
         extra["recall"] = {"k": k, "value": measured, "sample": min(sample, base.count), "seed": seed}
         click.echo(f"recall@{k} = {measured:.4f} over {min(sample, base.count)} sampled queries "
-                   f"({kind}{_params_text(index)})")
+                   f"({kind}{params_text(index)})")
     index.save(output, embeddings_checksum=base.checksum, model_sha256=base.model_sha256,
                source=None if emb == "-" else os.path.abspath(emb), extra=extra, overwrite=overwrite)
     log.info(f"wrote {kind} index of {base.count} embeddings to {output} (+ {output}.json)")
-
-
-def _params_text(index):
-    params = index.params
-    if index.kind == "ivf":
-        return f", nlist={params['nlist']}, nprobe={params['nprobe']}"
-    if index.kind == "hnsw":
-        return f", M={params['M']}, ef={params['ef_search']}"
-    return ""
 
 
 main = cli

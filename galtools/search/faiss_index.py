@@ -34,6 +34,30 @@ def sidecar_path(index_path: str | os.PathLike) -> Path:
     return Path(f"{index_path}.json")
 
 
+def default_index_path(emb: str) -> str:
+    """Where gal-knn index writes by default: the embedding table's path with .faiss instead of its extension."""
+    from galtools.errors import UsageProblem
+
+    if emb == "-" or any(ch in emb for ch in "*?["):
+        raise UsageProblem("with EMB from stdin or a glob, name the index", "pass -o FILE.faiss")
+    stem = emb.rstrip("/")
+    for suffix in (".parquet", ".pq", ".arrow", ".feather", ".arrows", ".fits.gz", ".fits", ".fit"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return stem + ".faiss"
+
+
+def params_text(index) -> str:
+    """The index's search parameters as printed after a recall measure (", nlist=..., nprobe=...")."""
+    params = index.params
+    if index.kind == "ivf":
+        return f", nlist={params['nlist']}, nprobe={params['nprobe']}"
+    if index.kind == "hnsw":
+        return f", M={params['M']}, ef={params['ef_search']}"
+    return ""
+
+
 def default_nlist(n_rows: int) -> int:
     """About 4 sqrt(N) lists, and at least 39 training points per list (FAISS's own minimum)."""
     return int(max(1, min(4 * round(math.sqrt(n_rows)), n_rows // 39)))
