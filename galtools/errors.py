@@ -1,12 +1,11 @@
 """Errors every galtools command reports the same way.
 
-A library function raises one of these; the CLI layer (galtools.cli.common) turns it into the single line
+A library function raises one of these; the CLI layer (galtools.cli.command) turns it into the single line
 ``gal-xxx: error: <what> (<hint>)`` on stderr and the exit code below.  The codes follow sysexits(3) so that
 Makefiles and Slurm scripts can tell bad data from a missing file from a missing GPU.
 """
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_DATAERR = 65      # NaNs where not allowed, wrong band count, dimension mismatch, stale index

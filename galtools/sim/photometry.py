@@ -41,15 +41,6 @@ def mag_to_nanomaggy(mag):
     return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - NANOMAGGY_ZEROPOINT))
 
 
-def nanomaggy_to_mag(flux):
-    return NANOMAGGY_ZEROPOINT - 2.5 * np.log10(np.asarray(flux, dtype=np.float64))
-
-
-def extinction_mags(ebv):
-    """A_b for u,g,r,i,z; shape (..., 5)."""
-    return np.asarray(ebv, dtype=np.float64)[..., None] * EXTINCTION_COEFFS
-
-
 def cww_sed(sed_type: str):
     """One of GalSim's Coleman-Wu-Weedman templates (extended to UV and IR), per unit wavelength."""
     import galsim

@@ -20,10 +20,6 @@ def _regularised_gamma(order: int, t):
     return 1.0 - np.exp(-t) * series
 
 
-def disk_enclosed_fraction(radius_over_hlr):
-    return _regularised_gamma(2, _B_EXPONENTIAL * np.asarray(radius_over_hlr, dtype=np.float64))
-
-
 def _untruncated_bulge_fraction(radius_over_scale):
     return _regularised_gamma(8, _B_DEVAUCOULEURS * np.asarray(radius_over_scale, dtype=np.float64) ** 0.25)
 
@@ -41,12 +37,6 @@ def _bulge_scale_ratio() -> float:
         inside = _untruncated_bulge_fraction(1.0 / ratio) / _untruncated_bulge_fraction(BULGE_TRUNCATION / ratio)
         low, high = (ratio, high) if inside > 0.5 else (low, ratio)
     return 0.5 * (low + high)
-
-
-def bulge_enclosed_fraction(radius_over_hlr):
-    x = np.minimum(np.asarray(radius_over_hlr, dtype=np.float64), BULGE_TRUNCATION)
-    ratio = _bulge_scale_ratio()
-    return _untruncated_bulge_fraction(x / ratio) / _untruncated_bulge_fraction(BULGE_TRUNCATION / ratio)
 
 
 def combined_half_light_radius(bulge_frac: float, bulge_hlr: float, disk_hlr: float) -> float:

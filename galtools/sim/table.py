@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.sim.filters import BANDS
-from galtools.sim.simulate import LABEL_COLUMNS, Chunk, SimConfig, iter_chunks
+from galtools.sim.simulate import LABEL_COLUMNS, Chunk, SimConfig
 
 _ARROW_TYPES = {np.float64: pa.float64(), np.float32: pa.float32(), np.int16: pa.int16(), np.bool_: pa.bool_(),
                 str: pa.string()}
@@ -37,10 +37,3 @@ def table_metadata(config: SimConfig, count: int) -> dict[str, str]:
                 "anomaly_fraction": config.anomaly_fraction, "neighbour_rate": config.neighbour_rate}
     return {BANDS_KEY: ",".join(BANDS), PIXSCALE: repr(config.pixscale), FLUX_UNIT: "nanomaggy",
             "galtools.sim": json.dumps(settings, sort_keys=True)}
-
-
-def simulate_table(config: SimConfig, count: int, jobs: int = 1) -> pa.Table:
-    """All of a small run in memory (for notebooks and tests; the CLI streams instead)."""
-    batches = [chunk_record_batch(chunk) for chunk in iter_chunks(config, 0, count, jobs=jobs)]
-    return pa.Table.from_batches(batches, schema=output_schema(config.size)).replace_schema_metadata(
-        table_metadata(config, count))
