@@ -1,7 +1,7 @@
 """gal-photoz linear-probe fit on large embedding tables, streamed, against a plain numpy least-squares baseline
 measured in the same run; a row is appended to benchmarks/RESULTS.md.
 
-    python benchmarks/bench_photoz.py                          # the issue's size: 500,000 x 2048 (~4 GB Parquet)
+    python benchmarks/bench_photoz.py                          # the full size: 500,000 x 2048 (~4 GB Parquet)
     python benchmarks/bench_photoz.py --rows 100000 --passes 3 # smaller; the row says so and extrapolates
 
 The table is synthetic (z a linear function of the embedding plus noise, every row labelled) and written as

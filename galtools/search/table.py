@@ -205,7 +205,7 @@ class _VectorProblems:
 
 
 def neighbour_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_missing: bool = True) -> pa.RecordBatch:
-    """The neighbour table of DESIGN.md for one block of queries: query_id, rank (1 = most similar, or least with
+    """The neighbor table for one block of queries: query_id, rank (1 = most similar, or least with
     --least), neighbor_id, similarity, then the neighbour's carried columns prefixed ``neighbor_``."""
     n_queries, k = topk.indices.shape
     flat_rows = topk.indices.ravel()

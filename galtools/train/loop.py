@@ -1,7 +1,7 @@
 """The training run behind ``gal-train``: data -> augment -> preprocess -> MoCo v2 / SimCLR step, checkpoints,
 monitoring, and the export of ``encoder.onnx`` at the end.
 
-Order of a step (as DESIGN.md fixes it): raw fluxes are read, augmented on the training device (physical
+Order of a step: raw fluxes are read, augmented on the training device (physical
 operations in flux units), preprocessed (arcsinh + per-band normalisation, the parameters that go into the ONNX
 metadata) and encoded.  Everything random in a step is a function of (seed, step) or (seed, epoch, object), so a
 run resumed from a checkpoint continues exactly as if it had not stopped.
