@@ -1,6 +1,6 @@
 """gal-knn search speed against FAISS, measured in the same run; rows appended to benchmarks/RESULTS.md.
 
-    python benchmarks/bench_knn.py                 # the full sizes (a few minutes on 2 cores)  
+    python benchmarks/bench_knn.py                 # the full sizes (a few minutes on 2 cores)
     python benchmarks/bench_knn.py --n 200000      # smaller, when memory or time is short
 
 1. exact top-10 of 1,000 queries over N=1M x 128 random unit vectors: galtools.search.exact_topk vs
