@@ -28,11 +28,11 @@ say "3. embed both tables with the exported encoder (ONNX Runtime, no torch)"
 gal-embed train.parquet --model run/encoder.onnx -o train-emb.parquet --overwrite
 gal-embed target.parquet --model run/encoder.onnx -o target-emb.parquet --overwrite
 
-say "4. similarity search: the neighbours of three survey galaxies"
+say "4. similarity search: the neighbors of three survey galaxies"
 query_ids=$(python3 -c "import pyarrow.parquet as pq; t=pq.read_table('target.parquet', columns=['object_id','morph_class','is_anomaly']); \
 import itertools; rows=[r for r in t.to_pylist() if not r['is_anomaly']]; \
 seen={}; [seen.setdefault(r['morph_class'], r['object_id']) for r in rows]; print(' '.join(f'--query {v}' for v in list(seen.values())[:3]))")
-gal-knn target-emb.parquet $query_ids -k 6 --montage similar.png --images target.parquet --label morph_class -o neighbours.parquet --overwrite
+gal-knn target-emb.parquet $query_ids -k 6 --montage similar.png --images target.parquet --label morph_class -o neighbors.parquet --overwrite
 
 say "5. photometric redshifts: linear probe on the labelled embeddings, predicted for the survey"
 gal-photoz fit train-emb.parquet --z-column z_true --label-smoothing 2 -o photoz.model --overwrite

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# A catalogue-wide neighbour table with gal-knn --all over a Slurm array: each array task finds the top-k of one
+# A catalogue-wide neighbor table with gal-knn --all over a Slurm array: each array task finds the top-k of one
 # contiguous slice of the rows (against the whole table); the parts, read as one folder, are exactly the table
 # a single `gal-knn EMB --all` would write.
 #
-#   sbatch --array=0-15 examples/slurm-knn.sh embeddings/ neighbours/ 1000
-#   gal-info neighbours/                      # afterwards: the parts read as one table
+#   sbatch --array=0-15 examples/slurm-knn.sh embeddings/ neighbors/ 1000
+#   gal-info neighbors/                      # afterwards: the parts read as one table
 #
 # Memory per task (exact search): the whole embedding table, N x D x 4 bytes (100M x 128 = 51 GB; 1M x 128 =
 # 512 MB), plus a 128 MiB similarity tile, plus the carried columns.  Time per task ~ (N / tasks) x N x D x 2 flops.
@@ -38,4 +38,4 @@ fi
 # parts sort in row order. Writes are atomic: a task killed half-way leaves no part, and a requeued task redoes it.
 # On GPU nodes add '#SBATCH --gres=gpu:1' and '--device cuda' (exact search then runs its matrix products in torch).
 gal-knn "$emb" --all -k "$k" "${index_args[@]}" --device "${DEVICE:-auto}" \
-  -o "$out/neighbours-{shard}.parquet" --overwrite
+  -o "$out/neighbors-{shard}.parquet" --overwrite

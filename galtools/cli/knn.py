@@ -1,7 +1,7 @@
 """gal-knn: the most (or least) similar galaxies to a query, for a list of queries or for every row; FAISS indexes.
 
 ``gal-knn EMB --query ID`` is short for ``gal-knn search EMB --query ID``; ``gal-knn index EMB`` builds an index.
-The work is done by galtools.search (queries, neighbours, show, montage, precision); this module only reads the
+The work is done by galtools.search (queries, neighbors, show, montage, precision); this module only reads the
 command line, opens and closes.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def cli():
     """Similarity search over an embedding table (cosine similarity of gal-embed's vectors).
 
     \b
-    gal-knn EMB --query ID ...     the neighbours of objects (same as 'gal-knn search EMB ...')
+    gal-knn EMB --query ID ...     the neighbors of objects (same as 'gal-knn search EMB ...')
     gal-knn index EMB --kind K     build a FAISS index (flat, ivf, hnsw) for faster repeated search
 
     Exact search holds the table in memory (N x D x 4 bytes: 512 MB per million 128-d vectors) and is
@@ -122,9 +122,9 @@ def search(emb, query_ids, queries_file, query_image, model, all_rows, k, least,
     if precision_k:
         click.echo(json.dumps(observers[-1].result(), indent=1))
     if montage:
-        from galtools.search.montage import draw_neighbour_montage
+        from galtools.search.montage import draw_neighbor_montage
 
-        draw_neighbour_montage(kept.queries, base, plan, images, label, montage, least)
+        draw_neighbor_montage(kept.queries, base, plan, images, label, montage, least)
 
 
 def _check_search_options(query_ids, queries_file, query_image, model, all_rows, k, precision_k, query_columns,
@@ -164,20 +164,20 @@ def _write(writing, blocks, base, query_columns, observers, settings, measure_on
     import json
 
     from galtools.search import neighbors as nb
-    from galtools.search.show import print_neighbours
+    from galtools.search.show import print_neighbors
 
     if measure_only:
-        nb.write_neighbours(blocks, base, nb.FirstRows(0), query_columns, observers)
+        nb.write_neighbors(blocks, base, nb.FirstRows(0), query_columns, observers)
         return
     if not writing.table:
         shown = nb.FirstRows(TERMINAL_ROWS)
-        nb.write_neighbours(blocks, base, shown, query_columns, observers)
-        print_neighbours(shown.table(), shown.rows)
+        nb.write_neighbors(blocks, base, shown, query_columns, observers)
+        print_neighbors(shown.table(), shown.rows)
         return
     metadata = dict(base.metadata)
     metadata["galtools.knn"] = json.dumps(settings, separators=(",", ":"))
     with writing.open(metadata) as out:
-        written = nb.write_neighbours(blocks, base, out, query_columns, observers)
+        written = nb.write_neighbors(blocks, base, out, query_columns, observers)
     log.debug(f"wrote {written} neighbors to {writing.name}")
 
 

@@ -12,9 +12,9 @@ gal-map emb.parquet --method pca -o map.parquet --color z_true --plot map-z.png 
 @galtools_command("gal-map", example=EXAMPLE)
 @input_argument("emb")
 @click.option("--method", type=click.Choice(["pca", "umap"]), default="pca", show_default=True,
-              help="pca: the two principal axes (fast, linear); umap: UMAP's neighbour-preserving layout.")
+              help="pca: the two principal axes (fast, linear); umap: UMAP's neighbor-preserving layout.")
 @click.option("--neighbors", "n_neighbors", type=click.IntRange(2), default=15, show_default=True,
-              help="UMAP: size of the neighbourhood it preserves.")
+              help="UMAP: size of the neighborhood it preserves.")
 @click.option("--min-dist", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="UMAP: how tightly it packs points.")
 @seed_option

@@ -1,6 +1,6 @@
 """The sink protocol: what the library writes rows to.
 
-A library function that produces a table (``embed_table``, gal-knn's neighbour search, gal-augment's views, gal-sim's
+A library function that produces a table (``embed_table``, gal-knn's neighbor search, gal-augment's views, gal-sim's
 rendering) takes a *sink* rather than a path: any object with these two methods.
 
     sink.expect_schema(schema)   # the columns to write if no row ever comes (an empty shard): called first

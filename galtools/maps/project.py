@@ -56,7 +56,7 @@ def umap_map(x: np.ndarray, seed: int, n_neighbors: int = 15, min_dist: float = 
         raise BadData(f"UMAP needs at least 4 rows, got {n}", "give more embeddings, or use --method pca")
     neighbours = min(n_neighbors, n - 1)
     if neighbours < n_neighbors:
-        log.warning(f"only {n} rows: UMAP uses {neighbours} neighbours instead of {n_neighbors}")
+        log.warning(f"only {n} rows: UMAP uses {neighbours} neighbors instead of {n_neighbors}")
     if n > UMAP_SLOW_ROWS:
         log.info(f"UMAP of {n} rows on one CPU thread takes a while (use --method pca for a quick look)")
     # Small tables: the exact neighbours with numpy, as umap-learn would compute them, but without compiling its

@@ -3,7 +3,7 @@
 An index file ``X.faiss`` always travels with a JSON sidecar ``X.faiss.json`` that records what it was built
 from (checksum of the embeddings and ids, the model's sha256, dimension, row count), the metric and the build
 parameters.  Loading checks the sidecar against the table being searched: an index built from other or older
-embeddings is refused with BadData (exit 65) instead of returning neighbours of the wrong rows.
+embeddings is refused with BadData (exit 65) instead of returning neighbors of the wrong rows.
 """
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ class FaissIndex:
         """
         available = self.meta["count"] - (1 if exclude is not None else 0)
         if k > available:
-            raise BadData(f"k={k} is larger than the {available} candidate neighbours in the index",
+            raise BadData(f"k={k} is larger than the {available} candidate neighbors in the index",
                           f"use -k {max(available, 1)} or less")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.meta["dim"]:

@@ -1,4 +1,4 @@
-"""The neighbour montage: one row per query, the query then its neighbours in rank order, similarity and a label
+"""The neighbor montage: one row per query, the query then its neighbors in rank order, similarity and a label
 under each picture (cf. Stein et al. Fig. 1)."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from galtools.search.show import format_cell
 log = logging.getLogger("galtools")
 
 
-def draw_neighbour_montage(kept, base, plan, images_source: str, label: str | None, path: str,
+def draw_neighbor_montage(kept, base, plan, images_source: str, label: str | None, path: str,
                            least: bool = False) -> int:
-    """Draw ``kept`` (search.neighbours.Kept.queries) with pictures from the cutout table ``images_source``.
+    """Draw ``kept`` (search.neighbors.Kept.queries) with pictures from the cutout table ``images_source``.
     The query pictures of embedded cutouts come with the plan. Returns the rows drawn."""
     from galtools.io import images_by_id
     from galtools.viz import rgb_composite, save_montage

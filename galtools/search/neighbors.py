@@ -1,8 +1,8 @@
-"""The neighbour table: written to a sink block by block, with the queries' own columns if asked, keeping what a
+"""The neighbor table: written to a sink block by block, with the queries' own columns if asked, keeping what a
 montage or a precision@k measure needs on the way.
 
 Columns: query_id, query_<column> for each ``query_columns`` entry, rank (1 = most similar, or least with
-``least``), neighbor_id, similarity, then the neighbour's carried columns prefixed ``neighbor_``.
+``least``), neighbor_id, similarity, then the neighbor's carried columns prefixed ``neighbor_``.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import UsageProblem
-from galtools.search.table import neighbour_batch, neighbour_schema
+from galtools.search.table import neighbor_batch, neighbor_schema
 
 QUERY_PREFIX = "query_"
 
@@ -26,7 +26,7 @@ def check_query_columns(base, columns) -> list[str]:
 
 
 def _with_query_columns(batch: pa.RecordBatch, base, query_rows, columns, k_of_query) -> pa.RecordBatch:
-    """Insert query_<column> after query_id: the query's own value, repeated on each of its neighbour rows."""
+    """Insert query_<column> after query_id: the query's own value, repeated on each of its neighbor rows."""
     if not columns:
         return batch
     take = pa.array(np.repeat(np.asarray(query_rows, dtype=np.int64), k_of_query), type=pa.int64())
@@ -38,17 +38,17 @@ def _with_query_columns(batch: pa.RecordBatch, base, query_rows, columns, k_of_q
     return pa.RecordBatch.from_arrays(new_arrays + arrays[1:], names=new_names + names[1:])
 
 
-def neighbours_schema(base, query_columns=()) -> pa.Schema:
-    """Columns of the neighbour table (what an empty result is written with)."""
-    schema = neighbour_schema(base)
+def neighbors_schema(base, query_columns=()) -> pa.Schema:
+    """Columns of the neighbor table (what an empty result is written with)."""
+    schema = neighbor_schema(base)
     fields = [schema.field(0)] + [pa.field(QUERY_PREFIX + c, base.carried.schema.field(c).type)
                                   for c in query_columns] + list(schema)[1:]
     return pa.schema(fields)
 
 
 def block_table(block, base, query_columns=()) -> pa.RecordBatch:
-    """The neighbour rows of one searched block (neighbours not found, with fewer than k rows, are left out)."""
-    batch = neighbour_batch(block.ids, block.topk, base)
+    """The neighbor rows of one searched block (neighbors not found, with fewer than k rows, are left out)."""
+    batch = neighbor_batch(block.ids, block.topk, base)
     if query_columns:
         found_per_query = (block.topk.indices >= 0).sum(axis=1)
         batch = _with_query_columns(batch, base, block.rows, query_columns, found_per_query)
@@ -66,10 +66,10 @@ class Kept:
             self.queries.append((block.ids[i].as_py(), block.topk.indices[i], block.topk.scores[i]))
 
 
-def write_neighbours(blocks, base, sink, query_columns=(), observers=()) -> int:
-    """Write every block's neighbour rows to ``sink`` (see galtools.io.sink); each observer's ``add(block)`` sees
+def write_neighbors(blocks, base, sink, query_columns=(), observers=()) -> int:
+    """Write every block's neighbor rows to ``sink`` (see galtools.io.sink); each observer's ``add(block)`` sees
     each block. Returns the rows written."""
-    sink.expect_schema(neighbours_schema(base, query_columns))  # an empty shard still writes an (empty) table
+    sink.expect_schema(neighbors_schema(base, query_columns))  # an empty shard still writes an (empty) table
     written = 0
     for block in blocks:
         for observer in observers:

@@ -1,7 +1,7 @@
-"""precision@k of a label column: the fraction of a query's k nearest neighbours that share its label.
+"""precision@k of a label column: the fraction of a query's k nearest neighbors that share its label.
 
 Per class (the queries with that label) and overall (every labelled query: micro average; and the mean of the
-classes: macro average). A neighbour that is missing (fewer than k rows) or unlabelled counts as a miss; queries
+classes: macro average). A neighbor that is missing (fewer than k rows) or unlabelled counts as a miss; queries
 without a label are counted apart and left out. Hits and query counts are reported so that shards add up.
 """
 from __future__ import annotations
@@ -37,10 +37,10 @@ class PrecisionAtK:
             raise UsageProblem("precision@k needs queries from the embedding table", "use --all, --query or --queries")
         query = self.codes[block.rows]
         indices = block.topk.indices[:, : self.k]
-        neighbour = np.where(indices >= 0, self.codes[np.maximum(indices, 0)], -1)
+        neighbor = np.where(indices >= 0, self.codes[np.maximum(indices, 0)], -1)
         labelled = query >= 0
         self.unlabelled += int((~labelled).sum())
-        hits = (neighbour[labelled] == query[labelled, None]).sum(axis=1)
+        hits = (neighbor[labelled] == query[labelled, None]).sum(axis=1)
         np.add.at(self.hits, query[labelled], hits)
         np.add.at(self.queries, query[labelled], 1)
 

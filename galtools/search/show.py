@@ -1,4 +1,4 @@
-"""The neighbour table on a terminal: readable, whole column names, one section per query.
+"""The neighbor table on a terminal: readable, whole column names, one section per query.
 
 Rule for the columns: scalar columns in table order, each as wide as its whole name or its widest value; they are
 taken from the left while they fit the terminal's width, and the ones left out are named below the table (never
@@ -37,14 +37,14 @@ def fitting_columns(names: list[str], cells: dict, width: int) -> tuple[list[str
     return shown, names[len(shown):]
 
 
-def print_neighbours(table: pa.Table | None, total_rows: int, file=None, limit: int | None = None) -> None:
-    """Print the first rows of a neighbour table; ``total_rows`` is how many there were in all."""
+def print_neighbors(table: pa.Table | None, total_rows: int, file=None, limit: int | None = None) -> None:
+    """Print the first rows of a neighbor table; ``total_rows`` is how many there were in all."""
     from rich.console import Console
     from rich.table import Table as RichTable
 
     console = Console(file=file or sys.stdout)
     if table is None or table.num_rows == 0:
-        console.print("no neighbours")
+        console.print("no neighbors")
         return
     names = _scalar_columns(table)
     rows = table.select(names).to_pylist()
@@ -65,4 +65,4 @@ def print_neighbours(table: pa.Table | None, total_rows: int, file=None, limit: 
         console.print(f"not shown (too wide for the terminal): {', '.join(left_out)}; write them all with -o FILE",
                       style="dim")
     if total_rows > table.num_rows:
-        console.print(f"... first {table.num_rows} neighbours shown; write them all with -o FILE", style="dim")
+        console.print(f"... first {table.num_rows} neighbors shown; write them all with -o FILE", style="dim")

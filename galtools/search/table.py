@@ -20,7 +20,7 @@ from galtools.search.exact import tie_ranks, unit_rows
 OBJECT_ID = "object_id"
 EMBEDDING = "embedding"
 MODEL_SHA256 = "galtools.model_sha256"
-NOT_CARRIED = (EMBEDDING, "image")  # never copied into a neighbour table
+NOT_CARRIED = (EMBEDDING, "image")  # never copied into a neighbor table
 
 
 class _Checksum:
@@ -204,9 +204,9 @@ class _VectorProblems:
                           "cosine similarity is undefined for them", "re-embed those objects or drop them")
 
 
-def neighbour_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_missing: bool = True) -> pa.RecordBatch:
+def neighbor_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_missing: bool = True) -> pa.RecordBatch:
     """The neighbor table for one block of queries: query_id, rank (1 = most similar, or least with
-    --least), neighbor_id, similarity, then the neighbour's carried columns prefixed ``neighbor_``."""
+    --least), neighbor_id, similarity, then the neighbor's carried columns prefixed ``neighbor_``."""
     n_queries, k = topk.indices.shape
     flat_rows = topk.indices.ravel()
     query_of = np.repeat(np.arange(n_queries), k)
@@ -229,9 +229,9 @@ def neighbour_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_mis
     return pa.RecordBatch.from_pydict(columns)
 
 
-def neighbour_schema(base: EmbeddingSet) -> pa.Schema:
-    """Columns of the neighbour table for ``base`` (what an empty result is written with)."""
+def neighbor_schema(base: EmbeddingSet) -> pa.Schema:
+    """Columns of the neighbor table for ``base`` (what an empty result is written with)."""
     from galtools.search.exact import TopK
 
     empty = TopK(indices=np.empty((0, 1), np.int64), scores=np.empty((0, 1), np.float32))
-    return neighbour_batch(pa.array([], type=base.ids.type), empty, base).schema
+    return neighbor_batch(pa.array([], type=base.ids.type), empty, base).schema

@@ -264,7 +264,7 @@ def draw_scene(rng, size: int, pixscale: float, anomaly_fraction: float, neighbo
         "ra": ra, "dec": dec, **labels, "ebv": ebv,
         **{f"psf_fwhm_{band}": float(fwhm[b]) for b, band in enumerate(BANDS)},
         **{f"sky_sigma_{band}": float(sky_sigma[b]) for b, band in enumerate(BANDS)},
-        "n_neighbours": n_neighbours, "is_anomaly": kind != "none", "anomaly_kind": kind,
+        "n_neighbors": n_neighbours, "is_anomaly": kind != "none", "anomaly_kind": kind,
     }
     return scene
 

@@ -31,7 +31,7 @@ LABEL_COLUMNS = (
     + [("ebv", np.float32)]
     + [(f"psf_fwhm_{band}", np.float32) for band in BANDS]
     + [(f"sky_sigma_{band}", np.float32) for band in BANDS]
-    + [("n_neighbours", np.int16), ("is_anomaly", np.bool_), ("anomaly_kind", str)]
+    + [("n_neighbors", np.int16), ("is_anomaly", np.bool_), ("anomaly_kind", str)]
 )
 
 

@@ -34,6 +34,6 @@ def table_metadata(config: SimConfig, count: int) -> dict[str, str]:
     from galtools.io import BANDS as BANDS_KEY, FLUX_UNIT, PIXSCALE
 
     settings = {"count": count, "seed": config.seed, "size": config.size,
-                "anomaly_fraction": config.anomaly_fraction, "neighbour_rate": config.neighbour_rate}
+                "anomaly_fraction": config.anomaly_fraction, "neighbor_rate": config.neighbour_rate}
     return {BANDS_KEY: ",".join(BANDS), PIXSCALE: repr(config.pixscale), FLUX_UNIT: "nanomaggy",
             "galtools.sim": json.dumps(settings, sort_keys=True)}
