@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from galtools.cli.common import (device_option, galtools_command, input_argument, log, output_options,
-                                 prepare_output, progress, seed_option, shard_option)
+                                 montage_options, prepare_output, progress, seed_option, shard_option)
 
 DEFAULT_OPS = "rotate,jitter,psf,redden,noise"  # galtools.augment.spec.DEFAULT_SPEC (kept literal: no import at --help)
 
@@ -31,10 +31,8 @@ def _list_ops(ctx, _param, value):
 @click.option("--size", type=click.IntRange(1), default=64, show_default=True,
               help="Output cutout size in pixels (the network input).")
 @seed_option
-@click.option("--montage", metavar="PNG", help="Also draw objects by row and their views by column (gri colour). "
-              "From a terminal without -o, only the montage is made.")
-@click.option("--montage-rows", type=click.IntRange(1, 200), default=8, show_default=True,
-              help="Objects drawn in the montage (the first ones).")
+@montage_options("objects by row and their views by column (gri colour)", "--montage-rows", 200, 8,
+                 "Objects drawn in the montage (the first ones).")
 @click.option("--pixscale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="ARCSEC",
               help="Pixel scale for psf (default: the table's galtools.pixscale_arcsec).")
 @click.option("--ebv-column", default="ebv", show_default=True, metavar="COLUMN",

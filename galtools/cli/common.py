@@ -48,6 +48,18 @@ def model_output_options(metavar: str = "MODEL", help: str = "The model file to 
     return decorator
 
 
+def montage_options(what: str, count_option: str, most: int, default: int, count_help: str):
+    """--montage PNG (``what`` it draws; from a terminal without -o, only the montage is made) and the option
+    ``count_option`` saying how many objects it draws."""
+    def decorator(func):
+        func = click.option(count_option, type=click.IntRange(1, most), default=default, show_default=True,
+                            help=count_help)(func)
+        return click.option("--montage", metavar="PNG", help=f"Also draw {what}. From a terminal without -o, only the "
+                            "montage is made.")(func)
+
+    return decorator
+
+
 def shard_option(func):
     return click.option("--shard", default=None, metavar="I/N",
                         help="Process the I-th of N contiguous slices (from 0). Default: the Slurm array task, "

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from galtools.cli.common import (galtools_command, log, output_options, prepare_output, progress_bar, seed_option,
-                                 shard_option)
+from galtools.cli.common import (galtools_command, log, montage_options, output_options, prepare_output,
+                                 progress_bar, seed_option, shard_option)
 
 EXAMPLE = """gal-sim -n 20000 -j 2 -o cutouts.fits
 gal-sim -n 2000 --anomaly-fraction 0.05 --montage sample.png -o mixed.parquet
@@ -27,10 +27,8 @@ gal-sim -n 100000 --shard 3/10 -o 'parts/sim-{shard}.parquet'"""
 @click.option("-j", "--jobs", type=click.IntRange(0), default=0, show_default=True,
               help="Worker processes (0: every usable core). Outputs do not depend on it.")
 @shard_option
-@click.option("--montage", metavar="PNG", help="Also draw the first objects as gri composites labelled with "
-              "z and class. From a terminal without -o, only the montage is made.")
-@click.option("--montage-count", type=click.IntRange(1, 400), default=32, show_default=True,
-              help="Objects drawn in the montage.")
+@montage_options("the first objects as gri composites labelled with z and class", "--montage-count", 400, 32,
+                 "Objects drawn in the montage.")
 @output_options()
 def cli(count, seed, size, anomaly_fraction, neighbor_rate, jobs, shard, montage, montage_count,
         output, fmt, overwrite):

@@ -98,18 +98,19 @@ class FoundImages:
         return np.stack([self.images[i] for i in ids])
 
 
-def _in_id_type(ids, id_type: pa.DataType) -> pa.Array:
-    """Requested ids in the table's id type; ids that cannot be of that type cannot be there and are dropped."""
-    values = list(ids)
-    if pa.types.is_integer(id_type):
-        numbers = []
-        for value in values:
-            try:
-                numbers.append(int(value))
-            except (TypeError, ValueError):
-                continue
-        return pa.array(numbers, type=id_type)
-    return pa.array([str(v) for v in values], type=id_type)
+def ids_in_type(ids, id_type: pa.DataType) -> tuple[pa.Array, list]:
+    """Ids (strings from a command line, numbers, an Arrow array) in a table's id type, and those that cannot be of
+    that type (so cannot be in the table), which are left out."""
+    values = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+    if not pa.types.is_integer(id_type):
+        return pa.array([str(v) for v in values], type=id_type), []
+    numbers, impossible = [], []
+    for value in values:
+        try:
+            numbers.append(int(value))
+        except (TypeError, ValueError):
+            impossible.append(value)
+    return pa.array(numbers, type=id_type), impossible
 
 
 def images_by_id(source: str, ids, columns=(), what: str | None = None) -> FoundImages:
@@ -125,7 +126,7 @@ def images_by_id(source: str, ids, columns=(), what: str | None = None) -> Found
         present = [c for c in columns if c in table.schema.names and c not in (OBJECT_ID, IMAGE)]
         found.values = {c: {} for c in present}
         found.bands = table.bands
-        wanted = _in_id_type(ids, table.schema.field(OBJECT_ID).type)
+        wanted, _ = ids_in_type(ids, table.schema.field(OBJECT_ID).type)
         found.requested = wanted.to_pylist()
         count = len(set(found.requested))
         if count == 0:

@@ -92,19 +92,12 @@ def _unknown_id(value, table: EmbeddingSet, others: int = 0) -> BadData:
 
 def _as_id_array(query_ids, id_type: pa.DataType, table: EmbeddingSet) -> pa.Array:
     """Query ids (strings from the command line, or a column) in the table's id type."""
-    if isinstance(query_ids, (pa.Array, pa.ChunkedArray)):
-        values = query_ids.to_pylist()
-    else:
-        values = list(query_ids)
-    if pa.types.is_integer(id_type):
-        numbers = []
-        for value in values:
-            try:
-                numbers.append(int(value))
-            except (TypeError, ValueError):
-                raise _unknown_id(value, table) from None
-        return pa.array(numbers, type=id_type)
-    return pa.array([str(v) for v in values], type=id_type)
+    from galtools.io.lookup import ids_in_type
+
+    wanted, impossible = ids_in_type(query_ids, id_type)
+    if impossible:
+        raise _unknown_id(impossible[0], table)
+    return wanted
 
 
 def model_hashes_of(table) -> list[str | None]:
