@@ -1,6 +1,6 @@
 """Reading parts of a table: a few columns, a list of ids (a table or a CSV), the images of chosen objects.
 
-    read_columns("labels.parquet", ["object_id", "z"])    # a pyarrow Table of just those columns
+    read_columns("pred.parquet", {"truth": "z_spec"})    # ({"truth": float64 array}, metadata)
     read_ids("queries.csv")                                # object_id values of a table, a CSV or a plain list
     found = images_by_id("cutouts.fits", [12, 7])          # streamed in bounded batches, stops when all are found
     found.stack([12, 7])                                   # (2, bands, H, W) in the order asked
@@ -30,15 +30,31 @@ def display_name(source: str) -> str:
     return "stdin" if source == "-" else source
 
 
-def read_columns(source: str, columns: list[str], shard=None, what: str | None = None) -> pa.Table:
-    """The named columns of a table, whole; BadData (65) naming the missing ones and the columns there are."""
+def read_columns(source: str, columns: dict[str, str | None], optional: dict[str, str] | None = None,
+                 what: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Numeric columns of a table, whole, as float64 arrays (NaN for nulls), and the table's metadata.
+
+    ``columns`` maps a role (e.g. ``truth``) to a column name (None: not wanted); ``optional`` roles are read only
+    when the table has their column. A missing or non-numeric column is BadData (65) whose hint names the option
+    ``--<role>`` that chooses it."""
     name = what or display_name(source)
-    with open_table(source, shard=shard) as table:
-        missing = [c for c in columns if c not in table.schema.names]
-        if missing:
-            raise BadData(f"{name} has no column {', '.join(missing)} (columns: {', '.join(table.schema.names)})",
-                          "name an existing column")
-        return table.read_all(columns=list(columns)).select(list(columns))
+    wanted = {role: column for role, column in columns.items() if column}
+    with open_table(source) as table:
+        names = table.schema.names
+        wanted.update({role: column for role, column in (optional or {}).items()
+                       if column in names and role not in wanted})
+        for role, column in wanted.items():
+            option = f"--{role.replace('_', '-')}"
+            if column not in names:
+                raise BadData(f"{name} has no '{column}' column (columns: {', '.join(names)})",
+                              f"name the {role} column with {option}")
+            kind = table.schema.field(column).type
+            if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
+                raise BadData(f"{name}: column '{column}' is {kind}, not numeric", f"name the {role} column with {option}")
+        read = table.read_all(columns=list(dict.fromkeys(wanted.values())))
+        metadata = dict(table.metadata)
+    arrays = {role: np.asarray(read.column(column).to_numpy(), dtype=np.float64) for role, column in wanted.items()}
+    return arrays, metadata
 
 
 def read_ids(source: str, column: str = OBJECT_ID, what: str | None = None) -> list:
