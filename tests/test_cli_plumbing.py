@@ -35,6 +35,10 @@ def test_default_sub_command_is_implied_the_same_way_for_knn_and_train():
         assert implied.stdout == named.stdout and word in named.stdout.decode()
         bare = run_tool(tool)
         assert bare.returncode == 2 and "Usage:" in bare.stderr.decode()
+    # past the group's own options a sub-command name is still seen; an option value is never taken for one
+    assert run_tool("gal-knn", "-q", "index", "--help").stdout == run_tool("gal-knn", "index", "--help").stdout
+    odd = run_tool("gal-knn", "--label", "index", "--help")
+    assert odd.returncode == 0 and odd.stdout == run_tool("gal-knn", "search", "--help").stdout
 
 
 def test_shard_placeholder_and_existing_output_are_settled_before_work(tmp_path):

@@ -113,18 +113,19 @@ class GalGroup(_GalMixin, click.Group):
     """A click group with galtools' error handling.
 
     ``default_command`` (set by ``galtools_group(..., default=NAME)``) names the sub-command implied when the first
-    word of the command line is not a sub-command: ``gal-knn EMB --query ID`` is ``gal-knn search EMB --query ID``,
-    ``gal-train CUTOUTS --out RUN`` is ``gal-train fit CUTOUTS --out RUN``. ``-h``/``--version`` alone stay the
-    group's; a bare command prints the overview as a usage error (exit 2).
+    argument after the group's own options (-h, --version, -q, -v) is not a sub-command name: ``gal-knn EMB --query
+    ID`` is ``gal-knn search EMB --query ID``, ``gal-train CUTOUTS --out RUN`` is ``gal-train fit CUTOUTS --out
+    RUN``. The group's options alone stay the group's; a bare command prints the overview as a usage error (exit 2).
     """
 
     default_command: str | None = None
+    _GROUP_WORDS = ("-h", "--help", "--version", "-q", "--quiet", "-v", "-vv", "--verbose")
 
     def parse_args(self, ctx, args):
         if self.default_command and args:
-            first_word = next((a for a in args if not a.startswith("-")), None)
-            asks_group = first_word is None and any(a in ("-h", "--help", "--version") for a in args)
-            if not asks_group and first_word not in self.commands:
+            # past the group's own options, a sub-command name or else the default's arguments
+            first = next((i for i, a in enumerate(args) if a not in self._GROUP_WORDS), None)
+            if first is not None and args[first] not in self.commands:
                 args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
