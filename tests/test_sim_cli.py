@@ -109,7 +109,7 @@ def test_montage_png_decodes_with_one_cell_per_object(tmp_path):
 
 
 def test_montage_captions_name_redshift_and_class():
-    from galtools.cli.sim import montage_caption
+    from galtools.sim.run import montage_caption
 
     labels = {"z_true": np.array([0.1234]), "morph_class": np.array(["edge_on"]),
               "anomaly_kind": np.array(["lens"]), "mag_r": np.array([17.1])}

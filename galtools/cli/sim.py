@@ -1,6 +1,8 @@
 """gal-sim: mock SDSS ugriz cutouts with known truth, rendered with GalSim."""
 from __future__ import annotations
 
+import functools
+
 import click
 
 from galtools.cli.common import (galtools_command, log, montage_options, output_options, prepare_output,
@@ -55,7 +57,7 @@ def cli(count, seed, size, anomaly_fraction, neighbor_rate, jobs, shard, montage
     config = SimConfig(seed=seed, size=size, anomaly_fraction=anomaly_fraction, neighbour_rate=neighbor_rate)
     workers = jobs or default_jobs()
     keep = montage_count if montage else 0
-    bar = lambda total: progress_bar(total, "simulating")   # noqa: E731
+    bar = functools.partial(progress_bar, description="simulating")
     log.debug(f"rendering objects {start}..{stop - 1} of {count} with {workers} worker(s)")
     if not writing.table:   # a terminal and no -o: the montage alone
         kept = render_to(config, start, min(stop, start + montage_count), workers, None, keep, bar)
@@ -65,9 +67,6 @@ def cli(count, seed, size, anomaly_fraction, neighbor_rate, jobs, shard, montage
         log.info(f"{out.rows} cutouts written to {writing.name}")
     if montage:
         log.info(f"montage of {draw_sim_montage(kept, montage, config)} cutouts written to {montage}")
-
-
-from galtools.sim.run import montage_caption  # noqa: E402  (a name tests and users know here)
 
 main = cli
 
