@@ -392,3 +392,45 @@ def test_missing_band_is_an_error_and_band_map_feeds_it_on_purpose(model, tmp_pa
     assert metadata["galtools.embed.band_map"] == "g=F814W,r=F814W,z=F814W"
     last = history_of(metadata)[-1]
     assert last["tool"] == "gal-embed" and "--band-map" in last["argv"]
+
+
+# ------------------------------------------------------------------------- gal-pack --resize of mixed sizes
+
+def test_resizing_stamps_of_several_sizes_records_each_objects_pixel_scale(tmp_path):
+    import fitsio
+    from PIL import Image
+
+    folder = tmp_path / "stamps"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    headers = {101: (32, {"CDELT1": -0.262 / 3600, "CDELT2": 0.262 / 3600}),
+               102: (64, {"CD1_1": -0.262 / 3600, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 0.262 / 3600}),
+               103: (48, {"PIXSCALE": 0.262})}
+    for object_id, (size, header) in headers.items():
+        fitsio.write(str(folder / f"{object_id}.fits"), rng.normal(size=(size, size)).astype(np.float32),
+                     header=header)
+    out = str(tmp_path / "mixed.parquet")
+    ok(run("gal-pack", str(folder), "--resize", "16", "-o", out))
+    table = pq.read_table(out)
+    scales = dict(zip(table.column("object_id").to_pylist(), table.column("pixscale_arcsec").to_pylist()))
+    assert scales == pytest.approx({101: 0.262 * 2, 102: 0.262 * 4, 103: 0.262 * 3}, rel=1e-9)
+    assert "galtools.pixscale_arcsec" not in {k.decode() for k in pq.read_schema(out).metadata}
+
+    error(run("gal-pack", str(folder), "--resize", "16", "--pixscale", "0.5", "-o", str(tmp_path / "one.parquet")),
+          2, "--pixscale 0.5 gives one pixel scale", "32x32", "64x64", "pixscale_arcsec column")
+    assert not os.path.exists(tmp_path / "one.parquet")
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    rows = ["object_id,file,scale"]
+    for object_id, size, scale in ((1, 20, 0.4), (2, 40, 0.2), (3, 40, 0.25)):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(pictures / f"{object_id}.png")
+        rows.append(f"{object_id},{object_id}.png,{scale}")
+    (pictures / "catalogue.csv").write_text("\n".join(rows) + "\n")
+    out = str(tmp_path / "png.parquet")
+    ok(run("gal-pack", str(pictures / "catalogue.csv"), "--resize", "10", "--stamp-pixscale", "scale", "-o", out))
+    assert pq.read_table(out).column("pixscale_arcsec").to_pylist() == pytest.approx([0.8, 0.8, 1.0], rel=1e-9)
+    same = str(tmp_path / "same.parquet")     # one size: the scale stays one metadata value, as before
+    ok(run("gal-pack", str(folder), "--crop", "32", "--resize", "16", "--pixscale", "0.524",
+           "-o", same))
+    assert "pixscale_arcsec" not in pq.read_table(same).column_names

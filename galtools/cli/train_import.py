@@ -31,9 +31,11 @@ def add_import_command(group: click.Group) -> None:
     @click.option("--overwrite", is_flag=True, help="Replace ONNX if it exists.")
     def import_(checkpoint, output, arch, bands, input_size, preprocess, keep_head, prefix, pixscale, flux_unit,
                 overwrite):
-        """Convert a PyTorch CHECKPOINT of a torchvision-style ResNet (a plain state dict or a Lightning
-        checkpoint; prefixes encoder_q., module., model. understood) into an encoder.onnx for gal-embed, with the
-        projection 'fc' dropped unless --keep-head, after checking ONNX Runtime against torch to 1e-4.
+        """Convert a published PyTorch ResNet CHECKPOINT into an encoder.onnx for gal-embed.
+
+        CHECKPOINT holds a torchvision-style ResNet: a plain state dict or a Lightning checkpoint, with or without
+        the prefixes encoder_q. (MoCo's query encoder is taken over encoder_k.), module. or model.  The projection
+        'fc' is dropped unless --keep-head; ONNX Runtime is checked against torch to 1e-4 before the file is kept.
 
         Nothing in the checkpoint is run: tensors are read with torch's weights-only loader, or an unpickler
         that accepts only tensor storage and plain containers; any other object is refused (exit 65).

@@ -33,7 +33,7 @@ def sniff(head: bytes, name: str) -> str:
     if head.startswith(HDF5_SIGNATURE):
         return HDF5
     shown = head[:12].decode("latin-1").encode("unicode_escape").decode()
-    raise BadData(f"{name}: not a FITS, Parquet, Arrow or HDF5 table (it starts with '{shown}')",
+    raise BadData(f"{name}: not a FITS, Parquet or Arrow table, nor HDF5 (it starts with '{shown}')",
                   "give a file written by galtools, or make one with gal-pack")
 
 
