@@ -434,3 +434,23 @@ def test_resizing_stamps_of_several_sizes_records_each_objects_pixel_scale(tmp_p
     ok(run("gal-pack", str(folder), "--crop", "32", "--resize", "16", "--pixscale", "0.524",
            "-o", same))
     assert "pixscale_arcsec" not in pq.read_table(same).column_names
+
+
+def test_photoz_predict_on_cutouts_checks_the_scale_too(model, tmp_path):
+    rng = np.random.default_rng(8)
+    labelled, _ = _table_file(tmp_path, "labelled.parquet", n=120, pixscale_arcsec=str(MODEL_PIXSCALE))
+    emb = str(tmp_path / "emb.parquet")
+    ok(run("gal-embed", labelled, "--model", model[0], "-o", emb))
+    table = pq.read_table(emb)
+    table = table.append_column("z_spec", pa.array(rng.uniform(0.05, 0.35, table.num_rows)))
+    pq.write_table(table, emb)
+    photoz = str(tmp_path / "pz.model")
+    ok(run("gal-photoz", "fit", emb, "--z-column", "z_spec", "--bins", "20", "-o", photoz, "--seed", "1"))
+    hst, _ = _table_file(tmp_path, "hst.parquet", pixscale_arcsec="0.03")
+    result = ok(run("gal-photoz", "predict", hst, "--model", photoz, "--encoder", model[0],
+                    "-o", str(tmp_path / "p1.parquet")))
+    assert "0.03 arcsec/pixel" in result.stderr.decode() and "0.262 arcsec/pixel" in result.stderr.decode()
+    assert pq.read_table(str(tmp_path / "p1.parquet")).num_rows == 20
+    error(run("gal-photoz", "predict", hst, "--model", photoz, "--encoder", model[0], "--strict",
+              "-o", str(tmp_path / "p2.parquet")), 65, "0.03 arcsec/pixel", "0.262 arcsec/pixel")
+    assert not os.path.exists(tmp_path / "p2.parquet")
