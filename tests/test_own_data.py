@@ -454,3 +454,25 @@ def test_photoz_predict_on_cutouts_checks_the_scale_too(model, tmp_path):
     error(run("gal-photoz", "predict", hst, "--model", photoz, "--encoder", model[0], "--strict",
               "-o", str(tmp_path / "p2.parquet")), 65, "0.03 arcsec/pixel", "0.262 arcsec/pixel")
     assert not os.path.exists(tmp_path / "p2.parquet")
+
+
+def test_hdf5_plugin_filters_when_hdf5plugin_is_installed(tmp_path):
+    hdf5plugin = pytest.importorskip("hdf5plugin", reason="hdf5plugin (optional) is not installed")
+    images = np.random.default_rng(9).normal(size=(40, 2, 12, 12)).astype(np.float32)
+    path = str(tmp_path / "zstd.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=images, chunks=(8, 2, 12, 12), **hdf5plugin.Zstd())
+        f.attrs["bands"] = ["r", "i"]
+    out = str(tmp_path / "zstd.parquet")
+    ok(run("gal-pack", path, "-o", out))
+    np.testing.assert_array_equal(images_of(pq.read_table(out)), images)
+
+    blocker = tmp_path / "blocked"                     # the same file where hdf5plugin is not installed
+    blocker.mkdir()
+    (blocker / "hdf5plugin.py").write_text("raise ImportError('not installed')\n")
+    result = run_tool("gal-pack", path, "-o", str(tmp_path / "x.parquet"),
+                      env=dict(os.environ, PYTHONPATH=f"{blocker}{os.pathsep}{ROOT}"))
+    err = result.stderr.decode()
+    assert result.returncode == 65 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "error: " in last and "cannot read rows 0-" in last and "pip install hdf5plugin" in last, err

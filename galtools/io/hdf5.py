@@ -25,6 +25,7 @@ PIXSCALE_ATTRS = ("pixscale_arcsec", "pixscale", "pixel_scale", "galtools.pixsca
 UNIT_ATTRS = ("flux_unit", "bunit", "unit", "units", "galtools.flux_unit")
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _log = logging.getLogger("galtools")
+_NOTED: set = set()
 
 
 def _text(value) -> str:
@@ -121,7 +122,8 @@ class Hdf5Source:
             self._ids = matches[0]
         elif any(c[0] == "object_id" and c[1].ndim == 1 for c in self._columns):
             self._ids = next(c for c in self._columns if c[0] == "object_id")
-        else:
+        elif path not in _NOTED:       # once per file, though a tool may open it twice
+            _NOTED.add(path)
             _log.info(f"{path}: no object_id dataset (name one with --id-column): object_id is the row number")
         self._columns = [c for c in self._columns if c is not self._ids]
         self.metadata = self._metadata(options)
@@ -192,9 +194,18 @@ class Hdf5Source:
                                                      values.shape[1])
         return pa.array(values)
 
+    def _rows(self, dataset, lo: int, hi: int) -> np.ndarray:
+        try:
+            return dataset[lo:hi]
+        except OSError as exc:
+            raise BadData(f"{self.name}: cannot read rows {lo}-{hi} of dataset {dataset.name.lstrip('/')} "
+                          f"({' '.join(str(exc).split())[:120]})",
+                          "a dataset compressed with a plugin filter needs 'pip install hdf5plugin'; otherwise the "
+                          "file is damaged") from None
+
     def read_images(self, lo: int, hi: int) -> np.ndarray:
         """Rows lo:hi of the image dataset as float32 (n, C, H, W)."""
-        raw = self._image[lo:hi]
+        raw = self._rows(self._image, lo, hi)
         if raw.ndim == 3:
             raw = raw[:, None]
         elif self._channel_last:
@@ -211,9 +222,10 @@ class Hdf5Source:
             arrays: list[tuple[str, pa.Array]] = []
             if wanted("object_id"):
                 ids = (pa.array(np.arange(lo, hi, dtype=np.int64)) if self._ids is None
-                       else self._arrow(self._ids[1][lo:hi]))
+                       else self._arrow(self._rows(self._ids[1], lo, hi)))
                 arrays.append(("object_id", ids))
-            arrays += [(name, self._arrow(dataset[lo:hi])) for name, dataset in self._columns if wanted(name)]
+            arrays += [(name, self._arrow(self._rows(dataset, lo, hi))) for name, dataset in self._columns
+                       if wanted(name)]
             if wanted(IMAGE):
                 arrays.append((IMAGE, tensor_column(self.read_images(lo, hi))))
             yield pa.RecordBatch.from_arrays([a for _, a in arrays], names=[n for n, _ in arrays])
