@@ -81,7 +81,8 @@ class Hdf5Source:
         image_key = getattr(options, "image_key", None)
         id_column = getattr(options, "id_column", None)
         try:
-            self._file = h5py.File(path, "r")
+            # a chunk cache that holds a batch's chunks: a compressed chunk is decoded once, not once per batch
+            self._file = h5py.File(path, "r", rdcc_nbytes=64 << 20)
         except OSError as exc:
             raise BadData(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())[:120]})",
                           "the file may be truncated; re-create it") from None
