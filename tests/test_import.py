@@ -124,9 +124,19 @@ def lightning_like_modules(monkeypatch):
     AttributeDict.__module__ = parsing.__name__
     AttributeDict.__qualname__ = "AttributeDict"
     parsing.AttributeDict = AttributeDict
-    for name in ("pytorch_lightning", "pytorch_lightning.utilities"):
+    states = types.ModuleType("pytorch_lightning.trainer.states")
+
+    class TrainerState:                  # another Lightning object, pickled with its state
+        def __init__(self):
+            self.fn, self.stage = "fit", "train"
+
+    TrainerState.__module__, TrainerState.__qualname__ = states.__name__, "TrainerState"
+    states.TrainerState = TrainerState
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.trainer"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, parsing.__name__, parsing)
+    monkeypatch.setitem(sys.modules, states.__name__, states)
+    AttributeDict.trainer_state = TrainerState
     return AttributeDict
 
 
@@ -137,7 +147,10 @@ def lightning_checkpoint(query, key_model, attribute_dict, extra_hparams=None) -
         state.update({prefix + k: v for k, v in model.state_dict().items()})
     state["queue"] = torch.randn(128, 64)
     state["queue_ptr"] = torch.zeros(1, dtype=torch.long)
-    hparams = attribute_dict(arch="resnet", lr=0.03, bands=BANDS, **(extra_hparams or {}))
+    import pathlib
+
+    hparams = attribute_dict(arch="resnet", lr=0.03, bands=BANDS, log_dir=pathlib.PosixPath("/runs/moco"),
+                             state=attribute_dict.trainer_state(), **(extra_hparams or {}))
     return {"epoch": 10, "global_step": 1234, "pytorch-lightning_version": "1.1.0",
             "state_dict": state, "hyper_parameters": hparams,
             "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.03, "params": [0, 1]}]}],
@@ -281,3 +294,19 @@ def test_a_checkpoint_holding_code_is_refused_and_nothing_runs(tmp_path, lightni
     result = run("import", str(plain), "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
                  "--preprocess", table_path, "-o", str(tmp_path / "x.onnx"))
     assert result.returncode == 65 and not marker.exists(), result.stderr.decode()
+
+
+def test_hyper_parameters_read_as_plain_values_and_lightning_objects_as_inert(tmp_path, lightning_like_modules):
+    import pathlib
+
+    from galtools.train.importer import HyperParameters, SkippedLightningObject, read_checkpoint
+
+    model = randomised(TvResNet(TvBasicBlock, (1, 1, 1, 1), in_chans=3, width=8), 6)
+    path = str(tmp_path / "moco.ckpt")
+    torch.save(lightning_checkpoint(model, model, lightning_like_modules), path)
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    assert type(hparams) is HyperParameters and hparams["lr"] == 0.03 and hparams["bands"] == BANDS
+    assert hparams["log_dir"] == pathlib.PurePosixPath("/runs/moco")
+    assert type(hparams["state"]) is SkippedLightningObject and not hparams["state"]
+    assert torch.equal(checkpoint["state_dict"]["encoder_q.conv1.weight"], model.conv1.weight)

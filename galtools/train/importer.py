@@ -6,9 +6,10 @@ Accepted: plain state dicts, ``{"state_dict": ...}`` / ``{"model": ...}`` wrappe
 (``layer1.0.conv1.weight``, ``fc.weight``); galtools' ResNet calls the stages ``stages.0`` .. ``stages.3``.
 
 Reading never runs code from the file.  ``torch.load(weights_only=True)`` first; when that refuses a global (a
-Lightning checkpoint's hyper-parameter container), an unpickler that knows only tensor storage, plain containers and
-a few hyper-parameter containers (read as plain dicts) reads it; anything else is refused with the name of what the
-file asks for.  TorchScript archives (code) are refused outright.
+Lightning checkpoint's hyper-parameter container), an unpickler that knows only tensor storage, plain containers,
+a few plain values (paths, dates) and hyper-parameter containers (read as plain dicts) reads it; other objects of
+Lightning's own classes read as inert placeholders (nothing of Lightning is imported or called); anything else is
+refused with the name of what the file asks for.  TorchScript archives (code) are refused outright.
 """
 from __future__ import annotations
 
@@ -39,7 +40,14 @@ _HYPERPARAMETER_CONTAINERS = {
     ("lightning_fabric.utilities.data", "AttributeDict"),
     ("argparse", "Namespace"),
 }
-_SAFE_BUILTINS = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+_SAFE_BUILTINS = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+                  ("builtins", "slice"), ("builtins", "complex")}
+_LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning", "lightning_fabric")
+# Plain values a hyper-parameter dict may hold; building them runs nothing but their own constructors.
+_PLAIN_VALUES = {("pathlib", "PosixPath"): "PurePosixPath", ("pathlib", "PurePosixPath"): "PurePosixPath",
+                 ("pathlib", "WindowsPath"): "PureWindowsPath", ("pathlib", "PureWindowsPath"): "PureWindowsPath",
+                 ("datetime", "datetime"): None, ("datetime", "date"): None, ("datetime", "timedelta"): None,
+                 ("torch", "Size"): None, ("torch", "device"): None}
 _TENSOR_REBUILDERS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
                       ("torch._utils", "_rebuild_parameter")}
 
@@ -50,6 +58,26 @@ class HyperParameters(dict):
     def __setstate__(self, state):
         if isinstance(state, dict):
             self.update(state)
+
+
+class SkippedLightningObject(dict):
+    """What any other object of Lightning's own classes reads as: inert (nothing of Lightning is imported or
+    called), its state dropped. Only the model's tensors matter here."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state):
+        """The state of a skipped object is not kept."""
+
+    def append(self, item):
+        """Items of a skipped object are not kept."""
+
+    def extend(self, items):
+        """Items of a skipped object are not kept."""
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -69,9 +97,19 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _SAFE_BUILTINS:
             import collections
 
-            return {"OrderedDict": collections.OrderedDict, "set": set, "frozenset": frozenset}[name]
+            return {"OrderedDict": collections.OrderedDict, "set": set, "frozenset": frozenset, "slice": slice,
+                    "complex": complex}[name]
         if (module, name) in _HYPERPARAMETER_CONTAINERS:
             return HyperParameters
+        if (module, name) in _PLAIN_VALUES:
+            import datetime
+            import pathlib
+
+            target = _PLAIN_VALUES[(module, name)]
+            home = {"pathlib": pathlib, "datetime": datetime, "torch": torch}[module]
+            return getattr(home, target or name)
+        if module.split(".")[0] in _LIGHTNING_PACKAGES:
+            return SkippedLightningObject
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise RefusedGlobal(module, name)
