@@ -310,3 +310,13 @@ def test_hyper_parameters_read_as_plain_values_and_lightning_objects_as_inert(tm
     assert hparams["log_dir"] == pathlib.PurePosixPath("/runs/moco")
     assert type(hparams["state"]) is SkippedLightningObject and not hparams["state"]
     assert torch.equal(checkpoint["state_dict"]["encoder_q.conv1.weight"], model.conv1.weight)
+
+
+def test_a_torchscript_archive_is_refused_before_torch_reads_it(tmp_path):
+    from galtools.errors import BadData
+    from galtools.train.importer import read_checkpoint
+
+    path = str(tmp_path / "scripted.pt")
+    torch.jit.trace(nn.Linear(2, 2), torch.zeros(1, 2)).save(path)
+    with pytest.raises(BadData, match="TorchScript archive"):
+        read_checkpoint(path)
