@@ -69,7 +69,8 @@ class PartitionedSource:
 
     def __init__(self, inner, values: dict, carry: bool = True):
         self._inner = inner
-        self.name, self.fmt, self.metadata, self.num_rows = inner.name, "parquet-partitioned", inner.metadata, inner.num_rows
+        self.name, self.fmt = inner.name, "parquet-partitioned"
+        self.metadata, self.num_rows = inner.metadata, inner.num_rows
         self._add = {k: v for k, v in values.items() if k not in inner.schema.names} if carry else {}
         self._drop = [] if carry else [k for k in values if k in inner.schema.names]
         fields = [f for f in inner.schema if f.name not in self._drop]

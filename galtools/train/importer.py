@@ -115,7 +115,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise RefusedGlobal(module, name)
 
 
-_RESTRICTED_PICKLE = types.SimpleNamespace(Unpickler=RestrictedUnpickler, load=lambda f, **kw: RestrictedUnpickler(f, **kw).load(),
+_RESTRICTED_PICKLE = types.SimpleNamespace(Unpickler=RestrictedUnpickler,
+                                           load=lambda f, **kw: RestrictedUnpickler(f, **kw).load(),
                                            __name__="galtools_restricted_pickle")
 
 
@@ -190,7 +191,8 @@ def find_prefix(state: dict, requested: str | None, path: str) -> str:
                        if k.endswith("conv1.weight") and not re.search(r"layer\d+\.\d+\.conv1\.weight$", k)})
     if requested is not None:
         if requested not in prefixes:
-            raise BadData(f"{path}: no ResNet under prefix '{requested}' (found: {', '.join(repr(p) for p in prefixes)})",
+            found = ", ".join(repr(p) for p in prefixes)
+            raise BadData(f"{path}: no ResNet under prefix '{requested}' (found: {found})",
                           "pick one of those with --prefix")
         return requested
     if not prefixes:
