@@ -211,7 +211,8 @@ class Hdf5Source:
             raw = raw[:, None]
         elif self._channel_last:
             raw = np.moveaxis(raw, -1, 1)
-        images = np.asarray(raw, dtype=np.float32)
+        images = np.empty(raw.shape, np.float32)    # C-contiguous, as the tensor column needs: one copy, not two
+        np.copyto(images, raw, casting="unsafe")
         if self._scale is not None:
             images /= np.float32(self._scale)
         return images
