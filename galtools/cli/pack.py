@@ -12,7 +12,7 @@ EXAMPLE = """gal-pack labels.csv --crop 212 --resize 64 --bands i,r,g -o gz.fits
 gal-pack stamps/ --resize 64 -o cutouts.parquet
 gal-pack cutouts.fits --bands g,r,i --crop 48 -o gri48.parquet
 gal-pack big.fits -o - | gal-info -
-gal-pack Galaxy10_DECals.h5 --bands g,r,z --id-column ra --resize 64 -o g10.parquet"""
+gal-pack Galaxy10_DECals.h5 --bands g,r,z --crop 152 --resize 64 -o g10.parquet"""
 
 
 def _band_list(text: str | None):
