@@ -225,6 +225,7 @@ class StampPacker:
         self.raw_bands = None     # band count of the first good stamp
         self.from_8bit = None
         self.first_path = None
+        self.pixscales = None     # each job's own output pixel scale (see pixscales_after_resize), or None
 
     def check_missing(self) -> None:
         missing = [(job.object_id, path) for job in self.jobs for path in job.paths if not os.path.exists(path)]
@@ -289,6 +290,8 @@ class StampPacker:
             taken = self.extra.take(pa.array(rows, pa.int64()))
             for name in taken.column_names:
                 columns[name] = taken.column(name).combine_chunks()
+        if self.pixscales is not None:
+            columns[PIXSCALE_COLUMN] = pa.array([self.pixscales[i] for i in rows], pa.float64())
         columns[IMAGE] = tensor_column(pixels)
         self.report.written += len(rows)
         return pa.RecordBatch.from_pydict(columns)
@@ -359,3 +362,67 @@ def stamp_metadata(bands: list[str], from_8bit: bool, pixscale: float | None) ->
     if pixscale:
         out[meta.PIXSCALE] = repr(float(pixscale))
     return out
+
+
+# ---------------------------------------------------------------------- pixel scales of stamps of several sizes
+
+PIXSCALE_COLUMN = "pixscale_arcsec"
+
+
+def stamp_size(path: str) -> tuple[int, int] | None:
+    """(H, W) of a stamp from its header alone, or None when it cannot be read (the packer reports that later)."""
+    try:
+        if path.lower().endswith((".png", ".jpg", ".jpeg")):
+            from PIL import Image
+
+            with Image.open(path) as picture:
+                return picture.size[1], picture.size[0]
+        import fitsio
+
+        with fitsio.FITS(path) as fits:
+            for hdu in fits:
+                dims = hdu.get_dims() if hdu.get_exttype() == "IMAGE_HDU" else []
+                if len(dims) >= 2:
+                    return int(dims[-2]), int(dims[-1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def header_pixscale(path: str) -> float | None:
+    """A FITS stamp's pixel scale in arcsec: PIXSCALE (arcsec), else the WCS CD matrix or CDELT (degrees)."""
+    if not path.lower().endswith((".fits", ".fit", ".fits.gz", ".fit.gz", ".fts")):
+        return None
+    import fitsio
+
+    try:
+        with fitsio.FITS(path) as fits:
+            for hdu in fits:
+                if hdu.get_exttype() != "IMAGE_HDU" or not hdu.get_dims():
+                    continue
+                header = hdu.read_header()
+                if "PIXSCALE" in header:
+                    return abs(float(header["PIXSCALE"]))
+                if "CD1_1" in header or "CD1_2" in header:
+                    return float(np.hypot(float(header.get("CD1_1", 0.0)), float(header.get("CD2_1", 0.0)))) * 3600
+                if "CDELT1" in header:
+                    return abs(float(header["CDELT1"])) * 3600
+                return None
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
+
+
+def pixscales_after_resize(jobs: list[StampJob], resize: int, native: list | None) -> tuple[list | None, set]:
+    """Each stamp's pixel scale after ``--resize`` (native scale x its height / resize) when the stamps come in
+    several sizes, else None; and the set of sizes seen. ``native`` gives each stamp's own scale (a catalogue
+    column or one number); where it is None the FITS header is read."""
+    sizes = [stamp_size(job.paths[0]) for job in jobs]
+    seen = {s for s in sizes if s is not None}
+    if len(seen) <= 1:
+        return None, seen
+    out = []
+    for i, (job, size) in enumerate(zip(jobs, sizes)):
+        scale = native[i] if native is not None else header_pixscale(job.paths[0])
+        out.append(None if scale is None or size is None else float(scale) * size[0] / resize)
+    return out, seen

@@ -106,7 +106,9 @@ def test_encoder_onnx_follows_the_contract(trained, cutouts):
     meta = {p.key: p.value for p in model.metadata_props}
     state = torch.load(run / "last.pt", weights_only=True)
     assert set(meta) == {"galtools.bands", "galtools.input_size", "galtools.preprocess", "galtools.embedding_dim",
-                         "galtools.arch", "galtools.version", "galtools.train_config", "galtools.augment"}
+                         "galtools.arch", "galtools.version", "galtools.train_config", "galtools.augment",
+                         "galtools.pixscale_arcsec", "galtools.flux_unit"}
+    assert meta["galtools.pixscale_arcsec"] == "0.396" and meta["galtools.flux_unit"] == "nanomaggy"   # the table's
     assert meta["galtools.bands"] == "u,g,r,i,z" and meta["galtools.input_size"] == "16"
     assert meta["galtools.embedding_dim"] == "64" and meta["galtools.arch"] == "tiny"
     assert meta["galtools.version"] == __version__

@@ -5,10 +5,13 @@ import click
 
 from galtools.cli.common import (device_option, galtools_command, input_argument, is_verbose, log, output_options,
                                  prepare_output, progress_bar, shard_option)
+from galtools.cli.readers import read_options
 
 EXAMPLE = """gal-embed cutouts.fits --model run/encoder.onnx -o emb.parquet
 gal-sim -n 200 -o - | gal-embed - --model run/encoder.onnx | gal-info -
-gal-embed big.parquet --model m.onnx --device cuda --precision fp16 --shard 3/16 -o 'emb/part-{shard}.parquet'"""
+gal-embed big.parquet --model m.onnx --device cuda --precision fp16 --shard 3/16 -o 'emb/part-{shard}.parquet'
+gal-embed Galaxy10_DECals.h5 --bands g,r,z --model m.onnx --strict -o emb.parquet
+gal-embed hst.fits --model m.onnx --band-map 'g=F814W,r=F814W,i=F814W' -o emb.parquet"""
 
 
 @galtools_command("gal-embed", example=EXAMPLE)
@@ -26,24 +29,36 @@ gal-embed big.parquet --model m.onnx --device cuda --precision fp16 --shard 3/16
               help="Cutouts per inference call; memory grows with it, not with the input.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads (default: this job's CPU allocation, from its affinity and SLURM_CPUS_PER_TASK).")
+@click.option("--strict", is_flag=True, help="Stop (exit 65) when the table's pixel scale is more than 10% from the "
+              "model's or its flux unit differs, instead of warning.")
+@click.option("--band-map", default=None, metavar="MODEL=TABLE,...",
+              help="Feed model bands from differently named planes on purpose, e.g. 'g=F814W,r=F814W,i=F814W' puts "
+                   "a one-band survey through a three-band encoder (recorded in the output's metadata).")
+@read_options()
 @shard_option
-def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_size, threads, shard):
+def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_size, threads, strict, band_map, read_opts,
+        shard):
     """Embed the cutouts of INPUT with the encoder MODEL.
 
     Applies the model's own preprocessing (band selection and order, centre crop to its input size, arcsinh
     compression and per-band normalisation, all read from the model's metadata) and writes object_id, the input's
-    other columns and 'embedding' in the input's row order. INPUT is a FITS, Parquet or Arrow file, '-' for
-    stdin, a folder or a quoted glob of parts.
+    other columns and 'embedding' in the input's row order. INPUT is a FITS, Parquet, Arrow or HDF5 file, '-'
+    for stdin, a folder or a quoted glob of parts, or a partitioned Parquet folder (a HATS catalogue: --shard then
+    gives each task whole files). The table's pixel scale and flux unit are compared with the model's (a warning,
+    or exit 65 with --strict); a band the model needs and the table lacks is exit 65 unless --band-map says which
+    plane feeds it.
 
     --device auto takes a GPU when one is usable (else the CPU); cuda[:N] insists on one (exit 69 with the reason
     otherwise); tensorrt[:N] uses ONNX Runtime's TensorRT provider where it is installed.
     """
     from galtools.embed import EmbedSettings, embed_table, load_encoder, output_metadata
+    from galtools.embed.checks import parse_band_map
     from galtools.errors import UsageProblem
     from galtools.io import display_name, open_table
     from galtools.io.output import format_for
 
     writing = prepare_output(output, fmt, overwrite, shard)   # before loading anything: a clash should cost nothing
+    mapping = parse_band_map(band_map)
     if dtype == "float16" and format_for(writing.path, fmt) == "fits":
         raise UsageProblem("FITS tables cannot hold float16 embeddings", "write Parquet or Arrow, or use --dtype float32")
 
@@ -55,10 +70,13 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
               f"{encoder.info.input_size}x{encoder.info.input_size} -> {encoder.info.embedding_dim}-d, "
               f"sha256 {encoder.info.sha256[:12]}; {encoder.provider} {precision}, {encoder.threads} CPU threads")
 
-    with open_table(input, shard=writing.shard) as table:
+    with open_table(input, shard=writing.shard, options=read_opts) as table:
         metadata = output_metadata(table.metadata, encoder, display_name(input))
+        if mapping:
+            metadata["galtools.embed.band_map"] = ",".join(f"{k}={v}" for k, v in mapping.items())
         with writing.open(metadata) as out, progress_bar(table.num_rows, "embedding") as bar:
-            stats = embed_table(table, encoder, out, dtype=dtype, batch_size=batch_size, on_rows=bar.advance)
+            stats = embed_table(table, encoder, out, dtype=dtype, batch_size=batch_size, on_rows=bar.advance,
+                                strict=strict, band_map=mapping)
     log.info(f"embedded {stats.rows} cutouts ({stats.images_per_second:,.0f} images/s on {encoder.provider}, "
              f"{precision}) to {writing.name}")
 

@@ -4,23 +4,26 @@ from __future__ import annotations
 import click
 
 from galtools.cli.common import galtools_command, input_argument
+from galtools.cli.readers import read_options
 
 
-@galtools_command("gal-info", example="gal-info cutouts.fits\ngal-sim -n 100 | gal-info -\ngal-info --json emb.parquet | jq .rows")
+@galtools_command("gal-info", example="gal-info cutouts.fits\ngal-sim -n 100 | gal-info -\ngal-info --json emb.parquet | jq .rows\ngal-info Galaxy10_DECals.h5")
 @input_argument()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, for scripts.")
 @click.option("--pixels", is_flag=True, help="Also scan every image: per-band min/median/max and non-finite pixels "
                                               "(exit 65 if any pixel is NaN or infinite).")
-def cli(input, as_json, pixels):
+@read_options()
+def cli(input, as_json, pixels, read_opts):
     """Summarise a table: rows, columns with types, image shape and bands, metadata and history.
 
-    INPUT is a FITS, Parquet or Arrow file, '-' for stdin, a folder or a quoted glob of parts.
+    INPUT is a FITS, Parquet, Arrow or HDF5 file, '-' for stdin, a folder or a quoted glob of parts, or a
+    partitioned Parquet folder (a HATS catalogue).
     """
     from galtools.errors import BadData
     from galtools.info import render_json, render_text, summarize
     from galtools.io import display_name, open_table
 
-    with open_table(input) as table:
+    with open_table(input, options=read_opts) as table:
         if pixels:
             table.require_images()
         info = summarize(table, display_name(input), pixels=pixels)

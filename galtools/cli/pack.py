@@ -6,11 +6,13 @@ import os
 import click
 
 from galtools.cli.common import galtools_command, log, output_options, progress_bar, resolve_shard, shard_option
+from galtools.cli.readers import read_options
 
 EXAMPLE = """gal-pack labels.csv --crop 212 --resize 64 --bands i,r,g -o gz.fits
 gal-pack stamps/ --resize 64 -o cutouts.parquet
 gal-pack cutouts.fits --bands g,r,i --crop 48 -o gri48.parquet
-gal-pack big.fits -o - | gal-info -"""
+gal-pack big.fits -o - | gal-info -
+gal-pack Galaxy10_DECals.h5 --bands g,r,z --crop 152 --resize 64 -o g10.parquet"""
 
 
 def _band_list(text: str | None):
@@ -28,19 +30,27 @@ def _band_list(text: str | None):
 @click.option("--bands", default=None, help="Band names of the stamps' planes (e.g. i,r,g for SDSS gri composites), "
               "or, converting a cutout table, the bands to keep in that order.")
 @click.option("--pixscale", type=float, default=None, help="Pixel scale in arcsec, recorded in the metadata.")
+@click.option("--stamp-pixscale", default=None, metavar="ARCSEC|COLUMN",
+              help="The stamps' own pixel scale before --resize: one number or a catalogue column (default: from "
+                   "each FITS stamp's header). Stamps of several sizes resized to one get their own scale in a "
+                   "pixscale_arcsec column; one --pixscale for them is refused.")
 @click.option("--skip-bad", is_flag=True, help="Leave out objects whose stamp is missing, unreadable or differs in shape "
               "(they are listed on stderr) instead of stopping.")
 @click.option("--fill-nan", type=float, default=None, help="Replace NaN/inf pixels by this value instead of refusing them.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=4, show_default=True, help="Threads decoding stamps.")
+@read_options(bands=False, id_column=False)
 @shard_option
-def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, bands, pixscale, skip_bad, fill_nan, jobs,
-        shard):
+def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, bands, pixscale, stamp_pixscale, skip_bad,
+        fill_nan, jobs, shard, read_opts):
     """Pack stamps into a cutout table, or convert one.
 
     SOURCE is a catalogue (CSV, FITS or Parquet) with a file column, a folder of FITS/PNG/JPEG stamps (object_id
-    from the file names), or an existing cutout table (any format, or '-') to convert, crop, resize or subset.
-    8-bit images become float32 in [0, 1].
+    from the file names), or an existing cutout table (any format, an HDF5 file, a partitioned Parquet folder, or
+    '-') to convert, crop, resize or subset. 8-bit images become float32 in [0, 1]. An HDF5 file's --bands name
+    its planes when its attributes do not, and --id-column names the dataset that becomes object_id.
     """
+    import dataclasses
+
     from galtools.io import open_output
     from galtools.pack import PackOptions, PackReport
 
@@ -50,22 +60,26 @@ def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, ba
     shard = resolve_shard(shard)
     if shard is not None:
         output = shard.format_path(output)
+    read_opts = dataclasses.replace(read_opts, bands=tuple(options.bands) if options.bands else None,
+                                    id_column=id_column)
     with open_output(output, overwrite=overwrite, fmt=fmt, tool="gal-pack") as out:
-        if _is_cutout_table(source):
-            _convert(source, out, options, report, shard)
+        if _is_cutout_table(source, read_opts):
+            _convert(source, out, options, report, shard, read_opts)
         else:
-            _pack_stamps(source, out, options, report, file_column, id_column, shard)
+            _pack_stamps(source, out, options, report, file_column, id_column, shard, stamp_pixscale)
     for object_id, reason in report.skipped:
         log.warning(f"skipped object {object_id}: {reason}")
     log.info(f"wrote {report.written} cutouts to {'stdout' if output == '-' else output}"
              + (f", skipped {len(report.skipped)}" if report.skipped else ""))
 
 
-def _is_cutout_table(source: str) -> bool:
+def _is_cutout_table(source: str, read_opts=None) -> bool:
     from galtools.errors import BadData
-    from galtools.io import sources
+    from galtools.io import partitioned, sources
 
     if source == "-":
+        return True
+    if os.path.isdir(source) and partitioned.partition_root(source):
         return True
     if os.path.isdir(source) or not os.path.isfile(source.split("[", 1)[0]):
         return False
@@ -75,15 +89,15 @@ def _is_cutout_table(source: str) -> bool:
         return False   # text: a CSV catalogue
     from galtools.io import open_table
 
-    with open_table(source) as table:
+    with open_table(source, options=read_opts) as table:
         return table.image_shape is not None
 
 
-def _convert(source, out, options, report, shard):
+def _convert(source, out, options, report, shard, read_opts=None):
     from galtools.io import BANDS, open_table
     from galtools.pack import convert_batches
 
-    with open_table(source, shard=shard) as table:
+    with open_table(source, shard=shard, options=read_opts) as table:
         table.require_images()
         out.metadata.update({k: v for k, v in table.metadata.items() if k != "galtools.history"})
         out.metadata["galtools.history"] = _merged_history(table.metadata, out.metadata)
@@ -106,7 +120,7 @@ def _merged_history(source_metadata: dict, out_metadata: dict) -> str:
     return json.dumps(history_of(source_metadata) + history_of(out_metadata)[-1:], separators=(",", ":"))
 
 
-def _pack_stamps(source, out, options, report, file_column, id_column, shard):
+def _pack_stamps(source, out, options, report, file_column, id_column, shard, stamp_pixscale=None):
     from galtools.errors import InputMissing
     from galtools.pack import (StampJob, StampPacker, band_names_for, id_column_of, ids_from_names,
                                read_catalogue, stamp_jobs, stamp_metadata, stamps_in_folder)
@@ -133,6 +147,8 @@ def _pack_stamps(source, out, options, report, file_column, id_column, shard):
         jobs, extra = jobs[lo:hi], extra.slice(lo, hi - lo)
     packer = StampPacker(jobs, extra, options, report)
     packer.check_missing()
+    if options.resize and not options.crop:
+        _per_object_pixscales(packer, options, stamp_pixscale)
     band_planes = None if any(len(j.paths) > 1 for j in jobs) else options.bands
     with progress_bar(len(packer.jobs), "packing") as bar:
         for batch in packer.batches(bar.advance):
@@ -141,6 +157,36 @@ def _pack_stamps(source, out, options, report, file_column, id_column, shard):
                 bands = bands or band_names_for(packer.raw_bands, None, packer.from_8bit)
                 out.metadata.update(stamp_metadata(bands, packer.from_8bit, options.pixscale))
             out.write(batch)
+
+
+def _per_object_pixscales(packer, options, stamp_pixscale) -> None:
+    """Stamps of several sizes resized to one size have as many pixel scales: one per object, or a refusal."""
+    from galtools.errors import BadData, UsageProblem
+    from galtools.pack import pixscales_after_resize
+
+    native = None
+    if stamp_pixscale is not None:
+        try:
+            native = [float(stamp_pixscale)] * len(packer.jobs)
+        except ValueError:
+            if packer.extra is None or stamp_pixscale not in packer.extra.column_names:
+                raise BadData(f"--stamp-pixscale {stamp_pixscale}: neither a number nor a catalogue column",
+                              "give the stamps' pixel scale in arcsec, or the column holding it") from None
+            native = packer.extra.column(stamp_pixscale).to_pylist()
+    scales, sizes = pixscales_after_resize(packer.jobs, options.resize, native)
+    if scales is None:
+        return
+    shown = " and ".join(f"{h}x{w}" for h, w in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
+    if options.pixscale:
+        raise UsageProblem(f"--pixscale {options.pixscale:g} gives one pixel scale, but stamps of {shown} pixels "
+                           f"resized to {options.resize} have different ones",
+                           "leave out --pixscale: each object's own scale is written to a pixscale_arcsec column "
+                           "(from the FITS headers or --stamp-pixscale)")
+    unknown = sum(s is None for s in scales)
+    if unknown:
+        log.warning(f"stamps of {shown} pixels resized to {options.resize}: the pixel scale of {unknown} of them is "
+                    "unknown (no FITS header scale); pass --stamp-pixscale")
+    packer.pixscales = scales
 
 
 main = cli

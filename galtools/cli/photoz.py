@@ -203,9 +203,11 @@ def _fit_network(emb, images, z_column, checkpoint, settings):
               "was fitted on (a fine-tuned model carries its own).")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where the encoder runs, for a cutout table.")
+@click.option("--strict", is_flag=True, help="For a cutout table: stop (exit 65) when its pixel scale is more than "
+              "10% from the encoder's or its flux unit differs, instead of warning.")
 @shard_option
 @output_options()
-def predict(emb, model_path, no_pdf, drop_embedding, truth, encoder, device, shard, output, fmt, overwrite):
+def predict(emb, model_path, no_pdf, drop_embedding, truth, encoder, device, strict, shard, output, fmt, overwrite):
     """Predict redshifts for every row of EMB (an embedding table from gal-embed, or '-'; or a cutout table, embedded
     on the way by the model's fine-tuned encoder or --encoder, as gal-embed does).
 
@@ -232,7 +234,7 @@ def predict(emb, model_path, no_pdf, drop_embedding, truth, encoder, device, sha
     with progress_bar(None, "predicting") as bar:
         rows = predict_table(emb, model, check, output, fmt=fmt, overwrite=overwrite, with_pdf=not no_pdf,
                              keep_embedding=not drop_embedding, truth=truth, shard=selected, encoder=encoder,
-                             device=device, progress=bar.advance)
+                             device=device, progress=bar.advance, strict=strict)
     log.debug(f"{rows} predictions written")
 
 

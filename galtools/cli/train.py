@@ -14,7 +14,8 @@ from galtools.cli.common import device_option, galtools_group, log, progress_bar
 EXAMPLE = """gal-train cutouts.fits --out runs/moco --epochs 200 --batch-size 256
 gal-train tiny.parquet --out runs/try --arch tiny --crop 32 --steps 200 --device cpu
 torchrun --nproc-per-node 4 -m galtools.cli.train cutouts.fits --out runs/moco --resume
-gal-train export runs/moco/last.pt -o encoder.onnx"""
+gal-train export runs/moco/last.pt -o encoder.onnx
+gal-train import moco_resnet50.ckpt --arch resnet50 --bands g,r,z --input-size 152 --preprocess ls.fits -o encoder.onnx"""
 
 
 @galtools_group("gal-train", example=EXAMPLE, default="fit")
@@ -24,6 +25,7 @@ def cli():
     \b
     gal-train CUTOUTS... --out RUN/     train; 'gal-train fit --help' lists every option
     gal-train export CHECKPOINT -o F    write a checkpoint's encoder as ONNX
+    gal-train import CHECKPOINT -o F    convert a published PyTorch ResNet checkpoint to encoder.onnx
 
     RUN/ receives checkpoints (RUN/last.pt, RUN/checkpoints/), metrics.jsonl, training.png and encoder.onnx.
     Exit 75 means "stopped on SIGTERM/SIGUSR1 with a checkpoint written: run again with --resume".
@@ -129,6 +131,10 @@ def export(checkpoint, output, overwrite):
     log.info(f"wrote {output}: step {result['step']}, {result['embedding_dim']}-d embedding, "
              f"ONNX Runtime matches torch to {result['parity']:.1e}")
 
+
+from galtools.cli.train_import import add_import_command  # noqa: E402  (its own module: 'gal-train import')
+
+add_import_command(cli)
 
 main = cli
 

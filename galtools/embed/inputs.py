@@ -34,10 +34,20 @@ class InputPlan:
     preprocess: Preprocess
 
     @classmethod
-    def for_table(cls, model, table_bands, image_shape, table_name: str, model_name: str) -> "InputPlan":
-        """Match a table's (bands, H, W) images to a model; BadData (65) names both sides when they disagree."""
+    def for_table(cls, model, table_bands, image_shape, table_name: str, model_name: str,
+                  band_map: dict | None = None) -> "InputPlan":
+        """Match a table's (bands, H, W) images to a model; BadData (65) names both sides when they disagree.
+        ``band_map`` ({model band: table band}, see embed.checks) feeds a model band from a differently named plane,
+        on purpose (one plane may feed several model bands)."""
+        from galtools.embed.checks import mapped_bands
+
         n_planes, height, width = image_shape
         size, model_bands = model.input_size, list(model.bands)
+        if band_map:
+            if table_bands is None:
+                raise BadData(f"{table_name} does not name its image planes, so --band-map cannot pick among them",
+                              "name them (gal-pack --bands, or --bands for an HDF5 file)")
+            model_bands = mapped_bands(model_bands, band_map, model_name)
         if table_bands is None:
             if n_planes != len(model_bands):
                 raise BadData(f"{table_name} has {n_planes}-band images without band names, {model_name} needs "
@@ -53,7 +63,8 @@ class InputPlan:
             if missing:
                 raise BadData(f"{table_name} has bands {','.join(table_bands)} but {model_name} needs "
                               f"{','.join(model_bands)} (missing {','.join(missing)})",
-                              "embed cutouts with the bands the model was trained on")
+                              "embed cutouts with the bands the model was trained on, or feed a model band from "
+                              "another plane on purpose with --band-map MODEL_BAND=TABLE_BAND")
             index = [table_bands.index(b) for b in model_bands]
         if height < size or width < size:
             raise BadData(f"{table_name} has {height}x{width} images but {model_name} needs at least {size}x{size}",

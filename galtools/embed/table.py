@@ -9,6 +9,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from galtools.embed.checks import PIXSCALE_COLUMN, ConditionCheck
 from galtools.embed.inputs import InputPlan, Preparer, check_finite
 from galtools.embed.pipeline import Pipeline
 from galtools.errors import BadData, UsageProblem
@@ -73,14 +74,20 @@ def fixed_batches(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.R
 
 
 def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 256, on_rows=None,
-                on_batch=None) -> EmbedStats:
+                on_batch=None, strict: bool = False, band_map: dict | None = None) -> EmbedStats:
     """Embed every row of ``table`` (a galtools.io Table) with ``encoder`` into ``out`` (a sink: an open Output, or
     any object with ``expect_schema`` and ``write``, see galtools.io.sink). ``on_batch(batch)`` sees each input
-    batch as it is read (e.g. to keep some pictures from a pipe, which cannot be read twice)."""
+    batch as it is read (e.g. to keep some pictures from a pipe, which cannot be read twice).
+
+    The table's pixel scale and flux unit are compared with the model's (embed.checks: warnings, errors when
+    ``strict``); ``band_map`` ({model band: table band}) feeds model bands from other planes on purpose."""
     if dtype not in DTYPES:
         raise UsageProblem(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     image_shape = table.require_images()
-    plan = InputPlan.for_table(encoder.info, table.bands, image_shape, table.name, encoder.info.path)
+    plan = InputPlan.for_table(encoder.info, table.bands, image_shape, table.name, encoder.info.path, band_map)
+    conditions = ConditionCheck(encoder.info.metadata, table.name, encoder.info.path, strict)
+    conditions.check_table(table.metadata)
+    per_object_scale = PIXSCALE_COLUMN in table.schema.names
     schema = output_schema(table.schema, encoder.info.embedding_dim, dtype)
     out.expect_schema(schema)
     preparer = Preparer(plan, encoder.prepare_workers)
@@ -92,6 +99,9 @@ def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 2
         for batch in fixed_batches(table.iter_batches(batch_size=batch_size), batch_size):
             if on_batch is not None:
                 on_batch(batch)
+            if per_object_scale:
+                ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
+                conditions.check_rows(batch.column(PIXSCALE_COLUMN).to_numpy(zero_copy_only=False), ids)
             prepared, finite_rows = preparer(images_of(batch))
             if not finite_rows.all():
                 ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None

@@ -11,8 +11,10 @@ import tempfile
 
 from galtools.errors import BadData, InputMissing
 
-FITS, PARQUET, ARROW_FILE, ARROW_STREAM = "fits", "parquet", "arrow-file", "arrow-stream"
-TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".parquet", ".pq", ".arrow", ".feather", ".arrows")
+FITS, PARQUET, ARROW_FILE, ARROW_STREAM, HDF5 = "fits", "parquet", "arrow-file", "arrow-stream", "hdf5"
+TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".parquet", ".pq", ".arrow", ".feather", ".arrows",
+                  ".h5", ".hdf5", ".hdf")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"   # at offset 0, or 512, 1024, 2048, ... after a user block
 _GLOB_CHARS = set("*?[")
 
 
@@ -26,6 +28,8 @@ def table_format(head: bytes) -> str | None:
         return ARROW_FILE
     if head.startswith(b"\xff\xff\xff\xff"):
         return ARROW_STREAM
+    if head.startswith(HDF5_SIGNATURE):
+        return HDF5
     return None
 
 
@@ -37,13 +41,31 @@ def sniff(head: bytes, name: str) -> str:
     if fmt is not None:
         return fmt
     shown = head[:12].decode("latin-1").encode("unicode_escape").decode()
-    raise BadData(f"{name}: not a FITS, Parquet or Arrow table (it starts with '{shown}')",
+    raise BadData(f"{name}: not a FITS, Parquet or Arrow table, nor HDF5 (it starts with '{shown}')",
                   "give a file written by galtools, or make one with gal-pack")
 
 
 def sniff_path(path: str) -> str:
     with open(path, "rb") as handle:
-        return sniff(handle.read(16), path)
+        head = handle.read(16)
+        try:
+            return sniff(head, path)
+        except BadData:
+            if head and _has_hdf5_userblock(handle):
+                return HDF5
+            raise
+
+
+def _has_hdf5_userblock(handle) -> bool:
+    """HDF5 puts its signature after a user block of 512, 1024, 2048, ... bytes when the file has one."""
+    size = os.fstat(handle.fileno()).st_size
+    offset = 512
+    while offset + len(HDF5_SIGNATURE) <= size:
+        handle.seek(offset)
+        if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            return True
+        offset *= 2
+    return False
 
 
 def expand_parts(source: str) -> list[str]:
@@ -105,7 +127,8 @@ def open_stdin() -> tuple[str, object]:
     stream = io.BufferedReader(_PrefixedStdin(head, raw), buffer_size=1 << 20)
     if fmt == ARROW_STREAM:
         return fmt, stream
-    return fmt, spool_to_file(stream, ".fits" if fmt == FITS else ".parquet" if fmt == PARQUET else ".arrow")
+    suffix = {FITS: ".fits", PARQUET: ".parquet", HDF5: ".h5"}.get(fmt, ".arrow")
+    return fmt, spool_to_file(stream, suffix)
 
 
 def spool_to_file(stream, suffix: str) -> str:

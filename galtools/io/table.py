@@ -1,6 +1,8 @@
 """``open_table``: one reader over a path, stdin, a folder or a glob of parts, optionally one shard of it."""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -14,7 +16,18 @@ from galtools.io.tensor import IMAGE, is_tensor_type
 BATCH_BYTES = 64 << 20   # target size of one record batch: bounded memory, still large enough for fast I/O
 
 
-def _open_source(path: str):
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read tables that do not say it themselves: an HDF5 file's image dataset, id column and band names;
+    whether a partitioned folder's partition columns (HATS ``Norder``, ``Dir``, ``Npix``) are carried."""
+
+    image_key: str | None = None
+    id_column: str | None = None
+    bands: tuple[str, ...] | None = None
+    partition_columns: bool = True
+
+
+def _open_source(path: str, options: ReadOptions | None = None):
     from galtools.io.arrow import ArrowFileSource, ParquetSource
     from galtools.io.fits import FitsSource
 
@@ -30,13 +43,17 @@ def _open_source(path: str):
         return ParquetSource(path)
     if fmt == sources.ARROW_FILE:
         return ArrowFileSource(path)
+    if fmt == sources.HDF5:
+        from galtools.io.hdf5 import Hdf5Source
+
+        return Hdf5Source(path, options)
     return ArrowFileSource(path, stream=True)   # an Arrow stream saved to a file
 
 
 class Table:
     """A table read in record batches. ``num_rows`` is None only for an unsharded Arrow stream on stdin."""
 
-    def __init__(self, parts: list, shard: Shard | None = None, name: str = ""):
+    def __init__(self, parts: list, shard: Shard | None = None, name: str = "", shard_by_files: bool = False):
         self.parts = parts
         self.name = name or parts[0].name
         self.schema = parts[0].schema
@@ -50,7 +67,10 @@ class Table:
         counts = [p.num_rows for p in parts]
         self.total_rows = None if None in counts else int(sum(counts))
         self.shard = shard
-        if shard is not None and self.total_rows is not None:
+        if shard is not None and shard_by_files:   # whole files per shard: a partition per task
+            first, last = shard.bounds(len(parts))
+            self.start, self.stop = int(sum(counts[:first])), int(sum(counts[:last]))
+        elif shard is not None and self.total_rows is not None:
             self.start, self.stop = shard.bounds(self.total_rows)
         else:
             self.start, self.stop = 0, self.total_rows
@@ -120,8 +140,11 @@ class Table:
         self.close()
 
 
-def open_table(source: str, shard: Shard | None = None) -> Table:
-    """Open a path, ``-`` (stdin), a folder or glob of parts as one table; ``shard`` selects a contiguous slice."""
+def open_table(source: str, shard: Shard | None = None, options: ReadOptions | None = None) -> Table:
+    """Open a path, ``-`` (stdin), a folder or glob of parts as one table; ``shard`` selects a contiguous slice.
+
+    A partitioned Parquet folder (``key=value`` sub-folders, a HATS catalogue) reads as one table too, and a shard
+    of it is a run of whole files."""
     from galtools.io.arrow import ArrowStreamSource
 
     if source == "-":
@@ -130,8 +153,18 @@ def open_table(source: str, shard: Shard | None = None) -> Table:
             return Table([ArrowStreamSource(stream_or_path)], name="stdin")
         if fmt == sources.ARROW_STREAM:   # a shard needs the row count: keep the stream in a file
             stream_or_path = sources.spool_to_file(stream_or_path, ".arrows")
-        part = _open_source(stream_or_path)
+        part = _open_source(stream_or_path, options)
         part.name = "stdin"
         return Table([part], shard, name="stdin")
-    parts = [_open_source(path) for path in sources.expand_parts(source)]
+    from galtools.io import partitioned
+
+    root = partitioned.partition_root(source) if os.path.isdir(source) else None
+    if root is not None:
+        files = partitioned.partition_files(root)
+        if not files:
+            raise InputMissing(f"{source}: partitioned folder holds no Parquet files", "check the path")
+        carry = options is None or options.partition_columns
+        parts = [partitioned.PartitionedSource(_open_source(path, options), values, carry) for path, values in files]
+        return Table(parts, shard, name=source, shard_by_files=True)
+    parts = [_open_source(path, options) for path in sources.expand_parts(source)]
     return Table(parts, shard, name=source)

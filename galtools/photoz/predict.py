@@ -43,7 +43,7 @@ def prediction_batch(batch: pa.RecordBatch, model: PhotozModel, with_pdf: bool, 
 
 def predict_table(source: str, model: PhotozModel, check_embeddings, output: str, *, fmt=None, overwrite=False,
                   with_pdf=True, keep_embedding=True, truth=None, shard=None, seed=None, progress=None,
-                  encoder: str | None = None, device: str = "auto") -> int:
+                  encoder: str | None = None, device: str = "auto", strict: bool = False) -> int:
     """Write the predictions for every row of ``source``; returns the number of rows written.
 
     ``source`` holds embeddings, or cutouts that are embedded on the way with the model's own fine-tuned encoder
@@ -59,7 +59,7 @@ def predict_table(source: str, model: PhotozModel, check_embeddings, output: str
         _check_truth(table.schema, truth, name)
         if from_cutouts:
             return _predict_cutouts(table, name, model, check_embeddings, output, fmt, overwrite, with_pdf,
-                                    keep_embedding, truth, seed, progress, encoder, device)
+                                    keep_embedding, truth, seed, progress, encoder, device, strict)
         field = table.schema.field(EMBEDDING)
         if not pa.types.is_fixed_size_list(field.type):
             raise BadData(f"{name}: column 'embedding' is {field.type}, not a fixed-size vector",
@@ -123,7 +123,7 @@ class _PredictingOutput:
 
 
 def _predict_cutouts(table, name, model, check_embeddings, output, fmt, overwrite, with_pdf, keep_embedding, truth,
-                     seed, progress, encoder_path, device) -> int:
+                     seed, progress, encoder_path, device, strict=False) -> int:
     import os
     import tempfile
 
@@ -148,7 +148,7 @@ def _predict_cutouts(table, name, model, check_embeddings, output, fmt, overwrit
         with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool="gal-photoz",
                          seed=seed) as out:
             embed_table(table, encoder, _PredictingOutput(out, model, name, with_pdf, keep_embedding, truth,
-                                                          progress))
+                                                          progress), strict=strict)
             return out.rows
     finally:
         if folder is not None:

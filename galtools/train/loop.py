@@ -548,6 +548,10 @@ class Trainer:
         backbone.load_state_dict({k: v.detach().float().cpu() for k, v in self.model.backbone.state_dict().items()})
         metadata = encoder_metadata(self.data.bands, config.crop, self.preprocess.to_json(), backbone.num_features,
                                     config.arch, config.to_json(), self.pipe.spec)
+        if self.pipe.pixscale:          # what gal-embed compares a table's pixel scale and flux unit with
+            metadata["galtools.pixscale_arcsec"] = repr(float(self.pipe.pixscale))
+        if self.data.metadata.get("galtools.flux_unit"):
+            metadata["galtools.flux_unit"] = self.data.metadata["galtools.flux_unit"]
         worst = export_encoder(backbone, path, metadata, config.crop, overwrite=True)
         self.info(f"wrote {path} ({backbone.num_features}-d embedding; ONNX Runtime matches torch to {worst:.1e})")
         return {"path": path, "parity": worst, "embedding_dim": backbone.num_features}

@@ -1,0 +1,322 @@
+"""gal-train import: published PyTorch ResNet checkpoints (torchvision layer names, Lightning containers) become an
+encoder.onnx that gal-embed runs; nothing in a checkpoint is ever executed.
+
+torchvision is not installed, so the reference is a torchvision-layout ResNet written here (its names: conv1, bn1,
+layer1..layer4, fc), independent of galtools' own ResNet whose stages the importer maps the names onto."""
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, run_tool, write_table
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+BANDS = ["g", "r", "z"]
+SIZE = 32
+
+
+# ------------------------------------------------------------------------- a torchvision-layout ResNet (reference)
+
+class TvBasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class TvBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class TvResNet(nn.Module):
+    """torchvision.models.ResNet's layout and names, with in_chans bands and a num_classes-d fc (MoCo's 128-d)."""
+
+    def __init__(self, block, layers, in_chans=3, num_classes=128, width=64):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_chans, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], 2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], 2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def randomised(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=generator))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=generator))
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def lightning_like_modules(monkeypatch):
+    """Stand-ins for the classes a Lightning checkpoint pickles (lightning is not installed): same module paths."""
+    parsing = types.ModuleType("pytorch_lightning.utilities.parsing")
+
+    class AttributeDict(dict):
+        def __getattr__(self, key):
+            return self[key]
+
+    AttributeDict.__module__ = parsing.__name__
+    AttributeDict.__qualname__ = "AttributeDict"
+    parsing.AttributeDict = AttributeDict
+    states = types.ModuleType("pytorch_lightning.trainer.states")
+
+    class TrainerState:                  # another Lightning object, pickled with its state
+        def __init__(self):
+            self.fn, self.stage = "fit", "train"
+
+    TrainerState.__module__, TrainerState.__qualname__ = states.__name__, "TrainerState"
+    states.TrainerState = TrainerState
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.trainer"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, parsing.__name__, parsing)
+    monkeypatch.setitem(sys.modules, states.__name__, states)
+    AttributeDict.trainer_state = TrainerState
+    return AttributeDict
+
+
+def lightning_checkpoint(query, key_model, attribute_dict, extra_hparams=None) -> dict:
+    """The layout of the Stein et al. (2021) MoCo v2 release: encoder_q./encoder_k. ResNets and the queue."""
+    state = {}
+    for prefix, model in (("encoder_q.", query), ("encoder_k.", key_model)):
+        state.update({prefix + k: v for k, v in model.state_dict().items()})
+    state["queue"] = torch.randn(128, 64)
+    state["queue_ptr"] = torch.zeros(1, dtype=torch.long)
+    import pathlib
+
+    hparams = attribute_dict(arch="resnet", lr=0.03, bands=BANDS, log_dir=pathlib.PosixPath("/runs/moco"),
+                             state=attribute_dict.trainer_state(), **(extra_hparams or {}))
+    return {"epoch": 10, "global_step": 1234, "pytorch-lightning_version": "1.1.0",
+            "state_dict": state, "hyper_parameters": hparams,
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.03, "params": [0, 1]}]}],
+            "callbacks": {}, "lr_schedulers": []}
+
+
+@pytest.fixture(scope="module")
+def preprocess_table(tmp_path_factory):
+    from galtools.io import tensor_column
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (40, 3, SIZE + 4, SIZE + 4)).astype(np.float32)
+    table = pa.table({"object_id": pa.array(np.arange(40, dtype=np.int64)), "image": tensor_column(images)})
+    return write_table(table, str(tmp_path_factory.mktemp("pre") / "cutouts.parquet"), bands="z,r,g"), images
+
+
+def run(*args):
+    return run_tool("gal-train", *args, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def onnx_embed(path, x):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(["embedding"], {"image": x})[0]
+
+
+def test_lightning_moco_checkpoint_imports_and_gal_embed_runs_it(tmp_path, lightning_like_modules, preprocess_table):
+    from galtools.preprocess import Preprocess
+    from galtools.train.export import read_metadata
+
+    query = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=16), 1)
+    key_model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=16), 2)
+    checkpoint = str(tmp_path / "moco.ckpt")
+    torch.save(lightning_checkpoint(query, key_model, lightning_like_modules), checkpoint)
+    with pytest.raises(Exception):                           # what makes the restricted reader necessary
+        torch.load(checkpoint, weights_only=True)
+
+    table_path, images = preprocess_table
+    out = str(tmp_path / "encoder.onnx")
+    result = run("import", checkpoint, "--arch", "resnet18", "--bands", ",".join(BANDS), "--input-size", SIZE,
+                 "--preprocess", table_path, "--pixscale", "0.262", "--flux-unit", "nanomaggies", "-o", out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert "encoder_q." in result.stderr.decode() and "fc dropped" in result.stderr.decode()
+
+    x = np.random.default_rng(7).standard_normal((5, 3, SIZE, SIZE), dtype=np.float32)
+    with torch.no_grad():
+        expected = query.features(torch.from_numpy(x)).numpy()       # the query encoder, fc dropped
+    got = onnx_embed(out, x)
+    assert got.shape == (5, 128) and np.max(np.abs(got - expected)) < 1e-4
+    with torch.no_grad():
+        other = key_model.features(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(got - other)) > 1e-2                          # not the key encoder
+
+    metadata = read_metadata(out)
+    assert metadata["galtools.bands"] == "g,r,z" and metadata["galtools.input_size"] == str(SIZE)
+    assert metadata["galtools.pixscale_arcsec"] == "0.262" and metadata["galtools.flux_unit"] == "nanomaggies"
+    preprocess = Preprocess.from_json(metadata["galtools.preprocess"])
+    assert preprocess == Preprocess.fit(images[:, [2, 1, 0]], BANDS)   # fitted on the table's g,r,z planes
+
+    embedded = str(tmp_path / "emb.parquet")
+    run_embed = run_tool("gal-embed", table_path, "--model", out, "-o", embedded,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    assert run_embed.returncode == 0, run_embed.stderr.decode()
+    vectors = np.stack(pq.read_table(embedded).column("embedding").to_numpy(zero_copy_only=False))
+    crop = images[:, [2, 1, 0], 2:2 + SIZE, 2:2 + SIZE]
+    with torch.no_grad():
+        reference = query.features(preprocess.apply_torch(torch.from_numpy(np.ascontiguousarray(crop)))).numpy()
+    np.testing.assert_allclose(vectors, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_plain_state_dicts_with_prefixes_and_keep_head(tmp_path):
+    from galtools.preprocess import Preprocess
+
+    model = randomised(TvResNet(TvBottleneck, (3, 4, 6, 3), in_chans=5, num_classes=10, width=8), 3)
+    pre = tmp_path / "pre.json"
+    pre.write_text(Preprocess(tuple("ugriz"), (1.0,) * 5, (0.0,) * 5, (1.0,) * 5).to_json())
+    x = np.random.default_rng(1).standard_normal((3, 5, SIZE, SIZE), dtype=np.float32)
+    with torch.no_grad():
+        features, logits = model.features(torch.from_numpy(x)).numpy(), model(torch.from_numpy(x)).numpy()
+
+    from galtools.train.importer import import_checkpoint
+
+    plain = str(tmp_path / "ddp.pt")                 # a DistributedDataParallel state dict
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, plain)
+    result = import_checkpoint(plain, str(tmp_path / "a.onnx"), "resnet50", list("ugriz"), SIZE, str(pre))
+    assert result["prefix"] == "module." and result["embedding_dim"] == 256 and result["dropped_head"]
+    assert np.max(np.abs(onnx_embed(str(tmp_path / "a.onnx"), x) - features)) < 1e-4
+
+    wrapped = str(tmp_path / "wrapped.pt")           # {"model": state dict} with a model. prefix, head kept
+    torch.save({"model": {"model." + k: v for k, v in model.state_dict().items()}, "step": 3}, wrapped)
+    result = import_checkpoint(wrapped, str(tmp_path / "b.onnx"), "resnet50", list("ugriz"), SIZE, str(pre),
+                               keep_head=True)
+    assert result["prefix"] == "model." and result["embedding_dim"] == 10
+    assert np.max(np.abs(onnx_embed(str(tmp_path / "b.onnx"), x) - logits)) < 1e-4
+
+
+def test_wrong_architecture_or_bands_are_65(tmp_path, preprocess_table):
+    model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=16), 4)
+    path = str(tmp_path / "r18.pt")
+    torch.save(model.state_dict(), path)
+    table_path, _ = preprocess_table
+    common = ["--input-size", SIZE, "--preprocess", table_path, "-o", str(tmp_path / "x.onnx")]
+    result = run("import", path, "--arch", "resnet34", "--bands", "g,r,z", *common)
+    assert result.returncode == 65 and "do not fit a resnet34" in result.stderr.decode()
+    result = run("import", path, "--arch", "resnet18", "--bands", "g,r", *common)
+    assert result.returncode == 65 and "takes 3 bands" in result.stderr.decode()
+    assert not os.path.exists(tmp_path / "x.onnx")
+
+
+class Payload:
+    """Unpickling this would call os.system and create a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_holding_code_is_refused_and_nothing_runs(tmp_path, lightning_like_modules, preprocess_table):
+    model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=16), 5)
+    marker = tmp_path / "executed"
+    checkpoint = str(tmp_path / "evil.ckpt")
+    torch.save(lightning_checkpoint(model, model, lightning_like_modules, {"callback": Payload(marker)}), checkpoint)
+    table_path, _ = preprocess_table
+    result = run("import", checkpoint, "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
+                 "--preprocess", table_path, "-o", str(tmp_path / "x.onnx"))
+    err = result.stderr.decode()
+    assert result.returncode == 65, err
+    assert "posix.system" in err and "refused" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists() and not os.path.exists(tmp_path / "x.onnx")
+
+    # the same payload in a plain (not zip) pickle
+    import pickle
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"state_dict": Payload(marker)}))
+    result = run("import", str(plain), "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
+                 "--preprocess", table_path, "-o", str(tmp_path / "x.onnx"))
+    assert result.returncode == 65 and not marker.exists(), result.stderr.decode()
+
+
+def test_hyper_parameters_read_as_plain_values_and_lightning_objects_as_inert(tmp_path, lightning_like_modules):
+    import pathlib
+
+    from galtools.train.importer import HyperParameters, SkippedLightningObject, read_checkpoint
+
+    model = randomised(TvResNet(TvBasicBlock, (1, 1, 1, 1), in_chans=3, width=8), 6)
+    path = str(tmp_path / "moco.ckpt")
+    torch.save(lightning_checkpoint(model, model, lightning_like_modules), path)
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    assert type(hparams) is HyperParameters and hparams["lr"] == 0.03 and hparams["bands"] == BANDS
+    assert hparams["log_dir"] == pathlib.PurePosixPath("/runs/moco")
+    assert type(hparams["state"]) is SkippedLightningObject and not hparams["state"]
+    assert torch.equal(checkpoint["state_dict"]["encoder_q.conv1.weight"], model.conv1.weight)
+
+
+def test_a_torchscript_archive_is_refused_before_torch_reads_it(tmp_path):
+    from galtools.errors import BadData
+    from galtools.train.importer import read_checkpoint
+
+    path = str(tmp_path / "scripted.pt")
+    torch.jit.trace(nn.Linear(2, 2), torch.zeros(1, 2)).save(path)
+    with pytest.raises(BadData, match="TorchScript archive"):
+        read_checkpoint(path)
