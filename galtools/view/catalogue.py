@@ -59,17 +59,19 @@ class Catalogue:
             index.check_matches(embeddings_checksum=embeddings.checksum, model_sha256=embeddings.model_sha256,
                                 count=embeddings.count, dim=embeddings.dim, name="the index")
         table = embeddings.carried.drop_columns([c for c in MAP_COLUMNS if c in embeddings.carried.column_names])
+        self.label = label
+        self.columns = tuple(columns)
+        known = ["object_id"] + table.column_names + [c for c in (map_table.column_names if map_table else [])
+                                                       if c not in table.column_names and c not in MAP_COLUMNS
+                                                       and c != "object_id"]
+        for name in ((label,) if label else ()) + self.columns:
+            if name not in known:
+                raise BadData(f"no column {name!r} in the embeddings or the map", f"columns: {', '.join(known)}")
         self.xy, self.map_method, extra = self._map_of(map_table)
         for name in extra.column_names:
             if name not in table.column_names:
                 table = table.append_column(name, extra.column(name))
         self.table = table.add_column(0, "object_id", embeddings.ids)
-        self.label = label
-        self.columns = tuple(columns)
-        for name in ((label,) if label else ()) + self.columns:
-            if name not in self.table.column_names:
-                raise BadData(f"no column {name!r} in the embeddings or the map",
-                              f"columns: {', '.join(self.table.column_names)}")
         self.integer_ids = pa.types.is_integer(embeddings.ids.type)
         self.id_values = embeddings.ids.to_pylist()
         self._image_rows = np.array([-1 if (r := cutouts.row_of(v)) is None else r for v in self.id_values],

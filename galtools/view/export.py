@@ -120,13 +120,16 @@ def read_queries(path: str) -> list[str]:
     object_id column."""
     import csv
 
-    from galtools.errors import InputMissing
+    from galtools.errors import BadData, InputMissing
 
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except OSError as exc:
         raise InputMissing(f"cannot read --queries {path} ({exc.strerror})", "check the path") from None
+    except UnicodeDecodeError:
+        raise BadData(f"--queries {path} is not a text file", "give object_ids one a line, or a CSV with an "
+                      "object_id column") from None
     lines = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if lines and "object_id" in next(csv.reader([lines[0]])):
         column = next(csv.reader([lines[0]])).index("object_id")
