@@ -213,6 +213,10 @@ def test_a_filter_restricts_search_points_and_selection(viewer, indexed_viewer, 
     np.testing.assert_allclose(points["colour"]["values"], z[mask], atol=5.1e-7, rtol=0)   # sent to 6 decimals
     categories = viewer.json("/api/points?" + query(colour="morph_class"))["colour"]
     assert [categories["categories"][c] for c in categories["values"]] == emb.column("morph_class").to_pylist()
+    filtered = viewer.json("/api/points?" + query(colour="morph_class", filter=expression))["colour"]
+    assert filtered["categories"] == categories["categories"]     # a filter keeps each class's colour
+    assert [filtered["categories"][c] for c in filtered["values"]] == \
+        [c for c, keep in zip(emb.column("morph_class").to_pylist(), mask) if keep]
     status, kind, body = viewer.get("/api/selection.csv?" + query(filter=expression))
     assert status == 200 and kind.startswith("text/csv")
     lines = body.decode().splitlines()

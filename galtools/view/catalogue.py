@@ -251,8 +251,7 @@ class Catalogue:
         if colour:
             if colour not in self.table.column_names:
                 raise UsageProblem(f"no column {colour!r} to colour by", f"columns: {', '.join(self.colourable())}")
-            column = self.table.column(colour).combine_chunks().take(pa.array(rows, pa.int64()))
-            result["colour"] = _colour_values(colour, column)
+            result["colour"] = _colour_values(colour, self.table.column(colour).combine_chunks(), rows)
         return result
 
     def colourable(self) -> list[str]:
@@ -268,25 +267,20 @@ class Catalogue:
                 "example_id": self.id_values[0] if self.id_values else None}
 
 
-def _colour_values(name: str, column: pa.Array) -> dict:
-    """Numbers stay numbers (the page draws a colour ramp); anything else becomes categories (a legend)."""
+def _colour_values(name: str, column: pa.Array, rows: np.ndarray) -> dict:
+    """The colours of ``rows``: numbers stay numbers (the page draws a colour ramp over the whole column's range),
+    anything else becomes categories (a legend); both are fixed by the whole column, so a filter keeps colours."""
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         finite = values[np.isfinite(values)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        distinct = np.unique(finite)
-        if pa.types.is_integer(column.type) and len(distinct) <= 12:
-            return _categories(name, column)
-        return {"column": name, "kind": "number", "low": low, "high": high,
-                "values": [None if not np.isfinite(v) else round(float(v), 6) for v in values]}
-    return _categories(name, column)
-
-
-def _categories(name: str, column: pa.Array) -> dict:
-    encoded = pc.dictionary_encode(column.cast(pa.string()) if not pa.types.is_dictionary(column.type) else
-                                   column.dictionary_decode().cast(pa.string()))
-    categories = encoded.dictionary.to_pylist()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    nulls = encoded.indices.is_null().to_numpy(zero_copy_only=False)
-    return {"column": name, "kind": "category", "categories": categories,
+        if not (pa.types.is_integer(column.type) and len(np.unique(finite)) <= 12):
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            return {"column": name, "kind": "number", "low": low, "high": high,
+                    "values": [None if not np.isfinite(v) else round(float(v), 6) for v in values[rows]]}
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    encoded = pc.dictionary_encode(column.cast(pa.string()))
+    codes = encoded.indices.to_numpy(zero_copy_only=False)[rows]
+    nulls = encoded.indices.is_null().to_numpy(zero_copy_only=False)[rows]
+    return {"column": name, "kind": "category", "categories": encoded.dictionary.to_pylist(),
             "values": [None if null else int(code) for code, null in zip(codes, nulls)]}

@@ -7,7 +7,7 @@ const CATEGORY_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
                           "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#2ca02c"];
 const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const TILE_PIXELS = 44;         // a galaxy's picture on the map when zoomed in
-const TILES_WHEN_FEWER = 160;   // draw pictures when at most this many points are in view
+const TILES_WHEN_FEWER = 60;    // draw pictures when at most this many points are in view
 
 const $ = (id) => document.getElementById(id);
 
@@ -318,5 +318,15 @@ async function start() {
     document.body.dataset.ready = "1";
   } catch (error) { showError(error.message); }
 }
+
+// Where a galaxy is drawn on the map canvas (CSS pixels from its top-left corner), or null when not shown:
+// for scripts that drive the page (the browser test clicks a point with it).
+window.galView = {
+  screenOf(id) {
+    if (!state.points) { return null; }
+    const i = state.points.ids.findIndex((v) => String(v) === String(id));
+    return i < 0 ? null : toScreen(state.points.x[i], state.points.y[i]);
+  },
+};
 
 document.addEventListener("DOMContentLoaded", start);
