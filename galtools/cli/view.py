@@ -52,8 +52,9 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
     with and, or, not and parentheses, e.g.  mag_r < 19 and not (morph_class == "merger")
 
     \b
-    Exit codes: 0 stopped by Ctrl-C/SIGTERM, or export written; 2 bad option, filter or port in use;
-    65 bad table, unknown query id or stale index; 66 a table is missing; 74 cannot write the export.
+    Exit codes: 0 stopped by Ctrl-C/SIGTERM, or export written; 1 the export folder exists (use
+    --overwrite); 2 bad option, filter or port in use; 65 bad table, unknown query id or stale index;
+    66 a table is missing; 74 cannot write the export.
     """
     from galtools.errors import UsageProblem
 
