@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -74,6 +75,10 @@ class Catalogue:
         self.table = table.add_column(0, "object_id", embeddings.ids)
         self.integer_ids = pa.types.is_integer(embeddings.ids.type)
         self.id_values = embeddings.ids.to_pylist()
+        self._row_of = {}
+        for row in range(len(self.id_values) - 1, -1, -1):   # backwards: the first of repeated ids wins
+            self._row_of[self.id_values[row]] = row
+        self._index_lock = threading.Lock()   # a FAISS search sets parameters on the shared index
         self._image_rows = np.array([-1 if (r := cutouts.row_of(v)) is None else r for v in self.id_values],
                                     dtype=np.int64)
         missing = int((self._image_rows < 0).sum())
@@ -144,12 +149,13 @@ class Catalogue:
         return value
 
     def rows_of(self, texts) -> np.ndarray:
+        """Rows of the requested ids (text, as typed; the first row of a repeated id); UnknownId naming the first
+        the viewer lacks."""
         values = [self.parse_id(t) for t in texts]
-        try:
-            return self.base.rows_of(values)
-        except BadData:
-            bad = next(v for v in values if v not in set(self.id_values))
-            raise self._unknown(bad) from None
+        rows = [self._row_of.get(v) for v in values]
+        if None in rows:
+            raise self._unknown(values[rows.index(None)])
+        return np.array(rows, dtype=np.int64)
 
     def _unknown(self, value) -> UnknownId:
         example = self.id_values[0] if self.id_values else None
@@ -198,8 +204,9 @@ class Catalogue:
             if k < 1:
                 return np.full((len(rows), 0), -1, np.int64), np.zeros((len(rows), 0), np.float32)
             if self.index is not None:
-                found = self.index.search(queries, k, exclude=rows, largest=largest, normalized=True,
-                                          tie_rank=self.base.tie_rank)
+                with self._index_lock:
+                    found = self.index.search(queries, k, exclude=rows, largest=largest, normalized=True,
+                                              tie_rank=self.base.tie_rank)
             else:
                 found = exact_topk(queries, self.base.vectors, k, tie_rank=self.base.tie_rank, exclude=rows,
                                    largest=largest, normalized=True, check_base=False)
@@ -223,8 +230,9 @@ class Catalogue:
         """Through the index: ask for more neighbours until k of them pass the filter (or all rows were asked)."""
         wanted = min(self.count - 1, max(4 * k, 64))
         while True:
-            found = self.index.search(queries, wanted, exclude=rows, largest=largest, normalized=True,
-                                      tie_rank=self.base.tie_rank)
+            with self._index_lock:
+                found = self.index.search(queries, wanted, exclude=rows, largest=largest, normalized=True,
+                                          tie_rank=self.base.tie_rank)
             keep = (found.indices >= 0) & mask[np.maximum(found.indices, 0)]
             if keep.sum(axis=1).min() >= k or wanted >= self.count - 1:
                 break

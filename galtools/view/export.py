@@ -82,7 +82,7 @@ def _write_pages(catalogue, results, building, k, least, expression) -> int:
     written: dict = {}
 
     def picture(item) -> str:
-        row = int(catalogue.rows_of([str(item["id"])])[0])
+        row = int(catalogue.rows_of([item["id"]])[0])
         if row not in written:
             png = catalogue.cutouts.tile(item["id"])
             written[row] = png is not None

@@ -72,7 +72,7 @@ def render_png(image: np.ndarray, bands: list[str] | None, planes: list[int] | N
 
     rgb = composite(image[None], bands, planes)[0]
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)   # a few kB either way; fast matters more
     return buffer.getvalue()
 
 
