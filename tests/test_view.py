@@ -317,6 +317,13 @@ def test_static_export_writes_pages_and_tiles_of_gal_knn_neighbours(world, tmp_p
     picture = np.asarray(Image.open(site / "tiles" / f"{row}.png").convert("RGB"))
     image = images_of(cutouts.filter(pc.equal(cutouts.column("object_id"), neighbours[0])))
     np.testing.assert_array_equal(picture, rgb_composite(image, world["bands"])[0])
+    filtered = tmp_path / "filtered"
+    assert run_tool("gal-view", *args[:4], filtered, *args[5:], "--filter", 'morph_class == "disk"', env=env()) \
+        .returncode == 0
+    disk = np.array([c == "disk" for c in world["emb"].column("morph_class").to_pylist()])
+    page = (filtered / "query-0001.html").read_text()
+    shown = [int(part.split("<")[0]) for part in page.split('<div class="id">')[1:]]
+    assert shown == [12] + brute_force(world, 12, 5, disk)[0]
     again = run_tool("gal-view", *args, env=env())
     assert again.returncode == 1 and "already exists (pass --overwrite" in again.stderr.decode()
     assert run_tool("gal-view", *args, "--overwrite", "--least", env=env()).returncode == 0
@@ -427,3 +434,33 @@ def test_bad_filters_are_usage_errors_naming_the_place(expression, words):
     with pytest.raises(UsageProblem, match=None) as raised:
         Filter(expression, table.schema).mask(table)
     assert words in raised.value.one_line(), raised.value.one_line()
+
+
+def test_sdss_sized_ids_travel_as_text_and_keep_every_digit(world, tmp_path):
+    """objids beyond 2^53 would lose digits as JavaScript numbers: the JSON carries them as strings."""
+    offset = 588017703489700179
+    with open_table(str(world["folder"] / "emb.parquet")) as table:
+        model = {"galtools.model_sha256": table.metadata["galtools.model_sha256"]}
+
+    def shifted(table):
+        ids = pa.array(table.column("object_id").to_numpy() + offset, pa.int64())
+        return table.set_column(table.schema.get_field_index("object_id"), "object_id", ids)
+
+    emb = write_table(shifted(world["emb"]), str(tmp_path / "emb.parquet"), bands="u,g,r,i,z", **model)
+    cutouts = write_table(shifted(world["cutouts"]), str(tmp_path / "cutouts.arrow"), bands="u,g,r,i,z")
+    server = Viewer(emb, "--images", cutouts, "--label", "morph_class")
+    try:
+        body = server.json("/api/search?" + query(id=offset + 3, k=5))["results"][0]
+        assert body["query"]["id"] == str(offset + 3)
+        assert [n["id"] for n in body["neighbours"]] == [str(offset + i) for i in brute_force(world, 3, 5)[0]]
+        status, kind, png = server.get(f"/api/tile?id={body['neighbours'][0]['id']}")
+        assert status == 200 and png[:4] == b"\x89PNG"
+        points = server.json("/api/points")
+        assert points["ids"][:3] == [str(offset), str(offset + 1), str(offset + 2)]
+        assert server.json("/api/info")["example_id"] == str(offset)
+        lines = server.get("/api/selection.csv?" + query(filter='morph_class == "disk"'))[2].decode().splitlines()
+        disk = [i for i, c in enumerate(world["emb"].column("morph_class").to_pylist()) if c == "disk"]
+        assert lines[1:] == [str(offset + i) for i in disk]
+    finally:
+        code, err = server.stop()
+    assert code == 0, err

@@ -22,6 +22,7 @@ from galtools.view.filters import Filter
 log = logging.getLogger("galtools")
 
 MAX_K = 500
+JS_SAFE_INTEGER = 2**53 - 1   # larger integers lose digits as JavaScript numbers (doubles): sent as text
 MAX_QUERIES = 100
 MAP_COLUMNS = ("map_x", "map_y")
 
@@ -34,6 +35,8 @@ def _json_value(value):
     """A cell as JSON can hold it: NaN and infinities become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JS_SAFE_INTEGER:
+        return str(value)
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     if isinstance(value, (list, tuple)):
@@ -75,6 +78,9 @@ class Catalogue:
         self.table = table.add_column(0, "object_id", embeddings.ids)
         self.integer_ids = pa.types.is_integer(embeddings.ids.type)
         self.id_values = embeddings.ids.to_pylist()
+        # SDSS objids and the like do not fit a JavaScript number: such a table's ids are sent as JSON strings
+        self.ids_as_text = self.integer_ids and bool(self.id_values) and \
+            max(abs(min(self.id_values)), abs(max(self.id_values))) > JS_SAFE_INTEGER
         self._row_of = {}
         for row in range(len(self.id_values) - 1, -1, -1):   # backwards: the first of repeated ids wins
             self._row_of[self.id_values[row]] = row
@@ -137,6 +143,10 @@ class Catalogue:
         return self.id_values if mask is None else [self.id_values[i] for i in np.flatnonzero(mask)]
 
     # -- ids
+    def json_id(self, value):
+        """An object_id as the JSON answers carry it: a number, or text for integers beyond 2^53."""
+        return str(value) if self.ids_as_text else value
+
     def parse_id(self, text):
         """The object_id for a request's text (numbers for integer ids); UnknownId when the viewer lacks it."""
         if self.integer_ids:
@@ -165,7 +175,7 @@ class Catalogue:
     # -- captions
     def describe(self, row: int) -> dict:
         shown = ([self.label] if self.label else []) + [c for c in self.columns if c != self.label]
-        return {"id": self.id_values[row],
+        return {"id": self.json_id(self.id_values[row]),
                 "label": _json_value(self.table.column(self.label)[row].as_py()) if self.label else None,
                 "columns": {c: _json_value(self.table.column(c)[row].as_py()) for c in shown if c != self.label},
                 "x": float(self.xy[row, 0]), "y": float(self.xy[row, 1]),
@@ -251,7 +261,7 @@ class Catalogue:
         mask = self.selection(expression)
         rows = np.arange(self.count) if mask is None else np.flatnonzero(mask)
         result = {"total": self.count, "count": int(len(rows)), "method": self.map_method,
-                  "ids": [self.id_values[i] for i in rows],
+                  "ids": [self.json_id(self.id_values[i]) for i in rows],
                   "x": np.round(self.xy[rows, 0].astype(np.float64), 5).tolist(),
                   "y": np.round(self.xy[rows, 1].astype(np.float64), 5).tolist(),
                   "bounds": [float(self.xy[:, 0].min()), float(self.xy[:, 0].max()),
@@ -272,7 +282,7 @@ class Catalogue:
                 "colourable": self.colourable(), "label": self.label, "shown": list(self.columns),
                 "search": f"FAISS {self.index.kind} index" if self.index is not None else "exact",
                 "map": self.map_method, "bands": self.cutouts.bands, "max_k": MAX_K,
-                "example_id": self.id_values[0] if self.id_values else None}
+                "example_id": self.json_id(self.id_values[0]) if self.id_values else None}
 
 
 def _colour_values(name: str, column: pa.Array, rows: np.ndarray) -> dict:

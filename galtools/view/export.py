@@ -84,7 +84,7 @@ def _write_pages(catalogue, results, building, k, least, expression) -> int:
     def picture(item) -> str:
         row = int(catalogue.rows_of([item["id"]])[0])
         if row not in written:
-            png = catalogue.cutouts.tile(item["id"])
+            png = catalogue.cutouts.tile(catalogue.parse_id(item["id"]))
             written[row] = png is not None
             if png is not None:
                 with open(os.path.join(building, "tiles", f"{row}.png"), "wb") as handle:
