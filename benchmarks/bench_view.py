@@ -120,7 +120,8 @@ def measure_server(folder: str, cutouts: str, n: int, requests: int, seed: int) 
 
 
 def measure_baselines(path: str, n: int, seed: int) -> dict:
-    """Read the table's images whole into memory (peak RSS in a child process), and find single cutouts by scanning for their id."""
+    """Read the table's images whole into memory (peak RSS in a child process), and find single cutouts by
+    scanning the table for their id."""
     import numpy as np
 
     code = ("import resource, sys, time; from galtools.io import images_of, open_table\n"

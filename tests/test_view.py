@@ -420,7 +420,8 @@ def test_filters_match_a_hand_evaluation(expression, expected):
 
 @pytest.mark.parametrize("expression, words", [
     ("", "empty filter"), ("z <", "ends too early"), ("z < 0.1 and", "ends too early"), ("(z < 1", "missing ')'"),
-    ("z < 1)", "unexpected ')' at character 6"), ("z < 'a", "unterminated string"), ("z ~ 1", "unexpected character '~'"),
+    ("z < 1)", "unexpected ')' at character 6"), ("z < 'a", "unterminated string"),
+    ("z ~ 1", "unexpected character '~'"),
     ("1 < 2", "needs a column"), ("nosuch == 1", "no column 'nosuch'"), ("z < 'text'", "cannot compare"),
     ("kind", "not a condition"), ("z", "not a condition"), ("kind == 'a' and z", "is not true or false"),
     ("__import__('os')", "unexpected '('"), ("z < 1e999", "bad number"), ("z < 1.2.3", "bad number"),

@@ -61,7 +61,8 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
     if bool(export_folder) != bool(queries):
         raise UsageProblem("--export FOLDER and --queries FILE go together", "give both, or neither to serve")
     if not export_folder and (least or expression or overwrite):
-        raise UsageProblem("--least, --filter and --overwrite apply to --export", "in the browser, use the page's controls")
+        raise UsageProblem("--least, --filter and --overwrite apply to --export",
+                           "in the browser, use the page's controls")
     if images == "-" or map_path == "-":
         raise UsageProblem("only EMB may be read from stdin", "write the cutouts and the map to files")
     if not export_folder:

@@ -65,9 +65,9 @@ class Catalogue:
         table = embeddings.carried.drop_columns([c for c in MAP_COLUMNS if c in embeddings.carried.column_names])
         self.label = label
         self.columns = tuple(columns)
-        known = ["object_id"] + table.column_names + [c for c in (map_table.column_names if map_table else [])
-                                                       if c not in table.column_names and c not in MAP_COLUMNS
-                                                       and c != "object_id"]
+        map_names = map_table.column_names if map_table is not None else []
+        known = ["object_id"] + table.column_names + [c for c in map_names if c not in table.column_names
+                                                       and c not in MAP_COLUMNS and c != "object_id"]
         for name in ((label,) if label else ()) + self.columns:
             if name not in known:
                 raise BadData(f"no column {name!r} in the embeddings or the map", f"columns: {', '.join(known)}")
@@ -81,12 +81,9 @@ class Catalogue:
         # SDSS objids and the like do not fit a JavaScript number: such a table's ids are sent as JSON strings
         self.ids_as_text = self.integer_ids and bool(self.id_values) and \
             max(abs(min(self.id_values)), abs(max(self.id_values))) > JS_SAFE_INTEGER
-        self._row_of = {}
-        for row in range(len(self.id_values) - 1, -1, -1):   # backwards: the first of repeated ids wins
-            self._row_of[self.id_values[row]] = row
+        self._row_of = dict(zip(self.id_values[::-1], range(self.count - 1, -1, -1)))  # first of repeated ids wins
         self._index_lock = threading.Lock()   # a FAISS search sets parameters on the shared index
-        self._image_rows = np.array([-1 if (r := cutouts.row_of(v)) is None else r for v in self.id_values],
-                                    dtype=np.int64)
+        self._image_rows = self._rows_in_cutouts(cutouts)
         missing = int((self._image_rows < 0).sum())
         if missing == self.count:
             raise BadData(f"none of the {self.count} object_ids of the embeddings is in {cutouts.name}",
@@ -97,6 +94,16 @@ class Catalogue:
     @property
     def count(self) -> int:
         return self.base.count
+
+    def _rows_in_cutouts(self, cutouts) -> np.ndarray:
+        """Row of each embedded object in the cutout table, -1 where it has none."""
+        try:
+            value_set = cutouts.ids.cast(self.base.ids.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise BadData(f"the object_ids of {cutouts.name} ({cutouts.ids.type}) are not those of the embeddings "
+                          f"({self.base.ids.type})", "give the cutout table the embeddings were made from") from None
+        rows = pc.index_in(self.base.ids, value_set=value_set)
+        return pc.fill_null(rows, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
     # -- the map
     def _map_of(self, map_table):

@@ -109,7 +109,8 @@ def _write_pages(catalogue, results, building, k, least, expression) -> int:
         with open(os.path.join(building, name), "w", encoding="utf-8") as handle:
             handle.write(PAGE.format(title=html.escape(title), summary=summary, body=body))
         links.append(f'<div class="tile query"><a href="{name}">{picture(query)}</a>{_caption(query)}</div>')
-    index_body = f'<div class="result"><h2>{len(results)} queries, k={k}</h2><div class="grid">{"".join(links)}</div></div>'
+    index_body = (f'<div class="result"><h2>{len(results)} queries, k={k}</h2>'
+                  f'<div class="grid">{"".join(links)}</div></div>')
     with open(os.path.join(building, "index.html"), "w", encoding="utf-8") as handle:
         handle.write(PAGE.format(title="gal-view export", summary=summary, body=index_body))
     return sum(written.values())

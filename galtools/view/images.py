@@ -106,9 +106,8 @@ class CutoutReader:
             offset += part.num_rows
         ids = [batch.column("object_id") for batch in table.iter_batches(columns=["object_id"])]
         self.ids = pa.concat_arrays(ids) if ids else pa.array([], table.schema.field("object_id").type)
-        self._row_of = {}
-        for row, value in zip(range(len(self.ids) - 1, -1, -1), reversed(self.ids.to_pylist())):
-            self._row_of[value] = row    # backwards: the first of repeated ids wins
+        values = self.ids.to_pylist()
+        self._row_of = dict(zip(values[::-1], range(len(values) - 1, -1, -1)))   # the first of repeated ids wins
         self._blocks = _Cache(BLOCKS_CACHED)
         self._tiles = _Cache(TILES_CACHED)
         self._reading = threading.Lock()   # FITS and Parquet readers are not safe across threads
