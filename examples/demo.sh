@@ -55,3 +55,5 @@ gal-map target-emb.parquet --method pca --color z_true --plot map-z.png --images
 
 say "done in $(( $(date +%s) - start )) s. Pictures and tables in $(pwd):"
 ls -1 *.png *.parquet run/encoder.onnx run/training.png | sed 's/^/  /'
+say "to look at the representation in a browser (search, map, filters; Ctrl-C to stop):"
+echo "  gal-view $(pwd)/target-emb.parquet --images $(pwd)/target.parquet --map $(pwd)/map.parquet --label morph_class --columns z_true,mag_r --open"
