@@ -8,8 +8,9 @@ network trained from random weights (the supervised baseline).  Here:
   ``weights_only=True``); ``from_scratch`` keeps only the architecture;
 - training views are augmented (by default rotations, flips and a small jitter, which do not change a redshift),
   validation views are the centre crop that gal-embed uses;
-- the head is the photo-z head of ``fit`` (cross-entropy over redshift bins, started at the label prior), the
-  backbone learns at ``backbone_lr_factor`` times the head's rate; early stopping on the validation loss.
+- the head is galtools.heads' head (cross-entropy over redshift bins, started at the label prior), the backbone
+  learns at ``backbone_lr_factor`` times the head's rate; galtools.heads' one early-stopping rule (validation
+  patience, learning rate cut on plateaus), checked once per epoch.
 
 The result is saved as one model file: the head's arrays plus the fine-tuned encoder as ONNX bytes (exported with
 gal-train's exporter, parity-checked against torch), so ``gal-photoz predict CUTOUTS`` runs it with ONNX Runtime.
@@ -25,11 +26,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from galtools.errors import BadData, DeviceUnavailable, UsageProblem
+from galtools.errors import BadData, UsageProblem
+from galtools.heads.rows import validation_split
+from galtools.heads.source import require_columns, source_name
+from galtools.heads.train import (EarlyStopping, as_targets, export_head, linear_layers, run_checks,
+                                  start_at_the_prior, torch_head)
 from galtools.io import IMAGE, images_of, open_table
-from galtools.photoz.bins import smoothing_kernel
-from galtools.photoz.fit import (FitSettings, _start_at_the_prior, _targets, _torch_head, check_label_count, labels_of,
-                                 validation_split, warn_clipped)
+from galtools.photoz.fit import FitSettings, bin_labels, check_label_count, labels_of
 from galtools.photoz.model import PhotozModel
 
 log = logging.getLogger("galtools")
@@ -79,6 +82,27 @@ class EncoderSource:
         return backbone
 
 
+# Defaults that differ between the probe on embeddings and training on images.
+PROBE_DEFAULTS = {"batch_size": 512, "lr": 1e-2}
+NETWORK_DEFAULTS = {"batch_size": 64, "lr": 1e-3}
+
+
+def fit_settings(training: dict, z_options: dict, on_images: bool = False, probe: bool = True) -> FitSettings:
+    """FitSettings from the command line's training and redshift options; --batch-size and --lr default to the
+    probe's or the network's values (``probe`` False: the network's whatever was given)."""
+    defaults = NETWORK_DEFAULTS if on_images else PROBE_DEFAULTS
+    chosen = {k: (training[k] if probe else None) or defaults[k] for k in defaults}
+    return FitSettings(**{**training, **chosen}, n_bins=z_options["bins"], zmax=z_options["zmax"],
+                       label_smoothing=z_options["label_smoothing"], stream=z_options.get("stream")).validate()
+
+
+def network_settings(fit: FitSettings, network: dict, from_scratch: bool = False) -> FinetuneSettings:
+    """FinetuneSettings from the command line's network options."""
+    return FinetuneSettings(fit=fit, backbone_lr_factor=network["backbone_lr_factor"],
+                            augment=network["augment_spec"] or DEFAULT_AUGMENT, from_scratch=from_scratch,
+                            device=network["device"]).validate()
+
+
 def load_checkpoint(path: str) -> EncoderSource:
     from galtools.train import checkpoint
     from galtools.train.config import TrainConfig
@@ -111,13 +135,10 @@ def read_labelled_cutouts(labels: str, images: str, z_column: str, bands: list[s
 
 def labelled_ids(source: str, z_column: str, n_bins: int) -> tuple[list, np.ndarray]:
     """object_ids and redshifts of the rows of ``source`` (embeddings or cutouts) with a finite ``z_column``."""
-    name = "stdin" if source == "-" else source
+    name = source_name(source)
     with open_table(source) as table:
-        for needed in ("object_id", z_column):
-            if needed not in table.schema.names:
-                raise BadData(f"{name} has no '{needed}' column (columns: {', '.join(table.schema.names)})",
-                              "name the spectroscopic redshift column with --z-column" if needed == z_column
-                              else "give a table from gal-sim, gal-pack or gal-embed")
+        require_columns(table.schema, ["object_id"], name, "give a table from gal-sim, gal-pack or gal-embed")
+        require_columns(table.schema, [z_column], name, "name the spectroscopic redshift column with --z-column")
         ids, zs, n_rows = [], [], 0
         for batch in table.iter_batches(columns=["object_id", z_column]):
             n_rows += batch.num_rows
@@ -136,7 +157,7 @@ def cutouts_for(source: str, ids: list, bands: list[str]) -> np.ndarray:
 
     from galtools.preprocess import Preprocess
 
-    name = "stdin" if source == "-" else source
+    name = source_name(source)
     with open_table(source) as table:
         shape = table.require_images()
         if "object_id" not in table.schema.names:
@@ -171,19 +192,6 @@ def cutouts_for(source: str, ids: list, bands: list[str]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------ training
 
-def torch_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceUnavailable(f"--device {name}: no usable CUDA GPU", "use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageProblem(f"unknown --device {name!r}", "use auto, cpu or cuda[:N]") from None
-
-
 class RedshiftNetwork:
     """backbone (+ preprocessing) -> photo-z head, as one torch module, with the views for training and evaluation."""
 
@@ -197,8 +205,8 @@ class RedshiftNetwork:
         self.device = device
         self.source = source
         self.backbone = source.build(pretrained=not settings.from_scratch).to(device)
-        self.head = _torch_head(self.backbone.num_features, settings.fit.n_bins, settings.fit.hidden).to(device)
-        _start_at_the_prior(self.head, counts)
+        self.head = torch_head(self.backbone.num_features, settings.fit.n_bins, settings.fit.hidden).to(device)
+        start_at_the_prior(self.head, counts)
         self.preprocess = Preprocess.from_json(source.preprocess_json)
         self.augment = AugmentPipeline.from_spec(settings.augment, out_size=source.crop, bands=source.bands)
         self.crop = source.crop
@@ -240,9 +248,7 @@ class RedshiftNetwork:
         return np.concatenate(out) if out else np.empty((0, self.head_outputs()), np.float32)
 
     def head_outputs(self) -> int:
-        from galtools.photoz.fit import _layers
-
-        return _layers(self.head)[-1].out_features
+        return linear_layers(self.head)[-1].out_features
 
     def state(self) -> dict:
         return {"backbone": {k: v.detach().clone() for k, v in self.backbone.state_dict().items()},
@@ -265,10 +271,10 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Finetu
     """Fine-tune (or train from scratch) on ``data``; returns (network at its best validation loss, record)."""
     import torch
 
+    from galtools.device import torch_device
+
     fit = settings.fit
-    bins = fit.bins
-    y, above, below = bins.assign(data.z)
-    warn_clipped(above, below, bins, "z")
+    y, above, below = bin_labels(data.z, fit.bins, "z")
     val = validation_split(len(y), fit.val_fraction, fit.seed)
     train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)
     device = torch_device(settings.device)
@@ -276,38 +282,40 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Finetu
                               device)
     factor = 1.0 if settings.from_scratch else settings.backbone_lr_factor
     optimiser = torch.optim.AdamW(network.parameters_by_group(fit.lr, factor), weight_decay=fit.weight_decay)
-    kernel = smoothing_kernel(bins, fit.label_smoothing) if fit.label_smoothing > 0 else None
-    val_y = _targets(torch, y[val_rows], kernel).to(device)
+    kernel = fit.kernel
+    val_y = as_targets(y[val_rows], kernel).to(device)
     rng = np.random.default_rng([fit.seed, 17])
     steps_per_epoch = math.ceil(len(train_rows) / fit.batch_size)
-    best = {"loss": math.inf, "epoch": -1, "state": None}
-    history, step = [], 0
-    for epoch in range(fit.max_epochs):
+    step = 0
+
+    def train_one_epoch() -> float:
+        nonlocal step
         network.train(True)
         order = train_rows[rng.permutation(len(train_rows))]
+        running, seen = 0.0, 0
         for start in range(0, len(order), fit.batch_size):
             rows = np.sort(order[start:start + fit.batch_size])
             if len(rows) < 2:        # BatchNorm cannot train on one image
                 continue
             views = network.training_views(data.images[rows], [data.ids[r] for r in rows], step, fit.seed)
-            loss = torch.nn.functional.cross_entropy(network.logits(views), _targets(torch, y[rows], kernel).to(device))
+            loss = torch.nn.functional.cross_entropy(network.logits(views), as_targets(y[rows], kernel).to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             step += 1
+            running += float(loss.detach()) * len(rows)
+            seen += len(rows)
+        return running / max(seen, 1)
+
+    def validation_loss() -> float:
         pdf = torch.from_numpy(network.predict_pdf(data.images[val_rows])).to(device)
-        val_loss = _cross_entropy_of_pdf(torch, pdf, val_y)
-        history.append(round(val_loss, 5))
-        log.debug(f"epoch {epoch + 1}: validation loss {val_loss:.4f}")
-        if val_loss < best["loss"] - 1e-4:
-            best = {"loss": val_loss, "epoch": epoch, "state": network.state()}
-        elif epoch - best["epoch"] >= fit.patience:
-            break
-    network.load(best["state"])
+        return _cross_entropy_of_pdf(torch, pdf, val_y)
+
+    stopping = EarlyStopping(fit.patience, fit.max_epochs, optimiser)
+    record = run_checks(train_one_epoch, validation_loss, network.state, network.load, stopping)
     network.train(False)
-    record = {"epochs": len(history), "best_epoch": best["epoch"] + 1, "steps_per_epoch": steps_per_epoch,
-              "best_val_loss": round(best["loss"], 5), "val_loss": history, "n_train": int(len(train_rows)),
-              "n_val": int(len(val_rows)), "n_clipped_above_zmax": above, "n_clipped_below_zero": below}
+    record.update(epochs=stopping.checks, steps_per_epoch=steps_per_epoch, n_train=int(len(train_rows)),
+                  n_val=int(len(val_rows)), n_clipped_above_zmax=above, n_clipped_below_zero=below)
     return network, record
 
 
@@ -315,7 +323,6 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Finetu
 
 def export_network(network: RedshiftNetwork, settings: FinetuneSettings, record: dict, z_column: str) -> PhotozModel:
     """The fine-tuned encoder as ONNX bytes (gal-train's exporter and its parity check) plus the head's arrays."""
-    from galtools.photoz.fit import _layers
     from galtools.train.export import encoder_metadata, export_encoder
 
     source = network.source
@@ -332,12 +339,7 @@ def export_network(network: RedshiftNetwork, settings: FinetuneSettings, record:
         if os.path.exists(path):
             os.unlink(path)
         os.rmdir(folder)
-    head = network.head.to("cpu")
-    layers = _layers(head)
-    scale = float(head.log_scale.detach().exp())
-    weights = [layer.weight.detach().numpy().T.astype(np.float32) for layer in layers]
-    biases = [layer.bias.detach().numpy().astype(np.float32) for layer in layers]
-    weights[-1], biases[-1] = weights[-1] * scale, biases[-1] * scale
+    linear = export_head(network.head.to("cpu"))
     info = {"z_column": z_column, "mode": "scratch" if settings.from_scratch else "finetune",
             "checkpoint": source.path, "arch": source.arch, "bands": source.bands, "input_size": source.crop,
             "augment": settings.augment, "backbone_lr_factor": settings.backbone_lr_factor,
@@ -345,5 +347,5 @@ def export_network(network: RedshiftNetwork, settings: FinetuneSettings, record:
             "n_train": record["n_train"], "n_val": record["n_val"],
             "n_clipped_above_zmax": record["n_clipped_above_zmax"],
             "n_clipped_below_zero": record["n_clipped_below_zero"]}
-    return PhotozModel(weights, biases, settings.fit.bins, hashlib.sha256(onnx_bytes).hexdigest(), info,
+    return PhotozModel(linear, settings.fit.bins, hashlib.sha256(onnx_bytes).hexdigest(), info,
                        encoder_onnx=onnx_bytes)
