@@ -13,14 +13,14 @@ import numpy as np
 
 from galtools.classify.labels import LabelSpec
 from galtools.errors import BadData
-from galtools.heads import Head, StackedLinear, load_head, save_head
+from galtools.heads import Head, LinearModel, StackedLinear, load_head, save_head
 
 TOOL = "gal-classify"
 KINDS = ("classify-linear", "classify-mlp")
 
 
 @dataclass
-class ClassifierModel:
+class ClassifierModel(LinearModel):
     linear: StackedLinear
     labels: LabelSpec                  # classes (in output order) and where they came from
     model_sha256: str | None = None    # the encoder whose embeddings it was fitted on
@@ -31,20 +31,8 @@ class ClassifierModel:
         return self.labels.classes
 
     @property
-    def weights(self) -> list[np.ndarray]:
-        return self.linear.weights
-
-    @property
-    def biases(self) -> list[np.ndarray]:
-        return self.linear.biases
-
-    @property
     def kind(self) -> str:
         return "classify-linear" if self.linear.depth == 1 else "classify-mlp"
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.linear.embedding_dim
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """(n, classes) float32 probabilities."""

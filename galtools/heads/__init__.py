@@ -9,6 +9,6 @@
 
 Only ``train`` needs torch; gal-ood uses ``format``, ``source`` and ``apply``.
 """
-from galtools.heads.format import Head, StackedLinear, check_head_output, load_head, save_head, softmax
+from galtools.heads.format import Head, LinearModel, StackedLinear, check_head_output, load_head, save_head, softmax
 
-__all__ = ["Head", "StackedLinear", "check_head_output", "load_head", "save_head", "softmax"]
+__all__ = ["Head", "LinearModel", "StackedLinear", "check_head_output", "load_head", "save_head", "softmax"]

@@ -85,6 +85,24 @@ class StackedLinear:
         return out
 
 
+class LinearModel:
+    """What a task's model built on a StackedLinear ``linear`` shares: its layers and input size."""
+
+    linear: StackedLinear
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        return self.linear.weights
+
+    @property
+    def biases(self) -> list[np.ndarray]:
+        return self.linear.biases
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.linear.embedding_dim
+
+
 @dataclass
 class Head:
     """A loaded small model: its arrays and its metadata (``meta['tool']``, ``meta['kind']`` ...)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from galtools.heads import Head, StackedLinear, load_head, save_head
+from galtools.heads import Head, LinearModel, StackedLinear, load_head, save_head
 from galtools.photoz.bins import RedshiftBins, summarise_pdf
 
 TOOL = "gal-photoz"
@@ -18,7 +18,7 @@ KINDS = ("photoz-linear", "photoz-mlp", "photoz-finetuned")
 
 
 @dataclass
-class PhotozModel:
+class PhotozModel(LinearModel):
     linear: StackedLinear
     bins: RedshiftBins
     model_sha256: str | None = None
@@ -26,22 +26,10 @@ class PhotozModel:
     encoder_onnx: bytes | None = None          # a fine-tuned encoder travels with its head (ONNX: data, not code)
 
     @property
-    def weights(self) -> list[np.ndarray]:
-        return self.linear.weights
-
-    @property
-    def biases(self) -> list[np.ndarray]:
-        return self.linear.biases
-
-    @property
     def kind(self) -> str:
         if self.encoder_onnx is not None:
             return "photoz-finetuned"
         return "photoz-linear" if self.linear.depth == 1 else "photoz-mlp"
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.linear.embedding_dim
 
     def predict_pdf(self, x: np.ndarray) -> np.ndarray:
         """(n, n_bins) float32 probabilities."""
