@@ -328,3 +328,50 @@ def test_parsing_a_device_imports_no_torch():
             "assert choose_backend('auto', 1.0) == ('numpy', 'cpu')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=tool_env())
     assert result.returncode == 0, result.stderr.decode()
+
+
+# ------------------------------------------------------------------------------------------ baseline features
+
+class _Source:
+    """What a gal-train checkpoint says about its encoder, for a tiny random network."""
+
+    def __init__(self, crop: int = 12):
+        from galtools.preprocess import Preprocess
+
+        self.crop = crop
+        self.preprocess_json = Preprocess(("g", "r", "i"), (0.5, 1.0, 2.0), (0.1, 0.0, -0.1), (1.5, 1.0, 0.5)).to_json()
+
+    def build(self, pretrained: bool):
+        from galtools.models import build_encoder
+
+        assert not pretrained
+        return build_encoder("tiny", 3)
+
+
+def test_pixel_pca_features_are_sklearns_pca_of_the_preprocessed_centre_crop():
+    from sklearn.decomposition import PCA
+
+    from galtools.heads.baselines import pixel_pca_features
+    from galtools.preprocess import Preprocess
+
+    source = _Source()
+    images = np.random.default_rng(9).gamma(2.0, 1.0, size=(60, 3, 16, 16)).astype(np.float32)
+    got = pixel_pca_features(images, source, 5)
+    crop = images[:, :, 2:14, 2:14]
+    pixels = Preprocess.from_json(source.preprocess_json).apply_numpy(crop).reshape(60, -1).astype(np.float64)
+    want = PCA(n_components=5, svd_solver="full").fit_transform(pixels)
+    assert got.shape == (60, 5)
+    signs = np.sign(np.sum(got * want, axis=0))                  # each axis is defined up to its sign
+    assert np.allclose(got * signs, want, atol=1e-3 * np.abs(want).max())
+    assert pixel_pca_features(images[:4], source, 50).shape == (4, 3)     # at most n - 1 components
+
+
+def test_random_encoder_features_depend_on_the_seed_only():
+    from galtools.heads.baselines import random_encoder_features
+
+    images = np.random.default_rng(2).normal(size=(10, 3, 16, 16)).astype(np.float32)
+    a = random_encoder_features(images, _Source(), seed=1)
+    b = random_encoder_features(images, _Source(), seed=1)
+    c = random_encoder_features(images, _Source(), seed=2)
+    assert a.shape[0] == 10 and np.all(np.isfinite(a))
+    assert np.allclose(a, b, atol=1e-6) and not np.allclose(a, c, atol=1e-3)

@@ -208,11 +208,11 @@ def curve(emb, z_options, training, network, curve):
     """The label-efficiency curve: sigma_MAD and eta of the linear probe (and of predicting the training median)
     against the number of labels, on one fixed test set, from nested random subsets of the labelled rows.
 
-    With --images and --checkpoint, also the encoder fine-tuned end to end and the same network trained from
-    scratch, on the same subsets and test set: the experiment behind "pre-training is worth 2-4x more labels".
-    --batch-size and --lr then apply to the probe; the networks use 64 and 1e-3. Every arm stops by the same
-    rule; the 'stopped' column says whether it stopped by patience or at --max-epochs (then it had not
-    converged). The labelled rows of EMB (and their cutouts) are held in memory.
+    With --images and --checkpoint, also the baselines on the same subsets and test set: the same probe on the
+    pixels (PCA, fitted without labels) and on the encoder with random weights, the encoder fine-tuned end to end
+    and the same network trained from scratch: the experiment behind "pre-training is worth 2-4x more labels".
+    --batch-size and --lr apply to the probes; the networks use 64 and 1e-3. Every arm stops by the same rule;
+    'stopped' says whether by patience or at --max-epochs (not converged). Labelled rows are held in memory.
     """
     from galtools.errors import UsageProblem
     from galtools.photoz.curve import format_photoz_curve, photoz_curve, plot_photoz_curve, probe_arms, split_for
@@ -232,11 +232,12 @@ def curve(emb, z_options, training, network, curve):
     split = split_for(z, fractions, settings, curve["test_fraction"])
     arms = probe_arms(x, z, settings, model_sha256)
     if images:
-        from galtools.photoz.curve import network_arms
+        from galtools.photoz.curve import baseline_arms, network_arms
         from galtools.photoz.finetune import LabelledCutouts, cutouts_for, load_checkpoint
 
         source = load_checkpoint(checkpoint)
-        arms += network_arms(LabelledCutouts(cutouts_for(images, ids, source.bands), z, ids), source, on_images)
+        data = LabelledCutouts(cutouts_for(images, ids, source.bands), z, ids)
+        arms += baseline_arms(data, source, x.shape[1], settings) + network_arms(data, source, on_images)
     rows = photoz_curve(z, split, arms)
     emit_curve(rows, curve, format_photoz_curve(rows), {"z_column": z_options["z_column"], "seed": settings.seed},
                "gal-photoz", settings.seed, plot_photoz_curve)

@@ -1,8 +1,9 @@
 """The photo-z label-efficiency curve (Hayat et al. 2021, fig. 5) on galtools.heads' curve driver.
 
 Arms: ``median`` (predict the training median: the floor any method must beat), ``linear`` (a probe on the frozen
-representation, ``mlpN`` with a hidden layer) and, when the caller has the cutouts and a checkpoint, ``finetune``
-(the encoder fine-tuned end to end) and ``scratch`` (the same network from random weights). Every training arm
+representation, ``mlpN`` with a hidden layer) and, when the caller has the cutouts and a checkpoint, the same probe
+on the pixels (``pixels-pca``) and on the untrained architecture (``random-encoder``), ``finetune`` (the encoder
+fine-tuned end to end) and ``scratch`` (the same network from random weights). Every training arm
 stops by the same rule; each row says whether it stopped by patience or at its epoch cap.
 """
 from __future__ import annotations
@@ -25,17 +26,33 @@ def split_for(z: np.ndarray, fractions: list[float], settings: FitSettings, test
                       "use larger --fractions, fewer --bins, or more labelled rows")
 
 
+def probe_arm(name: str, x: np.ndarray, z: np.ndarray, settings: FitSettings,
+              model_sha256: str | None = None) -> Arm:
+    """The probe (linear, or MLP with --hidden) on the features ``x`` of the labelled rows."""
+    def probe(train, test):
+        model = fit_arrays(x[train], z[train], replace(settings), model_sha256)
+        return model.predict(x[test])["z_phot"], model.info["training"]
+
+    return Arm(name, probe)
+
+
 def probe_arms(x: np.ndarray, z: np.ndarray, settings: FitSettings, model_sha256: str | None = None) -> list[Arm]:
     """The median baseline and the probe on the embeddings ``x`` (rows: the labelled rows, in split order)."""
     def median(train, test):
         return np.full(len(test), float(np.median(z[train]))), None
 
-    def probe(train, test):
-        model = fit_arrays(x[train], z[train], replace(settings), model_sha256)
-        return model.predict(x[test])["z_phot"], model.info["training"]
-
     name = "linear" if settings.hidden is None else f"mlp{settings.hidden}"
-    return [Arm("median", median, baseline=True), Arm(name, probe)]
+    return [Arm("median", median, baseline=True), probe_arm(name, x, z, settings, model_sha256)]
+
+
+def baseline_arms(data, source, dim: int, settings: FitSettings) -> list[Arm]:
+    """The same probe on the labelled cutouts' pixels (PCA to ``dim`` components, fitted without labels) and on the
+    features of the checkpoint's architecture with random weights."""
+    from galtools.heads.baselines import pixel_pca_features, random_encoder_features
+
+    return [probe_arm("pixels-pca", pixel_pca_features(data.images, source, dim), data.z, settings),
+            probe_arm("random-encoder", random_encoder_features(data.images, source, settings.seed), data.z,
+                      settings)]
 
 
 def network_arms(data, source, settings, methods=("finetune", "scratch")) -> list[Arm]:
