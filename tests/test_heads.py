@@ -375,3 +375,35 @@ def test_random_encoder_features_depend_on_the_seed_only():
     c = random_encoder_features(images, _Source(), seed=2)
     assert a.shape[0] == 10 and np.all(np.isfinite(a))
     assert np.allclose(a, b, atol=1e-6) and not np.allclose(a, c, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------ curves with the baseline arms
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """gal-sim cutouts, a two-step gal-train run on them, and their embeddings: what the curves' arms need."""
+    folder = tmp_path_factory.mktemp("arms")
+    run_tool("gal-sim", "-n", "160", "--seed", "3", "-q", "-o", folder / "sim.parquet", check=True)
+    run_tool("gal-train", "fit", folder / "sim.parquet", "--out", folder / "run", "--arch", "tiny", "--crop", "32",
+             "--steps", "2", "--batch-size", "16", "--queue-size", "64", "--device", "cpu", "--loader-threads", "1",
+             "--ops", "rotate", "-q", check=True)
+    run_tool("gal-embed", folder / "sim.parquet", "--model", folder / "run" / "encoder.onnx", "--device", "cpu",
+             "-q", "-o", folder / "emb.parquet", check=True)
+    return folder
+
+
+ARMS = ("linear", "pixels-pca", "random-encoder", "finetune", "scratch")
+
+
+@pytest.mark.slow
+def test_both_curves_run_every_baseline_arm_by_the_same_rule(tiny_run):
+    common = ["--images", tiny_run / "sim.parquet", "--checkpoint", tiny_run / "run" / "last.pt", "--fractions", "1",
+              "--max-epochs", "1", "--device", "cpu", "--json"]
+    for tool, floor, task in (("gal-classify", "majority", ["--label", "morph_class"]),
+                              ("gal-photoz", "median", ["--z-column", "z_true", "--bins", "8", "--zmax", "0.5"])):
+        result = run_tool(tool, "curve", tiny_run / "emb.parquet", *task, *common, check=True)
+        rows = json.loads(result.stdout)["rows"]
+        # one epoch allowed: every training arm hits its cap, and says so; the floor does not train
+        assert {r["method"]: r["stopped"] for r in rows} == {floor: "", **{arm: "cap" for arm in ARMS}}, tool
+        assert len({r["n_test"] for r in rows}) == 1 and len({r["n_labels"] for r in rows}) == 1
+        assert all(r["epochs"] == 1 for r in rows if r["method"] in ("finetune", "scratch"))

@@ -40,6 +40,7 @@ class LabelledRows:
     model_sha256: str | None = None
     n_rows: int = 0                # rows read
     n_unused: int = 0              # rows without a usable label
+    ids: list | None = None        # their object_ids, when asked for
 
     @property
     def count(self) -> int:
@@ -51,11 +52,16 @@ class LabelledRows:
         return self.targets if self.labels.kind == HARD else majority_vote(self.targets)
 
     def subset(self, rows: np.ndarray) -> "LabelledRows":
-        return LabelledRows(self.x[rows], self.targets[rows], self.labels, self.model_sha256, len(rows), 0)
+        ids = None if self.ids is None else [self.ids[r] for r in rows]
+        return LabelledRows(self.x[rows], self.targets[rows], self.labels, self.model_sha256, len(rows), 0, ids)
+
+    def with_features(self, x: np.ndarray) -> "LabelledRows":
+        """The same rows and labels with other features (pixels, another encoder's)."""
+        return LabelledRows(x, self.targets, self.labels, None, self.n_rows, self.n_unused, self.ids)
 
 
-def read_labelled(path: str, spec: LabelSpec) -> LabelledRows:
-    """The rows of an embedding table that have a usable label, in memory."""
+def read_labelled(path: str, spec: LabelSpec, with_ids: bool = False) -> LabelledRows:
+    """The rows of an embedding table that have a usable label, in memory (with their object_ids)."""
     with open_embeddings(path) as source:
         name = source.name
         check_label_columns(source.table.schema, spec, name)
@@ -70,7 +76,7 @@ def read_labelled(path: str, spec: LabelSpec) -> LabelledRows:
             targets, used = soft_targets(vote_fractions(batch, spec, name))
             return np.flatnonzero(used), targets.astype(np.float32)
 
-        found = read_rows(source, spec.columns, usable)
+        found = read_rows(source, spec.columns, usable, with_ids)
         model_sha256 = source.model_sha256
     x, n_rows = found.x, found.n_rows
     if len(x) == 0:
@@ -88,7 +94,7 @@ def read_labelled(path: str, spec: LabelSpec) -> LabelledRows:
     if len(spec.classes) < 2:
         raise BadData(f"{name}: every labelled row is of class {spec.classes[0]!r}; a classifier needs two or more",
                       "check --label, or give rows of other classes")
-    rows = LabelledRows(x, targets, spec, model_sha256, n_rows, n_rows - len(x))
+    rows = LabelledRows(x, targets, spec, model_sha256, n_rows, n_rows - len(x), found.ids)
     log.info(f"{rows.count} labelled rows of {n_rows} ({rows.n_unused} without a usable label); "
              f"classes: {', '.join(spec.classes)}")
     return rows

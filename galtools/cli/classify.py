@@ -9,7 +9,8 @@ import click
 from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar, shard_option,
                                  subcommand)
 from galtools.cli.heads_options import (curve_options, curve_prologue, draw, emit_curve, model_option, model_output,
-                                        option_group, report_options, score_prologue, training_options)
+                                        network_options, option_group, report_options, score_prologue,
+                                        training_options)
 
 EXAMPLE = """gal-classify fit emb.parquet --label morph_class -o morph.model
 gal-classify predict emb.parquet --model morph.model -o pred.parquet
@@ -27,6 +28,7 @@ EVAL_EXAMPLE = """gal-classify eval pred.parquet
 gal-classify eval pred.parquet --confident 0.8 --json --plot morph.png"""
 
 CURVE_EXAMPLE = """gal-classify curve emb.parquet --label morph_class --fractions 0.01,0.03,0.1,0.3,1 --plot curve.png
+gal-classify curve emb.parquet --label morph_class --images cutouts.fits --checkpoint run/last.pt --plot curve.png
 gal-classify curve gz2.parquet --soft-labels p_smooth,p_features --json -o curve.parquet"""
 
 LABEL_HELP = {
@@ -159,23 +161,47 @@ def evaluate(pred, label, soft_labels, confident, calibration_bins, as_json, plo
 @input_argument("emb")
 @_label_options
 @training_options()
+@network_options
 @curve_options("Draw accuracy and balanced accuracy against the number of labels.")
-def curve(emb, label_options, training, curve):
+def curve(emb, label_options, training, network, curve):
     """The label-efficiency curve: accuracy and balanced accuracy of the classifier (and of predicting the most
     frequent class) against the number of labels, on one fixed test set, from nested random subsets.
 
-    The 'stopped' column says whether each classifier stopped by patience or at --max-epochs (then it had not
-    converged). The labelled rows of EMB are held in memory.
+    With --images and --checkpoint, also the baselines on the same subsets and test set: the classifier on the
+    pixels (PCA, fitted without labels) and on the encoder with random weights, the encoder fine-tuned and the same
+    network from scratch (batch 64, lr 1e-3). Every arm stops by the same rule; the 'stopped' column says whether
+    by patience or at --max-epochs (then it had not converged). The labelled rows are held in memory.
     """
     from galtools.classify.curve import format_classify_curve, label_curve, plot_classify_curve
     from galtools.classify.fit import read_labelled
 
     spec, settings = _spec_and_settings(label_options, training)
     fractions = curve_prologue(curve)
-    rows = read_labelled(emb, spec)
-    points = label_curve(rows, fractions, settings, curve["test_fraction"])
+    images = _network_inputs(emb, network, training) if network["images"] or network["checkpoint"] else None
+    rows = read_labelled(emb, spec, with_ids=images is not None)
+    if images is not None:
+        from galtools.heads.network import cutouts_for, load_checkpoint
+
+        source = load_checkpoint(network["checkpoint"])
+        images = (cutouts_for(network["images"], rows.ids, source.bands), source, images)
+    points = label_curve(rows, fractions, settings, curve["test_fraction"], images)
     emit_curve(points, curve, format_classify_curve(points), {"classes": list(rows.labels.classes),
                "seed": settings.seed}, "gal-classify", settings.seed, plot_classify_curve)
+
+
+def _network_inputs(emb, network, training):
+    """The NetworkSettings of the curve's network arms (after checking --images and --checkpoint)."""
+    from galtools.classify.fit import ClassifySettings
+    from galtools.errors import UsageProblem
+    from galtools.heads.network import DEFAULT_AUGMENT, NETWORK_DEFAULTS, NetworkSettings
+
+    if not (network["images"] and network["checkpoint"]):
+        raise UsageProblem("the curve on cutouts needs both --images and --checkpoint", "give both, or neither")
+    if emb == "-":
+        raise UsageProblem("the curve on cutouts reads EMB twice: give a file, not '-'")
+    return NetworkSettings(fit=ClassifySettings(**{**training, **NETWORK_DEFAULTS}),
+                           backbone_lr_factor=network["backbone_lr_factor"],
+                           augment=network["augment_spec"] or DEFAULT_AUGMENT, device=network["device"]).validate()
 
 
 main = cli

@@ -118,16 +118,14 @@ def fit(emb, z_options, training, stream, finetune, from_scratch, network, outpu
 
 
 def _fit_network(emb, z_column, network, settings):
-    from galtools.errors import UsageProblem
-    from galtools.photoz.finetune import export_network, load_checkpoint, read_labelled_cutouts, train_network
+    from galtools.heads.network import load_checkpoint
+    from galtools.photoz.finetune import export_network, read_labelled_cutouts, train_redshift_network
 
-    if emb == "-" or network["images"] == "-":
-        raise UsageProblem("training on images reads its inputs twice: give files, not '-'")
     source = load_checkpoint(network["checkpoint"])
     data = read_labelled_cutouts(emb, network["images"] or emb, z_column, source.bands, settings.fit.n_bins)
     log.info(f"{'training from scratch' if settings.from_scratch else 'fine-tuning'} {source.arch} on "
-             f"{len(data.z)} labelled cutouts")
-    trained, record = train_network(data, source, settings)
+             f"{len(data.ids)} labelled cutouts")
+    trained, record = train_redshift_network(data, source, settings)
     return export_network(trained, settings, record, z_column)
 
 
@@ -233,7 +231,7 @@ def curve(emb, z_options, training, network, curve):
     arms = probe_arms(x, z, settings, model_sha256)
     if images:
         from galtools.photoz.curve import baseline_arms, network_arms
-        from galtools.photoz.finetune import LabelledCutouts, cutouts_for, load_checkpoint
+        from galtools.heads.network import LabelledCutouts, cutouts_for, load_checkpoint
 
         source = load_checkpoint(checkpoint)
         data = LabelledCutouts(cutouts_for(images, ids, source.bands), z, ids)

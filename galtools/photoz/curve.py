@@ -50,23 +50,23 @@ def baseline_arms(data, source, dim: int, settings: FitSettings) -> list[Arm]:
     features of the checkpoint's architecture with random weights."""
     from galtools.heads.baselines import pixel_pca_features, random_encoder_features
 
-    return [probe_arm("pixels-pca", pixel_pca_features(data.images, source, dim), data.z, settings),
-            probe_arm("random-encoder", random_encoder_features(data.images, source, settings.seed), data.z,
+    return [probe_arm("pixels-pca", pixel_pca_features(data.images, source, dim), data.targets, settings),
+            probe_arm("random-encoder", random_encoder_features(data.images, source, settings.seed), data.targets,
                       settings)]
 
 
 def network_arms(data, source, settings, methods=("finetune", "scratch")) -> list[Arm]:
     """The encoder of ``source`` fine-tuned, and the same network from scratch, on the labelled cutouts ``data``
     (in the order of the labelled rows)."""
+    from galtools.heads.network import NetworkSettings
     from galtools.photoz.bins import summarise_pdf
-    from galtools.photoz.finetune import FinetuneSettings, train_network
+    from galtools.photoz.finetune import train_redshift_network
 
     def arm(method):
         def run(train, test):
-            mode = FinetuneSettings(fit=replace(settings.fit), backbone_lr_factor=settings.backbone_lr_factor,
-                                    augment=settings.augment, from_scratch=method == "scratch",
-                                    device=settings.device)
-            network, record = train_network(data.subset(train), source, mode)
+            mode = NetworkSettings(fit=replace(settings.fit), backbone_lr_factor=settings.backbone_lr_factor,
+                                   augment=settings.augment, from_scratch=method == "scratch", device=settings.device)
+            network, record = train_redshift_network(data.subset(train), source, mode)
             pdf = network.predict_pdf(data.subset(test).images)
             return summarise_pdf(pdf, settings.fit.bins.centres)[0], record
 
