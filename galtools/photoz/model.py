@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from galtools.errors import BadData
 from galtools.heads import Head, LinearModel, StackedLinear, load_head, save_head
 from galtools.photoz.bins import RedshiftBins, summarise_pdf
 
@@ -54,7 +55,11 @@ class PhotozModel(LinearModel):
 
     @classmethod
     def from_head(cls, head: Head) -> "PhotozModel":
-        bins = RedshiftBins(int(head.task["n_bins"]), float(head.task["zmax"]))
+        try:
+            bins = RedshiftBins(int(head.task["n_bins"]), float(head.task["zmax"]))
+        except (KeyError, TypeError, ValueError):
+            raise BadData(f"{head.path}: the model records no valid redshift bins",
+                          "refit it with gal-photoz fit") from None
         encoder = head.arrays.get("encoder_onnx")
         return cls(head.linear(bins.n_bins, "bins"), bins, head.model_sha256, head.info,
                    encoder_onnx=None if encoder is None else encoder.astype(np.uint8).tobytes())
