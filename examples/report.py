@@ -20,16 +20,34 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def capped(rows: list[dict]) -> list[str]:
+    """The arms that hit their epoch cap somewhere on a curve: no conclusion may be drawn from them."""
+    return sorted({r["method"] for r in rows if r.get("stopped") == "cap"})
+
+
+def refusal(rows: list[dict]) -> str:
+    arms = capped(rows)
+    if not arms:
+        return ("Every training arm stopped by patience (the `stopped` column), so the arms are compared at "
+                "convergence.\n\n")
+    return (f"**No conclusion is drawn from {', '.join(f'`{a}`' for a in arms)}: it hit its epoch cap "
+            "(`stopped` = cap) at least once, so it had not converged.**\n\n")
+
+
 def photoz_curve(results: str) -> str:
     curve = load(os.path.join(results, "photoz-curve.json"))
-    rows = [[r["method"], r["n_labels"], r["n_test"], f"{r['sigma_mad']:.4f}", f"{r['eta']:.1f}", f"{r['bias']:+.4f}"]
+    rows = [[r["method"], r["n_labels"], r["n_test"], f"{r['sigma_mad']:.4f}", f"{r['eta']:.1f}", f"{r['bias']:+.4f}",
+             r.get("stopped") or "-", r.get("epochs") if r.get("stopped") else "-"]
             for r in curve["rows"]]
     return ("## 1. Photometric redshifts against the number of labels\n\n"
             "`gal-photoz curve train-emb.parquet --z-column z_true --fractions ... --images train.parquet --checkpoint\n"
             "full/last.pt`: one fixed test set, nested subsets of labels; `median` predicts the training median for every\n"
-            "object, `linear` is the linear probe on the frozen pre-trained representation, `finetune` fine-tunes the\n"
-            "pre-trained encoder end to end, `scratch` trains the same network from random weights.\n\n"
-            + table(["method", "labels", "test objects", "sigma_MAD", "eta (%)", "bias"], rows)
+            "object, `linear` is the linear probe on the frozen pre-trained representation, `pixels-pca` the same probe on\n"
+            "the cutouts' pixels (PCA fitted without labels), `random-encoder` the same probe on the architecture with\n"
+            "random weights, `finetune` fine-tunes the pre-trained encoder end to end, `scratch` trains the same network\n"
+            "from random weights. Every arm stops by the same patience rule.\n\n"
+            + refusal(curve["rows"])
+            + table(["method", "labels", "test objects", "sigma_MAD", "eta (%)", "bias", "stopped", "epochs"], rows)
             + "\n\n![photo-z label curve](photoz-curve.png)\n")
 
 
@@ -86,19 +104,20 @@ def pictures() -> str:
 def gz1(results: str) -> str:
     if not os.path.exists(os.path.join(results, "gz1-flip.json")):
         return "## 5. Real SDSS images\n\nSkipped: ../shared/data/gz1-sdss was not available.\n"
-    rows = []
+    rows, curves = [], []
     for variant in ("noflip", "flip"):
         morph = load(os.path.join(results, f"gz1-{variant}-morph.json"))
         chirality = load(os.path.join(results, f"gz1-{variant}.json"))
         best = [r for r in morph["rows"] if r["method"] != "majority"][-1]
         spin = [r for r in chirality["rows"] if r["method"] != "majority"][-1]
         majority = [r for r in chirality["rows"] if r["method"] == "majority"][-1]
+        curves += morph["rows"] + chirality["rows"]
         rows.append([variant, best["n_labels"], f"{best['accuracy']:.3f}", f"{best['balanced_accuracy']:.3f}",
                      f"{spin['accuracy']:.3f}", f"{majority['accuracy']:.3f}"])
     return ("## 5. Real SDSS images (Galaxy Zoo 1 sample, gri composites)\n\n"
             "Pre-trained on the 1,500 images with and without mirror flips; linear probes with `gal-classify curve`\n"
             "(4 classes: elliptical / spiral / edge-on / merger; and clockwise vs anticlockwise spirals).\n\n"
-            + table(["pre-training", "labels", "4-class accuracy", "balanced", "clockwise vs anticlockwise",
+            + refusal(curves) + table(["pre-training", "labels", "4-class accuracy", "balanced", "clockwise vs anticlockwise",
                      "majority class"], rows) + "\n")
 
 

@@ -99,7 +99,7 @@ def load(path):
 
 
 def validation_rows(n_labelled, model):
-    from galtools.photoz.fit import validation_split
+    from galtools.heads.rows import validation_split
 
     return validation_split(n_labelled, model.info["settings"]["val_fraction"], model.info["seed"])
 

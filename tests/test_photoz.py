@@ -249,7 +249,7 @@ def test_same_seed_same_model(tmp_path):
 
 
 def test_streamed_fit_matches_in_memory_statistics_and_quality(tmp_path):
-    from galtools.photoz.fit import InMemoryRows, StreamedRows
+    from galtools.heads.rows import InMemoryRows, StreamedRows
 
     x, z, _ = synthetic_embeddings(3000, seed=2)
     path = write_table(embedding_table(x, z), str(tmp_path / "emb.arrow"))

@@ -304,7 +304,9 @@ def test_label_curve_with_finetuning_and_from_scratch(pipeline):
                   "--bins 30 --fractions 1 --max-epochs 1 --json --plot curve.png", pipeline["folder"])
     rows = json.loads(result.stdout)["rows"]
     methods = {(r["method"], r["fraction"]) for r in rows}
-    assert methods == {(m, 1.0) for m in ("median", "linear", "finetune", "scratch")}
+    assert methods == {(m, 1.0) for m in ("median", "linear", "pixels-pca", "random-encoder", "finetune", "scratch")}
+    assert {r["method"]: r["stopped"] for r in rows} == {"median": "", "linear": "cap", "pixels-pca": "cap",
+                                                         "random-encoder": "cap", "finetune": "cap", "scratch": "cap"}
     test_sizes = {r["n_test"] for r in rows}
     assert len(test_sizes) == 1                                   # one test set for every point
     for row in rows:

@@ -1,79 +1,91 @@
-"""The label-efficiency curve of the classifier: accuracy against the number of labels (as gal-photoz's curve).
+"""The label-efficiency curve of the classifier: accuracy against the number of labels, on galtools.heads' curve
+driver (one fixed test set, nested training subsets, the same for every arm).
 
-The labelled rows are split once into a fixed test set and a training pool (gal-photoz's ``split_test`` and
-``subset_sizes``); for each fraction, the first ``fraction x pool`` rows of the pool's seeded permutation train a
-classifier (so the subsets are nested), and every classifier is scored on the same test set against the label (or
-the majority vote).
-``majority`` predicts the training subset's most frequent class: the floor any representation must beat.
+``majority`` predicts the training subset's most frequent class: the floor any representation must beat.  With the
+cutouts and a gal-train checkpoint, also the same classifier on the pixels and on the untrained architecture, the
+encoder fine-tuned and the same network from scratch.  Every classifier is scored on the same test set against the
+label (or the majority vote), and every training arm stops by the same rule.
 """
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 
 from galtools.classify.fit import ClassifySettings, LabelledRows, fit_rows
 from galtools.classify.metrics import classification_metrics
-from galtools.photoz.curve import split_test, subset_sizes
+from galtools.heads.curve import Arm, format_curve, make_split, plot_curve, run_curve
 
-log = logging.getLogger("galtools")
-
-
-def curve_row(method: str, fraction: float, n_labels: int, truth: np.ndarray, predicted: np.ndarray,
-              classes) -> dict:
-    metrics = classification_metrics(truth, predicted, classes)
-    return {"method": method, "fraction": fraction, "n_labels": n_labels, "n_test": metrics["n"],
-            "accuracy": metrics["accuracy"], "balanced_accuracy": metrics["balanced_accuracy"]}
+METRICS = [("accuracy", "accuracy", ".4f"), ("balanced_accuracy", "balanced", ".4f")]
+PANELS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")]
+BASELINES = ("majority",)
 
 
 def label_curve(rows: LabelledRows, fractions: list[float], settings: ClassifySettings,
-                test_fraction: float = 0.2) -> list[dict]:
-    """Rows of the curve: the majority-class baseline and the classifier, for each usable fraction."""
+                test_fraction: float = 0.2, images=None) -> list[dict]:
+    """Rows of the curve: the majority-class baseline and the classifier, for each usable fraction; with
+    ``images`` = (cutouts of the rows, checkpoint's EncoderSource, NetworkSettings), also the baselines on the
+    cutouts (``image_arms``)."""
     classes = rows.labels.classes
-    pool, test = split_test(rows.count, test_fraction, settings.seed)
     truth = rows.truth
-    method = "linear" if settings.hidden is None else f"mlp{settings.hidden}"
-    curve = []
     # at least one label per class (and two, so that one can validate)
-    sizes = subset_sizes(len(pool), fractions, max(len(classes), 2), "classes",
-                         "use larger --fractions or more labelled rows")
-    for fraction, count in sizes:
-        train = np.sort(pool[:count])
-        majority = int(np.argmax(np.bincount(truth[train], minlength=len(classes))))
-        curve.append(curve_row("majority", fraction, count, truth[test], np.full(len(test), majority), classes))
-        log.info(f"{method} classifier on {count} labels ({fraction:g} of {len(pool)})")
+    split = make_split(rows.count, fractions, test_fraction, settings.seed, max(len(classes), 2), "classes",
+                       "use larger --fractions or more labelled rows")
+
+    def majority(train, test):
+        return np.full(len(test), int(np.argmax(np.bincount(truth[train], minlength=len(classes))))), None
+
+    def classifier(train, test):
         model = fit_rows(rows.subset(train), settings)
-        predicted = np.argmax(model.predict_proba(rows.x[test]), axis=1)
-        curve.append(curve_row(method, fraction, count, truth[test], predicted, classes))
-    return curve
+        return np.argmax(model.predict_proba(rows.x[test]), axis=1), model.info["training"]
+
+    arms = [Arm("majority", majority, baseline=True),
+            Arm("linear" if settings.hidden is None else f"mlp{settings.hidden}", classifier)]
+    if images is not None:
+        arms += image_arms(rows, *images, settings)
+
+    def score(predicted, test):
+        metrics = classification_metrics(truth[test], predicted, classes)
+        return {"n": metrics["n"], "accuracy": metrics["accuracy"],
+                "balanced_accuracy": metrics["balanced_accuracy"]}
+
+    return run_curve(split, arms, score)
 
 
-def format_curve(rows: list[dict]) -> str:
-    lines = [f"{'method':<10} {'fraction':>8} {'labels':>8} {'test':>6} {'accuracy':>9} {'balanced':>9}"]
-    for row in rows:
-        lines.append(f"{row['method']:<10} {row['fraction']:>8g} {row['n_labels']:>8} {row['n_test']:>6} "
-                     f"{row['accuracy']:>9.4f} {row['balanced_accuracy']:>9.4f}")
-    return "\n".join(lines)
+def image_arms(rows: LabelledRows, cutouts: np.ndarray, source, network, settings: ClassifySettings) -> list[Arm]:
+    """On the rows' cutouts: the same classifier on their pixels (PCA to the representation's dimension, fitted
+    without labels) and on the checkpoint's architecture with random weights; the encoder fine-tuned, and the same
+    network trained from scratch (``network``: their NetworkSettings)."""
+    from dataclasses import replace
+
+    from galtools.heads.baselines import pixel_pca_features, random_encoder_features
+    from galtools.heads.network import LabelledCutouts, train_network
+
+    def probe_on(x):
+        features = rows.with_features(x)
+
+        def run(train, test):
+            model = fit_rows(features.subset(train), settings)
+            return np.argmax(model.predict_proba(x[test]), axis=1), model.info["training"]
+
+        return run
+
+    data = LabelledCutouts(cutouts, rows.targets, rows.ids)
+
+    def trained(from_scratch):
+        def run(train, test):
+            mode = replace(network, fit=replace(network.fit), from_scratch=from_scratch)
+            model, record = train_network(data.subset(train), source, mode, len(rows.labels.classes))
+            return np.argmax(model.predict_pdf(cutouts[test]), axis=1), record
+
+        return run
+
+    return [Arm("pixels-pca", probe_on(pixel_pca_features(cutouts, source, rows.x.shape[1]))),
+            Arm("random-encoder", probe_on(random_encoder_features(cutouts, source, settings.seed))),
+            Arm("finetune", trained(False)), Arm("scratch", trained(True))]
 
 
-def plot_curve(rows: list[dict], path: str) -> None:
-    import matplotlib
+def format_classify_curve(rows: list[dict]) -> str:
+    return format_curve(rows, METRICS)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for method in dict.fromkeys(row["method"] for row in rows):
-        mine = [row for row in rows if row["method"] == method]
-        labels = [row["n_labels"] for row in mine]
-        style = "k:" if method == "majority" else "o-"
-        axes[0].plot(labels, [row["accuracy"] for row in mine], style, label=method)
-        axes[1].plot(labels, [row["balanced_accuracy"] for row in mine], style, label=method)
-    for axis, what in zip(axes, ("accuracy", "balanced accuracy")):
-        axis.set(xscale="log", xlabel="number of labels", ylabel=what, ylim=(0, 1.02))
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle("label efficiency (same test set for every point)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def plot_classify_curve(rows: list[dict], path: str) -> None:
+    plot_curve(rows, path, PANELS, BASELINES, ylim=(0, 1.02))

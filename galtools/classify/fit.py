@@ -3,8 +3,8 @@
 With targets t (each row sums to 1) and predicted probabilities q = softmax(logits), the loss is
 ``-mean_i sum_c t_ic log q_ic``; a hard label is the one-hot special case, ``-mean_i log q_i,label_i``.
 The optimisation (AdamW, learning-rate cuts on plateaus, early stopping on a validation split, best weights kept,
-input standardisation folded into the first layer) is gal-photoz's ``train_head``, reused as it is: torch's
-``cross_entropy`` takes class indices and class probabilities alike.  The labelled rows are held in memory
+input standardisation folded into the first layer) is galtools.heads' ``train_head``: torch's ``cross_entropy``
+takes class indices and class probabilities alike.  The labelled rows are held in memory
 (labels are the scarce part: 100k labelled 2048-d embeddings are 0.8 GB).
 """
 from __future__ import annotations
@@ -13,38 +13,21 @@ import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from galtools.classify.labels import (HARD, LabelSpec, check_label_columns, class_indices, label_strings,
                                       majority_vote, natural_order, soft_targets, vote_fractions)
 from galtools.classify.model import ClassifierModel
 from galtools.errors import BadData
-from galtools.io import EMBEDDING, MODEL_SHA256, open_table, vectors_of
-from galtools.photoz.fit import FitSettings, InMemoryRows, check_finite_rows, train_head, validation_split
+from galtools.heads.rows import InMemoryRows, read_labelled as read_rows, validation_split
+from galtools.heads.source import open_embeddings
+from galtools.heads.train import TrainSettings, train_head
 
 log = logging.getLogger("galtools")
 
 
 @dataclass
-class ClassifySettings:
-    hidden: int | None = None          # None: linear probe; N: one hidden layer of N units
-    val_fraction: float = 0.1
-    max_epochs: int = 100
-    patience: int = 6                  # validation checks without improvement before stopping
-    batch_size: int = 512
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    seed: int = 0
-
-    def for_classes(self, n_classes: int) -> FitSettings:
-        """gal-photoz's settings for a head with one output per class (its 'bins')."""
-        return FitSettings(n_bins=n_classes, hidden=self.hidden, val_fraction=self.val_fraction,
-                           max_epochs=self.max_epochs, patience=self.patience, batch_size=self.batch_size,
-                           lr=self.lr, weight_decay=self.weight_decay, seed=self.seed, stream=False)
-
-    def validate(self) -> "ClassifySettings":
-        self.for_classes(2).validate()    # same options, same messages
-        return self
+class ClassifySettings(TrainSettings):
+    """The training settings of galtools.heads; the classes come from the labels."""
 
 
 @dataclass
@@ -57,6 +40,7 @@ class LabelledRows:
     model_sha256: str | None = None
     n_rows: int = 0                # rows read
     n_unused: int = 0              # rows without a usable label
+    ids: list | None = None        # their object_ids, when asked for
 
     @property
     def count(self) -> int:
@@ -68,66 +52,49 @@ class LabelledRows:
         return self.targets if self.labels.kind == HARD else majority_vote(self.targets)
 
     def subset(self, rows: np.ndarray) -> "LabelledRows":
-        return LabelledRows(self.x[rows], self.targets[rows], self.labels, self.model_sha256, len(rows), 0)
+        ids = None if self.ids is None else [self.ids[r] for r in rows]
+        return LabelledRows(self.x[rows], self.targets[rows], self.labels, self.model_sha256, len(rows), 0, ids)
+
+    def with_features(self, x: np.ndarray) -> "LabelledRows":
+        """The same rows and labels with other features (pixels, another encoder's)."""
+        return LabelledRows(x, self.targets, self.labels, None, self.n_rows, self.n_unused, self.ids)
 
 
-def check_embedding_column(schema: pa.Schema, name: str) -> int:
-    """The embedding dimension; BadData (65) when the table has no fixed-size embedding column."""
-    if EMBEDDING not in schema.names:
-        hint = ("embed the cutouts first with gal-embed" if "image" in schema.names
-                else "give an embedding table made by gal-embed")
-        raise BadData(f"{name} has no '{EMBEDDING}' column (columns: {', '.join(schema.names)})", hint)
-    field_type = schema.field(EMBEDDING).type
-    if not pa.types.is_fixed_size_list(field_type):
-        raise BadData(f"{name}: column '{EMBEDDING}' is {field_type}, not a fixed-size vector",
-                      "give an embedding table made by gal-embed")
-    return field_type.list_size
+def read_labelled(path: str, spec: LabelSpec, with_ids: bool = False) -> LabelledRows:
+    """The rows of an embedding table that have a usable label, in memory (with their object_ids)."""
+    with open_embeddings(path) as source:
+        name = source.name
+        check_label_columns(source.table.schema, spec, name)
 
-
-def read_labelled(path: str, spec: LabelSpec) -> LabelledRows:
-    """The rows of an embedding table that have a usable label, in memory."""
-    name = "stdin" if path == "-" else path
-    with open_table(path) as table:
-        check_embedding_column(table.schema, name)
-        check_label_columns(table.schema, spec, name)
-        from galtools.search.table import check_single_model
-
-        check_single_model(table)
-        model_sha256 = table.metadata.get(MODEL_SHA256) or None
-        xs, found, n_rows = [], [], 0
-        for batch in table.iter_batches(columns=[EMBEDDING] + spec.columns):
-            n_rows += batch.num_rows
+        def usable(batch):
             if spec.kind == HARD:
                 values = label_strings(batch.column(spec.column))
-                usable = (np.array([v is not None for v in values], dtype=bool) if spec.classes is None
-                          else class_indices(values, spec) >= 0)
-                keep = np.flatnonzero(usable)
-                found.append(values[keep])
-            else:
-                targets, used = soft_targets(vote_fractions(batch, spec, name))
-                keep = np.flatnonzero(used)
-                found.append(targets.astype(np.float32))
-            if keep.size:
-                xs.append(np.array(vectors_of(batch)[keep], dtype=np.float32))
-        dim = table.schema.field(EMBEDDING).type.list_size
-    x = np.concatenate(xs) if xs else np.empty((0, dim), np.float32)
+                found = (np.array([v is not None for v in values], dtype=bool) if spec.classes is None
+                         else class_indices(values, spec) >= 0)
+                keep = np.flatnonzero(found)
+                return keep, values[keep]
+            targets, used = soft_targets(vote_fractions(batch, spec, name))
+            return np.flatnonzero(used), targets.astype(np.float32)
+
+        found = read_rows(source, spec.columns, usable, with_ids)
+        model_sha256 = source.model_sha256
+    x, n_rows = found.x, found.n_rows
     if len(x) == 0:
         what = f"a label in '{spec.column}'" if spec.kind == HARD else "votes in " + ", ".join(spec.columns)
         listed = f" among {', '.join(spec.classes)}" if spec.kind == HARD and spec.classes else ""
         raise BadData(f"{name}: none of its {n_rows} rows has {what}{listed}",
                       "check the label column(s) and --classes")
-    check_finite_rows(x, name)
     if spec.kind == HARD:
-        values = np.concatenate(found)
+        values = np.concatenate(found.labels)
         if spec.classes is None:
             spec = spec.with_classes(natural_order(values))
         targets = class_indices(values, spec)
     else:
-        targets = np.concatenate(found)
+        targets = np.concatenate(found.labels)
     if len(spec.classes) < 2:
         raise BadData(f"{name}: every labelled row is of class {spec.classes[0]!r}; a classifier needs two or more",
                       "check --label, or give rows of other classes")
-    rows = LabelledRows(x, targets, spec, model_sha256, n_rows, n_rows - len(x))
+    rows = LabelledRows(x, targets, spec, model_sha256, n_rows, n_rows - len(x), found.ids)
     log.info(f"{rows.count} labelled rows of {n_rows} ({rows.n_unused} without a usable label); "
              f"classes: {', '.join(spec.classes)}")
     return rows
@@ -147,13 +114,13 @@ def fit_rows(rows: LabelledRows, settings: ClassifySettings) -> ClassifierModel:
         log.warning(f"no training row of class(es) {', '.join(missing)}: they will hardly ever be predicted")
     train_targets, val_targets = rows.targets[~val], rows.targets[val]   # class indices, or vote fractions
     log.info(f"fitting on {int((~val).sum())} labelled rows, validating on {int(val.sum())}")
-    weights, biases, record = train_head(InMemoryRows(rows.x[~val], train_targets), rows.x[val], val_targets,
-                                         rows.x.shape[1], settings.for_classes(n_classes))
+    linear, record = train_head(InMemoryRows(rows.x[~val], train_targets), rows.x[val], val_targets,
+                                rows.x.shape[1], n_classes, settings)
     counts = np.bincount(rows.truth, minlength=n_classes)
     info = {"n_train": int((~val).sum()), "n_val": int(val.sum()), "n_unused": rows.n_unused,
             "class_counts": {c: int(n) for c, n in zip(rows.labels.classes, counts)},
             "settings": asdict(settings), "training": record, "seed": settings.seed}
-    return ClassifierModel(weights, biases, rows.labels, rows.model_sha256, info)
+    return ClassifierModel(linear, rows.labels, rows.model_sha256, info)
 
 
 def fit_table(path: str, spec: LabelSpec, settings: ClassifySettings) -> ClassifierModel:

@@ -6,8 +6,11 @@ import json
 
 import click
 
-from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar, seed_option,
-                                 shard_option, subcommand)
+from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar, shard_option,
+                                 subcommand)
+from galtools.cli.heads_options import (curve_options, curve_prologue, draw, emit_curve, model_option, model_output,
+                                        network_options, option_group, report_options, score_prologue,
+                                        training_options)
 
 EXAMPLE = """gal-classify fit emb.parquet --label morph_class -o morph.model
 gal-classify predict emb.parquet --model morph.model -o pred.parquet
@@ -25,6 +28,7 @@ EVAL_EXAMPLE = """gal-classify eval pred.parquet
 gal-classify eval pred.parquet --confident 0.8 --json --plot morph.png"""
 
 CURVE_EXAMPLE = """gal-classify curve emb.parquet --label morph_class --fractions 0.01,0.03,0.1,0.3,1 --plot curve.png
+gal-classify curve emb.parquet --label morph_class --images cutouts.fits --checkpoint run/last.pt --plot curve.png
 gal-classify curve gz2.parquet --soft-labels p_smooth,p_features --json -o curve.parquet"""
 
 LABEL_HELP = {
@@ -51,72 +55,55 @@ def cli():
     """
 
 
-def _settings(hidden, val_fraction, max_epochs, patience, batch_size, lr, weight_decay, seed):
+@option_group("label_options")
+def _label_options():
+    return [click.option("--label", default=None, metavar="COLUMN", help=LABEL_HELP["label"]),
+            click.option("--soft-labels", default=None, metavar="COL1,COL2,...", help=LABEL_HELP["soft"]),
+            click.option("--classes", default=None, metavar="LIST", help=LABEL_HELP["classes"])]
+
+
+def _spec_and_settings(label_options, training):
     from galtools.classify.fit import ClassifySettings
+    from galtools.classify.labels import label_spec
 
-    return ClassifySettings(hidden=hidden, val_fraction=val_fraction, max_epochs=max_epochs, patience=patience,
-                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed).validate()
-
-
-def _training_options(func):
-    options = [
-        click.option("--label", default=None, metavar="COLUMN", help=LABEL_HELP["label"]),
-        click.option("--soft-labels", default=None, metavar="COL1,COL2,...", help=LABEL_HELP["soft"]),
-        click.option("--classes", default=None, metavar="LIST", help=LABEL_HELP["classes"]),
-        click.option("--hidden", type=int, default=None, metavar="N",
-                     help="One hidden layer of N units (an MLP) instead of a linear probe."),
-        click.option("--val-fraction", type=float, default=0.1, show_default=True,
-                     help="Labelled rows held out for early stopping."),
-        click.option("--max-epochs", type=int, default=100, show_default=True, help="Upper limit on passes."),
-        click.option("--patience", type=int, default=6, show_default=True,
-                     help="Stop after this many validation checks without improvement."),
-        click.option("--batch-size", type=int, default=512, show_default=True),
-        click.option("--lr", type=float, default=1e-2, show_default=True, help="AdamW learning rate (cut on plateaus)."),
-        click.option("--weight-decay", type=float, default=1e-4, show_default=True),
-        seed_option,
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    spec = label_spec(label_options["label"], label_options["soft_labels"], label_options["classes"])
+    return spec, ClassifySettings(**training).validate()
 
 
 # --------------------------------------------------------------------------------------------------------- fit
 
 @subcommand(cli, "fit", example=FIT_EXAMPLE)
 @input_argument("emb")
-@_training_options
-@click.option("-o", "--output", required=True, metavar="MODEL", help="Model file to write (.model, an npz).")
-@click.option("--overwrite", is_flag=True, help="Replace MODEL if it exists.")
-def fit(emb, label, soft_labels, classes, hidden, val_fraction, max_epochs, patience, batch_size, lr, weight_decay,
-        seed, output, overwrite):
+@_label_options
+@training_options()
+@model_output
+def fit(emb, label_options, training, output, overwrite):
     """Train a classifier on the labelled rows of EMB (an embedding table from gal-embed, or '-').
 
     Cross-entropy against the labels, or against the vote fractions as soft targets (-sum_c t_c log q_c; a hard
     label is the one-hot case); AdamW with the learning rate cut on plateaus, early stopping on a held-out
     validation split, the best weights kept. The model file records the classes, where their labels came from,
-    the seed, the losses and the encoder's sha256 (embeddings of another encoder are refused later).
+    the seed, the losses, whether the run stopped by patience or at --max-epochs, and the encoder's sha256
+    (embeddings of another encoder are refused later).
     """
     from galtools.classify.fit import fit_table
-    from galtools.classify.labels import label_spec
     from galtools.heads import check_head_output
+    from galtools.heads.train import describe_run
 
-    spec = label_spec(label, soft_labels, classes)
-    settings = _settings(hidden, val_fraction, max_epochs, patience, batch_size, lr, weight_decay, seed)
+    spec, settings = _spec_and_settings(label_options, training)
     check_head_output(output, overwrite)
     model = fit_table(emb, spec, settings)
     model.info["source"] = "stdin" if emb == "-" else emb
     model.save(output, overwrite=overwrite)
-    record = model.info["training"]
     log.info(f"wrote {output}: {model.kind}, {len(model.classes)} classes, {model.info['n_train']} training rows, "
-             f"best validation loss {record['best_val_loss']:.4f} after {record['best_check']} of "
-             f"{record['checks']} checks")
+             f"{describe_run(model.info['training'])}")
 
 
 # ----------------------------------------------------------------------------------------------------- predict
 
 @subcommand(cli, "predict", example=PREDICT_EXAMPLE)
 @input_argument("emb")
-@click.option("--model", "model_path", required=True, metavar="MODEL", help="A model from 'gal-classify fit'.")
+@model_option("gal-classify")
 @click.option("--keep-embedding", is_flag=True, help="Carry the embedding column through (e.g. for gal-map).")
 @shard_option
 @output_options()
@@ -128,23 +115,11 @@ def predict(emb, model_path, keep_embedding, shard, output, fmt, overwrite):
     """
     from galtools.classify.model import KINDS, TOOL, ClassifierModel
     from galtools.classify.predict import predict_table
-    from galtools.cli.common import resolve_shard
-    from galtools.heads import load_head
-    from galtools.io import check_output_path
 
-    head = load_head(model_path, TOOL, KINDS)
-    model = ClassifierModel.from_head(head)
-    selected = resolve_shard(shard)
-    if selected is not None and "{shard}" in output:
-        output = selected.format_path(output)
-    check_output_path(output, overwrite)
-
-    def check(dim, sha, name):
-        head.check_embeddings(dim, sha, name, log)
-
+    head, output, selected = score_prologue(model_path, TOOL, KINDS, output, shard, overwrite)
     with progress_bar(None, "classifying") as bar:
-        rows = predict_table(emb, model, check, output, fmt=fmt, overwrite=overwrite, keep_embedding=keep_embedding,
-                             shard=selected, progress=bar.advance)
+        rows = predict_table(emb, ClassifierModel.from_head(head), head, output, fmt=fmt, overwrite=overwrite,
+                             keep_embedding=keep_embedding, shard=selected, progress=bar.advance)
     log.debug(f"{rows} predictions written")
 
 
@@ -160,9 +135,7 @@ def predict(emb, model_path, keep_embedding, shard, output, fmt, overwrite):
               help="With votes: also report on rows whose winning vote fraction exceeds this.")
 @click.option("--calibration-bins", type=click.IntRange(2), default=10, show_default=True,
               help="Bins of the top-class probability for the calibration curve.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.option("--plot", metavar="PNG", help="Draw the confusion matrix and the calibration curve.")
-@click.option("--overwrite", is_flag=True, help="Replace PNG if it exists.")
+@report_options("Draw the confusion matrix and the calibration curve.")
 def evaluate(pred, label, soft_labels, confident, calibration_bins, as_json, plot, overwrite):
     """Metrics of the predictions in PRED (a table from 'gal-classify predict', or '-') against the truth:
 
@@ -174,75 +147,61 @@ def evaluate(pred, label, soft_labels, confident, calibration_bins, as_json, plo
     """
     from galtools.classify.evaluate import evaluate as evaluate_predictions
     from galtools.classify.evaluate import format_report, plot_report, read_predictions
-    from galtools.io import atomic_file, check_output_path
+    from galtools.cli.heads_options import check_outputs
 
-    if plot:
-        check_output_path(plot, overwrite)
+    check_outputs(overwrite, plot)
     report = evaluate_predictions(read_predictions(pred, label, soft_labels), confident, calibration_bins)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
-    if plot:
-        with atomic_file(plot) as path:
-            plot_report(report, path)
+    draw(plot, plot_report, report)
 
 
 # ------------------------------------------------------------------------------------------------------- curve
 
 @subcommand(cli, "curve", example=CURVE_EXAMPLE)
 @input_argument("emb")
-@_training_options
-@click.option("--fractions", default="0.01,0.03,0.1,0.3,1", show_default=True,
-              help="Fractions of the training pool to train on (nested subsets).")
-@click.option("--test-fraction", type=float, default=0.2, show_default=True,
-              help="Labelled rows set aside once as the common test set.")
-@click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table.")
-@click.option("--plot", metavar="PNG", help="Draw accuracy and balanced accuracy against the number of labels.")
-@click.option("-o", "--output", default=None, metavar="TABLE", help="Also write the curve as a table (.parquet ...).")
-@click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]), default=None,
-              help="Format of -o (default: from the extension).")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def curve(emb, label, soft_labels, classes, hidden, val_fraction, max_epochs, patience, batch_size, lr,
-          weight_decay, seed, fractions, test_fraction, as_json, plot, output, fmt, overwrite):
+@_label_options
+@training_options()
+@network_options
+@curve_options("Draw accuracy and balanced accuracy against the number of labels.")
+def curve(emb, label_options, training, network, curve):
     """The label-efficiency curve: accuracy and balanced accuracy of the classifier (and of predicting the most
     frequent class) against the number of labels, on one fixed test set, from nested random subsets.
 
-    The labelled rows of EMB are held in memory.
+    With --images and --checkpoint, also the baselines on the same subsets and test set: the classifier on the
+    pixels (PCA, fitted without labels) and on the encoder with random weights, the encoder fine-tuned and the same
+    network from scratch (batch 64, lr 1e-3). Every arm stops by the same rule; the 'stopped' column says whether
+    by patience or at --max-epochs (then it had not converged). The labelled rows are held in memory.
     """
-    from galtools.classify.curve import format_curve, label_curve, plot_curve
+    from galtools.classify.curve import format_classify_curve, label_curve, plot_classify_curve
     from galtools.classify.fit import read_labelled
-    from galtools.classify.labels import label_spec
-    from galtools.io import atomic_file, check_output_path
-    from galtools.photoz.curve import parse_fractions
 
-    spec = label_spec(label, soft_labels, classes)
-    settings = _settings(hidden, val_fraction, max_epochs, patience, batch_size, lr, weight_decay, seed)
-    wanted = parse_fractions(fractions)
-    if not 0 < test_fraction < 1:
-        from galtools.errors import UsageProblem
+    spec, settings = _spec_and_settings(label_options, training)
+    fractions = curve_prologue(curve)
+    images = _network_inputs(emb, network, training) if network["images"] or network["checkpoint"] else None
+    rows = read_labelled(emb, spec, with_ids=images is not None)
+    if images is not None:
+        from galtools.heads.network import cutouts_for, load_checkpoint
 
-        raise UsageProblem(f"--test-fraction must be between 0 and 1, got {test_fraction}")
-    if plot:
-        check_output_path(plot, overwrite)
-    if output:
-        check_output_path(output, overwrite)
-    rows = read_labelled(emb, spec)
-    points = label_curve(rows, wanted, settings, test_fraction)
-    if output == "-":
-        pass                       # stdout carries the table
-    elif as_json:
-        click.echo(json.dumps({"classes": list(rows.labels.classes), "seed": seed, "test_fraction": test_fraction,
-                               "rows": points}, indent=2))
-    else:
-        click.echo(format_curve(points))
-    if output:
-        import pyarrow as pa
+        source = load_checkpoint(network["checkpoint"])
+        images = (cutouts_for(network["images"], rows.ids, source.bands), source, images)
+    points = label_curve(rows, fractions, settings, curve["test_fraction"], images)
+    emit_curve(points, curve, format_classify_curve(points), {"classes": list(rows.labels.classes),
+               "seed": settings.seed}, "gal-classify", settings.seed, plot_classify_curve)
 
-        from galtools.io import open_output
 
-        with open_output(output, overwrite=overwrite, fmt=fmt, tool="gal-classify", seed=seed) as out:
-            out.write(pa.Table.from_pylist(points))
-    if plot:
-        with atomic_file(plot) as path:
-            plot_curve(points, path)
+def _network_inputs(emb, network, training):
+    """The NetworkSettings of the curve's network arms (after checking --images and --checkpoint)."""
+    from galtools.classify.fit import ClassifySettings
+    from galtools.errors import UsageProblem
+    from galtools.heads.network import DEFAULT_AUGMENT, NETWORK_DEFAULTS, NetworkSettings
+
+    if not (network["images"] and network["checkpoint"]):
+        raise UsageProblem("the curve on cutouts needs both --images and --checkpoint", "give both, or neither")
+    if emb == "-":
+        raise UsageProblem("the curve on cutouts reads EMB twice: give a file, not '-'")
+    return NetworkSettings(fit=ClassifySettings(**{**training, **NETWORK_DEFAULTS}),
+                           backbone_lr_factor=network["backbone_lr_factor"],
+                           augment=network["augment_spec"] or DEFAULT_AUGMENT, device=network["device"]).validate()
 
 
 main = cli

@@ -10,6 +10,7 @@ import click
 
 from galtools.cli.command import (GalCommand, GalGroup, galtools_command, galtools_group, is_quiet,  # noqa: F401
                                   is_verbose, log, run_main, subcommand, tool_name)
+from galtools.progress import NullProgress, RichProgress  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------------- options
@@ -141,48 +142,9 @@ def progress_enabled() -> bool:
     return not is_quiet() and sys.stderr.isatty()
 
 
-class NullProgress:
-    """The progress bar when there is none to show (quiet, not a terminal, or not the main process)."""
-
-    def __init__(self, *args, **kwargs):
-        """Accepts progress_bar's arguments and ignores them."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self, amount: int = 1) -> None:
-        """Nothing to draw."""
-
-
-class _RichProgress:
-    def __init__(self, total, description):
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                                  transient=False)
-        self._total, self._description = total, description
-
-    def __enter__(self):
-        self._progress.__enter__()
-        self._task = self._progress.add_task(self._description, total=self._total)
-        return self
-
-    def __exit__(self, *exc):
-        return self._progress.__exit__(*exc)
-
-    def advance(self, amount: int = 1) -> None:
-        self._progress.advance(self._task, amount)
-
-
 def progress_bar(total: int | None, description: str):
     """``with progress_bar(n, "embedding") as bar: bar.advance(k)``: rich on a terminal's stderr, else nothing."""
-    return _RichProgress(total, description) if progress_enabled() else NullProgress()
+    return RichProgress(total, description) if progress_enabled() else NullProgress()
 
 
 def progress(iterable, total: int | None = None, description: str = "working"):
@@ -190,7 +152,7 @@ def progress(iterable, total: int | None = None, description: str = "working"):
     if not progress_enabled():
         yield from iterable
         return
-    with _RichProgress(total, description) as bar:
+    with RichProgress(total, description) as bar:
         for item in iterable:
             yield item
             bar.advance(1)

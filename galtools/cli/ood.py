@@ -7,6 +7,7 @@ import click
 
 from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar, seed_option,
                                  shard_option, subcommand)
+from galtools.cli.heads_options import check_outputs, draw, model_option, model_output, report_options, score_prologue
 
 EXAMPLE = """gal-ood fit labelled-emb.parquet -k 10 -o ood.model
 gal-ood score survey-emb.parquet --model ood.model -o scored.parquet
@@ -61,8 +62,7 @@ def cli():
 @click.option("--components", type=int, default=8, show_default=True, help="Gaussian mixture components (gmm).")
 @click.option("--trees", type=int, default=200, show_default=True, help="Isolation-forest trees (iforest).")
 @seed_option
-@click.option("-o", "--output", required=True, metavar="MODEL", help="Model file to write (.model, an npz).")
-@click.option("--overwrite", is_flag=True, help="Replace MODEL if it exists.")
+@model_output
 def fit(reference, method, k, search, calibration_fraction, pca, components, trees, seed, output, overwrite):
     """Learn the reference distribution from REFERENCE (e.g. the labelled objects' embeddings).
 
@@ -89,7 +89,7 @@ def fit(reference, method, k, search, calibration_fraction, pca, components, tre
 
 @subcommand(cli, "score", example=SCORE_EXAMPLE)
 @input_argument("target")
-@click.option("--model", "model_path", required=True, metavar="MODEL", help="A model from 'gal-ood fit'.")
+@model_option("gal-ood")
 @click.option("--coverage", type=float, default=0.95, show_default=True,
               help="trusted = ood_score < COVERAGE: this fraction of in-distribution objects is trusted.")
 @click.option("--top", type=click.IntRange(0), default=0, metavar="N",
@@ -108,10 +108,7 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
     nearest_reference_distance (cosine); other columns are carried. With --top N and no -o, only the table of
     the N strangest is printed (with -o -, it goes to stderr).
     """
-    from galtools.cli.common import resolve_shard
     from galtools.errors import UsageProblem
-    from galtools.heads import load_head
-    from galtools.io import check_output_path
     from galtools.ood.model import KINDS, TOOL, OodModel
     from galtools.ood.score import score_table
 
@@ -121,24 +118,13 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
         raise UsageProblem("--montage needs --images", "the cutout table holding the pictures")
     if montage:
         top = top or DEFAULT_MONTAGE_COUNT
-    head = load_head(model_path, TOOL, KINDS)
-    model = OodModel.from_head(head)
-    selected = resolve_shard(shard)
     if output is None:
         output = None if top else "-"
-    if output is not None:
-        if selected is not None and "{shard}" in output:
-            output = selected.format_path(output)
-        check_output_path(output, overwrite)
-    if montage:
-        check_output_path(montage, overwrite)
-
-    def check(dim, sha, name):
-        head.check_embeddings(dim, sha, name, log)
-
+    head, output, selected = score_prologue(model_path, TOOL, KINDS, output, shard, overwrite)
+    check_outputs(overwrite, montage)
     with progress_bar(None, "scoring") as bar:
-        rows, strangest = score_table(target, model, check, output, coverage=coverage, fmt=fmt, overwrite=overwrite,
-                                      shard=selected, top=top, progress=bar.advance)
+        rows, strangest = score_table(target, OodModel.from_head(head), head, output, coverage=coverage, fmt=fmt,
+                                      overwrite=overwrite, shard=selected, top=top, progress=bar.advance)
     log.debug(f"{rows} objects scored")
     if top:
         _print_top(strangest, show_columns, to_stderr=output == "-")   # stdout may carry the scored table
@@ -147,33 +133,13 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
 
 
 def _print_top(strangest, show_columns, to_stderr=False):
-    from galtools.errors import UsageProblem
+    from galtools.ood.score import format_top
 
-    if strangest is None or strangest.num_rows == 0:
-        click.echo("no objects scored", err=to_stderr)
-        return
-    columns = [c for c in TOP_COLUMNS if c in strangest.column_names]
-    for column in show_columns:
-        if column not in strangest.column_names:
-            raise UsageProblem(f"--show {column}: no such column", f"columns: {', '.join(strangest.column_names)}")
-        columns.append(column)
-    rows = [[_cell(v) for v in strangest.column(c).to_pylist()] for c in columns]
-    widths = [max(len(c), *(len(v) for v in values)) for c, values in zip(columns, rows)]
-    click.echo("  ".join(["rank"] + [c.rjust(w) for c, w in zip(columns, widths)]), err=to_stderr)
-    for i in range(strangest.num_rows):
-        click.echo("  ".join([str(i + 1).rjust(4)] + [values[i].rjust(w) for values, w in zip(rows, widths)]),
-                   err=to_stderr)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    click.echo(format_top(strangest, TOP_COLUMNS, show_columns), err=to_stderr)
 
 
 def _draw_montage(strangest, images, path):
     from galtools.errors import BadData
-    from galtools.io import atomic_file
     from galtools.ood.montage import images_for
     from galtools.viz import rgb_composite, save_montage
 
@@ -187,9 +153,8 @@ def _draw_montage(strangest, images, path):
     captions = [f"{i}\nscore {s:.3f}\nraw {r:.3g}" for i, s, r in zip(ids, scores, raws)]
     grid = [list(rgb[i:i + MONTAGE_COLUMNS]) for i in range(0, len(rgb), MONTAGE_COLUMNS)]
     caption_grid = [captions[i:i + MONTAGE_COLUMNS] for i in range(0, len(captions), MONTAGE_COLUMNS)]
-    with atomic_file(path) as temporary:
-        save_montage(grid, temporary, captions=caption_grid,
-                     title=f"the {len(ids)} strangest objects, strangest first")
+    draw(path, lambda temporary: save_montage(grid, temporary, captions=caption_grid,
+                                              title=f"the {len(ids)} strangest objects, strangest first"))
 
 
 # -------------------------------------------------------------------------------------------------------- eval
@@ -206,9 +171,7 @@ def _draw_montage(strangest, images, path):
               help="Equal-count score bins of the trust curve.")
 @click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="False-positive rate at which the true-positive rate is reported.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--plot", metavar="PNG", help="Score distributions of anomalies and normal objects; the trust curve.")
-@click.option("--overwrite", is_flag=True, help="Replace PNG if it exists.")
+@report_options("Score distributions of anomalies and normal objects; the trust curve.")
 def evaluate(scored, truth, error_column, score_column, bins, fpr, as_json, plot, overwrite):
     """How well the scores of SCORED (from 'gal-ood score') separate anomalies (--truth) and how the error of
     a prediction grows with strangeness (--error-column; with 'trusted' present, trusted vs untrusted too).
@@ -218,31 +181,14 @@ def evaluate(scored, truth, error_column, score_column, bins, fpr, as_json, plot
     AP         average precision: sum over thresholds of (recall step) x precision
     TPR@FPR    the largest fraction of anomalies caught while flagging at most --fpr of normal objects
     """
-    from galtools.errors import BadData, UsageProblem
-    from galtools.io import atomic_file, check_output_path
+    from galtools.errors import UsageProblem
     from galtools.ood.evaluate import evaluate as evaluate_scores
-    from galtools.ood.evaluate import format_detection, format_trust, plot_evaluation
-    from galtools.photoz.evaluate import read_columns
+    from galtools.ood.evaluate import format_detection, format_trust, plot_evaluation, read_scores
 
     if not truth and not error_column:
         raise UsageProblem("nothing to evaluate", "give --truth COLUMN (anomalies) and/or --error-column COLUMN")
-    if plot:
-        check_output_path(plot, overwrite)
-    optional = {"trusted": "trusted"}
-    if score_column is None:
-        optional.update({"ood_raw": "ood_raw", "ood_score": "ood_score"})
-    arrays, metadata = read_columns(scored, {"truth": truth, "error_column": error_column, "score_column": score_column},
-                             optional)
-    if score_column is None:
-        chosen = "ood_raw" if "ood_raw" in arrays else "ood_score" if "ood_score" in arrays else None
-        if chosen is None:
-            raise BadData(f"{scored} has neither ood_raw nor ood_score", "score it with 'gal-ood score' first, "
-                          "or name the column with --score-column")
-        score_column, arrays["score"] = chosen, arrays[chosen]
-    else:
-        arrays["score"] = arrays.pop("score_column")
-    if error_column:
-        arrays["error"] = arrays.pop("error_column")
+    check_outputs(overwrite, plot)
+    arrays, score_column, threshold = read_scores(scored, truth, error_column, score_column)
     report = evaluate_scores(arrays, bins, fpr)
     report["score_column"] = score_column
     if as_json:
@@ -254,23 +200,7 @@ def evaluate(scored, truth, error_column, score_column, bins, fpr, as_json, plot
         if "trust" in report:
             parts.append(format_trust(report["trust"], error_column, score_column))
         click.echo("\n\n".join(parts))
-    if plot:
-        with atomic_file(plot) as temporary:
-            plot_evaluation(arrays, report, temporary, score_column, error_column,
-                            _trust_threshold(metadata, score_column))
-
-
-def _trust_threshold(metadata, score_column):
-    """(value, coverage) of the trust boundary on the plotted score's axis, when the table says."""
-    try:
-        settings = json.loads(metadata.get("galtools.ood", ""))
-    except ValueError:
-        return None
-    if score_column == "ood_raw":
-        return settings.get("threshold"), settings.get("coverage")
-    if score_column == "ood_score":
-        return settings.get("coverage"), settings.get("coverage")
-    return None
+    draw(plot, lambda temporary: plot_evaluation(arrays, report, temporary, score_column, error_column, threshold))
 
 
 main = cli

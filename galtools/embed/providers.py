@@ -14,7 +14,8 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-from galtools.errors import BadData, DeviceUnavailable, UsageProblem
+from galtools.device import parse_device
+from galtools.errors import BadData, DeviceUnavailable
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -29,14 +30,8 @@ class Device:
 
     @classmethod
     def parse(cls, text: str) -> "Device":
-        name, _, number = text.strip().lower().partition(":")
-        if name not in ("auto", "cpu", "cuda", "gpu", "tensorrt", "trt") or (number and name in ("auto", "cpu")):
-            raise UsageProblem(f"--device '{text}' is not one of auto, cpu, cuda[:N], tensorrt[:N]",
-                               "e.g. --device cuda:1 for the second GPU")
-        if number and not number.isdigit():
-            raise UsageProblem(f"--device '{text}': the GPU number must be a non-negative integer", "e.g. cuda:0")
-        kind = {"gpu": "cuda", "trt": "tensorrt"}.get(name, name)
-        return cls(kind, int(number) if number else 0)
+        spec = parse_device(text, kinds=("auto", "cpu", "cuda", "tensorrt"))
+        return cls(spec.kind, spec.index or 0)
 
     @property
     def is_gpu(self) -> bool:

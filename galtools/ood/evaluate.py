@@ -1,10 +1,47 @@
 """``gal-ood eval``: detection metrics against a truth column, the trust curve of an error column, and a plot."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from galtools.errors import BadData
+from galtools.heads.source import read_columns
 from galtools.ood.metrics import detection_report, trust_curve
+
+
+def read_scores(source: str, truth: str | None, error_column: str | None, score_column: str | None):
+    """The columns of a scored table by role ('score', and 'truth', 'error', 'trusted' when there), the score
+    column used (default: ood_raw, else ood_score), and the trust boundary on its axis when the table says."""
+    optional = {"trusted": "trusted"}
+    if score_column is None:
+        optional.update({"ood_raw": "ood_raw", "ood_score": "ood_score"})
+    arrays, metadata = read_columns(source, {"truth": truth, "error_column": error_column,
+                                             "score_column": score_column}, optional)
+    if score_column is None:
+        chosen = "ood_raw" if "ood_raw" in arrays else "ood_score" if "ood_score" in arrays else None
+        if chosen is None:
+            raise BadData(f"{source} has neither ood_raw nor ood_score", "score it with 'gal-ood score' first, "
+                          "or name the column with --score-column")
+        score_column, arrays["score"] = chosen, arrays[chosen]
+    else:
+        arrays["score"] = arrays.pop("score_column")
+    if error_column:
+        arrays["error"] = arrays.pop("error_column")
+    return arrays, score_column, trust_threshold(metadata, score_column)
+
+
+def trust_threshold(metadata: dict, score_column: str):
+    """(value, coverage) of the trust boundary on the plotted score's axis, when the table says."""
+    try:
+        settings = json.loads(metadata.get("galtools.ood", ""))
+    except ValueError:
+        return None
+    if score_column == "ood_raw":
+        return settings.get("threshold"), settings.get("coverage")
+    if score_column == "ood_score":
+        return settings.get("coverage"), settings.get("coverage")
+    return None
 
 
 def format_detection(report: dict, score_column: str) -> str:

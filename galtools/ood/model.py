@@ -88,22 +88,20 @@ class OodModel:
     def save(self, path: str, overwrite: bool = False) -> dict:
         arrays = {"reference_vectors": self.vectors.astype(np.float32), "reference_ids": self.ids,
                   "calibration": self.calibration.astype(np.float64), **self.density}
-        extra = {"method": self.method, "k": self.k, "search": self.search, "seed": self.seed, **self.info}
+        task = {"method": self.method, "k": self.k, "search": self.search, "seed": self.seed}
         return save_head(path, arrays, tool=TOOL, kind=f"ood-{self.method}", embedding_dim=self.embedding_dim,
-                         model_sha256=self.model_sha256, extra=extra, overwrite=overwrite)
+                         model_sha256=self.model_sha256, task=task, info={"seed": self.seed, **self.info},
+                         overwrite=overwrite)
 
     @classmethod
     def from_head(cls, head: Head) -> "OodModel":
         method = head.kind.removeprefix("ood-")
         density = {name: value for name, value in head.arrays.items()
                    if name.startswith(("pca_", "gmm_", "iforest_"))}
-        info = {k: v for k, v in head.meta.items()
-                if k not in ("method", "k", "search", "seed", "format", "tool", "version", "kind", "embedding_dim",
-                             "model_sha256", "created")}
+        task = head.task
         return cls(method=method, vectors=head["reference_vectors"], ids=head["reference_ids"],
-                   calibration=head["calibration"], k=int(head.meta.get("k", 1)),
-                   search=head.meta.get("search", "exact"), density=density, model_sha256=head.model_sha256,
-                   info=info, seed=int(head.meta.get("seed", 0)))
+                   calibration=head["calibration"], k=int(task.get("k", 1)), search=task.get("search", "exact"),
+                   density=density, model_sha256=head.model_sha256, info=head.info, seed=int(task.get("seed", 0)))
 
     @classmethod
     def load(cls, path: str) -> "OodModel":

@@ -4,41 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 from galtools.errors import BadData
-from galtools.io import open_table
 from galtools.photoz.metrics import OUTLIER_DZ, binned_metrics, normalised_residuals, photoz_metrics, quantile_edges
 
 
-def read_columns(source: str, columns: dict[str, str | None],
-                 optional: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """The named numeric columns of a table as float64 arrays (NaN for nulls), and its metadata.
+def evaluate_table(source: str, truth: str, pred_column: str = "z_phot", mag_column: str | None = None,
+                   z_bins: int = 8, mag_bins: int = 5) -> tuple[dict[str, np.ndarray], dict, float]:
+    """Read a prediction table and evaluate it: (its columns by role, the report, zmax of the z_spec bins: the
+    model's as gal-photoz predict recorded it, else the largest true redshift)."""
+    from galtools.heads.source import read_columns
+    from galtools.photoz.predict import bins_of
 
-    ``columns`` maps a role (e.g. 'truth') to a column name (None: not wanted); ``optional`` roles are read only
-    when the table has their column."""
-    import pyarrow as pa
-
-    name = "stdin" if source == "-" else source
-    wanted = {role: column for role, column in columns.items() if column}
-    with open_table(source) as table:
-        for role, column in (optional or {}).items():
-            if column in table.schema.names and role not in wanted:
-                wanted[role] = column
-        for role, column in wanted.items():
-            if column not in table.schema.names:
-                raise BadData(f"{name} has no '{column}' column (columns: {', '.join(table.schema.names)})",
-                              f"name the {role} column with --{role.replace('_', '-')}")
-            field_type = table.schema.field(column).type
-            if not (pa.types.is_floating(field_type) or pa.types.is_integer(field_type)
-                    or pa.types.is_boolean(field_type)):
-                raise BadData(f"{name}: column '{column}' is {field_type}, not numeric",
-                              f"name the {role} column with --{role.replace('_', '-')}")
-        pieces = {role: [] for role in wanted}
-        for batch in table.iter_batches(columns=list(dict.fromkeys(wanted.values()))):
-            for role, column in wanted.items():
-                values = batch.column(column).to_numpy(zero_copy_only=False)
-                pieces[role].append(np.asarray(values, dtype=np.float64))
-        metadata = dict(table.metadata)
-    arrays = {role: np.concatenate(p) if p else np.empty(0) for role, p in pieces.items()}
-    return arrays, metadata
+    arrays, metadata = read_columns(source, {"pred_column": pred_column, "truth": truth, "mag": mag_column})
+    bins = bins_of(metadata)
+    usable_truth = arrays["truth"][np.isfinite(arrays["truth"])]
+    zmax = bins[1] if bins else (float(usable_truth.max()) if usable_truth.size else 1.0)
+    report = evaluate(arrays["pred_column"], arrays["truth"], arrays.get("mag"),
+                      z_edges=np.linspace(0.0, zmax, z_bins + 1), mag_bins=mag_bins)
+    if mag_column:
+        report["magnitude_column"] = mag_column
+    return arrays, report, zmax
 
 
 def evaluate(z_phot: np.ndarray, z_spec: np.ndarray, magnitude: np.ndarray | None = None,

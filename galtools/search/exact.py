@@ -15,13 +15,13 @@ The merge and the tie-breaking run in numpy in both cases, so both backends give
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from galtools.errors import BadData, DeviceUnavailable, UsageProblem
+from galtools.device import cuda_available, parse_device, torch_device
+from galtools.errors import BadData, UsageProblem
 
 DEFAULT_BLOCK_BYTES = 128 * 2**20  # one similarity tile; the rest of the working memory is O(queries x k)
 DEFAULT_QUERY_BLOCK = 2048         # queries per tile in all-rows search
@@ -227,24 +227,16 @@ def choose_backend(device: str, work_flops: float) -> tuple[str, str]:
     import to pay off; cpu never imports torch; cuda without a usable GPU is DeviceUnavailable (exit 69).
     torch-cpu runs the torch code path on the CPU (used to test it without a GPU).
     """
-    if device == "cpu":
-        return "numpy", "cpu"
     if device == "torch-cpu":
         return "torch", "cpu"
-    if device == "auto":
-        if work_flops < GPU_WORTH_IT_FLOPS or importlib.util.find_spec("torch") is None:
+    spec = parse_device(device)
+    if spec.kind == "cpu":
+        return "numpy", "cpu"
+    if spec.kind == "auto":
+        if work_flops < GPU_WORTH_IT_FLOPS or not cuda_available():
             return "numpy", "cpu"
-        import torch
-        return ("torch", "cuda") if torch.cuda.is_available() else ("numpy", "cpu")
-    if device.startswith("cuda"):
-        if importlib.util.find_spec("torch") is None:
-            raise DeviceUnavailable(f"--device {device} needs torch, which is not installed",
-                                    "install galtools[train] or use --device cpu")
-        import torch
-        if not torch.cuda.is_available():
-            raise DeviceUnavailable(f"--device {device}: no usable CUDA GPU", "use --device cpu or auto")
-        return "torch", device
-    raise UsageProblem(f"unknown device {device!r}", "use auto, cpu or cuda[:N]")
+        return "torch", "cuda"
+    return "torch", str(torch_device(spec))
 
 
 def _tile_engine(base: np.ndarray, normalize_base: bool, device: str, work_flops: float):

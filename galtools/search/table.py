@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from galtools.errors import BadData
 from galtools.io import vectors_of
+from galtools.io.provenance import check_single_model
 from galtools.search.exact import tie_ranks, unit_rows
 
 OBJECT_ID = "object_id"
@@ -98,24 +99,6 @@ def _as_id_array(query_ids, id_type: pa.DataType, table: EmbeddingSet) -> pa.Arr
     if impossible:
         raise _unknown_id(impossible[0], table)
     return wanted
-
-
-def model_hashes_of(table) -> list[str | None]:
-    """``galtools.model_sha256`` of each part of a galtools.io Table (one entry per part)."""
-    parts_metadata = getattr(table, "parts_metadata", None) or [table.metadata]
-    return [m.get(MODEL_SHA256) or None for m in parts_metadata]
-
-
-def check_single_model(table) -> None:
-    """BadData when the parts of one table were embedded by different models: their vectors do not compare."""
-    hashes = model_hashes_of(table)
-    distinct = list(dict.fromkeys(hashes))
-    if len(distinct) > 1:
-        names = [getattr(p, "name", "?") for p in getattr(table, "parts", [])] or ["?"] * len(hashes)
-        seen = {h: names[hashes.index(h)] for h in distinct}
-        listed = ", ".join(f"{(h or 'none')[:12]} in {name}" for h, name in seen.items())
-        raise BadData(f"{table.name} mixes embeddings of {len(distinct)} models ({listed})",
-                      "embed all parts with the same encoder.onnx, or search each model's table separately")
 
 
 def load_embeddings(table, *, checksum: bool = False, keep_vectors: bool = True,

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from galtools.cli.common import NullProgress
+from galtools.progress import NullProgress
 from galtools.errors import BadData, GalError, InputMissing, OutputError, Requeue, UsageProblem
 from galtools.train import checkpoint as ckpt
 from galtools.train import monitor, runtime

@@ -9,32 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from galtools.errors import DeviceUnavailable, UsageProblem
+from galtools.device import torch_device
 
 
 def resolve_device(text: str, local_rank: int | None = None):
-    """``auto|cpu|cuda[:N]`` -> torch.device; cuda without a usable GPU is DeviceUnavailable (exit 69).
-    Under DDP each process takes the GPU of its local rank."""
-    import torch
-
-    text = (text or "auto").strip().lower()
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceUnavailable(f"--device {text}: no usable GPU (torch.cuda.is_available() is False)",
-                                    "use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES")
-        if local_rank is not None:    # one GPU per process: all GPUs visible, or only its own (--gpus-per-task)
-            index = local_rank % torch.cuda.device_count()
-        else:
-            index = int(text.split(":", 1)[1]) if ":" in text else 0
-        if index >= torch.cuda.device_count():
-            raise DeviceUnavailable(f"--device {text}: GPU {index} does not exist ({torch.cuda.device_count()} visible)",
-                                    "choose another GPU or fewer processes per node")
-        return torch.device("cuda", index)
-    raise UsageProblem(f"unknown --device {text!r}", "use auto, cpu or cuda[:N]")
+    """``auto|cpu|cuda[:N]`` -> torch.device (galtools.device); cuda without a usable GPU is DeviceUnavailable
+    (exit 69). Under DDP each process takes the GPU of its local rank."""
+    return torch_device(text, local_rank)
 
 
 @dataclass

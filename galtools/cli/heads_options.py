@@ -1,0 +1,208 @@
+"""Options and steps shared by the commands over galtools.heads: gal-photoz, gal-classify and gal-ood.
+
+Kept light on imports (click only), like cli/common: ``--help`` never imports torch, pyarrow or numpy.
+
+    @training_options(batch_size=512, lr=1e-2)     # --hidden ... --seed, passed on as ``training`` (a dict)
+    @model_output                                  # -o MODEL (required), --overwrite
+    @model_option("gal-photoz")                    # --model MODEL
+    @curve_options("Draw sigma_MAD ...")           # --fractions ... --overwrite
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import click
+
+from galtools.cli.common import seed_option
+
+TRAINING = ("hidden", "val_fraction", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "seed")
+CURVE = ("fractions", "test_fraction", "as_json", "plot", "output", "fmt", "overwrite")
+FORMATS = ["fits", "parquet", "arrow", "arrow-stream"]
+
+
+def _apply(func, options):
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _gather(names, into):
+    """Pass the options ``names`` to the command as one dict argument ``into``."""
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            kwargs[into] = {name: kwargs.pop(name) for name in names}
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def option_group(into: str):
+    """Decorate a function returning click options: the options, passed on as one dict argument ``into``."""
+    def make(options_of):
+        def decorator(func):
+            options = options_of()
+            names = [option(lambda: None).__click_params__[0].name for option in options]
+            return _apply(_gather(names, into)(func), options)
+
+        return decorator
+
+    return make
+
+
+def training_options(batch_size=512, lr=1e-2, batch_help="Rows per step.",
+                     lr_help="AdamW learning rate (cut on plateaus)."):
+    """The training options of every head (galtools.heads.train.TrainSettings), given as ``training``."""
+    def decorator(func):
+        return _apply(_gather(TRAINING, "training")(func), [
+            click.option("--hidden", type=int, default=None, metavar="N",
+                         help="One hidden layer of N units (an MLP) instead of a linear head."),
+            click.option("--val-fraction", type=float, default=0.1, show_default=True,
+                         help="Labelled rows held out for early stopping."),
+            click.option("--max-epochs", type=int, default=100, show_default=True,
+                         help="Upper limit on passes; a run that reaches it says 'stopped: cap' (not converged)."),
+            click.option("--patience", type=int, default=6, show_default=True,
+                         help="Stop after this many validation checks without improvement (the learning rate is "
+                              "cut after 2)."),
+            click.option("--batch-size", type=int, default=batch_size, show_default=batch_size is not None,
+                         help=batch_help),
+            click.option("--lr", type=float, default=lr, show_default=lr is not None, help=lr_help),
+            click.option("--weight-decay", type=float, default=1e-4, show_default=True),
+            seed_option,
+        ])
+
+    return decorator
+
+
+@option_group("network")
+def network_options():
+    """Training a network on images (the encoder of a gal-train checkpoint), given as ``network``."""
+    from galtools.cli.common import device_option
+
+    return [click.option("--checkpoint", metavar="CKPT", help="A gal-train checkpoint (RUN/last.pt): its encoder, "
+                         "bands, input size and preprocessing."),
+            click.option("--images", metavar="CUTOUTS", help="The cutout table the embeddings were made from (matched "
+                         "by object_id)."),
+            click.option("--backbone-lr-factor", type=float, default=0.1, show_default=True,
+                         help="Fine-tuning: the encoder's learning rate as a fraction of the head's."),
+            click.option("--augment", "augment_spec", default=None, metavar="SPEC",
+                         help="Augmentations of the training views (galtools.augment spec; default "
+                              "'rotate,flip,jitter:max_shift=2', which leave a redshift unchanged)."),
+            device_option]
+
+
+def report_options(plot_help: str):
+    """--json, --plot PNG and --overwrite, for 'eval'."""
+    def decorator(func):
+        return _apply(func, [click.option("--json", "as_json", is_flag=True, help="Print the results as JSON."),
+                             click.option("--plot", metavar="PNG", help=plot_help),
+                             click.option("--overwrite", is_flag=True, help="Replace PNG if it exists.")])
+
+    return decorator
+
+
+def model_output(func):
+    """-o MODEL (required) and --overwrite, for 'fit'."""
+    return _apply(func, [
+        click.option("-o", "--output", required=True, metavar="MODEL", help="Model file to write (.model, an npz)."),
+        click.option("--overwrite", is_flag=True, help="Replace MODEL if it exists."),
+    ])
+
+
+def model_option(tool: str):
+    """--model MODEL, for 'predict' and 'score'."""
+    return click.option("--model", "model_path", required=True, metavar="MODEL", help=f"A model from '{tool} fit'.")
+
+
+def curve_options(plot_help: str):
+    """The label-curve options, given as ``curve`` (a dict)."""
+    def decorator(func):
+        return _apply(_gather(CURVE, "curve")(func), [
+            click.option("--fractions", default="0.01,0.03,0.1,0.3,1", show_default=True,
+                         help="Fractions of the training pool to train on (nested subsets)."),
+            click.option("--test-fraction", type=float, default=0.2, show_default=True,
+                         help="Labelled rows set aside once as the common test set."),
+            click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table."),
+            click.option("--plot", metavar="PNG", help=plot_help),
+            click.option("-o", "--output", default=None, metavar="TABLE",
+                         help="Also write the curve as a table (.parquet ...)."),
+            click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                         help="Format of -o (default: from the extension)."),
+            click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
+        ])
+
+    return decorator
+
+
+# ------------------------------------------------------------------------------------------------------- steps
+
+def table_output(output: str, shard: str | None, overwrite: bool):
+    """The shard to process and the output path ('{shard}' replaced), checked before any work."""
+    from galtools.cli.common import resolve_shard
+    from galtools.io import check_output_path
+
+    selected = resolve_shard(shard)
+    if selected is not None and "{shard}" in output:
+        output = selected.format_path(output)
+    check_output_path(output, overwrite)
+    return output, selected
+
+
+def check_outputs(overwrite: bool, *paths) -> None:
+    from galtools.io import check_output_path
+
+    for path in paths:
+        if path:
+            check_output_path(path, overwrite)
+
+
+def draw(path: str | None, plot, *args) -> None:
+    """``plot(*args, temporary)`` into ``path``, atomically (nothing when ``path`` is None)."""
+    if path:
+        from galtools.io import atomic_file
+
+        with atomic_file(path) as temporary:
+            plot(*args, temporary)
+
+
+def curve_prologue(curve: dict) -> list[float]:
+    """Check the curve's options and outputs before any work; the fractions."""
+    from galtools.errors import UsageProblem
+    from galtools.heads.curve import parse_fractions
+
+    fractions = parse_fractions(curve["fractions"])
+    if not 0 < curve["test_fraction"] < 1:
+        raise UsageProblem(f"--test-fraction must be between 0 and 1, got {curve['test_fraction']}")
+    check_outputs(curve["overwrite"], curve["plot"], curve["output"])
+    return fractions
+
+
+def emit_curve(rows: list[dict], curve: dict, text: str, header: dict, tool: str, seed: int, plot) -> None:
+    """Print the curve (a table, or JSON with ``header``), write it with -o, draw it with --plot."""
+    if curve["output"] != "-":                 # otherwise stdout carries the table
+        click.echo(json.dumps({**header, "test_fraction": curve["test_fraction"], "rows": rows}, indent=2)
+                   if curve["as_json"] else text)
+    if curve["output"]:
+        import pyarrow as pa
+
+        from galtools.io import open_output
+
+        with open_output(curve["output"], overwrite=curve["overwrite"], fmt=curve["fmt"], tool=tool,
+                         seed=seed) as out:
+            out.write(pa.Table.from_pylist(rows))
+    draw(curve["plot"], plot, rows)
+
+
+def score_prologue(model_path: str, tool: str, kinds, output, shard, overwrite):
+    """Load the model file and prepare the output of 'predict'/'score': (head, output, shard)."""
+    from galtools.heads import load_head
+
+    head = load_head(model_path, tool, kinds)
+    if output is None:
+        from galtools.cli.common import resolve_shard
+
+        return head, None, resolve_shard(shard)
+    return (head, *table_output(output, shard, overwrite))
