@@ -2,7 +2,7 @@
 
 One readable file in the spirit of timm's ``resnet.py``: ``in_chans`` for any number of bands, a width multiplier,
 ``forward_features`` returning the pooled representation and ``num_features`` giving its size.  The classifier of
-ImageNet ResNets is left out on purpose: galtools only ever needs the representation (heads live in ``heads.py``).
+ImageNet ResNets is left out on purpose: galtools only ever needs the representation (heads live in ``galtools.heads``).
 
 Two stems:
 - ``imagenet``: 7x7 stride-2 convolution + 3x3 stride-2 max-pool (the torchvision layout, for large images);
