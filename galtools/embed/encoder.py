@@ -283,13 +283,13 @@ class PrecisionChoice:
                 continue
             tried[precision] = (session, precisions.parity(precision, reference,
                                                            _embed_all(session, sample, batch)))
-        for precision, (_, result) in tried.items():
-            _log.info(f"parity {result.summary()}: {'passed' if result.passed else 'FAILED'}")
         if explicit:
             session, result = tried[encoder.requested]
             if not result.passed:
                 raise precisions.refuse(result, source)
             return self._take(encoder.requested, session, result)
+        for precision, (_, result) in tried.items():
+            _log.info(f"--precision auto: parity {result.summary()}: {'passed' if result.passed else 'failed'}")
         passing = {p: v for p, v in tried.items() if v[1].passed}
         if self.cached_choice is not None:
             encoder.auto = dict(self.cached_choice, cached=True)

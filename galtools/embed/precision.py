@@ -252,9 +252,12 @@ class Parity:
     def passed(self) -> bool:
         return self.cosine_min >= COSINE_FLOOR and self.overlap >= OVERLAP_FLOOR
 
+    def figures(self) -> str:
+        return (f"cosine min {self.cosine_min:.4f} (>= {COSINE_FLOOR}), kNN overlap@{self.k} {self.overlap:.3f} "
+                f"(>= {OVERLAP_FLOOR})")
+
     def summary(self) -> str:
-        return (f"{self.precision} against fp32 on {self.rows} cutouts: cosine min {self.cosine_min:.4f} "
-                f"(>= {COSINE_FLOOR}), kNN overlap@{self.k} {self.overlap:.3f} (>= {OVERLAP_FLOOR})")
+        return f"{self.precision} against fp32 on {self.rows} cutouts: {self.figures()}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -289,8 +292,8 @@ def parity(precision: str, reference: np.ndarray, candidate: np.ndarray, k: int 
 
 
 def refuse(result: Parity, source: str) -> PrecisionRefused:
-    return PrecisionRefused(f"--precision {result.precision} fails the parity check on {source}: "
-                            f"{result.summary()}",
+    return PrecisionRefused(f"--precision {result.precision} fails the parity check against fp32 on {source}: "
+                            f"{result.figures()}",
                             "use --precision fp32, or auto, which takes fp32 when nothing faster passes")
 
 
