@@ -213,3 +213,19 @@ def test_a_damaged_optimised_graph_is_made_again(run_dir, table, tmp_path):  # n
     assert "does not load" in result.stderr.decode()
     assert optimised[0].stat().st_size > 1000
     np.testing.assert_allclose(embeddings(read(str(second))), embeddings(read(str(first))), rtol=0, atol=1e-5)
+
+
+def test_cpu_description_reads_model_and_vector_extensions(tmp_path):
+    from galtools.embed.precision import bf16_support, cpu_description, int8_tag
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni amx_int8\n"
+                   "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu sse avx2\n")
+    cpu = cpu_description(str(x86))
+    assert cpu["model"] == "Some Xeon" and cpu["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_int8"]
+    arm = {"model": "Neoverse-V2", "arch": "aarch64", "flags": ["asimd", "bf16", "i8mm"]}
+    assert bf16_support(arm) == (True, "")
+    assert not bf16_support(dict(arm, flags=["asimd"]))[0]
+    assert not bf16_support(dict(cpu, arch="x86_64"))[0]
+    assert int8_tag(dict(cpu, arch="x86_64")) == "int8-v1"
+    assert int8_tag({"model": "old", "arch": "x86_64", "flags": ["avx2", "fma"]}) == "int8-v1-r7"
