@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -92,6 +93,8 @@ def test_int8_passes_on_a_trained_encoder_and_is_cached(run_dir, table, tmp_path
     again = embed(table, "--model", model, "-o", tmp_path / "again.parquet", "--precision", "int8", "-v",
                   env_extra=env)
     assert again.returncode == 0 and "using the cached int8 model" in again.stderr.decode()
+    assert re.search(r"first batch written [\d.]+ s after the process started \(CPU [\d.]+ s\)",
+                     again.stderr.decode())
     assert quantized[0].stat().st_mtime_ns == stamp
     np.testing.assert_allclose(embeddings(read(str(tmp_path / "again.parquet"))), b, rtol=0, atol=1e-4)
 

@@ -44,6 +44,8 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     --device auto takes a GPU when one is usable (else the CPU); cuda[:N] insists on one (exit 69 with the reason
     otherwise); tensorrt[:N] uses ONNX Runtime's TensorRT provider where it is installed.
     """
+    import time
+
     from galtools.embed import EmbedSettings, embed_table, load_encoder, output_metadata
     from galtools.errors import UsageProblem
     from galtools.io import check_output_path, open_output, open_table
@@ -69,12 +71,36 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
         metadata = output_metadata(table.metadata, encoder, "stdin" if input == "-" else input)
         with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool="gal-embed") as out, \
                 progress_bar(table.num_rows, "embedding") as bar:
-            stats = embed_table(table, encoder, out, dtype=dtype, batch_size=batch_size, on_rows=bar.advance)
+            first_batch = []
+
+            def on_rows(rows: int) -> None:
+                if not first_batch:
+                    first_batch.extend([_process_age(), time.process_time()])
+                bar.advance(rows)
+
+            stats = embed_table(table, encoder, out, dtype=dtype, batch_size=batch_size, on_rows=on_rows)
+    if first_batch and first_batch[0] is not None:
+        log.debug(f"first batch written {first_batch[0]:.2f} s after the process started "
+                  f"(CPU {first_batch[1]:.2f} s)")
     for note in encoder.notes[len(notes_shown):]:
         log.warning(note)
     checked = f"; parity {encoder.parity.summary()}" if encoder.parity is not None else ""
     log.info(f"embedded {stats.rows} cutouts ({stats.images_per_second:,.0f} images/s on {encoder.provider}, "
              f"{encoder.precision}{checked}) to {'stdout' if output == '-' else output}")
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux; None elsewhere): the start-up figure -v reports."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 main = cli
