@@ -105,7 +105,7 @@ def _optimized(source, sha256: str, cache_dir: str, precision: str) -> str | Non
     """Where the CPU's optimised graph of a model file is cached (none for a conversion held in memory)."""
     if not isinstance(source, str):
         return None
-    tag = {"fp16": precisions.CONVERSION_TAG, "int8": precisions.int8_tag()}.get(precision, "fp32")
+    tag = {"fp16": precisions.CONVERSION_TAG, "int8": precisions.int8_tag()}.get(precision, precision)
     return precisions.optimized_path(sha256, cache_dir, tag)
 
 
