@@ -231,6 +231,8 @@ def bench_cpu(args, folder: str) -> None:
                f"torch {torch.__version__} eager fp32, same model and images in memory: {torch_rate:.1f} images/s",
                f"{rate / torch_rate:.2f}x file to file, {statistics.median(loops[precision]) / torch_rate:.2f}x loop")
     bench_startup(args, folder, cutouts, model, env, threads)
+    bench_stages(args, cutouts, model, env, threads,
+                 lambda n: torch_eager(backbone, preprocess, images[:n], args.size, args.batch))
 
 
 def bench_startup(args, folder: str, cutouts: str, model: str, env: dict, threads: int) -> None:
@@ -256,6 +258,68 @@ def bench_startup(args, folder: str, cutouts: str, model: str, env: dict, thread
            "(bench_embed.py)",
            f"{wall * 1000:.0f} ms wall, {cpu * 1000:.0f} ms CPU (median of 7, from gal-embed -v)",
            f"python -c pass: {bare * 1000:.0f} ms", f"{wall / 0.5:.2f} of the 0.5 s goal ({cpu / 0.5:.2f} in CPU)")
+
+
+def bench_stages(args, cutouts: str, model: str, env: dict, threads: int, torch_loop=None) -> None:
+    """Where gal-embed's time goes: CPU ms per cutout of each stage run one after the other in one thread (reading,
+    preparing, session.run at each precision, writing), on the first part or 2,048 cutouts. CPU time, not wall:
+    other users of the machine inflate the wall clock, not this."""
+    import pyarrow as pa
+
+    from galtools.embed import EmbedSettings, load_encoder
+    from galtools.embed.inputs import InputPlan, Preparer
+    from galtools.io import images_of, open_output, open_table, vector_column
+
+    source = os.path.join(cutouts, "part-000.parquet") if os.path.isdir(cutouts) else cutouts
+    os.environ.update(env)
+    load = time.process_time()
+    encoder = load_encoder(model, EmbedSettings(device="cpu", batch_size=args.batch, threads=threads))
+    load = time.process_time() - load
+    timings = {"read": 0.0, "prepare": 0.0, "write": 0.0}
+    prepared, ids = [], []
+    with open_table(source) as table:
+        plan = InputPlan.for_table(encoder.info, table.bands, table.require_images(), table.name, model)
+        preparer = Preparer(plan)
+        start = time.process_time()
+        for batch in table.iter_batches(batch_size=args.batch):
+            timings["read"] += time.process_time() - start
+            start = time.process_time()
+            prepared.append(preparer(images_of(batch))[0])
+            ids.append(batch.column("object_id"))
+            timings["prepare"] += time.process_time() - start
+            if sum(len(p) for p in prepared) >= 2048:
+                break
+            start = time.process_time()
+    n = sum(len(p) for p in prepared)
+    runs = {}
+    for precision in [p for p in args.precisions.split(",") if p in ("fp32", "int8", "bf16")]:
+        if precision != "fp32":
+            encoder = load_encoder(model, EmbedSettings(device="cpu", batch_size=args.batch, threads=threads,
+                                                        precision=precision))
+            encoder.pending.decide(np.concatenate(prepared)[:256], source)
+        encoder.runner.run(prepared[0])
+        start = time.process_time()
+        embedded = [encoder.runner.run(p) for p in prepared]
+        runs[precision] = (time.process_time() - start) / n * 1000
+    out = os.path.join(os.path.dirname(model), "stages.parquet")
+    with open_output(out, overwrite=True, metadata={}, tool="bench_embed") as sink:
+        start = time.process_time()
+        for column, vectors in zip(ids, embedded):
+            sink.write(pa.RecordBatch.from_arrays([column, vector_column(vectors)], names=["object_id", "embedding"]))
+        timings["write"] = time.process_time() - start
+    per = {k: v / n * 1000 for k, v in timings.items()}
+    if torch_loop is not None:   # torch eager's crop + preprocess + forward, same cutouts, same measure
+        torch_loop(n)
+        start = time.process_time()
+        torch_loop(n)
+        runs["torch eager fp32 (whole loop)"] = (time.process_time() - start) / n * 1000
+    record(f"gal-embed stages, {args.arch} at {args.size}x{args.size}, {n:,} cutouts of {os.path.basename(source)}, "
+           f"batch {args.batch}, {threads} threads; CPU {cpu_text()}; load average {os.getloadavg()[0]:.1f} "
+           "(bench_embed.py)",
+           "CPU ms per cutout: " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()) + "; session.run "
+           + ", ".join(f"{p} {v:.3f}" for p, v in runs.items()) + f"; model load (sha256 + session) {load * 1000:.0f} ms",
+           "session.run fp32", ", ".join(f"{p} {runs['fp32'] / v:.2f}x faster" for p, v in runs.items()
+                                         if p != "fp32") or "-")
 
 
 def run_python_pass() -> float:
