@@ -1,18 +1,24 @@
 """Loading ``encoder.onnx`` for embedding: file checks, device and precision, the session, its runner."""
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
-from galtools.embed import fp16 as fp16_cache
+import numpy as np
+
+from galtools.embed import precision as precisions
 from galtools.embed.model import ModelInfo, check_model_file, describe, file_sha256
+from galtools.embed.precision import PRECISIONS
 from galtools.embed.providers import (CPU, CUDA, TENSORRT, Device, cpu_allocation, create_session,
                                       cuda_device_count, DEVICE_HINT)
 from galtools.embed.runner import make_runner
-from galtools.errors import BadData, DeviceUnavailable, UsageProblem
+from galtools.errors import BadData, DeviceUnavailable, GalError, UsageProblem
 
-PRECISIONS = ("fp32", "fp16")
 _log = logging.getLogger("galtools")
 
 
@@ -39,6 +45,21 @@ class Encoder:
     threads: int
     prepare_workers: int
     notes: list = field(default_factory=list)
+    requested: str = ""              # the --precision asked for ("auto" may become fp32 or int8)
+    pending: object = None           # a PrecisionChoice still to be made on the table's first cutouts
+    parity: object = None            # the precision.Parity it passed, for int8/bf16
+    auto: dict | None = None         # what --precision auto measured (or found cached)
+
+    def precision_metadata(self) -> dict:
+        """Output metadata naming the precision used and, for int8/bf16, its parity figures."""
+        metadata = {"galtools.embed.precision": self.precision}
+        if self.requested and self.requested != self.precision:
+            metadata["galtools.embed.precision_requested"] = self.requested
+        if self.parity is not None:
+            metadata["galtools.embed.parity"] = self.parity.to_json()
+        if self.auto is not None:
+            metadata["galtools.embed.auto"] = json.dumps(self.auto, separators=(",", ":"), sort_keys=True)
+        return metadata
 
     @property
     def on_gpu(self) -> bool:
@@ -67,11 +88,11 @@ def _resolve_device(device: Device) -> Device:
 
 
 def _model_source(path: str, sha256: str, device: Device, precision: str, cache_dir: str):
-    """The model ONNX Runtime loads: the file itself, or (fp16 on CUDA/CPU) its cached fp16 conversion.
-    TensorRT makes its own fp16 engine from the fp32 graph."""
-    if precision == "fp32" or device.kind == "tensorrt":
+    """The model ONNX Runtime loads first: the file itself, or (fp16 on CUDA/CPU) its cached fp16 conversion.
+    TensorRT makes its own fp16 engine from the fp32 graph; int8, bf16 and auto start from fp32 (their reference)."""
+    if precision != "fp16" or device.kind == "tensorrt":
         return path
-    return fp16_cache.fp16_model(path, sha256, cache_dir, log=_log)
+    return precisions.fp16_model(path, sha256, cache_dir, log=_log)
 
 
 def _input_shape_of(path: str, sha256: str, threads: int) -> tuple[int, int, int]:
@@ -80,61 +101,246 @@ def _input_shape_of(path: str, sha256: str, threads: int) -> tuple[int, int, int
     return len(info.bands), info.input_size, info.input_size
 
 
-def _session(source, device, threads, cache_dir, settings, input_shape, precision):
+def _optimized(source, sha256: str, cache_dir: str, precision: str) -> str | None:
+    """Where the CPU's optimised graph of a model file is cached (none for a conversion held in memory)."""
+    if not isinstance(source, str):
+        return None
+    tag = {"fp16": precisions.CONVERSION_TAG, "int8": precisions.int8_tag()}.get(precision, precision)
+    return precisions.optimized_path(sha256, cache_dir, tag)
+
+
+def _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256=""):
+    config = {precisions.BF16_CONFIG: "1"} if precision == "bf16" else None
     return create_session(source, device, threads, cache_dir, settings.batch_size, input_shape,
-                          precision == "fp16", settings.verbose)
+                          precision == "fp16", settings.verbose, config=config,
+                          optimized=_optimized(source, sha256, cache_dir, precision) if sha256 else None)
 
 
 def load_encoder(path: str, settings: EmbedSettings) -> Encoder:
     """Open ``path`` on the device and precision asked for. Exit codes: 66 missing model, 65 corrupt model or one
-    that breaks the encoder contract, 69 a GPU asked for and not usable."""
+    that breaks the encoder contract, 69 a GPU asked for and not usable or a precision this CPU cannot compute.
+
+    int8, bf16 and auto open the fp32 model (their reference) and leave ``encoder.pending``: the choice is made on
+    the table's first cutouts by ``embed_table`` (``PrecisionChoice.settle``)."""
     if settings.precision not in PRECISIONS:
         raise UsageProblem(f"--precision {settings.precision!r} is not one of {', '.join(PRECISIONS)}")
     if settings.batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
     check_model_file(path)
     requested = Device.parse(settings.device)
+    wanted = settings.precision
+    if wanted in precisions.CHECKED:
+        if requested.is_gpu:
+            raise UsageProblem(f"--precision {wanted} is for CPUs, not --device {requested}",
+                               "use --precision fp16 on a GPU, or --device cpu")
+        requested = Device("cpu")
+        if wanted == "bf16":
+            usable, why = precisions.bf16_support()
+            if not usable:
+                raise DeviceUnavailable(f"--precision bf16 is not available here: {why}",
+                                        "use --precision int8, fp32 or auto")
     device = _resolve_device(requested)
     threads = settings.threads or cpu_allocation()
-    cache_dir = settings.cache_dir or fp16_cache.cache_dir()
+    cache_dir = settings.cache_dir or precisions.cache_dir()
     sha256 = file_sha256(path)
     notes = []
+    first = "fp16" if wanted == "fp16" else "fp32"
 
     input_shape = _input_shape_of(path, sha256, threads) if device.kind == "tensorrt" else (1, 1, 1)
+
+    def open_as(precision, target, sample=None):
+        make = lambda: _candidate_source(path, sha256, target, precision, cache_dir, sample)  # noqa: E731
+        return _open(make, path, sha256, target, threads, cache_dir, settings, input_shape, precision)
+
     try:
-        source = _model_source(path, sha256, device, settings.precision, cache_dir)
-        session = _open_with_cache_retry(source, path, sha256, device, threads, cache_dir, settings, input_shape)
+        session = open_as(first, device)
     except DeviceUnavailable as exc:
         if requested.kind != "auto":
             raise
         notes.append(f"GPU not usable ({exc.what}); running on the CPU")
         device = Device("cpu")
-        source = _model_source(path, sha256, device, settings.precision, cache_dir)
-        session = _open_with_cache_retry(source, path, sha256, device, threads, cache_dir, settings, input_shape)
+        session = open_as(first, device)
     info = describe(session, path, sha256)
     provider = session.get_providers()[0]
-    if settings.precision == "fp16" and provider == CPU:
+    if wanted == "fp16" and provider == CPU:
         notes.append("fp16 on the CPU is for checking results, not for speed (the CPU computes it slowly)")
     batch_shape = (settings.batch_size, len(info.bands), info.input_size, info.input_size)
     runner = make_runner(session, device.index if device.is_gpu else None, batch_shape)
     # On the CPU, ONNX Runtime's threads do the work and one reading thread keeps up; on a GPU node the cores are
     # free to prepare batches (minus the threads that run the GPU and write).
     workers = max(1, threads - 2) if device.is_gpu else 1
-    return Encoder(info=info, session=session, runner=runner, device=device, provider=provider,
-                   precision=settings.precision, threads=threads, prepare_workers=workers, notes=notes)
+    encoder = Encoder(info=info, session=session, runner=runner, device=device, provider=provider,
+                      precision=first, threads=threads, prepare_workers=workers, notes=notes, requested=wanted)
+    if wanted in precisions.CHECKED or wanted == "auto":
+        PrecisionChoice.plan(encoder, settings, sha256, cache_dir, lambda p, sample: open_as(p, device, sample))
+    return encoder
 
 
-def _open_with_cache_retry(source, path, sha256, device, threads, cache_dir, settings, input_shape):
-    """A cached fp16 file that no longer loads (a different ONNX Runtime, a damaged disk) is converted again."""
+def _candidate_source(path, sha256, device, precision, cache_dir, sample):
+    if precision == "int8":
+        return precisions.int8_model(path, sha256, sample, cache_dir, log=_log)
+    if precision == "bf16":
+        return path                   # the fp32 graph; the session computes its products in bf16
+    return _model_source(path, sha256, device, precision, cache_dir)
+
+
+def _open(make_source, path, sha256, device, threads, cache_dir, settings, input_shape, precision):
+    """A session on ``make_source()``; a cached file (a conversion, an optimised graph) that no longer loads (another
+    ONNX Runtime, a damaged disk) is made again."""
+    source = make_source()
     try:
-        return _session(source, device, threads, cache_dir, settings, input_shape, settings.precision)
+        return _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256)
     except BadData:
-        if not isinstance(source, str) or source == path:
+        cached = [source if isinstance(source, str) and source != path else None,
+                  _optimized(source, sha256, cache_dir, precision) if device.kind == "cpu" else None]
+        stale = [p for p in cached if p and os.path.isfile(p)]
+        if not stale:
             raise
-        _log.warning(f"the cached fp16 model {source} does not load; converting again")
-        os.unlink(source)
-        source = _model_source(path, sha256, device, settings.precision, cache_dir)
-        return _session(source, device, threads, cache_dir, settings, input_shape, settings.precision)
+        for name in stale:
+            _log.warning(f"the cached model {name} does not load; making it again")
+            os.unlink(name)
+        source = make_source()
+        return _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256)
+
+
+def _embed_all(session, sample: np.ndarray, batch_size: int) -> np.ndarray:
+    from galtools.embed.model import INPUT_NAME, OUTPUT_NAME
+
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(sample[lo:lo + batch_size])})[0]
+                           for lo in range(0, len(sample), batch_size)])
+
+
+class PrecisionChoice:
+    """int8, bf16 or auto, decided on the first ``SAMPLE_ROWS`` cutouts of the table: int8's calibration, the parity
+    check against fp32, and (auto, when nothing was measured on this machine before) the timing of each candidate."""
+
+    def __init__(self, encoder: Encoder, settings: EmbedSettings, candidates: list, open_as, auto_file=None,
+                 cached_choice=None):
+        self.encoder, self.settings, self.candidates, self.open_as = encoder, settings, candidates, open_as
+        self.auto_file, self.cached_choice = auto_file, cached_choice
+
+    @classmethod
+    def plan(cls, encoder: Encoder, settings: EmbedSettings, sha256: str, cache_dir: str, open_as) -> None:
+        wanted = encoder.requested
+        if wanted != "auto":
+            encoder.pending = cls(encoder, settings, [wanted], open_as)
+            return
+        if encoder.device.is_gpu:
+            lower = ["fp16"]
+        else:
+            lower = ["int8"] + (["bf16"] if precisions.bf16_support()[0] else [])
+        auto_file = precisions.auto_path(sha256, cache_dir, str(encoder.device), encoder.threads, settings.batch_size)
+        choice = precisions.read_auto_choice(auto_file)
+        if choice is None or choice["precision"] not in ["fp32"] + lower:
+            encoder.pending = cls(encoder, settings, lower, open_as, auto_file)
+            return
+        encoder.auto = dict(choice, cached=True)
+        _log.debug(f"--precision auto: {choice['precision']}, as measured before on this machine ({auto_file})")
+        if choice["precision"] == "fp16":    # unchecked at run time, as with --precision fp16
+            encoder.precision = "fp16"
+            _use(encoder, open_as("fp16", None), settings)
+        elif choice["precision"] != "fp32":  # checked again on this table; fp32 if it fails here
+            encoder.pending = cls(encoder, settings, [choice["precision"]], open_as, cached_choice=choice)
+
+    def settle(self, batches: Iterator, preparer, table_name: str) -> Iterator:
+        """Take the first cutouts of ``batches`` (record batches), decide, and give back all the batches."""
+        from galtools.embed.inputs import check_finite
+        from galtools.io import images_of
+
+        held, rows = [], 0
+        for batch in batches:
+            held.append(batch)
+            rows += batch.num_rows
+            if rows >= precisions.SAMPLE_ROWS:
+                break
+        prepared = []
+        for batch in held:
+            images, finite = preparer(images_of(batch))
+            if not finite.all():
+                ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
+                check_finite(finite, ids)
+            prepared.append(images)
+        self.decide(np.concatenate(prepared)[:precisions.SAMPLE_ROWS] if prepared else None, table_name)
+        self.encoder.pending = None
+        return itertools.chain(held, batches)
+
+    def decide(self, sample, table_name: str) -> None:
+        encoder, batch = self.encoder, self.settings.batch_size
+        explicit = encoder.requested in precisions.CHECKED
+        if sample is None or len(sample) == 0:
+            encoder.notes.append(f"no cutouts to check --precision {encoder.requested} on: nothing was embedded")
+            return
+        source = f"the first {len(sample)} cutouts of {table_name}"
+        reference = _embed_all(encoder.session, sample, batch)
+        tried = {}
+        for precision in self.candidates:
+            try:
+                session = self.open_as(precision, sample[::2])   # int8: calibrated on every other cutout
+            except GalError as exc:
+                if explicit:
+                    raise
+                _log.info(f"--precision auto: {precision} not usable ({exc.one_line()})")
+                continue
+            tried[precision] = (session, precisions.parity(precision, reference,
+                                                           _embed_all(session, sample, batch)))
+        if explicit:
+            session, result = tried[encoder.requested]
+            if not result.passed:
+                raise precisions.refuse(result, source)
+            return self._take(encoder.requested, session, result)
+        for precision, (_, result) in tried.items():
+            _log.info(f"--precision auto: parity {result.summary()}: {'passed' if result.passed else 'failed'}")
+        passing = {p: v for p, v in tried.items() if v[1].passed}
+        if self.cached_choice is not None:
+            encoder.auto = dict(self.cached_choice, cached=True)
+            if not passing:
+                why = f"fails the parity check ({tried[self.candidates[0]][1].summary()})" if tried else "is not usable"
+                encoder.notes.append(f"--precision auto: {self.candidates[0]} {why} on this table; using fp32")
+                return
+            precision, (session, result) = next(iter(passing.items()))
+            return self._take(precision, session, result)
+        rates = _rates({"fp32": encoder.session, **{p: s for p, (s, _) in tried.items()}},
+                       sample[:batch])
+        best = max(["fp32", *passing], key=lambda p: rates[p])
+        choice = {"precision": best, "images_per_second": {p: round(r, 1) for p, r in rates.items()},
+                  "parity": {p: json.loads(r.to_json()) for p, (_, r) in tried.items()}, "rows": len(sample),
+                  "cpu": precisions.cpu_description()["model"], "threads": encoder.threads, "batch_size": batch}
+        precisions.write_auto_choice(self.auto_file, choice, _log)
+        encoder.auto = dict(choice, cached=False)
+        _log.info(f"--precision auto: {best} ({', '.join(f'{p} {r:,.0f}' for p, r in rates.items())} images/s "
+                  f"on {len(sample[:batch])} cutouts)")
+        if best != "fp32":
+            self._take(best, *passing[best])
+
+    def _take(self, precision, session, result) -> None:
+        self.encoder.precision, self.encoder.parity = precision, result
+        _use(self.encoder, session, self.settings)
+
+
+def _use(encoder: Encoder, session, settings: EmbedSettings) -> None:
+    info = encoder.info
+    batch_shape = (settings.batch_size, len(info.bands), info.input_size, info.input_size)
+    encoder.session = session
+    encoder.runner = make_runner(session, encoder.device.index if encoder.device.is_gpu else None, batch_shape)
+    encoder.provider = session.get_providers()[0]
+
+
+def _rates(sessions: dict, batch: np.ndarray, repeats: int = 3) -> dict:
+    """images/s of each session on one batch: best of ``repeats``, the sessions taking turns (so that other load on
+    the machine hits them alike), after one warm-up run each."""
+    from galtools.embed.model import INPUT_NAME, OUTPUT_NAME
+
+    feed = {INPUT_NAME: np.ascontiguousarray(batch)}
+    best = {}
+    for session in sessions.values():
+        session.run([OUTPUT_NAME], feed)
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run([OUTPUT_NAME], feed)
+            seconds = time.perf_counter() - start
+            best[name] = min(best.get(name, np.inf), seconds)
+    return {name: len(batch) / max(seconds, 1e-9) for name, seconds in best.items()}
 
 
 __all__ = ["CPU", "CUDA", "TENSORRT", "EmbedSettings", "Encoder", "load_encoder"]

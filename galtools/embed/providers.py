@@ -124,7 +124,7 @@ def provider_list(device: Device, cache_dir: str, batch_size: int, input_shape: 
     return [trt, cuda, CPU]
 
 
-def session_options(threads: int, on_gpu: bool, verbose: bool):
+def session_options(threads: int, on_gpu: bool, verbose: bool, config: dict | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -136,12 +136,37 @@ def session_options(threads: int, on_gpu: bool, verbose: bool):
     options.intra_op_num_threads = 1 if on_gpu else threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return options
 
 
+def _optimized_graph(model, options, optimized: str | None):
+    """ONNX Runtime's optimised graph of ``model`` for this CPU (layouts, fusions) is kept at ``optimized``: a later
+    session loads it with the optimisers off.  Returns (what to load, the temporary file the optimised graph is
+    written to now, or None)."""
+    import onnxruntime as ort
+
+    if not optimized:
+        return model, None
+    if os.path.isfile(optimized):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return optimized, None
+    try:
+        os.makedirs(os.path.dirname(optimized), exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=".opt-", suffix=".tmp.onnx", dir=os.path.dirname(optimized))
+        os.close(handle)
+    except OSError:   # a read-only cache: optimise in memory, every time
+        return model, None
+    options.optimized_model_filepath = tmp
+    return model, tmp
+
+
 def create_session(model, device: Device, threads: int, cache_dir: str, batch_size: int,
-                   input_shape: tuple[int, int, int], fp16: bool, verbose: bool = False):
+                   input_shape: tuple[int, int, int], fp16: bool, verbose: bool = False, config: dict | None = None,
+                   optimized: str | None = None):
     """An InferenceSession on ``device`` (``model``: a path or serialized bytes), checked to really use it.
+    ``config``: session configuration entries; ``optimized``: where the CPU's optimised graph is cached (CPU only).
 
     Raises DeviceUnavailable (69) with ONNX Runtime's own reason when a GPU provider was asked for and did not start,
     BadData (65) when the model itself cannot be loaded.
@@ -154,7 +179,8 @@ def create_session(model, device: Device, threads: int, cache_dir: str, batch_si
         raise DeviceUnavailable(f"--device {device}: this ONNX Runtime build has no {wanted} "
                                 f"(it has {', '.join(ort.get_available_providers())})",
                                 "install onnxruntime-gpu instead of onnxruntime, or pass --device cpu")
-    options = session_options(threads, device.is_gpu, verbose)
+    options = session_options(threads, device.is_gpu, verbose, config)
+    model, saving = _optimized_graph(model, options, optimized if device.kind == "cpu" else None)
     with captured_output() as log_text:
         if device.is_gpu and hasattr(ort, "preload_dlls"):
             # gal-embed does not import torch, so nothing has loaded the CUDA and cuDNN libraries that the CUDA
@@ -167,6 +193,12 @@ def create_session(model, device: Device, threads: int, cache_dir: str, batch_si
             error = None
         except Exception as exc:   # ONNX Runtime raises its own exception types for every failure
             session, error = None, exc
+    if saving is not None:
+        with contextlib.suppress(OSError):
+            if error is None and os.path.getsize(saving) > 0:
+                os.replace(saving, optimized)   # atomic: concurrent array tasks each write a whole file
+            else:
+                os.unlink(saving)
     if verbose and log_text[0].strip():
         import sys
 

@@ -49,6 +49,8 @@ def output_metadata(table_metadata: dict, encoder, input_name: str) -> dict:
         "galtools.embed.precision": encoder.precision,
         "galtools.embed.provider": encoder.provider,
     })
+    if hasattr(encoder, "precision_metadata"):
+        metadata.update(encoder.precision_metadata())
     return metadata
 
 
@@ -91,12 +93,23 @@ def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 2
     schema = output_schema(table.schema, encoder.info.embedding_dim, dtype)
     out.expect_schema(schema)
     preparer = Preparer(plan, encoder.prepare_workers)
+    batches = fixed_batches(table.iter_batches(batch_size=batch_size), batch_size)
+    if getattr(encoder, "pending", None) is not None:   # int8, bf16, auto: decided on the table's first cutouts
+        try:
+            batches = encoder.pending.settle(batches, preparer, table.name)
+        except BaseException:
+            preparer.close()
+            raise
+        set_metadata = getattr(out, "set_metadata", None)   # an Output records it; a bare sink need not
+        for key, value in encoder.precision_metadata().items():
+            if set_metadata is not None:
+                set_metadata(key, value)
     runner, dim, np_dtype = encoder.runner, encoder.info.embedding_dim, DTYPES[dtype][0]
     carried_names = [f.name for f in schema if f.name != EMBEDDING]
     stats = EmbedStats()
 
     def produce():
-        for batch in fixed_batches(table.iter_batches(batch_size=batch_size), batch_size):
+        for batch in batches:
             if on_batch is not None:
                 on_batch(batch)
             if per_object_scale:

@@ -136,6 +136,13 @@ class Output:
                 self._writer.write(batch.replace_schema_metadata(self._schema.metadata))
                 self.rows += batch.num_rows
 
+    def set_metadata(self, key: str, value: str) -> None:
+        """Add metadata before the first write (after it, the schema is fixed): e.g. what gal-embed decided on the
+        table's first cutouts."""
+        if self._schema is not None:
+            raise RuntimeError("metadata must be set before the first write")
+        self.metadata[key] = value
+
     def commit(self, empty_schema: pa.Schema | None = None) -> None:
         if self._schema is None:
             if empty_schema is None:

@@ -1,0 +1,234 @@
+"""gal-embed --precision int8 | bf16 | auto: each lower precision used only after a parity check against fp32.
+
+The check passes on a trained encoder (gal-train --arch tiny, a few steps) and refuses a model built so that int8
+destroys it: one channel of its first layer is 10^4 times the others and a later layer ignores it, so int8's
+per-tensor activation grid, stretched by that channel, rounds away everything the embedding is made of.  The figures
+gal-embed records are checked against an independent computation on its fp32 and int8 output files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, write_table
+from test_embed import assert_error, cutout_table, embed, embeddings, export_contract_model, galaxy_cutouts, read
+from test_embed_train import run_dir  # noqa: F401  (the trained tiny encoder)
+
+N_ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    images = galaxy_cutouts(N_ROWS, 5, 48, 48, seed=7)
+    return write_table(cutout_table(images=images), str(tmp_path_factory.mktemp("data") / "cutouts.parquet"),
+                       bands="u,g,r,i,z")
+
+
+def _metadata(path) -> dict:
+    return {k.decode(): v.decode() for k, v in read(str(path)).schema.metadata.items()}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _overlap_brute_force(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """kNN overlap@k by plain loops: for each row, its k most cosine-similar other rows under a and under b."""
+    def neighbours(e, i):
+        scores = [(-float(np.dot(e[i], e[j]) / np.linalg.norm(e[i]) / np.linalg.norm(e[j])), j)
+                  for j in range(len(e)) if j != i]
+        return {j for _, j in sorted(scores)[:k]}
+    return sum(len(neighbours(a, i) & neighbours(b, i)) for i in range(len(a))) / (k * len(a))
+
+
+def test_parity_figures_match_a_brute_force_computation():
+    from galtools.embed.precision import parity
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(60, 12))
+    for noise, expect_pass in ((1e-3, True), (0.5, False)):
+        candidate = reference + noise * rng.normal(size=reference.shape)
+        result = parity("int8", reference, candidate)
+        assert result.rows == 60 and result.k == 10
+        assert result.overlap == pytest.approx(_overlap_brute_force(reference, candidate), abs=1e-12)
+        assert result.cosine_min == pytest.approx(_cosines(reference, candidate).min(), abs=1e-12)
+        assert result.passed is expect_pass
+
+
+def test_int8_passes_on_a_trained_encoder_and_is_cached(run_dir, table, tmp_path):  # noqa: F811
+    model = str(run_dir / "encoder.onnx")
+    env = {"GALTOOLS_CACHE_DIR": str(tmp_path / "cache")}
+    fp32, int8 = tmp_path / "fp32.parquet", tmp_path / "int8.parquet"
+    assert embed(table, "--model", model, "-o", fp32, env_extra=env).returncode == 0
+    first = embed(table, "--model", model, "-o", int8, "--precision", "int8", env_extra=env)
+    err = first.stderr.decode()
+    assert first.returncode == 0, err
+    assert "kNN overlap@10" in err.splitlines()[-1]          # the parity figures are printed with the result
+
+    meta = _metadata(int8)
+    assert meta["galtools.embed.precision"] == "int8"
+    recorded = json.loads(meta["galtools.embed.parity"])
+    assert recorded["rows"] == 256 and recorded["k"] == 10
+    a, b = embeddings(read(str(fp32))), embeddings(read(str(int8)))
+    cosine = _cosines(a, b)
+    assert cosine.min() >= 0.99                             # every row of the table, not only the checked sample
+    assert np.abs(a - b).max() > 1e-4                       # int8 really ran
+    assert recorded["cosine_min"] == pytest.approx(cosine[:256].min(), abs=1e-3)
+    overlap = _overlap_brute_force(a[:256], b[:256])
+    assert overlap >= 0.9
+    assert recorded["overlap"] == pytest.approx(overlap, abs=0.02)   # batch shapes differ: floats may differ
+
+    import onnx
+
+    quantized = [p for p in (tmp_path / "cache" / "onnx").iterdir() if ".int8-" in p.name and ".opt-" not in p.name]
+    assert len(quantized) == 1
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(quantized[0])).graph.node}
+    stamp = quantized[0].stat().st_mtime_ns
+    again = embed(table, "--model", model, "-o", tmp_path / "again.parquet", "--precision", "int8", "-v",
+                  env_extra=env)
+    assert again.returncode == 0 and "using the cached int8 model" in again.stderr.decode()
+    assert re.search(r"first batch written [\d.]+ s after the process started \(CPU [\d.]+ s\)",
+                     again.stderr.decode())
+    assert quantized[0].stat().st_mtime_ns == stamp
+    np.testing.assert_allclose(embeddings(read(str(tmp_path / "again.parquet"))), b, rtol=0, atol=1e-4)
+
+
+def test_int8_never_imports_torch(run_dir, table, tmp_path):  # noqa: F811
+    code = f"""
+import sys
+from galtools.cli.embed import cli
+cli.main(args=[{table!r}, '--model', {str(run_dir / 'encoder.onnx')!r}, '-o', {str(tmp_path / 'o.parquet')!r}, '-q',
+               '--precision', 'int8'], standalone_mode=False)
+print('torch' in sys.modules, 'onnxruntime' in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=ROOT, GALTOOLS_CACHE_DIR=str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().split() == ["False", "True"]
+
+
+@pytest.fixture(scope="module")
+def fragile_model(tmp_path_factory):
+    """An encoder whose embedding lives in activations 10^4 times smaller than one channel it ignores."""
+    import torch
+
+    from galtools.preprocess import Preprocess
+
+    class Fragile(torch.nn.Module):
+        in_chans, num_features = 5, 16
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.first = torch.nn.Conv2d(5, 17, 3, padding=1)
+            self.second = torch.nn.Conv2d(17, 16, 1)
+            with torch.no_grad():
+                self.first.weight[16] *= 1e4
+                self.first.bias[16] = 1e4
+                self.second.weight[:, 16] = 0
+
+        def forward_features(self, x):
+            return torch.relu(self.second(torch.relu(self.first(x)))).mean(dim=(2, 3))
+
+    sample = galaxy_cutouts(64, 5, 32, 32, seed=99)
+    preprocess = Preprocess.fit(sample, ["u", "g", "r", "i", "z"])
+    path = str(tmp_path_factory.mktemp("fragile") / "encoder.onnx")
+    export_contract_model(path, Fragile().eval(), preprocess, 32)
+    return path
+
+
+def test_int8_is_refused_where_it_fails_and_auto_falls_back_to_fp32(fragile_model, table, tmp_path):
+    env = {"GALTOOLS_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "int8.parquet"
+    refused = embed(table, "--model", fragile_model, "-o", out, "--precision", "int8", "-q", env_extra=env)
+    err = assert_error(refused, 65, "parity", "cosine min", "kNN overlap@10", "--precision fp32")
+    assert "cutouts.parquet" in err
+    assert not out.exists()
+
+    fp32, auto = tmp_path / "fp32.parquet", tmp_path / "auto.parquet"
+    assert embed(table, "--model", fragile_model, "-o", fp32, env_extra=env).returncode == 0
+    result = embed(table, "--model", fragile_model, "-o", auto, "--precision", "auto", env_extra=env)
+    assert result.returncode == 0, result.stderr.decode()
+    meta = _metadata(auto)
+    assert meta["galtools.embed.precision"] == "fp32" and meta["galtools.embed.precision_requested"] == "auto"
+    measured = json.loads(meta["galtools.embed.auto"])
+    assert measured["precision"] == "fp32" and measured["parity"]["int8"]["cosine_min"] < 0.99
+    np.testing.assert_allclose(embeddings(read(str(auto))), embeddings(read(str(fp32))), rtol=0, atol=1e-5)
+    # the choice is cached per model and machine: the next run does not measure again
+    again = embed(table, "--model", fragile_model, "-o", tmp_path / "again.parquet", "--precision", "auto", "-v",
+                  env_extra=env)
+    assert again.returncode == 0 and "as measured before" in again.stderr.decode()
+    assert json.loads(_metadata(tmp_path / "again.parquet")["galtools.embed.auto"])["cached"] is True
+
+
+def test_auto_takes_the_fastest_precision_that_passes(run_dir, table, tmp_path):  # noqa: F811
+    out = tmp_path / "auto.parquet"
+    result = embed(table, "--model", str(run_dir / "encoder.onnx"), "-o", out, "--precision", "auto",
+                   env_extra={"GALTOOLS_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr.decode()
+    meta = _metadata(out)
+    measured = json.loads(meta["galtools.embed.auto"])
+    passing = ["fp32"] + [p for p, figures in measured["parity"].items()
+                          if figures["cosine_min"] >= 0.99 and figures["overlap"] >= 0.9]
+    rates = measured["images_per_second"]
+    assert meta["galtools.embed.precision"] == max(passing, key=lambda p: rates[p]) == measured["precision"]
+    assert measured["cpu"] and measured["threads"] >= 1
+
+
+def test_bf16_runs_only_where_the_cpu_and_onnxruntime_have_it(run_dir, table, tmp_path):  # noqa: F811
+    from galtools.embed.precision import bf16_support
+
+    usable, why = bf16_support()
+    out = tmp_path / "bf16.parquet"
+    result = embed(table, "--model", str(run_dir / "encoder.onnx"), "-o", out, "--precision", "bf16")
+    if not usable:
+        assert_error(result, 69, "bf16", why.split(",")[0])
+        assert not out.exists()
+        return
+    assert result.returncode == 0, result.stderr.decode()
+    recorded = json.loads(_metadata(out)["galtools.embed.parity"])
+    assert recorded["precision"] == "bf16" and recorded["cosine_min"] >= 0.99 and recorded["overlap"] >= 0.9
+
+
+def test_lower_precisions_are_for_cpus(table, run_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "o.parquet"
+    assert_error(embed(table, "--model", str(run_dir / "encoder.onnx"), "-o", out, "--device", "cuda",
+                       "--precision", "int8"), 2, "int8", "--device cpu")
+
+
+def test_a_damaged_optimised_graph_is_made_again(run_dir, table, tmp_path):  # noqa: F811
+    model = str(run_dir / "encoder.onnx")
+    cache = tmp_path / "cache"
+    env = {"GALTOOLS_CACHE_DIR": str(cache)}
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    assert embed(table, "--model", model, "-o", first, env_extra=env).returncode == 0
+    optimised = [p for p in (cache / "onnx").iterdir() if ".opt-" in p.name]
+    assert len(optimised) == 1
+    optimised[0].write_bytes(b"not a model")
+    result = embed(table, "--model", model, "-o", second, env_extra=env)
+    assert result.returncode == 0, result.stderr.decode()
+    assert "does not load" in result.stderr.decode()
+    assert optimised[0].stat().st_size > 1000
+    np.testing.assert_allclose(embeddings(read(str(second))), embeddings(read(str(first))), rtol=0, atol=1e-5)
+
+
+def test_cpu_description_reads_model_and_vector_extensions(tmp_path):
+    from galtools.embed.precision import bf16_support, cpu_description, int8_tag
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni amx_int8\n"
+                   "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu sse avx2\n")
+    cpu = cpu_description(str(x86))
+    assert cpu["model"] == "Some Xeon" and cpu["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_int8"]
+    arm = {"model": "Neoverse-V2", "arch": "aarch64", "flags": ["asimd", "bf16", "i8mm"]}
+    assert bf16_support(arm) == (True, "")
+    assert not bf16_support(dict(arm, flags=["asimd"]))[0]
+    assert not bf16_support(dict(cpu, arch="x86_64"))[0]
+    assert int8_tag(dict(cpu, arch="x86_64")) == "int8-v1"
+    assert int8_tag({"model": "old", "arch": "x86_64", "flags": ["avx2", "fma"]}) == "int8-v1-r7"
