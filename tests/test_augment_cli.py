@@ -84,7 +84,8 @@ def test_views_table_holds_every_object_view_and_carried_column(cutouts, tmp_pat
     psf = np.stack([source.column(f"psf_fwhm_{b}").to_numpy() for b in BANDS], axis=1)
     expected = pipe(torch.from_numpy(images_of(source).copy()), source.column("object_id").to_numpy(), view=2,
                     seed=7, psf_fwhm=psf).numpy()
-    np.testing.assert_array_equal(images[2::3], expected)
+    # equal to float32 rounding: the tool runs other batch shapes through the PSF convolution than this call
+    np.testing.assert_allclose(images[2::3], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     # views differ from each other
     assert not np.allclose(images[0::3], images[1::3])
 
@@ -111,10 +112,13 @@ def test_batch_size_and_shards_do_not_change_the_views(cutouts, tmp_path):
         assert result.exit_code == 0, result.stderr
         parts.append(read(part)[0])
     reference = read(whole)[0]
-    np.testing.assert_array_equal(images_of(read(small)[0]), images_of(reference))
+    # ids exactly; pixels to float32 rounding (the PSF convolution's kernel depends on the batch shape)
+    tolerance = 1e-5 * np.abs(images_of(reference)).max()
+    np.testing.assert_allclose(images_of(read(small)[0]), images_of(reference), rtol=0, atol=tolerance)
     joined = pa.concat_tables(parts)
     assert joined.column("object_id").to_pylist() == reference.column("object_id").to_pylist()
-    np.testing.assert_array_equal(images_of(joined), images_of(reference))
+    assert joined.column("view").to_pylist() == reference.column("view").to_pylist()
+    np.testing.assert_allclose(images_of(joined), images_of(reference), rtol=0, atol=tolerance)
 
 
 def test_a_real_pipe_into_gal_info(cutouts):

@@ -158,11 +158,18 @@ def test_hard_labels_are_the_one_hot_special_case(data, models, tmp_path):
     from galtools.classify.fit import ClassifySettings, fit_table
     from galtools.classify.labels import label_spec
 
-    soft = fit_table(path, label_spec(None, ",".join(f"{n}=is_{n}" for n in CLASSES), None), ClassifySettings(seed=4))
+    # Few enough checks that each one improves the validation loss by far more than the early-stopping step
+    # (1e-4) and than the rounding differences of the two target encodings: both runs make the same decisions.
+    settings = ClassifySettings(seed=4, max_epochs=6, patience=6)
+    soft = fit_table(path, label_spec(None, ",".join(f"{n}=is_{n}" for n in CLASSES), None), settings)
+    hard_short = fit_table(path, label_spec("morph", None, None), settings)
+    losses = hard_short.info["training"]["val_loss"]
+    assert len(losses) >= 3 and (np.diff(losses) < -1e-3).all(), losses
+    assert hard_short.classes == soft.classes == CLASSES
+    for a, b in zip(hard_short.weights + hard_short.biases, soft.weights + soft.biases):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)   # float32 rounding, accumulated over the steps
     hard = load(models["hard"])     # fitted by the real command with --label morph --seed 4
-    assert hard.classes == soft.classes == CLASSES
-    for a, b in zip(hard.weights + hard.biases, soft.weights + soft.biases):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert hard.classes == CLASSES
     val = validation_rows(len(data["x"]), hard)
     q = hard.predict_proba(data["x"][val]).astype(np.float64)
     by_hand = -np.mean(np.log(q[np.arange(val.sum()), data["truth"][val]]))   # -1/N sum_i log q_i,label_i

@@ -301,7 +301,8 @@ def test_slurm_array_parts_concatenate_to_the_unsharded_output(model, table_file
     for merged in (read(str(parts)), read(str(merged_path))):
         assert merged.column("object_id").to_pylist() == fp32_run.column("object_id").to_pylist()
         assert merged.column("label").to_pylist() == fp32_run.column("label").to_pylist()
-        assert np.array_equal(embeddings(merged), embeddings(fp32_run))
+        # the parts run other batch shapes (ONNX Runtime picks kernels by shape): equal to float32 rounding
+        np.testing.assert_allclose(embeddings(merged), embeddings(fp32_run), rtol=0, atol=1e-5)
 
     # a rerun skips finished parts; a lost part is named by the check
     again = subprocess.run(["bash", script, path, model_path, str(parts)], capture_output=True, timeout=300,
