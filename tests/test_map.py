@@ -161,6 +161,7 @@ def test_a_pipe_and_a_colour_bar(clusters):
         picture.load()
 
 
+@pytest.mark.slow  # UMAP compiles with numba first
 def test_umap_groups_the_clusters_and_a_seed_fixes_the_map(clusters):
     """One process (UMAP's numba compilation costs ~15 s per process) runs the command three times."""
     folder = clusters["folder"]
