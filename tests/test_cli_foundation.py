@@ -214,9 +214,17 @@ def test_pack_gz1_sdss_makes_1500_rows_of_3x64x64_with_labels(tmp_path):
 
 
 def test_man_pages_are_current():
+    import importlib.metadata
+    import re
+
     from galtools.cli import manpage
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "constraints.txt")) as handle:
+        pinned = re.search(r"^click==(\S+)$", handle.read(), re.MULTILINE).group(1)
+    if importlib.metadata.version("click") != pinned:  # click's help layout (e.g. the short help) changes between
+        pytest.skip(f"the man pages are made with click {pinned} (constraints.txt), this is click "
+                    f"{importlib.metadata.version('click')}")
     assert manpage.main(["--check", os.path.join(root, "man")]) == 0, "man pages are stale: run 'make man'"
 
 
