@@ -92,11 +92,11 @@ def test_views_table_holds_every_object_view_and_carried_column(cutouts, tmp_pat
 
 def invoke(*args):
     """In-process run (click's CliRunner) for the many cases that need no separate process."""
-    from click.testing import CliRunner
+    from conftest import cli_runner
 
     from galtools.cli.augment import cli
 
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return cli_runner().invoke(cli, [str(a) for a in args])
 
 
 def test_batch_size_and_shards_do_not_change_the_views(cutouts, tmp_path):

@@ -319,11 +319,11 @@ def test_curve_rises_above_the_majority_baseline(data, tmp_path):
 
 def invoke(*args):
     """In-process run (click's CliRunner) for error cases that need no separate process."""
-    from click.testing import CliRunner
+    from conftest import cli_runner
 
     from galtools.cli.classify import cli
 
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+    result = cli_runner().invoke(cli, [str(a) for a in args])
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
 
 

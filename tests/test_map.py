@@ -184,11 +184,11 @@ def test_umap_groups_the_clusters_and_a_seed_fixes_the_map(clusters):
 # ------------------------------------------------------------------------------------------------------ errors
 
 def invoke(*args):
-    from click.testing import CliRunner
+    from conftest import cli_runner
 
     from galtools.cli.map import cli
 
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+    result = cli_runner().invoke(cli, [str(a) for a in args])
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
 
 

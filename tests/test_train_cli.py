@@ -36,11 +36,11 @@ def gal_train(*args, **kw):
 
 
 def invoke(*args):
-    from click.testing import CliRunner
+    from conftest import cli_runner
 
     from galtools.cli.train import cli
 
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+    result = cli_runner().invoke(cli, [str(a) for a in args])
     return result.exit_code, result.output.strip()
 
 
