@@ -59,6 +59,7 @@ def read(path):
         return table.read_all(), table.metadata
 
 
+@pytest.mark.slow
 def test_views_table_holds_every_object_view_and_carried_column(cutouts, tmp_path):
     path, source = cutouts
     out = tmp_path / "views.parquet"
@@ -99,6 +100,7 @@ def invoke(*args):
     return cli_runner().invoke(cli, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_batch_size_and_shards_do_not_change_the_views(cutouts, tmp_path):
     path, _ = cutouts
     whole = tmp_path / "whole.arrow"
@@ -121,6 +123,7 @@ def test_batch_size_and_shards_do_not_change_the_views(cutouts, tmp_path):
     np.testing.assert_allclose(images_of(joined), images_of(reference), rtol=0, atol=tolerance)
 
 
+@pytest.mark.slow
 def test_a_real_pipe_into_gal_info(cutouts):
     path, source = cutouts
     command = f"cat {shlex.quote(path)} | {AUGMENT} - --views 2 --ops {shlex.quote(SPEC)} --seed 3 | {INFO} -"
@@ -131,6 +134,7 @@ def test_a_real_pipe_into_gal_info(cutouts):
     assert "5 x 64 x 64" in text and "galtools.augment" in text and "gal-augment" in text
 
 
+@pytest.mark.slow
 def test_stdout_stream_reads_back(cutouts):
     path, source = cutouts
     result = run_tool("gal-augment", path, "--views", 1, "--ops", "rotate:step=90", "--size", 72)
@@ -141,6 +145,7 @@ def test_stdout_stream_reads_back(cutouts):
         assert any(np.array_equal(image, np.rot90(originals[row], k, axes=(-2, -1))) for k in range(4))
 
 
+@pytest.mark.slow
 def test_montage_shows_objects_by_row_and_views_by_column(cutouts, tmp_path):
     from PIL import Image
 
@@ -191,6 +196,7 @@ def test_montage_only_from_a_terminal(cutouts, tmp_path):
     assert png.exists() and sorted(os.listdir(tmp_path)) == ["only.png"]
 
 
+@pytest.mark.slow
 def test_deredden_reads_the_ebv_column(cutouts, tmp_path):
     path, source = cutouts
     out = tmp_path / "dered.parquet"
@@ -201,6 +207,7 @@ def test_deredden_reads_the_ebv_column(cutouts, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.slow
 def test_bad_data_as_a_real_process_leaves_no_output(cutouts, tmp_path):
     path, source = cutouts
     nan_images = images_of(source).copy()

@@ -138,6 +138,7 @@ def test_label_specifications_and_their_mistakes():
 
 # -------------------------------------------------------------------------------------------------- the loss
 
+@pytest.mark.slow
 def test_soft_label_loss_is_the_hand_written_soft_target_cross_entropy(data, models):
     model = load(models["soft"])
     used = np.isfinite(data["votes"]).all(axis=1) & (data["votes"].sum(axis=1) > 0)
@@ -152,6 +153,7 @@ def test_soft_label_loss_is_the_hand_written_soft_target_cross_entropy(data, mod
     assert abs(by_hand - majority_only) > 0.05      # the votes' disagreement is in the loss, not just the winner
 
 
+@pytest.mark.slow
 def test_hard_labels_are_the_one_hot_special_case(data, models, tmp_path):
     one_hot = {f"is_{name}": pa.array((data["truth"] == i).astype(np.float64)) for i, name in enumerate(CLASSES)}
     path = write_embeddings(tmp_path / "onehot.parquet", data["x"], data["truth"], extra=one_hot)
@@ -217,6 +219,7 @@ def read_json(result):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_separable_classes_are_learnt_and_eval_agrees_with_sklearn(data, models, tmp_path):
     pred = tmp_path / "pred.parquet"
     classify("predict", data["test"], "--model", models["hard"], "-o", pred, check=True)
@@ -270,6 +273,7 @@ def test_separable_classes_are_learnt_and_eval_agrees_with_sklearn(data, models,
         assert picture.size[0] > 600 and picture.size[1] > 300
 
 
+@pytest.mark.slow
 def test_soft_model_eval_scores_majority_vote_and_confident_rows(data, models, tmp_path):
     pred = tmp_path / "soft-pred.parquet"
     classify("predict", data["test"], "--model", models["soft"], "-o", pred, check=True)
@@ -295,6 +299,7 @@ def test_soft_model_eval_scores_majority_vote_and_confident_rows(data, models, t
     assert "confident rows (winning vote > 0.8)" in text and "balanced accuracy" in text
 
 
+@pytest.mark.slow
 def test_curve_rises_above_the_majority_baseline(data, tmp_path):
     result = classify("curve", data["train"], "--label", "morph", "--fractions", "0.02,1", "--json",
                       "-o", tmp_path / "curve.parquet", "--plot", tmp_path / "curve.png")
@@ -327,6 +332,7 @@ def invoke(*args):
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_with_documented_codes(data, models, tmp_path):
     # two as real processes, the rest in-process
     assert_clean_error(classify("fit", data["train"], "--label", "shape", "-o", tmp_path / "m.model"),

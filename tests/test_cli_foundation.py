@@ -198,6 +198,7 @@ def test_missing_stamps_are_listed_and_can_be_skipped(tmp_path):
     assert "skipped object 2: missing file" in result.stderr.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SHARED_GZ1), reason="../shared/data/gz1-sdss is not here (a user's clone)")
 def test_pack_gz1_sdss_makes_1500_rows_of_3x64x64_with_labels(tmp_path):
     out = tmp_path / "gz.fits"
@@ -284,6 +285,7 @@ def test_system_report_without_torch():
     assert b"\ntorch not installed\n" in text
 
 
+@pytest.mark.slow
 def test_system_report_warns_about_two_onnxruntime_distributions(tmp_path):
     """onnxruntime and onnxruntime-gpu share the import name: a second distribution of it is named, with the fix."""
     import onnxruntime

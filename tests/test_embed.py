@@ -219,6 +219,7 @@ def test_batches_and_formats_do_not_change_the_result(model, table_file, fp32_ru
         np.testing.assert_allclose(embeddings(read(str(other))), embeddings(fp32_run), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fp16_cosine_to_fp32_and_the_conversion_is_cached(model, table_file, fp32_run, tmp_path):
     import onnx
 
@@ -277,6 +278,7 @@ def _gal_embed_on_path(folder) -> dict:
     return dict(os.environ, PYTHONPATH=ROOT, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}")
 
 
+@pytest.mark.slow
 def test_slurm_array_parts_concatenate_to_the_unsharded_output(model, table_file, fp32_run, tmp_path):
     """examples/slurm-embed.sh as three array tasks (ids 1..3), then examples/check-embed-parts.py."""
     model_path, _, _ = model
@@ -352,6 +354,7 @@ def test_head_closing_the_pipe_is_quiet(model, table_file):
 
 # ------------------------------------------------------------------------------------------------ errors
 
+@pytest.mark.slow
 def test_missing_and_corrupt_models(table_file, tmp_path, model):
     path, _ = table_file
     assert_error(embed(path, "--model", tmp_path / "nope.onnx", "-o", tmp_path / "o.parquet"), 66, "nope.onnx")

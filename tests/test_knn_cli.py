@@ -119,6 +119,7 @@ def test_real_pipe_stdin_to_stdout(tmp_path, emb):
     assert_same_neighbours(as_tuples(read_neighbours(direct.stdout)), reference(table, [5003], 4))
 
 
+@pytest.mark.slow
 def test_least_include_self_and_queries_file(tmp_path, emb):
     path, table = emb
     least = run_tool("gal-knn", path, "--query", 5010, "--least", "-k", 5, "-o", "-", check=True)
@@ -185,6 +186,7 @@ def test_all_rows_sharded_outputs_concatenate_to_the_whole(tmp_path):
         assert part.equals(whole.slice(first, part.num_rows))
 
 
+@pytest.mark.slow
 def test_index_flat_equals_exact_and_recall_is_printed(tmp_path, emb):
     path, table = emb
     exact = run_tool("gal-knn", path, "--query", 5020, "--query", 5021, "-k", 5, "-o", "-", check=True)

@@ -247,6 +247,7 @@ def test_faiss_flat_equals_exact(rng):
 
 @pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 64, "nprobe": 8}),
                                          ("hnsw", {"hnsw_m": 16, "ef_search": 64})])
+@pytest.mark.slow
 def test_recall_of_approximate_indexes_on_clustered_data(rng, kind, params):
     from sklearn.neighbors import NearestNeighbors
 
