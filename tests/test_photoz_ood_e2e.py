@@ -4,7 +4,7 @@ pre-trained by gal-train (MoCo v2, 300 steps on the CPU), gal-embed; then two ca
   the trust and anomaly tests;
 - a random 70% of the normal galaxies (the random split), the other 30% held out: the photo-z quality tests.
 
-Measured with gal-sim seeds 7, 8 and 9 (see the closing notes of issues 5 and 8): the numbers each floor leaves
+Measured with gal-sim seeds 7, 8 and 9: the numbers each floor leaves
 room for are in the tests.
 """
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_pipeline_keeps_every_target_row_and_column(pipeline):
     assert pipeline["photoz"]["n"] == scored.num_rows
 
 
-# ---------------------------------------------------------------------------- pre-training (issue 5) and photo-z
+# ------------------------------------------------------------------------------------ pre-training and photo-z
 
 def test_pretraining_lowers_the_loss_and_beats_a_random_encoder(pipeline, tmp_path, record_property):
     """MoCo on gal-sim: the loss falls, and a ridge probe of z_true on the learned representation beats the same
