@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Embed a large cutout table over a Slurm array: task i of n embeds the i-th contiguous slice of the rows and writes
-# one part; the parts, read as one folder, are exactly the table a single `gal-embed CUTOUTS` would write.  A last
-# job checks that every row arrived exactly once, in order (and can merge the parts into one file).
+# one part; the parts, read as one folder, hold exactly the rows and columns a single `gal-embed CUTOUTS` would
+# write, in order, and embeddings equal to float32 rounding (ONNX Runtime picks its kernels by batch shape, so a
+# row batched with other rows may differ in the last bits).  A last job checks that every row arrived exactly
+# once, in order (and can merge the parts into one file).
 #
 #   jid=$(sbatch --parsable --array=0-15 examples/slurm-embed.sh cutouts.parquet run/encoder.onnx emb/)
 #   sbatch --dependency=afterok:$jid --wrap "python examples/check-embed-parts.py cutouts.parquet emb/"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A catalogue-wide neighbor table with gal-knn --all over a Slurm array: each array task finds the top-k of one
 # contiguous slice of the rows (against the whole table); the parts, read as one folder, are exactly the table
-# a single `gal-knn EMB --all` would write.
+# a single `gal-knn EMB --all` would write, to the bit: every similarity is re-scored per pair in a fixed order,
+# whatever the shard, block or CPU.
 #
 #   sbatch --array=0-15 examples/slurm-knn.sh embeddings/ neighbors/ 1000
 #   gal-info neighbors/                      # afterwards: the parts read as one table

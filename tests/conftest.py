@@ -91,3 +91,15 @@ def write_table(table: pa.Table, path: str, bands: str = "g,r,i", **extra_meta) 
 def cutouts(tmp_path):
     table = make_cutouts()
     return write_table(table, str(tmp_path / "cutouts.fits")), table
+
+
+def cli_runner():
+    """click's CliRunner with stderr apart from stdout: click >= 8.2 always keeps them apart, 8.1 needs
+    mix_stderr=False (a parameter 8.2 removed)."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+        return CliRunner(mix_stderr=False)
+    return CliRunner()

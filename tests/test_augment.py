@@ -349,11 +349,14 @@ def test_the_chain_is_the_same_whatever_the_batch_composition():
     pipe = AugmentPipeline.from_spec(CHAIN, out_size=64, bands=BANDS, pixscale=PIXSCALE)
     full = pipe(x, ids, view=1, seed=42)
     assert full.shape == (12, 5, 64, 64) and full.dtype == torch.float32
+    # the same draws per object; the pixels equal to float32 rounding (the PSF convolution's kernel, chosen by
+    # the batch shape, may round differently on another CPU)
+    close = dict(rtol=0, atol=1e-5 * float(full.abs().max()))
     order = np.array([7, 3, 11, 0])
     partial = pipe(x[order], ids[order], view=1, seed=42)
-    assert torch.equal(partial, full[order])
+    torch.testing.assert_close(partial, full[order], **close)
     with_strangers = pipe(torch.cat([galaxy_batch(5, seed=9), x[5:6]]), np.r_[np.arange(5), ids[5]], view=1, seed=42)
-    assert torch.equal(with_strangers[-1], full[5])
+    torch.testing.assert_close(with_strangers[-1], full[5], **close)
     # another view, another seed or another id is another augmentation
     assert not torch.allclose(pipe(x, ids, view=0, seed=42), full)
     assert not torch.allclose(pipe(x, ids, view=1, seed=43), full)
@@ -366,7 +369,7 @@ def test_string_ids_and_numpy_input():
     ids = np.array(["J0001", "J0002", "J0003"])
     a = pipe(x.numpy(), ids, seed=1)
     b = pipe(x[1:], ids[1:], seed=1)
-    assert torch.equal(a[1:], b)
+    torch.testing.assert_close(a[1:], b, rtol=0, atol=1e-5 * float(a.abs().max()))   # float32 rounding
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

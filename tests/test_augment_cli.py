@@ -59,6 +59,7 @@ def read(path):
         return table.read_all(), table.metadata
 
 
+@pytest.mark.slow
 def test_views_table_holds_every_object_view_and_carried_column(cutouts, tmp_path):
     path, source = cutouts
     out = tmp_path / "views.parquet"
@@ -84,20 +85,22 @@ def test_views_table_holds_every_object_view_and_carried_column(cutouts, tmp_pat
     psf = np.stack([source.column(f"psf_fwhm_{b}").to_numpy() for b in BANDS], axis=1)
     expected = pipe(torch.from_numpy(images_of(source).copy()), source.column("object_id").to_numpy(), view=2,
                     seed=7, psf_fwhm=psf).numpy()
-    np.testing.assert_array_equal(images[2::3], expected)
+    # equal to float32 rounding: the tool runs other batch shapes through the PSF convolution than this call
+    np.testing.assert_allclose(images[2::3], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     # views differ from each other
     assert not np.allclose(images[0::3], images[1::3])
 
 
 def invoke(*args):
     """In-process run (click's CliRunner) for the many cases that need no separate process."""
-    from click.testing import CliRunner
+    from conftest import cli_runner
 
     from galtools.cli.augment import cli
 
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return cli_runner().invoke(cli, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_batch_size_and_shards_do_not_change_the_views(cutouts, tmp_path):
     path, _ = cutouts
     whole = tmp_path / "whole.arrow"
@@ -111,12 +114,16 @@ def test_batch_size_and_shards_do_not_change_the_views(cutouts, tmp_path):
         assert result.exit_code == 0, result.stderr
         parts.append(read(part)[0])
     reference = read(whole)[0]
-    np.testing.assert_array_equal(images_of(read(small)[0]), images_of(reference))
+    # ids exactly; pixels to float32 rounding (the PSF convolution's kernel depends on the batch shape)
+    tolerance = 1e-5 * np.abs(images_of(reference)).max()
+    np.testing.assert_allclose(images_of(read(small)[0]), images_of(reference), rtol=0, atol=tolerance)
     joined = pa.concat_tables(parts)
     assert joined.column("object_id").to_pylist() == reference.column("object_id").to_pylist()
-    np.testing.assert_array_equal(images_of(joined), images_of(reference))
+    assert joined.column("view").to_pylist() == reference.column("view").to_pylist()
+    np.testing.assert_allclose(images_of(joined), images_of(reference), rtol=0, atol=tolerance)
 
 
+@pytest.mark.slow
 def test_a_real_pipe_into_gal_info(cutouts):
     path, source = cutouts
     command = f"cat {shlex.quote(path)} | {AUGMENT} - --views 2 --ops {shlex.quote(SPEC)} --seed 3 | {INFO} -"
@@ -127,6 +134,7 @@ def test_a_real_pipe_into_gal_info(cutouts):
     assert "5 x 64 x 64" in text and "galtools.augment" in text and "gal-augment" in text
 
 
+@pytest.mark.slow
 def test_stdout_stream_reads_back(cutouts):
     path, source = cutouts
     result = run_tool("gal-augment", path, "--views", 1, "--ops", "rotate:step=90", "--size", 72)
@@ -137,6 +145,7 @@ def test_stdout_stream_reads_back(cutouts):
         assert any(np.array_equal(image, np.rot90(originals[row], k, axes=(-2, -1))) for k in range(4))
 
 
+@pytest.mark.slow
 def test_montage_shows_objects_by_row_and_views_by_column(cutouts, tmp_path):
     from PIL import Image
 
@@ -187,6 +196,7 @@ def test_montage_only_from_a_terminal(cutouts, tmp_path):
     assert png.exists() and sorted(os.listdir(tmp_path)) == ["only.png"]
 
 
+@pytest.mark.slow
 def test_deredden_reads_the_ebv_column(cutouts, tmp_path):
     path, source = cutouts
     out = tmp_path / "dered.parquet"
@@ -197,6 +207,7 @@ def test_deredden_reads_the_ebv_column(cutouts, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.slow
 def test_bad_data_as_a_real_process_leaves_no_output(cutouts, tmp_path):
     path, source = cutouts
     nan_images = images_of(source).copy()

@@ -123,4 +123,5 @@ def test_normal_field_is_standard_normal_and_per_object():
     assert abs(np.mean(np.abs(values) < 1) - 0.6827) < 0.005          # Gaussian, not just unit variance
     assert abs(np.mean(np.abs(values) < 2) - 0.9545) < 0.003
     alone = streams.normal_field(keys[17:18], (3, 33, 33), "cpu")
-    assert torch.equal(alone[0], field[17])
+    # the same integer streams; the float32 transforms of them may round differently in vectorised and scalar loops
+    torch.testing.assert_close(alone[0], field[17], rtol=1e-6, atol=1e-6)

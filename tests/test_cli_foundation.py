@@ -198,6 +198,7 @@ def test_missing_stamps_are_listed_and_can_be_skipped(tmp_path):
     assert "skipped object 2: missing file" in result.stderr.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SHARED_GZ1), reason="../shared/data/gz1-sdss is not here (a user's clone)")
 def test_pack_gz1_sdss_makes_1500_rows_of_3x64x64_with_labels(tmp_path):
     out = tmp_path / "gz.fits"
@@ -214,7 +215,95 @@ def test_pack_gz1_sdss_makes_1500_rows_of_3x64x64_with_labels(tmp_path):
 
 
 def test_man_pages_are_current():
+    import importlib.metadata
+    import re
+
     from galtools.cli import manpage
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "constraints.txt")) as handle:
+        pinned = re.search(r"^click==(\S+)$", handle.read(), re.MULTILINE).group(1)
+    if importlib.metadata.version("click") != pinned:  # click's help layout (e.g. the short help) changes between
+        pytest.skip(f"the man pages are made with click {pinned} (constraints.txt), this is click "
+                    f"{importlib.metadata.version('click')}")
     assert manpage.main(["--check", os.path.join(root, "man")]) == 0, "man pages are stale: run 'make man'"
+
+
+# ------------------------------------------------------------------------------------------------ gal-info --system
+
+def _system_report(env_extra: dict | None = None, block_torch: bool = False) -> tuple[dict, str]:
+    """gal-info --system --json as a real process: the report, and whether it imported torch."""
+    code = ("import sys\n"
+            + ("sys.modules['torch'] = None  # as if torch were not installed: importing it fails\n" if block_torch else "")
+            + "from galtools.cli.info import main\n"
+            "try:\n    main(['--system', '--json'])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "sys.stderr.write('torch imported: %s' % (sys.modules.get('torch') is not None))\n")
+    env = dict(os.environ, **(env_extra or {}))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(result.stdout), result.stderr.decode()
+
+
+def test_system_report_names_versions_providers_threads_and_imports_no_torch(tmp_path):
+    import importlib.metadata
+
+    import onnxruntime
+
+    report, err = _system_report({"SLURM_CPUS_PER_TASK": "1", "GALTOOLS_CACHE_DIR": str(tmp_path / "cache")})
+    assert err.endswith("torch imported: False")
+    assert report["galtools"] == __import__("galtools").__version__
+    assert report["python"].endswith(".".join(map(str, sys.version_info[:3])))
+    for name in ("numpy", "pyarrow", "fitsio", "click"):
+        assert report["packages"][name] == importlib.metadata.version(name), name
+    assert onnxruntime.__version__ in report["packages"]["onnxruntime"]
+    assert report["onnxruntime"]["version"] == onnxruntime.__version__
+    assert report["onnxruntime"]["providers"] == onnxruntime.get_available_providers()
+    for name, result in report["onnxruntime"]["gpu_sessions"].items():  # offered GPU providers were tried
+        assert name in report["onnxruntime"]["providers"] and (result["starts"] or result["reason"])
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
+    assert report["packages"]["torch"] == report["torch"]["version"] == torch_version
+    assert report["cpu"]["threads"] == 1 and report["cpu"]["slurm_cpus_per_task"] == "1"
+    assert report["cpu"]["affinity"] == len(os.sched_getaffinity(0))
+    assert report["cache_dir"] == str(tmp_path / "cache")
+    assert report["warnings"] == []
+    text = run_tool("gal-info", "--system", check=True).stdout.decode()
+    assert text.startswith(f"galtools {report['galtools']}\n")
+    assert f"ONNX Runtime providers: {', '.join(report['onnxruntime']['providers'])}" in text
+    assert "CPU threads: " in text and "cache folder: " in text
+
+
+def test_system_report_without_torch():
+    report, err = _system_report(block_torch=True)
+    assert err.endswith("torch imported: False")
+    assert report["packages"]["torch"] is None and report["torch"] == {"version": None, "cuda": None}
+    assert report["onnxruntime"]["providers"]
+    text = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
+                           "from galtools.cli.info import main; main(['--system'])"], capture_output=True).stdout
+    assert b"\ntorch not installed\n" in text
+
+
+@pytest.mark.slow
+def test_system_report_warns_about_two_onnxruntime_distributions(tmp_path):
+    """onnxruntime and onnxruntime-gpu share the import name: a second distribution of it is named, with the fix."""
+    import onnxruntime
+
+    installed = [line for line in _system_report()[0]["packages"]["onnxruntime"].split(", ")]
+    assert len(installed) == 1
+    other = "onnxruntime" if installed[0].startswith("onnxruntime-gpu ") else "onnxruntime-gpu"
+    dist_info = tmp_path / f"{other.replace('-', '_')}-1.99.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: 1.99.0\n")
+    (dist_info / "RECORD").write_text("onnxruntime/__init__.py,,\n")
+    report, _ = _system_report({"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    assert f"{other} 1.99.0" in report["packages"]["onnxruntime"] and installed[0] in report["packages"]["onnxruntime"]
+    assert report["onnxruntime"]["version"] == onnxruntime.__version__   # the one that really imports
+    (warning,) = report["warnings"]
+    assert "side by side" in warning and "pip uninstall -y" in warning and other in warning
+
+
+def test_system_takes_no_input():
+    assert_clean_error(run_tool("gal-info", "--system", "x.fits"), 2, "--system")
+    assert_clean_error(run_tool("gal-info"), 2, "INPUT")

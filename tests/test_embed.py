@@ -219,6 +219,7 @@ def test_batches_and_formats_do_not_change_the_result(model, table_file, fp32_ru
         np.testing.assert_allclose(embeddings(read(str(other))), embeddings(fp32_run), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fp16_cosine_to_fp32_and_the_conversion_is_cached(model, table_file, fp32_run, tmp_path):
     import onnx
 
@@ -257,7 +258,8 @@ def test_float16_storage(model, table_file, fp32_run, tmp_path):
     model_path, _, _ = model
     path, _ = table_file
     out16 = tmp_path / "e16.parquet"
-    assert embed(path, "--model", model_path, "-o", out16, "--dtype", "float16").returncode == 0
+    # the batches of fp32_run, so the float32 values before the cast are the same computation
+    assert embed(path, "--model", model_path, "-o", out16, "--dtype", "float16", "--batch-size", "64").returncode == 0
     table16 = read(str(out16))
     assert table16.schema.field("embedding").type.value_type == pa.float16()
     stored = np.asarray(table16.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False))
@@ -276,6 +278,7 @@ def _gal_embed_on_path(folder) -> dict:
     return dict(os.environ, PYTHONPATH=ROOT, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}")
 
 
+@pytest.mark.slow
 def test_slurm_array_parts_concatenate_to_the_unsharded_output(model, table_file, fp32_run, tmp_path):
     """examples/slurm-embed.sh as three array tasks (ids 1..3), then examples/check-embed-parts.py."""
     model_path, _, _ = model
@@ -301,7 +304,8 @@ def test_slurm_array_parts_concatenate_to_the_unsharded_output(model, table_file
     for merged in (read(str(parts)), read(str(merged_path))):
         assert merged.column("object_id").to_pylist() == fp32_run.column("object_id").to_pylist()
         assert merged.column("label").to_pylist() == fp32_run.column("label").to_pylist()
-        assert np.array_equal(embeddings(merged), embeddings(fp32_run))
+        # the parts run other batch shapes (ONNX Runtime picks kernels by shape): equal to float32 rounding
+        np.testing.assert_allclose(embeddings(merged), embeddings(fp32_run), rtol=0, atol=1e-5)
 
     # a rerun skips finished parts; a lost part is named by the check
     again = subprocess.run(["bash", script, path, model_path, str(parts)], capture_output=True, timeout=300,
@@ -350,6 +354,7 @@ def test_head_closing_the_pipe_is_quiet(model, table_file):
 
 # ------------------------------------------------------------------------------------------------ errors
 
+@pytest.mark.slow
 def test_missing_and_corrupt_models(table_file, tmp_path, model):
     path, _ = table_file
     assert_error(embed(path, "--model", tmp_path / "nope.onnx", "-o", tmp_path / "o.parquet"), 66, "nope.onnx")

@@ -222,6 +222,7 @@ def _peak_rss_mb(model_path: str, rows: int, tmp_path) -> float:
     return usage.ru_maxrss / 1024
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_the_batch_not_the_input(tmp_path):
     from test_embed import MODEL_BANDS, export_contract_model, galaxy_cutouts
 

@@ -17,6 +17,8 @@ import pytest
 from conftest import ROOT, write_table
 from test_embed import cutout_table, embed, embeddings, galaxy_cutouts, read
 
+pytestmark = pytest.mark.slow  # trains an encoder with gal-train first
+
 CROP = 32
 
 

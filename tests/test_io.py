@@ -173,6 +173,7 @@ def _big_fits(path: str, rows: int) -> None:
         fits.write({"object_id": np.arange(rows, dtype=np.int64)}, extname="CATALOG")
 
 
+@pytest.mark.slow
 def test_memory_is_bounded_by_the_batch_not_the_file(tmp_path):
     """gal-info --pixels and a gal-pack conversion stream: 4x more data costs (almost) no more memory."""
     import sys

@@ -110,6 +110,7 @@ def two_gaussians(tmp_path_factory):
     return folder, reference, target, target_vectors, truth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["knn", "gmm", "iforest"])
 def test_two_gaussians_auroc_and_held_out_coverage(two_gaussians, method):
     from sklearn.metrics import roc_auc_score
@@ -166,6 +167,7 @@ def test_knn_score_is_the_kth_neighbour_distance_and_nearest_reference(two_gauss
     assert set(ref_ids.tolist()) < set(range(4000))
 
 
+@pytest.mark.slow
 def test_faiss_search_backends_agree_with_exact(two_gaussians):
     folder, reference, target, _, _ = two_gaussians
     tables = {}
@@ -202,6 +204,7 @@ def test_top_table_and_montage_show_the_anomalies(two_gaussians, tmp_path):
     assert montage.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_eval_trust_curve_and_plot(two_gaussians, tmp_path):
     folder, reference, target, _, truth = two_gaussians
     model = folder / "trust.model"

@@ -153,6 +153,7 @@ def read(path):
         return table.read_all(), table.metadata
 
 
+@pytest.mark.slow
 def test_predict_through_a_pipe_carries_columns(fitted):
     # the second predict reads the first one's output: predictions are replaced, not duplicated
     assert fitted["piped"].stdout.decode().strip().endswith("0"), fitted["piped"].stdout.decode()
@@ -165,6 +166,7 @@ def test_predict_through_a_pipe_carries_columns(fitted):
     assert metadata["galtools.model_sha256"] == ENCODER
 
 
+@pytest.mark.slow
 def test_predictions_hold_a_normalised_pdf(fitted, tmp_path):
     out = tmp_path / "pred.arrow"
     run_tool("gal-photoz", "predict", fitted["emb"], "--model", fitted["model"], "-o", out, "--drop-embedding",
@@ -181,6 +183,7 @@ def test_predictions_hold_a_normalised_pdf(fitted, tmp_path):
     assert metadata["galtools.photoz.bins"] == "180,0.4"
 
 
+@pytest.mark.slow
 def test_linear_probe_beats_the_training_median_and_knows_its_errors(fitted):
     from scipy.stats import spearmanr
 
@@ -200,6 +203,7 @@ def test_linear_probe_beats_the_training_median_and_knows_its_errors(fitted):
     assert np.median(std[faint]) > np.median(std[~faint])
 
 
+@pytest.mark.slow
 def test_model_file_records_the_fit_and_predicts_without_torch(fitted):
     with np.load(fitted["model"], allow_pickle=False) as data:
         meta = json.loads(str(data["__galtools__"]))
@@ -219,6 +223,7 @@ def test_model_file_records_the_fit_and_predicts_without_torch(fitted):
     assert result.returncode == 0, result.stderr.decode()
 
 
+@pytest.mark.slow
 def test_eval_json_equals_the_metrics_and_draws_a_plot(fitted, tmp_path):
     plot = tmp_path / "photoz.png"
     result = run_tool("gal-photoz", "eval", fitted["pred"], "--truth", "z_true", "--mag", "ra", "--json",
@@ -239,6 +244,7 @@ def test_eval_json_equals_the_metrics_and_draws_a_plot(fitted, tmp_path):
     assert "(1000 rows without z_phot or truth skipped)" in text and "sigma_MAD" in text
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(tmp_path):
     x, z, _ = synthetic_embeddings(800, seed=5)
     emb = write_table(embedding_table(x, z), str(tmp_path / "small.parquet"))
@@ -248,6 +254,7 @@ def test_same_seed_same_model(tmp_path):
         assert np.array_equal(a["w0"], b["w0"]) and np.array_equal(a["b0"], b["b0"])
 
 
+@pytest.mark.slow
 def test_streamed_fit_matches_in_memory_statistics_and_quality(tmp_path):
     from galtools.heads.rows import InMemoryRows, StreamedRows
 
@@ -270,6 +277,7 @@ def test_streamed_fit_matches_in_memory_statistics_and_quality(tmp_path):
         assert json.loads(str(data["__galtools__"]))["streamed"] is True
 
 
+@pytest.mark.slow
 def test_labels_beyond_zmax_are_clipped_with_a_warning_and_counted(tmp_path):
     x, z, _ = synthetic_embeddings(600, seed=4)
     z = z.copy()
@@ -282,6 +290,7 @@ def test_labels_beyond_zmax_are_clipped_with_a_warning_and_counted(tmp_path):
         assert json.loads(str(data["__galtools__"]))["n_clipped_above_zmax"] == 27
 
 
+@pytest.mark.slow
 def test_curve_linear_probe_beats_the_median_at_every_size(fitted):
     result = run_tool("gal-photoz", "curve", fitted["emb"], "--fractions", "0.01,0.25,1", "--json", check=True)
     curve = json.loads(result.stdout)
@@ -332,6 +341,7 @@ def test_error_all_labels_nan(small, tmp_path):
            "all 400 values of 'z_spec' are NaN or null")
 
 
+@pytest.mark.slow
 def test_error_fewer_labels_than_bins(small, tmp_path):
     _, _, _, x, z = small
     z = z.copy()

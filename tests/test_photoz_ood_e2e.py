@@ -22,9 +22,14 @@ import pytest
 from conftest import ROOT, write_table
 from galtools.io import open_table, vectors_of
 
+pytestmark = pytest.mark.slow  # end to end: gal-sim, MoCo pre-training, gal-embed, heads (minutes)
+
 PYTHON = shlex.quote(sys.executable)
 N_OBJECTS = 5000
 SEED = int(os.environ.get("GALTOOLS_E2E_SEED", "7"))
+# MoCo on CPUs is not bit-reproducible across CPU families: another CPU follows another training trajectory.
+# Another training seed does the same on this one, so the floors below were measured over both seeds.
+TRAIN_SEED = int(os.environ.get("GALTOOLS_E2E_TRAIN_SEED", "0"))
 # MoCo v2 on the tiny encoder, sized for a short CPU run: m=0.99 and a queue of a fifth of the table (gal-train's
 # notes say why); no reddening augmentation: invariance to it costs colour, i.e. redshift, at this scale
 TRAINING = ("--arch tiny --crop 32 --steps 300 --batch-size 64 --lr 0.3 --queue-size 1024 --key-momentum 0.99 "
@@ -53,7 +58,7 @@ def _read(path) -> pa.Table:
 def pipeline(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e")
     _run(f"{_tool('sim')} -n {N_OBJECTS} --seed {SEED} --anomaly-fraction 0.05 -j 2 -q -o sim.parquet", folder)
-    _run(f"{_tool('train')} fit sim.parquet --out run {TRAINING}", folder)
+    _run(f"{_tool('train')} fit sim.parquet --out run {TRAINING} --seed {TRAIN_SEED}", folder)
     _run(f"{_tool('embed')} sim.parquet --model run/encoder.onnx -q -o emb.parquet", folder)
     _split_catalogue(folder)
     # photo-z and trust: both learnt from the labelled set, applied to everything else

@@ -101,6 +101,70 @@ def test_all_rows_sharded_equals_per_query_search(rng):
     np.testing.assert_array_equal(np.concatenate(sharded), indices)
 
 
+def _all_rows(base, k, pieces, **options):
+    """all_rows_topk over consecutive row ranges (the shards), concatenated."""
+    indices, scores = [], []
+    for start, stop in zip(pieces, pieces[1:]):
+        for _, topk in all_rows_topk(base, k, rows=range(start, stop), **options):
+            indices.append(topk.indices)
+            scores.append(topk.scores)
+    return np.concatenate(indices), np.concatenate(scores)
+
+
+@pytest.mark.parametrize("metric, normalized", [("cosine", False), ("cosine", True), ("ip", False)])
+def test_all_rows_results_do_not_depend_on_shards_blocks_or_tiles(metric, normalized):
+    """Exact by construction: every similarity is re-scored per pair in a fixed order, so shards of one row,
+    query blocks and tile widths that divide nothing, and a single-query search all give the same bits."""
+    rng = np.random.default_rng(11)
+    n, dim, k = 401, 67, 6  # primes: no block, tile or shard divides them
+    base = (rng.standard_normal((n, dim)) * rng.uniform(0.2, 5, (n, 1))).astype(np.float32)
+    base[200] = base[13]  # an exact duplicate: a tie broken by object_id
+    if normalized:
+        base = unit_rows(base)
+    ids = rng.permutation(n)
+    common = dict(base_ids=ids, metric=metric, normalized=normalized)
+    whole_rows, whole_scores = _all_rows(base, k, [0, n], **common)
+    shapes = [
+        ([0, n], dict(query_block=1, block_bytes=4 * 1 * 13)),
+        ([0, 1, 2, 3, 150, 151, n - 1, n], dict(query_block=7, block_bytes=4 * 7 * 29)),   # 1-row shards
+        ([0, 133, 267, n], dict(query_block=64)),                                           # 3 shards, as Slurm
+        (list(range(0, n, 97)) + [n], dict(query_block=31, block_bytes=4 * 31 * 101)),
+    ]
+    for pieces, options in shapes:
+        rows, scores = _all_rows(base, k, pieces, **common, **options)
+        np.testing.assert_array_equal(rows, whole_rows)
+        np.testing.assert_array_equal(scores, whole_scores)
+    for largest in (True, False):  # a query search of each row on its own, and of 5 rows at once
+        picked = np.array([0, 13, 200, 399, 400])
+        together = exact_topk(base[picked], base, k, exclude=picked, largest=largest, **common)
+        for i, row in enumerate(picked):
+            alone = exact_topk(base[row:row + 1], base, k, exclude=np.array([row]), largest=largest,
+                               block_bytes=4 * 53, **common)
+            np.testing.assert_array_equal(alone.indices[0], together.indices[i])
+            np.testing.assert_array_equal(alone.scores[0], together.scores[i])
+        if largest:
+            np.testing.assert_array_equal(together.indices, whole_rows[picked])
+            np.testing.assert_array_equal(together.scores, whole_scores[picked])
+    # against an independent reference: float64 similarities, stated tolerance on the scores
+    b = base.astype(np.float64)
+    if metric == "cosine":
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    sims = b @ (base.astype(np.float64).T if metric == "ip" else b.T)
+    np.fill_diagonal(sims, -np.inf)
+    want = np.take_along_axis(sims, whole_rows, axis=1)
+    np.testing.assert_allclose(whole_scores, want, rtol=1e-6, atol=1e-6)
+    assert (np.sort(sims, axis=1)[:, ::-1][:, :k] - want <= 1e-5 * np.maximum(1, np.abs(want))).all()
+
+
+def test_unit_rows_of_a_row_alone_equal_the_row_in_a_block(rng):
+    vectors = rng.standard_normal((97, 131)).astype(np.float32)
+    whole = unit_rows(vectors)
+    for row in (0, 50, 96):
+        np.testing.assert_array_equal(unit_rows(vectors[row:row + 1])[0], whole[row])
+    np.testing.assert_array_equal(unit_rows(vectors[5:9]), whole[5:9])
+    np.testing.assert_allclose(np.linalg.norm(whole.astype(np.float64), axis=1), 1, atol=1e-6)
+
+
 def test_torch_code_path_gives_the_same_neighbours(rng):
     pytest.importorskip("torch")
     base = quarter_vectors(rng, 400)
@@ -183,6 +247,7 @@ def test_faiss_flat_equals_exact(rng):
 
 @pytest.mark.parametrize("kind,params", [("ivf", {"nlist": 64, "nprobe": 8}),
                                          ("hnsw", {"hnsw_m": 16, "ef_search": 64})])
+@pytest.mark.slow
 def test_recall_of_approximate_indexes_on_clustered_data(rng, kind, params):
     from sklearn.neighbors import NearestNeighbors
 

@@ -30,6 +30,7 @@ def _content(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+@pytest.mark.slow
 def test_writes_an_sdss_cutout_table_that_astropy_reads(tmp_path):
     from astropy.io import fits
 
@@ -55,6 +56,7 @@ def test_writes_an_sdss_cutout_table_that_astropy_reads(tmp_path):
         assert column in names
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     one, two, other = tmp_path / "one.arrow", tmp_path / "two.arrow", tmp_path / "other.arrow"
     run_tool("gal-sim", "-n", 40, "--seed", 5, "--anomaly-fraction", 0.3, "-j", 1, "-o", one, check=True)
@@ -68,6 +70,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     assert images_of(a).tobytes() != images_of(c).tobytes()
 
 
+@pytest.mark.slow
 def test_shards_concatenate_to_the_unsharded_output(tmp_path):
     whole = tmp_path / "whole.parquet"
     run_tool("gal-sim", "-n", 25, "--seed", 3, "--anomaly-fraction", 0.2, "-j", 1, "-o", whole, check=True)

@@ -180,6 +180,7 @@ def _ddp_worker(rank, world, init_file, result_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes under torch.distributed
 def test_shuffle_bn_and_gathers_across_two_gloo_ranks(tmp_path):
     """Two real processes: keys are computed on a shuffled slice of the global batch and un-shuffled; NT-Xent
     gradients through the gather reach the rank that owns each embedding."""

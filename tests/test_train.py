@@ -178,6 +178,7 @@ def embed_with_onnx(onnx_path: str, table: pa.Table) -> np.ndarray:
     return session.run(["embedding"], {"image": Preprocess.from_json(meta["galtools.preprocess"]).apply_numpy(images)})[0]
 
 
+@pytest.mark.slow  # trains MoCo
 def test_moco_loss_falls_and_linear_probe_beats_a_random_encoder(galaxies, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # tiny convolutions: threads cost more than they give, more so on a busy machine

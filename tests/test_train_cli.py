@@ -19,6 +19,8 @@ from test_train import BANDS, galaxy_table, write_galaxies  # noqa: E402
 
 from galtools.io import images_of, open_table  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real gal-train runs, one and two processes
+
 # Small and quick: the tiny encoder at half width on 16x16 views of 20x20 cutouts, cheap augmentations.
 FAST = ["--arch", "tiny", "--width", "0.5", "--crop", "16", "--batch-size", "16", "--queue-size", "48",
         "--ops", "rotate:step=90,jitter:max_shift=2,noise", "--device", "cpu", "--loader-threads", "1"]
@@ -34,11 +36,11 @@ def gal_train(*args, **kw):
 
 
 def invoke(*args):
-    from click.testing import CliRunner
+    from conftest import cli_runner
 
     from galtools.cli.train import cli
 
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+    result = cli_runner().invoke(cli, [str(a) for a in args])
     return result.exit_code, result.output.strip()
 
 

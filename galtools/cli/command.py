@@ -41,6 +41,10 @@ def _silence_stdout() -> None:
         return
 
 
+# click 8.2 raises NoArgsIsHelpError for a bare group; click 8.1 prints the overview itself and exits 0.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     """Run a click command, turning every way it can end into one stderr line and a documented exit code."""
     _state["tool"] = tool
@@ -53,7 +57,7 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     except click.exceptions.Abort:
         _say_error(tool, "aborted")
         code = 130
-    except click.exceptions.NoArgsIsHelpError as exc:   # a bare group: its overview, as a usage error
+    except _NO_ARGS_IS_HELP as exc:   # click >= 8.2   # a bare group: its overview, as a usage error
         sys.stderr.write(exc.ctx.get_help() + "\n")
         code = EXIT_USAGE
     except click.ClickException as exc:

@@ -10,8 +10,16 @@ Ordering (documented contract, also used by gal-ood):
   strings lexicographically), then by row number for repeated ids.  ``--least`` (``largest=False``) returns the
   least similar first, ties again by ``object_id`` ascending.
 
+Exactness: the matrix products only pick candidates.  BLAS chooses its kernel (and so its rounding) by the shape
+of the product and by the CPU, so a tile's similarities depend on how the rows were blocked.  Every entry within a
+proven rounding bound of a query's current k-th best is therefore kept and re-scored on its own with a dot product
+accumulated in float64 in a fixed order (dimension 0, 1, ..., D-1), then rounded once to float32.  The neighbours
+and the similarities returned are functions of the (query, row) pair alone: the same whatever the query block,
+the tile width, the shard of a Slurm array, the backend or the BLAS library.
+
 Backends: numpy (BLAS matrix products) everywhere; torch on a CUDA GPU when torch imports and a GPU is usable.
-The merge and the tie-breaking run in numpy in both cases, so both backends give the same neighbours.
+The re-scoring, the merge and the tie-breaking run in numpy in both cases, so both backends give the same
+neighbours and the same similarities.
 """
 from __future__ import annotations
 
@@ -27,6 +35,31 @@ DEFAULT_BLOCK_BYTES = 128 * 2**20  # one similarity tile; the rest of the workin
 DEFAULT_QUERY_BLOCK = 2048         # queries per tile in all-rows search
 GPU_WORTH_IT_FLOPS = 5e9           # below this much work, importing torch costs more than it saves
 _NO_ROW = np.iinfo(np.int64).max   # tie key of an empty slot: sorts after every real row
+_PAIR_CHUNK_VALUES = 2**21         # float64 values per chunk of the fixed-order sums (16 MB)
+FLOAT32_UNIT = 2.0**-24            # unit roundoff of a float32 product or sum
+
+
+def fixed_order_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_d a[i, d] * b[i, d]`` for each row i, in float64, added in the order d = 0, 1, ..., D-1.
+
+    The products of float32 values are exact in float64 and every addition is one IEEE operation in a fixed
+    order, so the result for a row depends on that row's values alone: not on the other rows, the number of
+    rows, their layout in memory or the BLAS library.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    n, dim = a.shape
+    out = np.zeros(n, dtype=np.float64)
+    if dim == 0:
+        return out
+    chunk = max(1, _PAIR_CHUNK_VALUES // dim)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        products = np.multiply(a[start:stop].T, b[start:stop].T, dtype=np.float64)  # (D, rows): exact
+        total = out[start:stop]
+        for row in products:
+            total += row
+    return out
 
 
 @dataclass(frozen=True)
@@ -40,11 +73,11 @@ class TopK:
 def unit_rows(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Rows scaled to unit length (float32).  ``out=vectors`` normalises in place.
 
-    The norm is accumulated in float64 so it does not depend on how the rows are laid out in memory: the
-    same row gives the same unit vector whether it is normalised alone, in a block or in the whole table.
+    The norm is accumulated in float64 in a fixed order (:func:`fixed_order_dots`), so the same row gives the
+    same unit vector whether it is normalised alone, in a block or in the whole table.
     """
     vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)).astype(np.float32)
+    norms = np.sqrt(fixed_order_dots(vectors, vectors)).astype(np.float32)
     zero = np.flatnonzero(norms == 0)
     if zero.size:
         raise BadData(f"{zero.size} embedding(s) are all zeros (first at row {int(zero[0])}); cosine similarity "
@@ -119,24 +152,33 @@ def _kth_best_numpy(tile: np.ndarray, kth: int) -> np.ndarray:
     return np.partition(tile, width - 1 - kth, axis=1)[:, width - 1 - kth]
 
 
-def _candidates_numpy(tile: np.ndarray, threshold: np.ndarray, kth: int, first: bool):
-    """(query, column, score) of the tile entries that may enter the running top-k."""
+def _candidates_numpy(tile: np.ndarray, threshold: np.ndarray, margin: np.ndarray, kth: int, first: bool):
+    """(query, column, tile score) of the tile entries whose exact score may enter the running top-k.
+
+    ``threshold``: each query's current k-th best exact score; ``margin``: a bound on |tile - exact| for that
+    query.  An entry can enter only if its exact score reaches the final k-th best, which is at least
+    ``threshold`` and at least (the tile's own (kth+1)-th best - margin), so its tile score is at least those
+    minus one more margin.
+    """
     max_candidates = max(tile.shape[0] * (kth + 1) * 4, tile.size // 64)
+    floor = threshold - margin
     if first:  # nothing seen yet: start from this tile's own k-th best
-        threshold = np.maximum(threshold, _kth_best_numpy(tile, kth))
-    mask = tile >= threshold[:, None]
+        floor = np.maximum(floor, _kth_best_numpy(tile, kth) - 2 * margin)
+    mask = tile >= floor[:, None]
     if not first and np.count_nonzero(mask) > max_candidates:  # heavy ties or a poor threshold: tighten it
-        threshold = np.maximum(threshold, _kth_best_numpy(tile, kth))
-        mask = tile >= threshold[:, None]
+        floor = np.maximum(floor, _kth_best_numpy(tile, kth) - 2 * margin)
+        mask = tile >= floor[:, None]
     flat = np.flatnonzero(mask)  # much faster than 2-D np.nonzero on a large mask
     query, column = np.divmod(flat, tile.shape[1])
-    return query, column, tile.ravel()[flat]
+    return query, column
 
 
 class _NumpyTiles:
     """Similarity tiles computed with numpy/BLAS."""
 
     name = "numpy"
+
+    unit = FLOAT32_UNIT
 
     def __init__(self, base: np.ndarray, normalize_base: bool):
         self.base = base
@@ -159,8 +201,8 @@ class _NumpyTiles:
             yield start, tile
             start, width = stop, block_cols
 
-    def candidates(self, tile, threshold, kth, first):
-        return _candidates_numpy(tile, threshold, kth, first)
+    def candidates(self, tile, threshold, margin, kth, first):
+        return _candidates_numpy(tile, threshold, margin, kth, first)
 
 
 class _TorchTiles:
@@ -173,6 +215,10 @@ class _TorchTiles:
 
         self.torch = torch
         self.device = torch.device(device)
+        # reduced-precision float32 products (TF32, bfloat16) round far more coarsely: widen the margin
+        reduced = (torch.get_float32_matmul_precision() != "highest"
+                   or (self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32))
+        self.unit = 2.0**-8 if reduced else FLOAT32_UNIT
         self.base = base
         self.normalize_base = normalize_base
         self.resident = None
@@ -205,19 +251,19 @@ class _TorchTiles:
             yield start, queries @ block.T
             start, width = stop, block_cols
 
-    def candidates(self, tile, threshold, kth, first):
+    def candidates(self, tile, threshold, margin, kth, first):
         torch = self.torch
-        threshold = torch.from_numpy(threshold).to(self.device)
+        margin = torch.from_numpy(np.ascontiguousarray(margin, dtype=np.float32)).to(self.device)
+        floor = torch.from_numpy(np.ascontiguousarray(threshold, dtype=np.float32)).to(self.device) - margin
         if first and tile.shape[1] > kth:
-            threshold = torch.maximum(threshold, torch.topk(tile, kth + 1, dim=1).values[:, -1])
-        mask = tile >= threshold[:, None]
+            floor = torch.maximum(floor, torch.topk(tile, kth + 1, dim=1).values[:, -1] - 2 * margin)
+        mask = tile >= floor[:, None]
         max_candidates = max(tile.shape[0] * (kth + 1) * 4, tile.numel() // 64)
         if not first and int(mask.sum()) > max_candidates and tile.shape[1] > kth:
-            threshold = torch.maximum(threshold, torch.topk(tile, kth + 1, dim=1).values[:, -1])
-            mask = tile >= threshold[:, None]
+            floor = torch.maximum(floor, torch.topk(tile, kth + 1, dim=1).values[:, -1] - 2 * margin)
+            mask = tile >= floor[:, None]
         query, column = mask.nonzero(as_tuple=True)
-        score = tile[query, column]
-        return query.cpu().numpy(), column.cpu().numpy(), score.cpu().numpy()
+        return query.cpu().numpy(), column.cpu().numpy()
 
 
 def choose_backend(device: str, work_flops: float) -> tuple[str, str]:
@@ -255,24 +301,67 @@ def _check_k(k: int, n_base: int, excluding: bool) -> None:
                       f"use -k {max(available, 1)} or less")
 
 
-def _search_block(engine, queries, k, tie_rank, exclude, largest, block_bytes) -> TopK:
-    """Top-k of one block of queries against the whole base."""
-    n_queries = queries.shape[0]
+def _max_norm(vectors: np.ndarray) -> float:
+    """An upper bound of the rows' Euclidean norms (one pass, chunked so no float64 copy of the table is made)."""
+    largest = 0.0
+    chunk = max(1, _PAIR_CHUNK_VALUES // max(1, vectors.shape[1]))
+    for start in range(0, vectors.shape[0], chunk):
+        block = vectors[start:start + chunk]
+        largest = max(largest, float(np.einsum("ij,ij->i", block, block, dtype=np.float64).max(initial=0.0)))
+    return float(np.sqrt(largest)) * (1 + 1e-6)
+
+
+class _PairScorer:
+    """Exact scores of (query, base row) pairs: :func:`fixed_order_dots` rounded once to float32; for cosine on
+    raw vectors the dot product is divided by the two norms in float64 first."""
+
+    def __init__(self, base: np.ndarray, cosine: bool):
+        self.base = base
+        self.cosine = cosine
+
+    def __call__(self, queries: np.ndarray, query: np.ndarray, row: np.ndarray) -> np.ndarray:
+        scores = np.empty(query.size, dtype=np.float32)
+        chunk = max(1, _PAIR_CHUNK_VALUES // max(1, self.base.shape[1]))
+        for start in range(0, query.size, chunk):
+            q = queries[query[start:start + chunk]]
+            b = self.base[row[start:start + chunk]]
+            dots = fixed_order_dots(q, b)
+            if self.cosine:
+                dots /= np.sqrt(fixed_order_dots(q, q) * fixed_order_dots(b, b))
+            scores[start:start + chunk] = dots
+        return scores
+
+
+def _search_block(engine, scorer, raw_queries, tile_queries, k, tie_rank, exclude, largest, block_bytes,
+                  base_norm) -> TopK:
+    """Top-k of one block of queries against the whole base.
+
+    ``tile_queries`` (unit rows for cosine, else raw) feed the matrix products; the kept pairs are re-scored
+    exactly by ``scorer`` from ``raw_queries``.  ``base_norm`` bounds the norms of the base rows in the tiles.
+    """
+    n_queries = tile_queries.shape[0]
     n_base = engine.base.shape[0]
+    dim = tile_queries.shape[1]
     excluding = exclude is not None
     kth = k if excluding else k - 1  # one spare place: the excluded row may sit in a tile's own top-k
     block_cols = max(kth + 2, min(n_base, block_bytes // (4 * n_queries)))
     first_cols = min(block_cols, max(4096, 8 * (kth + 1)))  # a small first tile sets the thresholds cheaply
-    signed = engine.prepare_queries(queries if largest else -queries)  # -q.b == -(q.b) exactly
+    # |tile - exact| <= (D + 8) u |q| |b| covers any summation order of the product, the rounding of the unit
+    # vectors and the final rounding of the exact score; twice that, for safety.
+    query_norm = np.sqrt(np.einsum("ij,ij->i", tile_queries, tile_queries, dtype=np.float64)) * (1 + 1e-6)
+    margin = (2.0 * (dim + 8) * engine.unit * query_norm * base_norm).astype(np.float32)
+    signed = engine.prepare_queries(tile_queries if largest else -tile_queries)  # -q.b == -(q.b) exactly
     running = _RunningTopK(n_queries, k, tie_rank)
     first = True
     for start, tile in engine.tiles(signed, first_cols, block_cols):
-        query, column, score = engine.candidates(tile, running.threshold(), kth, first)
+        query, column = engine.candidates(tile, running.threshold(), margin, kth, first)
+        query = query.astype(np.int64)
         row = column.astype(np.int64) + start
         if excluding:
             keep = row != exclude[query]
-            query, row, score = query[keep], row[keep], score[keep]
-        running.merge(query.astype(np.int64), row, score)
+            query, row = query[keep], row[keep]
+        score = scorer(raw_queries, query, row)
+        running.merge(query, row, score if largest else -score)
         first = False
     scores = running.scores if largest else -running.scores
     return TopK(indices=running.rows, scores=np.ascontiguousarray(scores, dtype=np.float32))
@@ -307,15 +396,17 @@ def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, *, base_ids=None, 
     if exclude is not None:
         exclude = np.asarray(exclude, dtype=np.int64).reshape(queries.shape[0])
     normalize = metric == "cosine" and not normalized
-    if normalize:
-        queries = unit_rows(queries)
+    tile_queries = unit_rows(queries) if normalize else queries
     engine = _tile_engine(base, normalize, device, 2.0 * queries.shape[0] * base.size)
+    scorer = _PairScorer(base, cosine=normalize)
+    base_norm = 1 + 1e-6 if normalize else _max_norm(base)
     results = []
     query_block = max(1, min(queries.shape[0], DEFAULT_QUERY_BLOCK))
     for begin in range(0, queries.shape[0], query_block):
         end = begin + query_block
-        results.append(_search_block(engine, queries[begin:end], k, tie_rank,
-                                     None if exclude is None else exclude[begin:end], largest, block_bytes))
+        results.append(_search_block(engine, scorer, queries[begin:end], tile_queries[begin:end], k, tie_rank,
+                                     None if exclude is None else exclude[begin:end], largest, block_bytes,
+                                     base_norm))
     if len(results) == 1:
         return results[0]
     return TopK(np.concatenate([r.indices for r in results]), np.concatenate([r.scores for r in results]))
@@ -330,7 +421,8 @@ def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_i
     (unless ``exclude_self=False``).
 
     Yields ``(rows_of_block, TopK)`` per block of ``query_block`` rows so callers can stream the neighbour
-    table out with bounded memory.  A shard is just a slice: ``rows=range(start, stop)``.
+    table out with bounded memory.  A shard is just a slice: ``rows=range(start, stop)``; the result of a row
+    does not depend on the slice or on ``query_block`` (see the module's note on exactness).
     """
     base = np.asarray(base, dtype=np.float32)
     rows = range(base.shape[0]) if rows is None else rows
@@ -341,10 +433,12 @@ def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_i
     if check_base:
         check_finite(base, "embeddings")
     engine = _tile_engine(base, normalize, device, 2.0 * len(rows) * base.size)
+    scorer = _PairScorer(base, cosine=normalize)
+    base_norm = 1 + 1e-6 if normalize else _max_norm(base)
     for begin in range(rows.start, rows.stop, query_block):
         block_rows = range(begin, min(rows.stop, begin + query_block))
         queries = base[block_rows.start:block_rows.stop]
-        if normalize:
-            queries = unit_rows(queries)
+        tile_queries = unit_rows(queries) if normalize else queries
         exclude = np.arange(block_rows.start, block_rows.stop, dtype=np.int64) if exclude_self else None
-        yield block_rows, _search_block(engine, queries, k, tie_rank, exclude, largest, block_bytes)
+        yield block_rows, _search_block(engine, scorer, queries, tile_queries, k, tie_rank, exclude, largest,
+                                        block_bytes, base_norm)
