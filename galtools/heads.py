@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from galtools.errors import BadData, InputMissing, UsageProblem
+from galtools.errors import BadData, InputMissing, UsageProblem, brief
 from galtools.io.files import atomic_file
 
 FORMAT = "galtools.head/1"
@@ -122,7 +122,9 @@ def load_head(path: str, tool: str, kinds: tuple[str, ...] | None = None) -> Hea
             meta = json.loads(str(data[META_KEY]))
             arrays = {name: data[name] for name in data.files if name != META_KEY}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, json.JSONDecodeError) as exc:
-        raise BadData(f"{path}: not a galtools model file ({' '.join(str(exc).split())[:80]})", hint) from None
+        if "pickle" in str(exc):   # numpy's advice to load it unsafely is not ours to give: a model is data only
+            raise BadData(f"{path}: holds pickled Python objects, which galtools never loads", hint) from None
+        raise BadData(f"{path}: not a galtools model file ({brief(exc, 80)})", hint) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadData(f"{path}: not a galtools model file (unknown format)", hint)
     if meta.get("tool") != tool:

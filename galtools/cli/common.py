@@ -7,12 +7,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 
 import click
 
 from galtools import __version__
-from galtools.errors import EXIT_USAGE, GalError
+from galtools.errors import EXIT_IOERR, EXIT_USAGE, GalError, Terminated
 
 log = logging.getLogger("galtools")
 _state = {"quiet": False, "verbose": 0, "tool": "galtools"}
@@ -42,9 +44,46 @@ def _silence_stdout() -> None:
         return
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+_HANDLER_PID: list[int] = []   # the process that installed the handlers (forked workers inherit them)
+
+
+def _on_stop_signal(signum, frame) -> None:
+    if _HANDLER_PID and os.getpid() != _HANDLER_PID[0]:   # a forked worker: die as it would have by default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    for other in STOP_SIGNALS:            # a second signal must not interrupt the clean-up of the first
+        signal.signal(other, signal.SIG_IGN)
+    raise Terminated(signum, signal.Signals(signum).name)
+
+
+def _install_stop_signals() -> None:
+    """SIGTERM (Slurm's time limit, preemption, kill) and SIGHUP (a closed terminal) unwind the command as Ctrl-C
+    does, so every output being written is removed. A signal the parent ignores (nohup) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _HANDLER_PID[:] = [os.getpid()]
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _on_stop_signal)
+
+
+def _no_space_line(exc: OSError) -> str:
+    """A full disk met outside an output table (stdout on /dev/full, a library's own file)."""
+    from galtools.io.files import mount_point
+
+    if getattr(exc, "filename", None):
+        return f"no space left on {mount_point(str(exc.filename))} while writing {exc.filename} (free some space, or write elsewhere)"
+    return "no space left on device while writing standard output (free some space, or write elsewhere)"
+
+
 def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     """Run a click command, turning every way it can end into one stderr line and a documented exit code."""
     _state["tool"] = tool
+    _install_stop_signals()
     try:
         code = command.main(args=args, prog_name=tool, standalone_mode=False, **extra)
         code = code if isinstance(code, int) else 0
@@ -73,18 +112,36 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     except KeyboardInterrupt:
         _say_error(tool, "interrupted")
         code = 130
+    except Terminated as exc:
+        _say_error(tool, f"stopped by {exc.name}; nothing half-written was left behind")
+        code = exc.exit_code
     except MemoryError:
         _say_error(tool, "out of memory (use a smaller --batch-size, or --shard the input)")
         code = 1
-    except Exception as exc:  # a bug: say so in one line, traceback on -v
-        if _wants_traceback(args):
-            import traceback
+    except OSError as exc:
+        from galtools.io.files import is_no_space
 
-            traceback.print_exc()
-        _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                         "(rerun with -v for the traceback, and please report it)")
+        if not is_no_space(exc):
+            _internal_error(tool, exc, args)
+            code = 1
+        else:
+            _say_error(tool, _no_space_line(exc))
+            _silence_stdout()   # what is still buffered for stdout cannot go anywhere either
+            code = EXIT_IOERR
+    except Exception as exc:  # a bug: say so in one line, traceback on -v
+        _internal_error(tool, exc, args)
         code = 1
     sys.exit(code)
+
+
+def _internal_error(tool: str, exc: BaseException, args) -> None:
+    """A bug: say so in one line, traceback on -v."""
+    if _wants_traceback(args):
+        import traceback
+
+        traceback.print_exc()
+    _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                     "(rerun with -v for the traceback, and please report it)")
 
 
 class _PipeClosed(Exception):
@@ -192,10 +249,12 @@ def input_argument(name: str = "input", required: bool = True, nargs: int = 1):
 def output_options(default: str = "-"):
     def decorator(func):
         func = click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")(func)
-        func = click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]),
-                            default=None, help="Output format (default: from the extension; Arrow stream on stdout).")(func)
+        func = click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream", "csv", "tsv"]),
+                            default=None, help="Output format (default: from the extension; Arrow stream on stdout, "
+                            "a pipe or a device). csv/tsv: plain tables only, no image or vector columns.")(func)
         func = click.option("-o", "--output", default=default, show_default=True, metavar="OUTPUT",
-                            help="Output table (.fits, .parquet, .arrow) or '-' for an Arrow stream on stdout.")(func)
+                            help="Output table (.fits, .parquet, .arrow, .csv, .tsv) or '-' for an Arrow stream on "
+                                 "stdout. A FIFO or a device (/dev/null) is written into, never replaced.")(func)
         return func
 
     return decorator

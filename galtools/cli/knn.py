@@ -129,12 +129,13 @@ def _shard_for(text, all_rows):
 
 
 def _load_base(emb, checksum, keep_vectors=True):
-    from galtools.io import open_table
+    from galtools.io import check_unique_ids, open_table
     from galtools.search.table import load_embeddings
 
     with open_table(emb) as table:
         base = load_embeddings(table, checksum=checksum, keep_vectors=keep_vectors,
                                name="stdin" if emb == "-" else emb)
+    check_unique_ids(base.ids, base.name)   # a repeated object would be its own nearest neighbour
     log.debug(f"{base.count} embeddings of dimension {base.dim} ({base.count * base.dim * 4 / 2**20:.0f} MiB)")
     return base
 

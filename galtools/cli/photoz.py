@@ -51,14 +51,14 @@ NETWORK_DEFAULTS = {"batch_size": 64, "lr": 1e-3}
 
 
 def _fit_settings(bins, zmax, hidden, label_smoothing, val_fraction, max_epochs, patience, batch_size, lr,
-                  weight_decay, seed, stream, on_images=False):
+                  weight_decay, seed, stream, on_images=False, clip_labels=False):
     from galtools.photoz.fit import FitSettings
 
     defaults = NETWORK_DEFAULTS if on_images else PROBE_DEFAULTS
     return FitSettings(n_bins=bins, zmax=zmax, hidden=hidden, val_fraction=val_fraction, max_epochs=max_epochs,
                        patience=patience, batch_size=batch_size or defaults["batch_size"], lr=lr or defaults["lr"],
                        weight_decay=weight_decay, seed=seed, stream=stream,
-                       label_smoothing=label_smoothing).validate()
+                       label_smoothing=label_smoothing, clip_labels=clip_labels).validate()
 
 
 def _training_options(func):
@@ -67,7 +67,10 @@ def _training_options(func):
                      "(rows where it is NaN or null are not used)."),
         click.option("--bins", type=int, default=180, show_default=True, help="Number of redshift bins."),
         click.option("--zmax", type=float, default=0.4, show_default=True,
-                     help="Upper end of the bins; labels at or above it go to the last bin (with a warning)."),
+                     help="Upper end of the bins. More than 1% of the labels at or above it is an error "
+                          "naming the --zmax that covers them."),
+        click.option("--clip-labels", is_flag=True, help="Put labels at or above --zmax in the last bin, however "
+                     "many there are (with a warning)."),
         click.option("--hidden", type=int, default=None, metavar="N",
                      help="One hidden layer of N units (an MLP) instead of a linear head."),
         click.option("--label-smoothing", type=float, default=0.0, show_default=True, metavar="BINS",
@@ -134,7 +137,7 @@ def _network_settings(fit_settings, backbone_lr_factor, augment_spec, device, fr
 @click.option("--overwrite", is_flag=True, help="Replace MODEL if it exists.")
 def fit(emb, z_column, bins, zmax, hidden, label_smoothing, val_fraction, max_epochs, patience, batch_size, lr,
         weight_decay, seed, stream, finetune, from_scratch, checkpoint, images, backbone_lr_factor, augment_spec,
-        device, output, overwrite):
+        device, output, overwrite, clip_labels=False):
     """Train a photo-z model on the rows of EMB that have a redshift.
 
     By default a linear probe (or --hidden N MLP) on EMB's embeddings: cross-entropy over --bins equal bins in
@@ -157,7 +160,7 @@ def fit(emb, z_column, bins, zmax, hidden, label_smoothing, val_fraction, max_ep
     if not on_images and (checkpoint or images):
         raise UsageProblem("--checkpoint and --images are for --finetune or --from-scratch", "add one of them")
     settings = _fit_settings(bins, zmax, hidden, label_smoothing, val_fraction, max_epochs, patience, batch_size, lr,
-                             weight_decay, seed, stream, on_images)
+                             weight_decay, seed, stream, on_images, clip_labels=clip_labels)
     check_head_output(output, overwrite)
     if on_images:
         model = _fit_network(emb, images, z_column, checkpoint,
@@ -225,6 +228,10 @@ def predict(emb, model_path, no_pdf, drop_embedding, truth, encoder, device, sha
     if selected is not None and "{shard}" in output:
         output = selected.format_path(output)
     check_output_path(output, overwrite)
+    if truth:   # metrics against the truth would count a repeated object twice
+        from galtools.io import check_unique_ids
+
+        check_unique_ids(emb)
 
     def check(dim, sha, name):
         head.check_embeddings(dim, sha, name, log)
@@ -303,7 +310,7 @@ def evaluate(pred, truth, pred_column, mag_column, mag_bins, z_bins, as_json, pl
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def curve(emb, z_column, bins, zmax, hidden, label_smoothing, val_fraction, max_epochs, patience, batch_size, lr,
           weight_decay, seed, fractions, test_fraction, checkpoint, images, backbone_lr_factor, augment_spec, device,
-          as_json, plot, output, fmt, overwrite):
+          as_json, plot, output, fmt, overwrite, clip_labels=False):
     """The label-efficiency curve: sigma_MAD and eta of the linear probe (and of predicting the training median)
     against the number of labels, on one fixed test set, from nested random subsets of the labelled rows.
 
@@ -317,7 +324,7 @@ def curve(emb, z_column, bins, zmax, hidden, label_smoothing, val_fraction, max_
     from galtools.photoz.fit import read_labelled
 
     settings = _fit_settings(bins, zmax, hidden, label_smoothing, val_fraction, max_epochs, patience, batch_size, lr,
-                             weight_decay, seed, None)
+                             weight_decay, seed, None, clip_labels=clip_labels)
     wanted = parse_fractions(fractions)
     if plot:
         check_output_path(plot, overwrite)
@@ -333,7 +340,7 @@ def curve(emb, z_column, bins, zmax, hidden, label_smoothing, val_fraction, max_
     if images:
         network_settings = _network_settings(
             _fit_settings(bins, zmax, hidden, label_smoothing, val_fraction, max_epochs, patience, None, None,
-                          weight_decay, seed, None, on_images=True), backbone_lr_factor, augment_spec, device)
+                          weight_decay, seed, None, on_images=True, clip_labels=clip_labels), backbone_lr_factor, augment_spec, device)
     ids: list = []
     x, z, model_sha256 = read_labelled(emb, z_column, settings.n_bins, ids=ids if images else None)
     rows, split = linear_probe_curve(x, z, wanted, settings, test_fraction, model_sha256)

@@ -7,6 +7,7 @@
         out.write(batch)                                 # atomic; history appended
 """
 from galtools.io.files import atomic_file, usual_mode
+from galtools.io.ids import UniqueIds, check_unique_ids
 from galtools.io.meta import BANDS, FLUX_UNIT, HISTORY, MODEL_SHA256, PIXSCALE, bands_of, history_of
 from galtools.io.output import Output, check_output_path, open_output
 from galtools.io.shard import Shard
@@ -14,7 +15,7 @@ from galtools.io.table import Table, open_table
 from galtools.io.tensor import IMAGE, EMBEDDING, images_of, tensor_column, vector_column, vectors_of
 
 __all__ = [
-    "atomic_file", "usual_mode", "BANDS", "FLUX_UNIT", "HISTORY", "MODEL_SHA256", "PIXSCALE", "bands_of", "history_of",
+    "atomic_file", "usual_mode", "UniqueIds", "check_unique_ids", "BANDS", "FLUX_UNIT", "HISTORY", "MODEL_SHA256", "PIXSCALE", "bands_of", "history_of",
     "Output", "check_output_path", "open_output", "Shard", "Table", "open_table",
     "IMAGE", "EMBEDDING", "images_of", "tensor_column", "vector_column", "vectors_of",
 ]

@@ -268,7 +268,7 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Finetu
     fit = settings.fit
     bins = fit.bins
     y, above, below = bins.assign(data.z)
-    warn_clipped(above, below, bins, "z")
+    warn_clipped(above, below, bins, "z", data.z, fit.clip_labels)
     val = validation_split(len(y), fit.val_fraction, fit.seed)
     train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)
     device = torch_device(settings.device)

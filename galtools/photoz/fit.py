@@ -49,6 +49,7 @@ class FitSettings:
     seed: int = 0
     stream: bool | None = None         # None: stream only when the labelled rows do not fit IN_MEMORY_BYTES
     label_smoothing: float = 0.0       # Gaussian sigma, in bins, that each label is spread over (0: one-hot)
+    clip_labels: bool = False          # put labels at or above zmax in the last bin however many there are
 
     def validate(self) -> "FitSettings":
         if self.n_bins < 2:
@@ -117,7 +118,23 @@ def check_finite_rows(x: np.ndarray, name: str) -> None:
                       "re-embed those objects or drop them")
 
 
-def warn_clipped(above: int, below: int, bins: RedshiftBins, z_column: str) -> None:
+MAX_CLIPPED_FRACTION = 0.01   # labels at or above zmax tolerated (put in the last bin) without --clip-labels
+
+
+def warn_clipped(above: int, below: int, bins: RedshiftBins, z_column: str, z=None, clip_labels: bool = True) -> None:
+    """Warn about labels outside [0, zmax); refuse (BadData) when more than MAX_CLIPPED_FRACTION of the labels ``z``
+    lie at or above zmax, unless ``clip_labels``: the model could not tell those redshifts apart."""
+    if above and z is not None and not clip_labels:
+        finite = np.asarray(z, dtype=np.float64)
+        finite = finite[np.isfinite(finite)]
+        if above > MAX_CLIPPED_FRACTION * len(finite):
+            largest = float(finite.max())
+            covering = round(float(np.ceil(largest * 20)) / 20, 2)   # the next multiple of 0.05 above the largest
+            if covering <= largest:
+                covering = round(covering + 0.05, 2)
+            raise BadData(f"{above} of {len(finite)} labels ({100 * above / len(finite):.0f}%) have {z_column} >= "
+                          f"--zmax {bins.zmax:g} (the largest is {largest:.3g}), and would all fall in the last bin",
+                          f"--zmax {covering:g} covers them; pass --clip-labels to clip them anyway")
     if above:
         log.warning(f"{above} label(s) with {z_column} >= {bins.zmax:g} were put in the last bin "
                     "(raise --zmax to resolve them)")
@@ -386,7 +403,7 @@ def fit_arrays(x: np.ndarray, z: np.ndarray, settings: FitSettings, model_sha256
     x, z = np.ascontiguousarray(x[labelled], dtype=np.float32), z[labelled]
     check_finite_rows(x, name)
     y, above, below = bins.assign(z)
-    warn_clipped(above, below, bins, "z")
+    warn_clipped(above, below, bins, "z", z, settings.clip_labels)
     val = validation_split(len(y), settings.val_fraction, settings.seed)
     weights, biases, record = train_head(InMemoryRows(x[~val], y[~val]), x[val], y[val], x.shape[1], settings)
     info = _info(settings, int((~val).sum()), int(val.sum()), above, below, "z", record, streamed=False)
@@ -461,7 +478,7 @@ def _fit_whole(table, name, z_column, dim, model_sha256, settings) -> PhotozMode
     x, z = _labelled_arrays(table, name, z_column, settings.n_bins)
     bins = settings.bins
     y, above, below = bins.assign(z)
-    warn_clipped(above, below, bins, z_column)
+    warn_clipped(above, below, bins, z_column, z, settings.clip_labels)
     val = validation_split(len(y), settings.val_fraction, settings.seed)
     log.info(f"fitting on {int((~val).sum())} labelled rows, validating on {int(val.sum())}")
     weights, biases, record = train_head(InMemoryRows(x[~val], y[~val]), x[val], y[val], dim, settings)
@@ -473,7 +490,7 @@ def _fit_streamed(path, name, z, z_column, dim, model_sha256, settings, progress
     bins = settings.bins
     labelled_rows = np.flatnonzero(np.isfinite(z))
     y, above, below = bins.assign(z[labelled_rows])
-    warn_clipped(above, below, bins, z_column)
+    warn_clipped(above, below, bins, z_column, z[labelled_rows], settings.clip_labels)
     val = validation_split(len(labelled_rows), settings.val_fraction, settings.seed)
     label_of_row = np.full(len(z), -1, dtype=np.int16)
     label_of_row[labelled_rows[~val]] = y[~val]
