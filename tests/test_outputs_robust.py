@@ -191,7 +191,14 @@ def test_stdout_on_dev_full_is_exit_74(cutouts):
         result = subprocess.run(tool_command("gal-pack") + [path, "-o", "-"], stdout=full, stderr=subprocess.PIPE,
                                 timeout=120)
     assert result.returncode == 74, result.stderr.decode()
-    assert "no space left on" in one_error_line(result) and "standard output" in one_error_line(result)
+    assert "no space left on device while writing standard output" in one_error_line(result)
+    with open("/dev/full", "wb") as full:   # a FITS table goes through a temporary file first, then to stdout
+        result = subprocess.run(tool_command("gal-pack") + [path, "-o", "-", "--format", "fits"], stdout=full,
+                                stderr=subprocess.PIPE, timeout=120)
+    assert result.returncode == 74 and "no space left on device while writing standard output" in \
+        one_error_line(result), result.stderr.decode()
+    result = run_tool("gal-pack", path, "-o", "/dev/full", "--format", "parquet")
+    assert result.returncode == 74 and "no space left on device while writing /dev/full" in one_error_line(result)
     with open("/dev/full", "wb") as full:
         result = subprocess.run(tool_command("gal-info") + [path], stdout=full, stderr=subprocess.PIPE, timeout=120)
     assert result.returncode == 74 and "no space left on" in one_error_line(result), result.stderr.decode()

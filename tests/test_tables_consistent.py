@@ -151,6 +151,13 @@ def test_labels_far_above_zmax_are_refused_unless_clipped(tmp_path):
     assert f"{above} of {n} labels" in line and "--zmax 0.4" in line and "--zmax 0.6 covers them" in line, line
     assert "--clip-labels" in line and not (tmp_path / "m.model").exists()
     run_tool("gal-photoz", "fit", emb, "-o", tmp_path / "m.model", "--max-epochs", "2", "--zmax", "0.6", check=True)
+    # metrics against --truth would count a repeated object twice: a table with repeated ids is refused there
+    doubled = str(tmp_path / "doubled.parquet")
+    table = open_table(emb).read_all()
+    write_table(pa.concat_tables([table, table.slice(0, 5)]), doubled)
+    line = error_line(run_tool("gal-photoz", "predict", doubled, "--model", tmp_path / "m.model", "--truth", "z_spec",
+                               "-o", tmp_path / "p.parquet"), 65)
+    assert "5 object_id(s) appear more than once (first: 0, 1, 2 ...)" in line
     result = run_tool("gal-photoz", "fit", emb, "-o", tmp_path / "c.model", "--max-epochs", "2", "--clip-labels",
                       check=True)
     assert f"{above} label(s) with z_spec >= 0.4 were put in the last bin" in result.stderr.decode()

@@ -197,8 +197,8 @@ def evaluate(pred, label, soft_labels, confident, calibration_bins, as_json, plo
 @click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table.")
 @click.option("--plot", metavar="PNG", help="Draw accuracy and balanced accuracy against the number of labels.")
 @click.option("-o", "--output", default=None, metavar="TABLE", help="Also write the curve as a table (.parquet ...).")
-@click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]), default=None,
-              help="Format of -o (default: from the extension).")
+@click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream", "csv", "tsv"]),
+              default=None, help="Format of -o (default: from the extension).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def curve(emb, label, soft_labels, classes, hidden, val_fraction, max_epochs, patience, batch_size, lr,
           weight_decay, seed, fractions, test_fraction, as_json, plot, output, fmt, overwrite):

@@ -305,8 +305,8 @@ def evaluate(pred, truth, pred_column, mag_column, mag_bins, z_bins, as_json, pl
 @click.option("--json", "as_json", is_flag=True, help="Print the curve as JSON instead of a table.")
 @click.option("--plot", metavar="PNG", help="Draw sigma_MAD and eta against the number of labels.")
 @click.option("-o", "--output", default=None, metavar="TABLE", help="Also write the curve as a table (.parquet ...).")
-@click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]), default=None,
-              help="Format of -o (default: from the extension).")
+@click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream", "csv", "tsv"]),
+              default=None, help="Format of -o (default: from the extension).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def curve(emb, z_column, bins, zmax, hidden, label_smoothing, val_fraction, max_epochs, patience, batch_size, lr,
           weight_decay, seed, fractions, test_fraction, checkpoint, images, backbone_lr_factor, augment_spec, device,

@@ -41,11 +41,12 @@ def is_no_space(exc: BaseException, folder: str | None = None) -> bool:
     return False
 
 
-def write_failure(exc: OSError, path: str, folder: str | None = None) -> OutputError:
-    """The one-line error for a failed write of ``path``: a full disk names the file system, exit 74 either way."""
+def write_failure(exc: OSError, path: str, folder: str | None = None, device: str | None = None) -> OutputError:
+    """The one-line error for a failed write of ``path``: a full disk names the file system (or ``device``, for a
+    pipe or a device written into), exit 74 either way."""
     folder = folder or os.path.dirname(os.path.abspath(path))
-    if is_no_space(exc, folder):
-        return OutputError(f"no space left on {mount_point(folder)} while writing {path}",
+    if is_no_space(exc, None if device else folder):
+        return OutputError(f"no space left on {device or mount_point(folder)} while writing {path}",
                            "free some space, raise the quota, or write elsewhere; the partial output was removed")
     detail = exc.strerror or " ".join(str(exc).split())[:120]
     return OutputError(f"cannot write {path}: {detail}", "check free space and permissions")

@@ -210,9 +210,13 @@ class Output:
         os.close(handle)
         return tmp
 
-    def _failed(self, exc: OSError) -> OutputError:
-        name = "standard output" if self._kind == "stdout" and self._target is None else self.path
-        return write_failure(exc, name, self._where())
+    def _failed(self, exc: OSError, into_stream: bool = False) -> OutputError:
+        """The error for a failed write: into a temporary file (naming its file system), or into stdout, a pipe
+        or a device (``into_stream``)."""
+        if into_stream:
+            name = "standard output" if self._kind == "stdout" else self.path
+            return write_failure(exc, name, device="device")
+        return write_failure(exc, self.path, self._where())
 
     def _start(self, schema: pa.Schema):
         from galtools.io.fits import FitsWriter
@@ -258,7 +262,7 @@ class Output:
                 except BrokenPipeError:
                     raise   # the reader went away (| head): not a failure of ours
                 except OSError as exc:
-                    raise self._failed(exc) from None
+                    raise self._failed(exc, into_stream=self._target is None) from None
                 self.rows += batch.num_rows
 
     def set_metadata(self, key: str, value: str) -> None:
@@ -273,14 +277,19 @@ class Output:
                 raise BadData("nothing to write: the input had no rows", "check the input and any --shard or filter")
             self._start(empty_schema)
         try:
+            self._writer.close()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc, into_stream=self._target is None) from None
+        try:
             self._finish()
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise self._failed(exc) from None
+            raise self._failed(exc, into_stream=self._to_stdout) from None
 
     def _finish(self) -> None:
-        self._writer.close()
         if self._target is None:
             self._sink().flush()
             self._close_stream()
