@@ -237,3 +237,44 @@ def test_a_full_disk_while_renaming_a_figure_is_exit_74(tmp_path, small_tmpfs):
     assert result.returncode == 74, result.stderr.decode()
     assert f"no space left on {small_tmpfs} while writing {montage}" in one_error_line(result)
     assert os.listdir(small_tmpfs) == ["filler"]
+
+
+def _mean_encoder(path: str, bands=("g", "r", "i"), size: int = 16) -> str:
+    """The encoder.onnx contract at its smallest, built without torch: the embedding is each band's mean."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from galtools.preprocess import FORMAT_VERSION, KIND
+
+    node = helper.make_node("ReduceMean", ["image"], ["embedding"], axes=[2, 3], keepdims=0)
+    graph = helper.make_graph([node], "mean", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                              ["batch", len(bands), size, size])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", len(bands)])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    preprocess = {"kind": KIND, "version": FORMAT_VERSION, "bands": list(bands), "scale": [1.0] * len(bands),
+                  "mean": [0.0] * len(bands), "std": [1.0] * len(bands)}
+    helper.set_model_props(model, {"galtools.bands": ",".join(bands), "galtools.input_size": str(size),
+                                   "galtools.preprocess": json.dumps(preprocess), "galtools.embedding_dim":
+                                   str(len(bands)), "galtools.arch": "mean", "galtools.version": "test",
+                                   "galtools.train_config": "{}", "galtools.augment": ""})
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_gal_embed_stopped_mid_stream_leaves_nothing(tmp_path, signum):
+    pytest.importorskip("onnxruntime")
+    model = _mean_encoder(str(tmp_path / "encoder.onnx"))
+    done = run_tool("gal-embed", "-", "--model", model, "-o", tmp_path / "whole.parquet",
+                    input=_one_batch_of_a_stream() + b"\xff\xff\xff\xff\x00\x00\x00\x00", check=True)
+    assert done.returncode == 0   # the model works: what follows is the signal, not a broken model
+    out = tmp_path / "out"
+    out.mkdir()
+    code, err = _kill_mid_write(tmp_path, ["gal-embed", "-", "--model", model, "-o", str(out / "emb.parquet")],
+                                signum, lambda: bool(os.listdir(out)), stdin=_one_batch_of_a_stream())
+    assert code == 128 + signum, err.decode()
+    assert f"stopped by {signal.Signals(signum).name}" in one_error_line(err)
+    assert os.listdir(out) == []

@@ -111,9 +111,11 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
         code = 0
     except KeyboardInterrupt:
         _say_error(tool, "interrupted")
+        _exit_past_busy_threads(130)
         code = 130
     except Terminated as exc:
         _say_error(tool, f"stopped by {exc.name}; nothing half-written was left behind")
+        _exit_past_busy_threads(exc.exit_code)
         code = exc.exit_code
     except MemoryError:
         _say_error(tool, "out of memory (use a smaller --batch-size, or --shard the input)")
@@ -132,6 +134,24 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
         _internal_error(tool, exc, args)
         code = 1
     sys.exit(code)
+
+
+def _exit_past_busy_threads(code: int) -> None:
+    """After an interruption, a reader thread may still be blocked on stdin holding its lock, and the interpreter
+    would abort at shutdown (SIGABRT) instead of exiting with ``code``. Run the exit handlers (they remove
+    spooled copies of stdin) and leave at once. Without such threads, the caller exits normally."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if not others or threading.current_thread() is not threading.main_thread():
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):   # a closed or full stream: nothing more can be said on it
+            continue
+    os._exit(code)
 
 
 def _internal_error(tool: str, exc: BaseException, args) -> None:
