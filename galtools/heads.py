@@ -123,7 +123,8 @@ def load_head(path: str, tool: str, kinds: tuple[str, ...] | None = None) -> Hea
             arrays = {name: data[name] for name in data.files if name != META_KEY}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, json.JSONDecodeError) as exc:
         if "pickle" in str(exc):   # numpy's advice to load it unsafely is not ours to give: a model is data only
-            raise BadData(f"{path}: holds pickled Python objects, which galtools never loads", hint) from None
+            raise BadData(f"{path}: not a galtools model file: it holds pickled Python objects, which galtools never "
+                          "loads", hint) from None
         raise BadData(f"{path}: not a galtools model file ({brief(exc, 80)})", hint) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadData(f"{path}: not a galtools model file (unknown format)", hint)
