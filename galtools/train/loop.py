@@ -267,7 +267,7 @@ class Trainer:
         if self.total_steps < 3 * lag_steps:
             shorter = math.floor(1000 * (1 - 3 / self.total_steps)) / 1000
             advice = (f"give --key-momentum {shorter:g} or less" if shorter > 0 else
-                      f"give --steps {math.ceil(3 * lag_steps)} or more, or --key-momentum 0 to copy the query encoder")
+                      f"give --steps {3 * round(lag_steps)} or more, or --key-momentum 0 to copy the query encoder")
             self.info(f"note: --key-momentum {config.key_momentum:g} averages the key encoder over about "
                       f"{lag_steps:.0f} steps, a long lag for a {self.total_steps}-step run ({advice})")
 
