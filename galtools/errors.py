@@ -13,6 +13,16 @@ EXIT_NOINPUT = 66      # an input file is missing or unreadable
 EXIT_UNAVAILABLE = 69  # the requested device (e.g. --device cuda) is not usable
 EXIT_IOERR = 74        # cannot write an output (missing folder, disk full, permission)
 EXIT_TEMPFAIL = 75     # interrupted on purpose (SIGTERM/SIGUSR1): checkpoint written, requeue me
+EXIT_SIGNAL_BASE = 128  # killed by signal N: 128 + N (SIGHUP 129, SIGINT 130, SIGTERM 143), as a shell reports it
+
+
+def brief(text: object, limit: int = 100) -> str:
+    """Another library's message on one line, cut at a word boundary (with an ellipsis) when longer than ``limit``."""
+    words = " ".join(str(text).split())
+    if len(words) <= limit:
+        return words
+    cut = words[:limit].rsplit(" ", 1)[0] if " " in words[:limit] else words[:limit]
+    return cut.rstrip(" ,;:.(") + " ..."
 
 
 class GalError(Exception):
@@ -52,3 +62,17 @@ class OutputError(GalError):
 
 class Requeue(GalError):
     exit_code = EXIT_TEMPFAIL
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt (so every ``with`` removes what it was writing,
+    and no ``except Exception`` swallows it), then the command exits 128 + the signal number."""
+
+    def __init__(self, signum: int, name: str):
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SIGNAL_BASE + self.signum

@@ -20,12 +20,39 @@ RGB_BANDS, GRAY_BANDS = ["red", "green", "blue"], ["gray"]
 
 # ------------------------------------------------------------------------------------------------- one stamp
 
-def read_stamp(path: str) -> tuple[np.ndarray, bool]:
-    """One stamp as float32 (bands, H, W) and whether it came from 8/16-bit integers (scaled to [0, 1])."""
+def read_stamp(path: str, hdu: int | str | None = None) -> tuple[np.ndarray, bool]:
+    """One stamp as float32 (bands, H, W) and whether it came from 8/16-bit integers (scaled to [0, 1]).
+    ``hdu``: the FITS extension (number, 0 the primary, or EXTNAME); None when the file holds one image."""
     lower = path.lower()
     if lower.endswith((".png", ".jpg", ".jpeg")):
+        if hdu is not None:
+            raise BadData(f"{path}: an HDU ({hdu}) was named, but this is not a FITS file")
         return _read_picture(path), True
-    return _read_fits_stamp(path), False
+    return _read_fits_stamp(path, hdu), False
+
+
+def split_extension(name: str) -> tuple[str, int | str | None]:
+    """CFITSIO's ``file.fits[3]`` / ``file.fits[SCI]``: the file and the HDU (a number or an EXTNAME)."""
+    if name.endswith("]") and "[" in name:
+        path, spec = name[:-1].rsplit("[", 1)
+        return path, parse_hdu(spec)
+    return name, None
+
+
+def parse_hdu(value) -> int | str | None:
+    """An HDU as a catalogue gives it: a number (0 is the primary HDU), an EXTNAME, or nothing."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not float(value).is_integer():
+            raise BadData(f"HDU number {value} is not a whole number", "give 0, 1, 2 ... or an EXTNAME")
+        return int(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    return int(text) if text.lstrip("+").isdigit() else text
 
 
 def _read_picture(path: str) -> np.ndarray:
@@ -44,17 +71,12 @@ def _read_picture(path: str) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
 
 
-def _read_fits_stamp(path: str) -> np.ndarray:
+def _read_fits_stamp(path: str, wanted: int | str | None = None) -> np.ndarray:
     import fitsio
 
     try:
         with fitsio.FITS(path) as fits:
-            for hdu in fits:
-                if hdu.get_exttype() == "IMAGE_HDU" and hdu.get_dims():
-                    data = np.asarray(hdu.read(), dtype=np.float32)
-                    break
-            else:
-                raise BadData(f"{path}: FITS stamp holds no image")
+            data = np.asarray(_chosen_hdu(fits, path, wanted).read(), dtype=np.float32)
     except (OSError, ValueError) as exc:
         raise BadData(f"{path}: unreadable FITS stamp ({' '.join(str(exc).split())[:80]})") from None
     if data.ndim == 2:
@@ -62,6 +84,27 @@ def _read_fits_stamp(path: str) -> np.ndarray:
     if data.ndim == 3:
         return data
     raise BadData(f"{path}: FITS stamp has {data.ndim} dimensions", "expected (H, W) or (bands, H, W)")
+
+
+def _chosen_hdu(fits, path: str, wanted: int | str | None):
+    """The image HDU asked for, or the only one; several images and no choice is an error, not a guess."""
+    if wanted is not None:
+        try:
+            hdu = fits[wanted if isinstance(wanted, int) else str(wanted)]
+        except (IndexError, KeyError, ValueError, OSError):
+            names = ", ".join(f"{h.get_extnum()}" + (f" ({h.get_extname()})" if h.get_extname() else "") for h in fits)
+            raise BadData(f"{path}: has no HDU {wanted!r} (HDUs: {names})", "check the HDU column or [..] suffix") from None
+        if hdu.get_exttype() != "IMAGE_HDU" or not hdu.get_dims():
+            raise BadData(f"{path}: HDU {wanted!r} holds no image", "name an image HDU")
+        return hdu
+    images = [h for h in fits if h.get_exttype() == "IMAGE_HDU" and h.get_dims()]
+    if not images:
+        raise BadData(f"{path}: FITS stamp holds no image")
+    if len(images) > 1:
+        listed = ", ".join(f"{h.get_extnum()}" + (f" ({h.get_extname()})" if h.get_extname() else "") for h in images)
+        raise BadData(f"{path}: holds {len(images)} images (HDUs {listed}) and none was chosen",
+                      "name one per row with --hdu-column COL, or as file.fits[N] or file.fits[EXTNAME] in the file column")
+    return images[0]
 
 
 # ------------------------------------------------------------------------------------------ crop and resample
@@ -180,15 +223,24 @@ def id_column_of(catalogue: pa.Table, requested: str | None) -> str | None:
 class StampJob:
     object_id: object
     paths: list[str]   # one path, or one per band for a '{band}' pattern
+    hdu: int | str | None = None   # the FITS extension of every path (None: the file's only image)
 
 
-def stamp_jobs(catalogue: pa.Table, folder: str, file_column: str, ids, band_names) -> list[StampJob]:
+def stamp_jobs(catalogue: pa.Table, folder: str, file_column: str, ids, band_names,
+               hdu_column: str | None = None) -> list[StampJob]:
+    """One job per catalogue row; a file name may end in CFITSIO's [N] or [EXTNAME], ``hdu_column`` names the
+    HDU of each row (it wins over a [..] suffix)."""
     if file_column not in catalogue.column_names:
         raise BadData(f"catalogue has no file column '{file_column}' (columns: {', '.join(catalogue.column_names)})",
                       "name it with --file-column")
+    if hdu_column is not None and hdu_column not in catalogue.column_names:
+        raise BadData(f"catalogue has no HDU column '{hdu_column}' (columns: {', '.join(catalogue.column_names)})",
+                      "name it with --hdu-column")
+    hdus = catalogue.column(hdu_column).to_pylist() if hdu_column else [None] * catalogue.num_rows
     jobs = []
-    for object_id, name in zip(ids, catalogue.column(file_column).to_pylist()):
-        name = "" if name is None else str(name)
+    for object_id, name, row_hdu in zip(ids, catalogue.column(file_column).to_pylist(), hdus):
+        name, hdu = split_extension("" if name is None else str(name))
+        hdu = parse_hdu(row_hdu) if row_hdu is not None else hdu
         if "{band}" in name:
             if not band_names:
                 raise UsageProblem("the file column holds a '{band}' pattern but no band names were given",
@@ -196,14 +248,14 @@ def stamp_jobs(catalogue: pa.Table, folder: str, file_column: str, ids, band_nam
             paths = [os.path.join(folder, name.replace("{band}", band)) for band in band_names]
         else:
             paths = [os.path.join(folder, name)]
-        jobs.append(StampJob(object_id, paths))
+        jobs.append(StampJob(object_id, paths, hdu))
     return jobs
 
 
 def load_job(job: StampJob):
     """(images (bands, H, W), from_8bit) or an error string."""
     try:
-        planes = [read_stamp(path) for path in job.paths]
+        planes = [read_stamp(path, job.hdu) for path in job.paths]
     except BadData as exc:
         return exc.one_line()
     if len(planes) == 1:
@@ -250,6 +302,10 @@ class StampPacker:
             self.raw_bands, self.from_8bit, self.first_path = image.shape[0], from_8bit, job.paths[0]
         if image.shape[0] != self.raw_bands:
             return self._reject(job, f"{job.paths[0]} has {image.shape[0]} bands, but {self.first_path} has {self.raw_bands}")
+        crop = self.options.crop
+        if crop and min(image.shape[1:]) < crop:
+            return self._reject(job, f"{job.paths[0]} is {image.shape[1]}x{image.shape[2]} pixels, smaller than "
+                                     f"--crop {crop}")
         finished = reshape_images(image[None], self.options)
         if self.shape is None:
             self.shape = finished.shape[1:]
@@ -322,9 +378,26 @@ def select_bands(images: np.ndarray, have: list[str] | None, want: list[str] | N
     return images[:, [have.index(b) for b in want]]
 
 
+def converted_schema(table, options: PackOptions) -> pa.Schema:
+    """The columns convert_batches writes, known before any row: an empty input gives an empty table of them."""
+    bands, height, width = table.require_images()
+    bands = len(options.bands) if options.bands else bands
+    if options.crop:
+        height = width = options.crop
+    if options.resize:
+        height = width = options.resize
+    fields = [f for f in table.schema if f.name != IMAGE]
+    return pa.schema(fields + [pa.field(IMAGE, pa.fixed_shape_tensor(pa.float32(), (bands, height, width)))])
+
+
 def convert_batches(table, options: PackOptions, report: PackReport):
-    """Crop/resize/select bands of an existing cutout table, batch by batch."""
+    """Crop/resize/select bands of an existing cutout table, batch by batch; repeated object_ids are refused."""
+    from galtools.io import UniqueIds
+
+    seen = UniqueIds(table.name)
     for batch in table.iter_batches(batch_size=options.batch_rows):
+        if "object_id" in batch.schema.names:
+            seen.add(batch.column("object_id"))
         images = select_bands(images_of(batch), table.bands, options.bands)
         ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else list(range(batch.num_rows))
         images, keep = handle_nonfinite(reshape_images(images, options), options, ids, report)

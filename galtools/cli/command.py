@@ -13,7 +13,8 @@ import sys
 import click
 
 from galtools import __version__
-from galtools.errors import EXIT_USAGE, GalError
+from galtools.cli.ending import exit_past_busy_threads, install_stop_signals, no_space_line
+from galtools.errors import EXIT_IOERR, EXIT_USAGE, GalError, Terminated
 
 log = logging.getLogger("galtools")
 _state = {"quiet": False, "verbose": 0, "tool": "galtools"}
@@ -48,6 +49,7 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     """Run a click command, turning every way it can end into one stderr line and a documented exit code."""
     _state["tool"] = tool
+    install_stop_signals()
     try:
         code = command.main(args=args, prog_name=tool, standalone_mode=False, **extra)
         code = code if isinstance(code, int) else 0
@@ -57,7 +59,7 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     except click.exceptions.Abort:
         _say_error(tool, "aborted")
         code = 130
-    except _NO_ARGS_IS_HELP as exc:   # click >= 8.2   # a bare group: its overview, as a usage error
+    except _NO_ARGS_IS_HELP as exc:   # a bare group (click >= 8.2): its overview, as a usage error
         sys.stderr.write(exc.ctx.get_help() + "\n")
         code = EXIT_USAGE
     except click.ClickException as exc:
@@ -75,19 +77,39 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
         code = 0
     except KeyboardInterrupt:
         _say_error(tool, "interrupted")
+        exit_past_busy_threads(130)
         code = 130
+    except Terminated as exc:
+        _say_error(tool, f"stopped by {exc.name}; nothing half-written was left behind")
+        exit_past_busy_threads(exc.exit_code)
+        code = exc.exit_code
     except MemoryError:
         _say_error(tool, "out of memory (use a smaller --batch-size, or --shard the input)")
         code = 1
-    except Exception as exc:  # a bug: say so in one line, traceback on -v
-        if _wants_traceback(args):
-            import traceback
+    except OSError as exc:
+        from galtools.io.files import is_no_space
 
-            traceback.print_exc()
-        _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                         "(rerun with -v for the traceback, and please report it)")
+        if not is_no_space(exc):
+            _internal_error(tool, exc, args)
+            code = 1
+        else:
+            _say_error(tool, no_space_line(exc))
+            _silence_stdout()   # what is still buffered for stdout cannot go anywhere either
+            code = EXIT_IOERR
+    except Exception as exc:  # a bug: say so in one line, traceback on -v
+        _internal_error(tool, exc, args)
         code = 1
     sys.exit(code)
+
+
+def _internal_error(tool: str, exc: BaseException, args) -> None:
+    """A bug: say so in one line, traceback on -v."""
+    if _wants_traceback(args):
+        import traceback
+
+        traceback.print_exc()
+    _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                     "(rerun with -v for the traceback, and please report it)")
 
 
 class _PipeClosed(Exception):

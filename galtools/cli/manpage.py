@@ -82,7 +82,12 @@ def render(tool: str, command: click.Command, parent: str | None = None) -> str:
                       .replace(".SH ", ".SS ")]
     parts += [".SH EXIT STATUS",
               "0 success; 1 failure; 2 usage error; 65 bad data; 66 input missing; 69 device unavailable; "
-              "74 I/O error; 75 interrupted on purpose (checkpoint written, requeue)."]
+              "74 I/O error (a full disk included); 75 interrupted on purpose (checkpoint written, requeue); "
+              "129, 130, 143 stopped by SIGHUP, SIGINT, SIGTERM (the partial output removed)."]
+    if parent is None:
+        variable = "_" + tool.upper().replace("-", "_") + "_COMPLETE"
+        parts += [".SH SHELL COMPLETION", _escape(f'bash: eval "$({variable}=bash_source {tool})" in ~/.bashrc; '
+                                                  f"zsh: {variable}=zsh_source; fish: {variable}=fish_source.")]
     parts += [".SH SEE ALSO", "The galtools README (table formats, pipes) and the other gal\\-* tools."]
     return "\n".join(parts) + "\n"
 

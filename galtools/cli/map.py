@@ -52,7 +52,10 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
 
     result = make_map(emb, method, seed, colour, n_neighbors, min_dist)
     if tiles:   # read the cutouts before writing anything, so a bad CUTOUTS leaves no output behind
+        from galtools.io import check_unique_ids
         from galtools.maps.tiles import tile_map
+
+        check_unique_ids(result.ids, "stdin" if emb == "-" else emb)
 
         picture, filled = tile_map(result.xy, result.ids, images, grid, tile_size)
     if plot:

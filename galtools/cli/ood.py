@@ -71,7 +71,7 @@ def fit(reference, method, k, search, calibration_fraction, pca, components, tre
     other reference rows (their unit vectors and object_ids) and the encoder's sha256.
     """
     from galtools.heads import check_head_output
-    from galtools.io import open_table
+    from galtools.io import check_unique_ids, open_table
     from galtools.ood.fit import OodSettings, fit_reference
     from galtools.search.table import load_embeddings
 
@@ -81,6 +81,7 @@ def fit(reference, method, k, search, calibration_fraction, pca, components, tre
     name = "stdin" if reference == "-" else reference
     with open_table(reference) as table:
         embeddings = load_embeddings(table, name=name)
+    check_unique_ids(embeddings.ids, name)
     model = fit_reference(embeddings.vectors, embeddings.ids, settings, embeddings.model_sha256, source=name)
     model.save(output, overwrite=overwrite)
 

@@ -10,6 +10,7 @@ from galtools.cli.readers import read_options
 
 EXAMPLE = """gal-pack labels.csv --crop 212 --resize 64 --bands i,r,g -o gz.fits
 gal-pack stamps/ --resize 64 -o cutouts.parquet
+gal-pack real_galaxy_catalog.fits --file-column GAL_FILENAME --hdu-column GAL_HDU --id-column IDENT -o real.fits
 gal-pack cutouts.fits --bands g,r,i --crop 48 -o gri48.parquet
 gal-pack big.fits -o - | gal-info -
 gal-pack Galaxy10_DECals.h5 --bands g,r,z --crop 152 --resize 64 -o g10.parquet"""
@@ -23,7 +24,10 @@ def _band_list(text: str | None):
 @click.argument("source", metavar="SOURCE")
 @output_options()
 @click.option("--file-column", default="file", show_default=True, help="Catalogue column naming each stamp "
-              "(relative to the catalogue's folder; a '{band}' in it means one file per band).")
+              "(relative to the catalogue's folder; a '{band}' in it means one file per band; 'f.fits[3]' or "
+              "'f.fits[SCI]' names the FITS extension).")
+@click.option("--hdu-column", default=None, metavar="COL", help="Catalogue column giving each stamp's FITS "
+              "extension (a number, 0 the primary, or an EXTNAME), e.g. GAL_HDU.")
 @click.option("--id-column", default=None, help="Catalogue column that becomes object_id (default: first of object_id, objid, id).")
 @click.option("--crop", type=click.IntRange(1), default=None, help="Centre-crop stamps to N x N pixels (before --resize).")
 @click.option("--resize", type=click.IntRange(1), default=None, help="Area-average resample to N x N pixels.")
@@ -34,14 +38,14 @@ def _band_list(text: str | None):
               help="The stamps' own pixel scale before --resize: one number or a catalogue column (default: from "
                    "each FITS stamp's header). Stamps of several sizes resized to one get their own scale in a "
                    "pixscale_arcsec column; one --pixscale for them is refused.")
-@click.option("--skip-bad", is_flag=True, help="Leave out objects whose stamp is missing, unreadable or differs in shape "
-              "(they are listed on stderr) instead of stopping.")
+@click.option("--skip-bad", is_flag=True, help="Leave out objects whose stamp is missing, unreadable, differs in shape "
+              "or is smaller than --crop (they are listed on stderr) instead of stopping.")
 @click.option("--fill-nan", type=float, default=None, help="Replace NaN/inf pixels by this value instead of refusing them.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=4, show_default=True, help="Threads decoding stamps.")
 @read_options(bands=False, id_column=False)
 @shard_option
 def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, bands, pixscale, stamp_pixscale, skip_bad,
-        fill_nan, jobs, shard, read_opts):
+        fill_nan, jobs, shard, read_opts, hdu_column=None):
     """Pack stamps into a cutout table, or convert one.
 
     SOURCE is a catalogue (CSV, FITS or Parquet) with a file column, a folder of FITS/PNG/JPEG stamps (object_id
@@ -66,7 +70,7 @@ def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, ba
         if _is_cutout_table(source, read_opts):
             _convert(source, out, options, report, shard, read_opts)
         else:
-            _pack_stamps(source, out, options, report, file_column, id_column, shard, stamp_pixscale)
+            _pack_stamps(source, out, options, report, file_column, id_column, shard, stamp_pixscale, hdu_column)
     for object_id, reason in report.skipped:
         log.warning(f"skipped object {object_id}: {reason}")
     log.info(f"wrote {report.written} cutouts to {'stdout' if output == '-' else output}"
@@ -95,10 +99,11 @@ def _is_cutout_table(source: str, read_opts=None) -> bool:
 
 def _convert(source, out, options, report, shard, read_opts=None):
     from galtools.io import BANDS, open_table
-    from galtools.pack import convert_batches
+    from galtools.pack import convert_batches, converted_schema
 
     with open_table(source, shard=shard, options=read_opts) as table:
         table.require_images()
+        out.expect_schema(converted_schema(table, options))   # no rows in, an empty table out
         out.metadata.update({k: v for k, v in table.metadata.items() if k != "galtools.history"})
         out.metadata["galtools.history"] = _merged_history(table.metadata, out.metadata)
         if options.bands:
@@ -120,8 +125,9 @@ def _merged_history(source_metadata: dict, out_metadata: dict) -> str:
     return json.dumps(history_of(source_metadata) + history_of(out_metadata)[-1:], separators=(",", ":"))
 
 
-def _pack_stamps(source, out, options, report, file_column, id_column, shard, stamp_pixscale=None):
+def _pack_stamps(source, out, options, report, file_column, id_column, shard, stamp_pixscale=None, hdu_column=None):
     from galtools.errors import InputMissing
+    from galtools.io import check_unique_ids
     from galtools.pack import (StampJob, StampPacker, band_names_for, id_column_of, ids_from_names,
                                read_catalogue, stamp_jobs, stamp_metadata, stamps_in_folder)
 
@@ -137,14 +143,16 @@ def _pack_stamps(source, out, options, report, file_column, id_column, shard, st
         ids = catalogue.column(key).to_pylist() if key else list(range(catalogue.num_rows))
         if not key:
             log.info("no object_id/objid/id column: object_id is the row number")
-        jobs = stamp_jobs(catalogue, os.path.dirname(os.path.abspath(source)), file_column, ids, options.bands)
-        extra = catalogue.drop_columns([c for c in (file_column, key) if c])
+        jobs = stamp_jobs(catalogue, os.path.dirname(os.path.abspath(source)), file_column, ids, options.bands,
+                          hdu_column)
+        extra = catalogue.drop_columns([c for c in (file_column, key, hdu_column) if c])
     else:
         raise InputMissing(f"{source}: no such file or folder", "check the path")
 
     if shard is not None:
         lo, hi = shard.bounds(len(jobs))
         jobs, extra = jobs[lo:hi], extra.slice(lo, hi - lo)
+    check_unique_ids([job.object_id for job in jobs], source)
     packer = StampPacker(jobs, extra, options, report)
     packer.check_missing()
     if options.resize and not options.crop:

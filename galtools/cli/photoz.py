@@ -53,8 +53,10 @@ def _z_options():
     return [click.option("--z-column", default="z_spec", show_default=True, help="Column of spectroscopic redshifts "
                          "(rows where it is NaN or null are not used)."),
             click.option("--bins", type=int, default=180, show_default=True, help="Number of redshift bins."),
-            click.option("--zmax", type=float, default=0.4, show_default=True,
-                         help="Upper end of the bins; labels at or above it go to the last bin (with a warning)."),
+            click.option("--zmax", type=float, default=0.4, show_default=True, help="Upper end of the bins. More "
+                         "than 1% of the labels at or above it is an error naming the --zmax that covers them."),
+            click.option("--clip-labels", is_flag=True, help="Put labels at or above --zmax in the last bin, "
+                         "however many there are (with a warning)."),
             click.option("--label-smoothing", type=float, default=0.0, show_default=True, metavar="BINS",
                          help="Spread each label over a Gaussian of this many bins (0: one-hot, as the paper). With "
                               "about 3,300 labels on gal-sim, 2 lowered sigma_MAD from 0.032-0.034 to 0.029.")]
@@ -156,9 +158,12 @@ def predict(emb, model_path, no_pdf, drop_embedding, truth, encoder, device, str
     columns (the embedding too, unless --drop-embedding) are carried through.
     """
     from galtools.photoz.model import KINDS, TOOL, PhotozModel
+    from galtools.io import check_unique_ids
     from galtools.photoz.predict import predict_table
 
     head, output, selected = score_prologue(model_path, TOOL, KINDS, output, shard, overwrite)
+    if truth:   # metrics against the truth would count a repeated object twice
+        check_unique_ids(emb)
     with progress_bar(None, "predicting") as bar:
         rows = predict_table(emb, PhotozModel.from_head(head), head, output, fmt=fmt, overwrite=overwrite,
                              with_pdf=not no_pdf, keep_embedding=not drop_embedding, truth=truth, shard=selected,

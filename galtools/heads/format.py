@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from galtools.errors import BadData, InputMissing, UsageProblem
+from galtools.errors import BadData, brief, InputMissing, UsageProblem
 from galtools.io.files import atomic_file
 
 FORMAT = "galtools.head/2"
@@ -227,7 +227,10 @@ def load_head(path: str, tool: str, kinds: tuple[str, ...] | None = None) -> Hea
             meta = json.loads(str(data[META_KEY]))
             arrays = {name: data[name] for name in data.files if name != META_KEY}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, json.JSONDecodeError) as exc:
-        raise BadData(f"{path}: not a galtools model file ({' '.join(str(exc).split())[:80]})", hint) from None
+        if "pickle" in str(exc):   # numpy's advice to load it unsafely is not ours to give: a model is data only
+            raise BadData(f"{path}: not a galtools model file: it holds pickled Python objects, which galtools never "
+                          "loads", hint) from None
+        raise BadData(f"{path}: not a galtools model file ({brief(exc, 80)})", hint) from None
     if not isinstance(meta, dict) or meta.get("format") not in READABLE:
         raise BadData(f"{path}: not a galtools model file (unknown format)", hint)
     if meta.get("tool") != tool:

@@ -11,6 +11,7 @@ A library that produces rows writes them to a *sink* (``galtools.io.sink``): any
 ``galtools.io.lookup`` reads a few columns, a list of ids, or the images of chosen objects.
 """
 from galtools.io.files import atomic_file, usual_mode
+from galtools.io.ids import UniqueIds, check_unique_ids
 from galtools.io.meta import BANDS, FLUX_UNIT, HISTORY, MODEL_SHA256, PIXSCALE, bands_of, history_of
 from galtools.io.output import Output, check_output_path, open_output
 from galtools.io.shard import Shard
@@ -20,7 +21,7 @@ from galtools.io.sink import CollectingSink, Sink
 from galtools.io.lookup import FoundImages, display_name, images_by_id, read_columns, read_ids
 
 __all__ = [
-    "atomic_file", "usual_mode", "BANDS", "FLUX_UNIT", "HISTORY", "MODEL_SHA256", "PIXSCALE", "bands_of", "history_of",
+    "atomic_file", "usual_mode", "UniqueIds", "check_unique_ids", "BANDS", "FLUX_UNIT", "HISTORY", "MODEL_SHA256", "PIXSCALE", "bands_of", "history_of",
     "Output", "check_output_path", "open_output", "Shard", "Table", "open_table",
     "IMAGE", "EMBEDDING", "images_of", "tensor_column", "vector_column", "vectors_of",
     "CollectingSink", "Sink", "FoundImages", "display_name", "images_by_id", "read_columns", "read_ids",

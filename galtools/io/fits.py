@@ -1,7 +1,8 @@
 """FITS cutout tables: an image HDU ``CUTOUTS`` (N, bands, H, W) plus a row-aligned BINTABLE ``CATALOG``.
 
-Metadata lives in the primary header: the standard keys ``BANDS``, ``PIXSCALE``, ``BUNIT`` for other FITS readers,
-``GTMETA`` (a long JSON string) for the exact galtools metadata, and one group of HISTORY cards per history entry.
+Metadata lives in the primary header: the standard keys ``BANDS``, ``PIXSCALE``, ``BUNIT`` for other FITS readers
+(repeated on ``CUTOUTS``), ``GTMETA`` (a long JSON string) for the exact galtools metadata and history, and HISTORY
+cards a person can read, one command line per run. Catalogue columns of known meaning carry TUNIT (deg, mag, ...).
 On input we also accept a BINTABLE whose image column has a TDIM, and a bare (N, H, W) or (N, B, H, W) cube.
 """
 from __future__ import annotations
@@ -17,16 +18,30 @@ from galtools.errors import BadData
 from galtools.io import meta
 from galtools.io.tensor import IMAGE, is_tensor_type, tensor_column
 
-HISTORY_PREFIX, HISTORY_CONTINUE, HISTORY_CHUNK = "galtools: ", "galtools+ ", 60
+HISTORY_PREFIX, HISTORY_CONTINUE = "galtools: ", "galtools+ "   # the JSON cards of earlier versions, still read
+HISTORY_WIDTH = 70   # a HISTORY card holds 72 characters of text
+
+
+def history_line(entry: dict) -> str:
+    """One run as a person would type it: ``gal-embed 0.1.0 2026-12-01T20:35 --model run/encoder.onnx -o e.fits``."""
+    import shlex
+
+    when = str(entry.get("time", ""))[:16]
+    words = [str(entry.get("tool", "?")), str(entry.get("version", "")), when]
+    words += [shlex.quote(str(a)) for a in entry.get("argv", [])]
+    if entry.get("seed") is not None and "--seed" not in entry.get("argv", []):
+        words.append(f"(seed {entry['seed']})")
+    return " ".join(w for w in words if w)
 
 
 def _history_cards(entries: list[dict]) -> list[str]:
+    """Each run's command line, wrapped at word boundaries; continuation lines are indented."""
+    import textwrap
+
     cards = []
     for entry in entries:
-        text = json.dumps(entry, separators=(",", ":"))
-        chunks = [text[i:i + HISTORY_CHUNK] for i in range(0, len(text), HISTORY_CHUNK)] or [""]
-        cards.append(HISTORY_PREFIX + chunks[0])
-        cards.extend(HISTORY_CONTINUE + chunk for chunk in chunks[1:])
+        cards.extend(textwrap.wrap(history_line(entry), width=HISTORY_WIDTH, subsequent_indent="  ",
+                                   break_long_words=True, break_on_hyphens=False) or [""])
     return cards
 
 
@@ -54,6 +69,8 @@ def _header_metadata(header) -> dict[str, str]:
     for key, name in (("BANDS", meta.BANDS), ("PIXSCALE", meta.PIXSCALE), ("BUNIT", meta.FLUX_UNIT)):
         if name not in out and key in header:
             out[name] = str(header[key]).strip()
+    if meta.HISTORY in out:
+        return out
     history = []
     for record in header.records():
         if record.get("name") == "HISTORY":
@@ -283,15 +300,9 @@ class FitsWriter:
     def close(self) -> None:
         import fitsio
 
-        header_meta = {k: v for k, v in self.metadata.items() if k != meta.HISTORY}
-        cards = [{"name": "GTMETA", "value": json.dumps(header_meta, separators=(",", ":")),
-                  "comment": "galtools metadata (JSON)"}]
-        if meta.BANDS in self.metadata:
-            cards.append({"name": "BANDS", "value": self.metadata[meta.BANDS], "comment": "band of each image plane"})
-        if meta.PIXSCALE in self.metadata:
-            cards.append({"name": "PIXSCALE", "value": float(self.metadata[meta.PIXSCALE]), "comment": "arcsec/pixel"})
-        if meta.FLUX_UNIT in self.metadata:
-            cards.append({"name": "BUNIT", "value": self.metadata[meta.FLUX_UNIT], "comment": "pixel unit"})
+        cards = [{"name": "GTMETA", "value": json.dumps(self.metadata, separators=(",", ":")),
+                  "comment": "galtools metadata and history (JSON)"}]
+        cards += self._image_cards()
         with fitsio.FITS(self.path, "rw", clobber=True) as fits:
             fits.write(None, header=cards)
             for card in _history_cards(meta.history_of(self.metadata)):
@@ -309,19 +320,32 @@ class FitsWriter:
             else:
                 table = None
             if table is not None and table.num_columns:
-                fits.write(_arrow_to_structured(table), extname="CATALOG")
+                units = [meta.unit_of(name) or "" for name in table.column_names]
+                fits.write(_arrow_to_structured(table), extname="CATALOG",
+                           units=units if any(units) else None)
+
+    def _image_cards(self) -> list[dict]:
+        """BANDS, PIXSCALE and BUNIT, for the primary header and the CUTOUTS HDU."""
+        cards = []
+        if meta.BANDS in self.metadata:
+            cards.append({"name": "BANDS", "value": self.metadata[meta.BANDS], "comment": "band of each image plane"})
+        if meta.PIXSCALE in self.metadata:
+            cards.append({"name": "PIXSCALE", "value": float(self.metadata[meta.PIXSCALE]), "comment": "arcsec/pixel"})
+        unit = meta.flux_unit_of(self.metadata)   # a physical unit only: other readers parse BUNIT
+        if unit:
+            cards.append({"name": "BUNIT", "value": unit, "comment": "pixel unit"})
+        return cards
 
     def _write_cube(self, fits) -> None:
         dims = [self._rows, *self._image_shape]
         spooled = np.memmap(self._spool_path, dtype=">f4", mode="r", shape=tuple(dims)) if self._rows else None
-        header = [{"name": "EXTNAME", "value": "CUTOUTS"}]
-        if meta.BANDS in self.metadata:
-            header.append({"name": "BANDS", "value": self.metadata[meta.BANDS]})
+        header = [{"name": "EXTNAME", "value": "CUTOUTS"}] + self._image_cards()
         if self._rows == 0:
-            fits.write(np.zeros((0, *self._image_shape), np.float32), extname="CUTOUTS")
+            fits.write(np.zeros((0, *self._image_shape), np.float32), extname="CUTOUTS", header=header[1:])
             return
-        fits.create_image_hdu(dims=dims, dtype="f4", extname="CUTOUTS", header=header)
+        fits.create_image_hdu(dims=dims, dtype="f4", extname="CUTOUTS")
         hdu = fits[-1]
+        hdu.write_keys(header[1:])
         step = max(1, (64 << 20) // max(1, int(np.prod(self._image_shape)) * 4))
         for lo in range(0, self._rows, step):
             chunk = np.asarray(spooled[lo:lo + step], dtype=np.float32)

@@ -15,7 +15,7 @@ HISTORY = "galtools.history"
 MODEL_SHA256 = "galtools.model_sha256"
 
 # Arrow keeps its own schema in Parquet under this key; it is not ours to copy between files.
-_FOREIGN_KEYS = ("ARROW:schema", "pandas")
+_FOREIGN_KEYS = ("ARROW:schema", "pandas", "table_meta_yaml")   # the last: astropy's column units, re-made per write
 
 
 def decode(raw: dict | None) -> dict[str, str]:
@@ -34,6 +34,51 @@ def decode(raw: dict | None) -> dict[str, str]:
 def bands_of(metadata: dict[str, str]) -> list[str] | None:
     text = metadata.get(BANDS, "").strip()
     return [b.strip() for b in text.split(",") if b.strip()] or None
+
+
+# Units of the columns the tools make or commonly carry (astropy/FITS spellings), by exact name ...
+_UNITS_BY_NAME = {"ra": "deg", "dec": "deg", "ebv": "mag", "z_true": "", "half_light_arcsec": "arcsec",
+                  "position_angle_deg": "deg", "separation_arcsec": "arcsec"}
+# ... and by how a name begins or ends.
+_UNIT_PREFIXES = (("mag_", "mag"), ("abs_mag_", "mag"), ("flux_", "nanomaggy"), ("psf_fwhm_", "arcsec"))
+_UNIT_SUFFIXES = (("_deg", "deg"), ("_arcsec", "arcsec"), ("_mag", "mag"), ("_nmgy", "nanomaggy"),
+                  ("_ra", "deg"), ("_dec", "deg"))
+
+
+def unit_of(column: str) -> str | None:
+    """The physical unit of a column named by convention (ra, dec, mag_r, ..._arcsec), or None."""
+    name = column.lower()
+    if name in _UNITS_BY_NAME:
+        return _UNITS_BY_NAME[name] or None
+    for prefix, unit in _UNIT_PREFIXES:
+        if name.startswith(prefix):
+            return unit
+    for suffix, unit in _UNIT_SUFFIXES:
+        if name.endswith(suffix):
+            return unit
+    return None
+
+
+def flux_unit_of(metadata: dict[str, str]) -> str | None:
+    """The pixel unit when it is a physical unit FITS readers understand (not e.g. '8-bit scaled to [0,1]')."""
+    text = metadata.get(FLUX_UNIT, "").strip()
+    return text if text and " " not in text and "[" not in text else None
+
+
+def check_bands(metadata: dict[str, str], planes: int | None, name: str) -> None:
+    """Refuse metadata whose band names repeat or do not match the image planes (``planes`` None: no images)."""
+    from galtools.errors import BadData
+
+    bands = bands_of(metadata)
+    if not bands:
+        return
+    repeated = sorted({b for b in bands if bands.count(b) > 1})
+    if repeated:
+        raise BadData(f"{name}: band names repeat ({', '.join(repeated)} in {','.join(bands)})",
+                      "name each image plane once, e.g. --bands g,r,i")
+    if planes is not None and len(bands) != planes:
+        raise BadData(f"{name}: the images have {planes} plane(s) but the metadata names {len(bands)} band(s) "
+                      f"({','.join(bands)})", f"give --bands with {planes} name(s), one per plane")
 
 
 def history_of(metadata: dict[str, str]) -> list[dict]:

@@ -11,7 +11,7 @@ import pyarrow as pa
 from galtools.errors import BadData, InputMissing
 from galtools.io import meta, sources
 from galtools.io.shard import Shard
-from galtools.io.tensor import IMAGE, is_tensor_type
+from galtools.io.tensor import IMAGE, check_image_type, is_tensor_type
 
 BATCH_BYTES = 64 << 20   # target size of one record batch: bounded memory, still large enough for fast I/O
 
@@ -79,12 +79,16 @@ class Table:
     # -- what the table holds
     @property
     def bands(self) -> list[str] | None:
+        """The band of each image plane; BadData when the metadata contradicts the images (a table from an older
+        or foreign writer)."""
+        shape = self.image_shape
+        meta.check_bands(self.metadata, shape[0] if shape else None, self.name)
         return meta.bands_of(self.metadata)
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
         if IMAGE in self.schema.names and is_tensor_type(self.schema.field(IMAGE).type):
-            return tuple(self.schema.field(IMAGE).type.shape)
+            return check_image_type(self.schema.field(IMAGE).type, self.name)
         return None
 
     @property

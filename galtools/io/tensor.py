@@ -36,6 +36,16 @@ def tensor_column(images: np.ndarray) -> pa.ExtensionArray:
     return pa.FixedShapeTensorArray.from_numpy_ndarray(images)
 
 
+def check_image_type(arrow_type, name: str) -> tuple[int, int, int]:
+    """The (bands, H, W) of an image column; BadData for tensors of another rank, e.g. (N, H, W) images."""
+    shape = tuple(arrow_type.shape)
+    if len(shape) != 3:
+        described = " x ".join(str(n) for n in shape)
+        raise BadData(f"{name}: images are {described} tensors, not bands x height x width",
+                      "add the band axis (one-band images are 1 x H x W), e.g. by re-packing with gal-pack")
+    return shape
+
+
 def images_of(data, column: str = IMAGE) -> np.ndarray:
     """The (n, bands, H, W) float32 images of a RecordBatch or Table."""
     if column not in data.schema.names:
@@ -45,7 +55,7 @@ def images_of(data, column: str = IMAGE) -> np.ndarray:
     if not is_tensor_type(col.type):
         raise BadData(f"column '{column}' is {col.type}, not an image tensor",
                       "give a cutout table made by gal-pack or gal-sim")
-    shape = tuple(col.type.shape)
+    shape = check_image_type(col.type, f"column '{column}'")
     if len(col) == 0:
         return np.zeros((0, *shape), np.float32)
     return col.to_numpy_ndarray().astype(np.float32, copy=False)

@@ -37,7 +37,8 @@ def fit_settings(training: dict, z_options: dict, on_images: bool = False, probe
     defaults = NETWORK_DEFAULTS if on_images else PROBE_DEFAULTS
     chosen = {k: (training[k] if probe else None) or defaults[k] for k in defaults}
     return FitSettings(**{**training, **chosen}, n_bins=z_options["bins"], zmax=z_options["zmax"],
-                       label_smoothing=z_options["label_smoothing"], stream=z_options.get("stream")).validate()
+                       label_smoothing=z_options["label_smoothing"], stream=z_options.get("stream"),
+                       clip_labels=z_options.get("clip_labels", False)).validate()
 
 
 def network_settings(fit: FitSettings, network: dict, from_scratch: bool = False) -> NetworkSettings:
@@ -81,7 +82,7 @@ def train_redshift_network(data: LabelledCutouts, source: EncoderSource, setting
     """Fine-tune (or train from scratch) on cutouts labelled with redshifts (``data.targets``), over the bins of
     ``settings.fit``; returns (network at its best validation loss, record)."""
     fit = settings.fit
-    y, above, below = bin_labels(data.targets, fit.bins, "z")
+    y, above, below = bin_labels(data.targets, fit.bins, "z", fit.clip_labels)
     network, record = train_network(LabelledCutouts(data.images, y, data.ids), source, settings, fit.n_bins,
                                     fit.kernel)
     record.update(n_clipped_above_zmax=above, n_clipped_below_zero=below)

@@ -35,6 +35,7 @@ class FitSettings(TrainSettings):
     zmax: float = 0.4
     stream: bool | None = None         # None: stream only when the labelled rows do not fit IN_MEMORY_BYTES
     label_smoothing: float = 0.0       # Gaussian sigma, in bins, that each label is spread over (0: one-hot)
+    clip_labels: bool = False          # put labels at or above zmax in the last bin however many there are
 
     def validate(self) -> "FitSettings":
         if self.n_bins < 2:
@@ -70,9 +71,24 @@ def check_label_count(n_labelled: int, n_rows: int, z_column: str, name: str, n_
                       "give more labelled rows, or fewer --bins")
 
 
-def bin_labels(z: np.ndarray, bins: RedshiftBins, z_column: str) -> tuple[np.ndarray, int, int]:
-    """Bin index of each redshift; warns about the labels clipped into the first or last bin."""
+MAX_CLIPPED_FRACTION = 0.01   # labels at or above zmax tolerated (put in the last bin) without --clip-labels
+
+
+def bin_labels(z: np.ndarray, bins: RedshiftBins, z_column: str, clip_labels: bool = True) -> tuple[np.ndarray, int, int]:
+    """Bin index of each redshift; warns about the labels clipped into the first or last bin, and refuses
+    (BadData) when more than MAX_CLIPPED_FRACTION of them lie at or above zmax, unless ``clip_labels``: the model
+    could not tell those redshifts apart."""
     y, above, below = bins.assign(z)
+    finite = np.asarray(z, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if above and not clip_labels and above > MAX_CLIPPED_FRACTION * len(finite):
+        largest = float(finite.max())
+        covering = round(float(np.ceil(largest * 20)) / 20, 2)   # the next multiple of 0.05 above the largest
+        if covering <= largest:
+            covering = round(covering + 0.05, 2)
+        raise BadData(f"{above} of {len(finite)} labels ({100 * above / len(finite):.0f}%) have {z_column} >= "
+                      f"--zmax {bins.zmax:g} (the largest is {largest:.3g}), and would all fall in the last bin",
+                      f"--zmax {covering:g} covers them; pass --clip-labels to clip them anyway")
     if above:
         log.warning(f"{above} label(s) with {z_column} >= {bins.zmax:g} were put in the last bin "
                     "(raise --zmax to resolve them)")
@@ -91,7 +107,7 @@ def fit_arrays(x: np.ndarray, z: np.ndarray, settings: FitSettings, model_sha256
     check_label_count(int(labelled.sum()), len(z), z_column, name, settings.n_bins)
     x, z = np.ascontiguousarray(x[labelled], dtype=np.float32), z[labelled]
     check_finite_rows(x, name)
-    y, above, below = bin_labels(z, settings.bins, z_column)
+    y, above, below = bin_labels(z, settings.bins, z_column, settings.clip_labels)
     val = validation_split(len(y), settings.val_fraction, settings.seed)
     log.info(f"fitting on {int((~val).sum())} labelled rows, validating on {int(val.sum())}")
     linear, record = train_head(InMemoryRows(x[~val], y[~val]), x[val], y[val], x.shape[1], settings.n_bins,
@@ -147,7 +163,7 @@ def fit_table(path: str, z_column: str, settings: FitSettings, progress=None) ->
 
 def _fit_streamed(path, name, z, z_column, dim, model_sha256, settings, progress) -> PhotozModel:
     labelled_rows = np.flatnonzero(np.isfinite(z))
-    y, above, below = bin_labels(z[labelled_rows], settings.bins, z_column)
+    y, above, below = bin_labels(z[labelled_rows], settings.bins, z_column, settings.clip_labels)
     val = validation_split(len(labelled_rows), settings.val_fraction, settings.seed)
     label_of_row = np.full(len(z), -1, dtype=np.int16)
     label_of_row[labelled_rows[~val]] = y[~val]

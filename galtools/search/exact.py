@@ -297,7 +297,10 @@ def _check_k(k: int, n_base: int, excluding: bool) -> None:
     if k < 1:
         raise UsageProblem(f"k must be at least 1, got {k}")
     if k > available:
-        raise BadData(f"k={k} is larger than the {available} candidate neighbours in the table",
+        if available < 1:
+            raise BadData(f"the table holds no object other than the query ({n_base} row(s)), so none can be a "
+                          "neighbor", "give a table of more objects")
+        raise BadData(f"k={k} is larger than the {available} candidate neighbors in the table",
                       f"use -k {max(available, 1)} or less")
 
 

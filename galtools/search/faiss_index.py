@@ -194,6 +194,9 @@ class FaissIndex:
         """
         available = self.meta["count"] - (1 if exclude is not None else 0)
         if k > available:
+            if available < 1:
+                raise BadData(f"the index holds no object other than the query ({self.meta['count']} row(s)), so "
+                              "none can be a neighbor", "give a table of more objects")
             raise BadData(f"k={k} is larger than the {available} candidate neighbors in the index",
                           f"use -k {max(available, 1)} or less")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))

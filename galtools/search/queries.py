@@ -26,11 +26,12 @@ KEPT_QUERY_IMAGES = 50     # query pictures kept from embedded queries (for a mo
 
 def load_base(source: str, checksum: bool = False, keep_vectors: bool = True):
     """The embedding table ``source`` in memory (see :func:`galtools.search.table.load_embeddings`)."""
-    from galtools.io import display_name, open_table
+    from galtools.io import check_unique_ids, display_name, open_table
     from galtools.search.table import load_embeddings
 
     with open_table(source) as table:
         base = load_embeddings(table, checksum=checksum, keep_vectors=keep_vectors, name=display_name(source))
+    check_unique_ids(base.ids, base.name)   # a repeated object would be its own nearest neighbor
     log.debug(f"{base.count} embeddings of dimension {base.dim} ({base.count * base.dim * 4 / 2**20:.0f} MiB)")
     return base
 

@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 
-from galtools.errors import BadData, InputMissing, OutputError
+from galtools.errors import BadData, InputMissing, OutputError, brief
 from galtools.io.files import atomic_file
 
 FORMAT = "galtools.train.checkpoint/1"
@@ -41,7 +41,7 @@ def load(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise BadData(f"{path}: not a readable gal-train checkpoint ({' '.join(str(exc).split())[:100]})",
+        raise BadData(f"{path}: not a readable gal-train checkpoint ({brief(exc)})",
                       "give a checkpoint written by gal-train") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BadData(f"{path}: not a gal-train checkpoint", "give a checkpoint written by gal-train")

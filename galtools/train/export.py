@@ -24,8 +24,35 @@ PARITY_BATCHES = (1, 37)
 PARITY_TOLERANCE = 1e-4
 
 
+# Settings that say where a run was, not what it trained: kept out of the model file so that the same training
+# in another folder (or from a copy of the data elsewhere) gives a byte-identical encoder and the same sha256.
+PLACE_FIELDS = ("out",)
+PATH_LIST_FIELDS = ("inputs",)
+
+
+def portable_config(train_config_json: str) -> str:
+    """The training configuration without the run folder, and with input tables by file name only."""
+    import json
+    import os
+
+    try:
+        config = json.loads(train_config_json)
+    except json.JSONDecodeError:
+        return train_config_json
+    if not isinstance(config, dict):
+        return train_config_json
+    for name in PLACE_FIELDS:
+        config.pop(name, None)
+    for name in PATH_LIST_FIELDS:
+        if isinstance(config.get(name), list):
+            config[name] = [os.path.basename(str(p).rstrip("/")) if p != "-" else p for p in config[name]]
+    return json.dumps(config, sort_keys=True)
+
+
 def encoder_metadata(bands, input_size: int, preprocess_json: str, embedding_dim: int, arch: str,
                      train_config_json: str, augment_spec: str) -> dict[str, str]:
+    """The ONNX metadata_props; ``train_config_json`` is stored without paths (see ``portable_config``)."""
+    train_config_json = portable_config(train_config_json)
     return {
         "galtools.bands": ",".join(bands),
         "galtools.input_size": str(int(input_size)),

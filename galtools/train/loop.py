@@ -265,9 +265,11 @@ class Trainer:
                       f"(give --queue-size {max(config.batch_size, available // 4)} or less)")
         lag_steps = 1.0 / max(1e-12, 1.0 - config.key_momentum)   # the key encoder averages about this many steps
         if self.total_steps < 3 * lag_steps:
+            shorter = math.floor(1000 * (1 - 3 / self.total_steps)) / 1000
+            advice = (f"give --key-momentum {shorter:g} or less" if shorter > 0 else
+                      f"give --steps {3 * round(lag_steps)} or more, or --key-momentum 0 to copy the query encoder")
             self.info(f"note: --key-momentum {config.key_momentum:g} averages the key encoder over about "
-                      f"{lag_steps:.0f} steps, a long lag for a {self.total_steps}-step run "
-                      f"(give --key-momentum {math.floor(1000 * (1 - 3 / self.total_steps)) / 1000:g} or less)")
+                      f"{lag_steps:.0f} steps, a long lag for a {self.total_steps}-step run ({advice})")
 
     def _fit_preprocess(self):
         from galtools.preprocess import Preprocess
