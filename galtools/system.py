@@ -106,7 +106,7 @@ def onnxruntime_report() -> dict:
 
 
 def system_report(environ=None) -> dict:
-    from galtools.embed.fp16 import cache_dir
+    from galtools.embed.precision import cache_dir
     from galtools.embed.providers import cpu_allocation, cuda_device_count
 
     environ = os.environ if environ is None else environ

@@ -23,8 +23,10 @@ def input_argument(name: str = "input", required: bool = True, nargs: int = 1):
 
 def format_option(func):
     """--format of an output table (fmt=None: from the extension, an Arrow stream on stdout)."""
-    return click.option("--format", "fmt", type=click.Choice(["fits", "parquet", "arrow", "arrow-stream"]),
-                        default=None, help="Output format (default: from the extension; Arrow stream on stdout).")(func)
+    return click.option("--format", "fmt",
+                        type=click.Choice(["fits", "parquet", "arrow", "arrow-stream", "csv", "tsv"]), default=None,
+                        help="Output format (default: from the extension; Arrow stream on stdout, a pipe or a "
+                             "device). csv/tsv: plain tables only, no image or vector columns.")(func)
 
 
 def output_options(default: str = "-"):
@@ -33,7 +35,8 @@ def output_options(default: str = "-"):
         func = click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")(func)
         func = format_option(func)
         func = click.option("-o", "--output", default=default, show_default=True, metavar="OUTPUT",
-                            help="Output table (.fits, .parquet, .arrow) or '-' for an Arrow stream on stdout.")(func)
+                            help="Output table (.fits, .parquet, .arrow, .csv, .tsv) or '-' for an Arrow stream on "
+                                 "stdout. A FIFO or a device (/dev/null) is written into, never replaced.")(func)
         return func
 
     return decorator

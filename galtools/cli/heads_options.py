@@ -18,7 +18,7 @@ from galtools.cli.common import seed_option
 
 TRAINING = ("hidden", "val_fraction", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "seed")
 CURVE = ("fractions", "test_fraction", "as_json", "plot", "output", "fmt", "overwrite")
-FORMATS = ["fits", "parquet", "arrow", "arrow-stream"]
+FORMATS = ["fits", "parquet", "arrow", "arrow-stream", "csv", "tsv"]
 
 
 def _apply(func, options):
