@@ -317,7 +317,8 @@ def bench_stages(args, cutouts: str, model: str, env: dict, threads: int, torch_
            f"batch {args.batch}, {threads} threads; CPU {cpu_text()}; load average {os.getloadavg()[0]:.1f} "
            "(bench_embed.py)",
            "CPU ms per cutout: " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()) + "; session.run "
-           + ", ".join(f"{p} {v:.3f}" for p, v in runs.items()) + f"; model load (sha256 + session) {load * 1000:.0f} ms",
+           + ", ".join(f"{p} {v:.3f}" for p, v in runs.items())
+           + f"; model load (sha256 + session) {load * 1000:.0f} ms",
            "session.run fp32", ", ".join(f"{p} {runs['fp32'] / v:.2f}x faster" for p, v in runs.items()
                                          if p != "fp32") or "-")
 

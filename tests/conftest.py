@@ -1,15 +1,24 @@
 """Shared test helpers: run tools as real processes, make small tables."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Converted and optimised models go to a cache folder of the run's own, not the user's ~/.cache/galtools
+# (tests that care about the cache set GALTOOLS_CACHE_DIR themselves).
+if "GALTOOLS_CACHE_DIR" not in os.environ:
+    os.environ["GALTOOLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="galtools-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["GALTOOLS_CACHE_DIR"], True)
 SHARED_GZ1 = os.path.join(ROOT, "..", "shared", "data", "gz1-sdss")
 
 

@@ -5,7 +5,7 @@
     with open_table("cutouts.fits") as table, open_output("emb.parquet", metadata=...) as out:
         embed_table(table, encoder, out)
 
-Nothing here imports torch; numpy, pyarrow and onnxruntime do the work (``onnx`` only for a first fp16 conversion).
+Nothing here imports torch; numpy, pyarrow and onnxruntime do the work (``onnx`` only to convert to fp16 or int8).
 """
 from galtools.embed.encoder import EmbedSettings, Encoder, load_encoder
 from galtools.embed.inputs import InputPlan, centre_crop_start
