@@ -22,6 +22,7 @@ the array tasks of one Slurm job convert at most once each and never read half a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -206,7 +207,7 @@ VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_v
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
     """{'model', 'arch', 'flags'} of this CPU: its name and the vector extensions that matter to the kernels."""
     model, flags = platform.processor() or "unknown CPU", set()
-    try:
+    with contextlib.suppress(OSError):   # no /proc/cpuinfo (macOS, Windows): the name only
         with open(cpuinfo) as handle:
             for line in handle:
                 key, _, value = line.partition(":")
@@ -215,8 +216,6 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
                     model = " ".join(value.split())
                 elif key in ("flags", "features") and not flags:
                     flags = set(value.split())
-    except OSError:   # macOS, Windows: the name only
-        pass
     return {"model": model, "arch": platform.machine().lower(),
             "flags": [f for f in VECTOR_EXTENSIONS if f in flags]}
 
