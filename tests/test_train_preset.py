@@ -89,3 +89,39 @@ def test_steps_0_exports_the_untrained_encoder(cutouts, tmp_path):  # noqa: F811
     with torch.no_grad():
         expected = backbone(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images(cutouts, tmp_path):  # noqa: F811
+    import onnx
+    import onnxruntime as ort
+
+    from galtools.models import build_encoder
+    from galtools.preprocess import Preprocess
+    from galtools.train.checkpoint import backbone_state
+    from galtools.train.data import centre_crop
+
+    run = tmp_path / "run"
+    result = gal_train(cutouts, "--out", run, *SMALL_TABLE, "--queue-size", "32", "--ops", "rotate", "--steps", "2",
+                       "--no-export")
+    assert result.returncode == 0, result.stderr.decode()
+    result = gal_train("export", run / "last.pt", "-o", tmp_path / "tta.onnx", "--tta", "8")
+    assert result.returncode == 0, result.stderr.decode()
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "tta.onnx")).metadata_props}
+    assert meta["galtools.tta"] == "8" and meta["galtools.input_size"] == "16"
+    images = Preprocess.from_json(meta["galtools.preprocess"]).apply_numpy(
+        centre_crop(images_of(open_table(str(cutouts)).read_all()), 16))[:12]
+    session = ort.InferenceSession(str(tmp_path / "tta.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["embedding"], {"image": images})[0]
+    # the reference: numpy's turns and mirror images through the torch backbone, averaged
+    backbone = build_encoder("tiny", 5, width=0.5).eval()
+    backbone.load_state_dict(backbone_state(torch.load(run / "last.pt", weights_only=True)["model"]))
+    views = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
+    views += [v[..., ::-1] for v in views]
+    with torch.no_grad():
+        expected = np.mean([backbone(torch.from_numpy(np.ascontiguousarray(v))).numpy() for v in views], axis=0)
+        plain = backbone(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(plain - expected).max() > 1e-3          # the averaging is not a no-op on these images
+    # invariant: a mirrored, turned cutout has the same embedding
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3))[..., ::-1])
+    np.testing.assert_allclose(session.run(["embedding"], {"image": turned})[0], got, rtol=1e-4, atol=1e-4)
