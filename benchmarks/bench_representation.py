@@ -258,6 +258,17 @@ def train_and_embed(table: str, out: str, flags: list[str], steps: int, threads:
     return emb, seconds
 
 
+def export_tta(table: str, run_folder: str, tta: int, threads: int, force: bool) -> str:
+    onnx_path = os.path.join(run_folder, f"encoder-tta{tta}.onnx")
+    emb = os.path.join(run_folder, f"emb-tta{tta}.parquet")
+    if force or not os.path.exists(onnx_path):
+        run(["gal-train", "export", os.path.join(run_folder, "last.pt"), "-o", onnx_path, "--tta", str(tta),
+             "--overwrite"], threads)
+    if force or not os.path.exists(emb):
+        run(["gal-embed", table, "--model", onnx_path, "-q", "-o", emb, "--overwrite"], threads)
+    return emb
+
+
 def gz1_part(args, work: str, run_dir: str) -> dict:
     table = pack_gz1(args.gz1, work, args.threads)
     labels = gz1_labels(args.gz1)
@@ -270,7 +281,12 @@ def gz1_part(args, work: str, run_dir: str) -> dict:
     learned, seconds = train_and_embed(table, os.path.join(run_dir, "gz1"), flags, args.steps, args.threads,
                                        args.force)
     random_emb, _ = train_and_embed(table, os.path.join(run_dir, "gz1-random"), flags, 0, args.threads, args.force)
-    for name, path in (("learned", learned), ("random", random_emb)):
+    arms = [("learned", learned), ("random", random_emb)]
+    if args.tta > 1:     # the same checkpoints exported with test-time averaging, embedded again
+        for name, folder in (("learned", "gz1"), ("random", "gz1-random")):
+            arms.append((f"{name}-tta{args.tta}", export_tta(table, os.path.join(run_dir, folder), args.tta,
+                                                              args.threads, args.force)))
+    for name, path in arms:
         emb_ids, x, _ = read_embeddings(path)
         order = {int(v): i for i, v in enumerate(emb_ids)}
         representations[name] = x[[order[int(i)] for i in ids]]
@@ -281,10 +297,13 @@ def gz1_part(args, work: str, run_dir: str) -> dict:
     for name, x in representations.items():
         x = x[keep]
         result[name] = {"probe": probe(x, y, folds, len(CLASSES)), "precision": precision_at_k(x, y, len(CLASSES)),
-                        "dim": int(x.shape[1])}
+                        "dim": int(x.shape[1]),
+                        # a diagnostic: cosine after removing the mean embedding (PCA scores are centred already)
+                        "precision_centred": precision_at_k(x - x.mean(axis=0), y, len(CLASSES))["overall"]}
         print(f"gz1 {name}: probe {result[name]['probe']['accuracy']:.3f} "
               f"(balanced {result[name]['probe']['balanced_accuracy']:.3f}), "
-              f"precision@{K} {result[name]['precision']['overall']:.3f}", flush=True)
+              f"precision@{K} {result[name]['precision']['overall']:.3f} "
+              f"(centred {result[name]['precision_centred']:.3f})", flush=True)
     return result
 
 
@@ -341,10 +360,12 @@ def summary_rows(name: str, flags: str, steps: int, result: dict) -> list[tuple[
             return (f"probe acc {g[a]['probe']['accuracy']:.3f}, balanced {g[a]['probe']['balanced_accuracy']:.3f}, "
                     f"p@{K} {g[a]['precision']['overall']:.3f} ("
                     + ", ".join(f"{c} {v:.2f}" for c, v in g[a]["precision"]["per_class"].items()) + ")")
+        extra = "".join(f"; {a}: {arm(a)}" for a in g if a.startswith("learned-"))
+        extra_random = "".join(f"; {a}: {arm(a)}" for a in g if a.startswith("random-"))
         rows.append((f"representation on gz1 SDSS gri ({g['objects']} galaxies, 4 classes, 5-fold probe; recipe "
                      f"'{name}': {flags}, {steps} steps, trained in {g['train_seconds']:.0f} s)",
-                     "learned: " + arm("learned"),
-                     f"PCA-64: {arm('pca64')}; random weights: {arm('random')}; majority acc "
+                     "learned: " + arm("learned") + extra,
+                     f"PCA-64: {arm('pca64')}; random weights: {arm('random')}{extra_random}; majority acc "
                      f"{g['learned']['probe']['majority_accuracy']:.3f}, balanced "
                      f"{g['learned']['probe']['majority_balanced_accuracy']:.3f}; chance p@{K} "
                      f"{g['precision_chance']:.3f}"))
@@ -355,11 +376,11 @@ def summary_rows(name: str, flags: str, steps: int, result: dict) -> list[tuple[
         learned = p["learned"]
         rows.append((f"photo-z label curve on gal-sim ({result['sim']} mocks; recipe '{name}', {steps} steps, "
                      f"trained in {p['train_seconds']:.0f} s), sigma_MAD by labels",
-                     f"probe {fmt(curve_points(learned, ('probe', 'linear_probe')))}; fine-tune "
+                     f"probe {fmt(curve_points(learned, ('linear', 'probe')))}; fine-tune "
                      f"{fmt(curve_points(learned, ('finetune', 'fine_tune', 'fine-tune')))}",
                      f"scratch {fmt(curve_points(learned, ('scratch',)))}; PCA-64 probe "
-                     f"{fmt(curve_points(p['pca64'], ('probe', 'linear_probe')))}; random-weights probe "
-                     f"{fmt(curve_points(p['random'], ('probe', 'linear_probe')))}; median "
+                     f"{fmt(curve_points(p['pca64'], ('linear', 'probe')))}; random-weights probe "
+                     f"{fmt(curve_points(p['random'], ('linear', 'probe')))}; median "
                      f"{fmt(curve_points(learned, ('median',)))}"))
     return rows
 
@@ -377,6 +398,8 @@ def main() -> None:
     parser.add_argument("--sim", type=int, default=3000, help="gal-sim mocks for the photo-z part")
     parser.add_argument("--fractions", default="0.1,0.3,0.9", help="label fractions of the photo-z curve (of the "
                         "training pool, 80%% of the mocks: 240, 720, 2,160 labels of 3,000)")
+    parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8), help="also score the learned and random "
+                        "encoders exported with gal-train export --tta N")
     parser.add_argument("--threads", type=int, default=2, help="threads per tool (OMP_NUM_THREADS)")
     parser.add_argument("--force", action="store_true", help="train again even if the run folder holds a run")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
