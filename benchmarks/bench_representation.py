@@ -247,11 +247,15 @@ def chance_precision(y: np.ndarray, classes: int) -> float:
 # -- the arms -----------------------------------------------------------------------------------------------------
 def train_and_embed(table: str, out: str, flags: list[str], steps: int, threads: int, force: bool) -> tuple[str, float]:
     emb = os.path.join(out, "emb.parquet")
-    started = time.perf_counter()
+    timing = os.path.join(out, "bench-train-seconds.txt")
     if force or not os.path.exists(os.path.join(out, "encoder.onnx")):
+        started = time.perf_counter()
         run(["gal-train", table, "--out", out, *flags, "--steps", str(steps), "--device", "cpu",
              "--checkpoint-every", "100000", "-q", "--overwrite"], threads)
-    seconds = time.perf_counter() - started
+        with open(timing, "w") as handle:
+            handle.write(f"{time.perf_counter() - started:.1f}\n")
+    with open(timing) as handle:        # a run trained by an earlier call: its own time
+        seconds = float(handle.read())
     if force or not os.path.exists(emb):
         run(["gal-embed", table, "--model", os.path.join(out, "encoder.onnx"), "-q", "-o", emb, "--overwrite"],
             threads)
@@ -320,7 +324,7 @@ def photoz_part(args, work: str, run_dir: str) -> dict:
     pca_path = os.path.join(run_dir, "sim-pca64.parquet")
     write_embeddings(pca_path, ids, pca(pixels, 64), {"z_true": z[[order[int(i)] for i in ids]]})
     curve = ["gal-photoz", "curve", "--z-column", "z_true", "--label-smoothing", "2", "--fractions", args.fractions,
-             "--json", "-q"]
+             *shlex.split(args.curve_flags), "--json", "-q"]
     result = {"train_seconds": seconds}
     full = json.loads(run([curve[0], curve[1], learned, *curve[2:], "--images", sim, "--checkpoint",
                            os.path.join(run_dir, "sim", "last.pt"), "--device", "cpu"], args.threads, capture=True))
@@ -398,6 +402,8 @@ def main() -> None:
     parser.add_argument("--sim", type=int, default=3000, help="gal-sim mocks for the photo-z part")
     parser.add_argument("--fractions", default="0.1,0.3,0.9", help="label fractions of the photo-z curve (of the "
                         "training pool, 80%% of the mocks: 240, 720, 2,160 labels of 3,000)")
+    parser.add_argument("--curve-flags", default="", help="more gal-photoz curve options (every arm gets them; the "
+                        "default stops each by validation patience)")
     parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8), help="also score the learned and random "
                         "encoders exported with gal-train export --tta N")
     parser.add_argument("--threads", type=int, default=2, help="threads per tool (OMP_NUM_THREADS)")

@@ -38,6 +38,10 @@ def test_small_preset_fills_what_is_not_given_and_the_run_records_it(cutouts, tm
     assert config["preset"] == "small"
     assert config["key_momentum"] == small["key_momentum"] == 0.99
     assert config["ops"] == small["ops"] and config["method"] == "moco" and config["epochs"] is None
+    assert config["tta"] == small["tta"] == 8                     # the exported graph averages 8 views
+    import onnx
+
+    assert {p.key: p.value for p in onnx.load(str(run / "encoder.onnx")).metadata_props}["galtools.tta"] == "8"
     # the preset's queue (0: a quarter of the 160 cutouts in whole batches of 16) is recorded resolved
     assert small["queue_size"] == 0 and config["queue_size"] == 32
     state = torch.load(run / "last.pt", weights_only=True)

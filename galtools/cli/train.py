@@ -63,7 +63,7 @@ def _positive(ctx, param, value):
               help="Settings that go together; options given as well override them one by one. small: the best "
                    "measured recipe for up to ~10^4 cutouts on a CPU in minutes (tiny encoder, 48 px views, batch "
                    "64, lr 0.3, queue of a quarter of the cutouts, key momentum 0.99, 600 steps, ops "
-                   "rotate,jitter,noise); paper: the talk's (resnet50-hayat, 64 px, batch 256, lr 0.03, K 65536, "
+                   "rotate,jitter,noise, --tta 8); paper: the talk's (resnet50-hayat, 64 px, batch 256, lr 0.03, K 65536, "
                    "m 0.999, T 0.2, 200 epochs, every augmentation). The run records the resolved settings.")
 @click.option("--method", type=click.Choice(["moco", "simclr"]), default="moco", show_default=True,
               help="MoCo v2 (queue of keys, momentum encoder) or SimCLR (NT-Xent over the batch).")
@@ -113,10 +113,13 @@ def _positive(ctx, param, value):
               help="Stop after N steps of this call with a checkpoint (exit 75), e.g. for short queue slots.")
 @click.option("--overwrite", is_flag=True, help="Start again in a RUN/ that holds a run.")
 @click.option("--no-export", is_flag=True, help="Do not write RUN/encoder.onnx at the end.")
+@click.option("--tta", type=click.Choice(["1", "4", "8"]), default="1", show_default=True,
+              help="RUN/encoder.onnx embeds the mean over the cutout's 4 quarter turns, or over those and their "
+                   "mirror images (8), inside the graph (see 'gal-train export --tta').")
 def fit(cutouts, out, preset, method, arch, width, crop, ops, pixscale, batch_size, lr, epochs, steps, warmup_steps,
         weight_decay, sgd_momentum, dim, queue_size, key_momentum, temperature, bn_splits, device, precision,
         channels_last, compile_, deterministic, seed, checkpoint_every, keep_checkpoints, log_every, monitor_label,
-        monitor_size, loader_threads, resume, stop_after, overwrite, no_export):
+        monitor_size, loader_threads, resume, stop_after, overwrite, no_export, tta):
     """Train an encoder on CUTOUTS (FITS, Parquet or Arrow tables with the same bands).
 
     Run it the same way on one process or under torchrun/srun (DDP; NCCL on GPUs, gloo on CPUs); one process
@@ -132,7 +135,7 @@ def fit(cutouts, out, preset, method, arch, width, crop, ops, pixscale, batch_si
     given = {"arch": arch, "width": width, "method": method, "dim": dim, "queue_size": queue_size,
              "key_momentum": key_momentum, "temperature": temperature, "batch_size": batch_size, "lr": lr,
              "momentum": sgd_momentum, "weight_decay": weight_decay, "epochs": epochs, "steps": steps, "crop": crop,
-             "ops": ops}
+             "ops": ops, "tta": int(tta)}
     option_of = {"momentum": "sgd_momentum"}
     explicit = {key for key in given if ctx.get_parameter_source(option_of.get(key, key))
                 not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}

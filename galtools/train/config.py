@@ -25,12 +25,12 @@ PRESETS: dict[str, dict[str, object]] = {
     # The talk's settings (Hayat et al. 2021, after MoCo v2) for about a million cutouts on GPUs.
     "paper": {"arch": "resnet50-hayat", "width": 1.0, "method": "moco", "dim": 128, "queue_size": 65536,
               "key_momentum": 0.999, "temperature": 0.2, "batch_size": 256, "lr": 0.03, "momentum": 0.9,
-              "weight_decay": 1e-4, "epochs": 200.0, "crop": 64, "ops": "rotate,jitter,psf,redden,noise"},
+              "weight_decay": 1e-4, "epochs": 200.0, "crop": 64, "ops": "rotate,jitter,psf,redden,noise", "tta": 1},
     # Up to about 10^4 cutouts on a CPU in minutes: the best recipe measured by benchmarks/bench_representation.py
     # (its notes list every recipe tried, with the numbers).
     "small": {"arch": "tiny", "width": 1.0, "method": "moco", "dim": 128, "queue_size": AUTO_QUEUE,
               "key_momentum": 0.99, "temperature": 0.2, "batch_size": 64, "lr": 0.3, "momentum": 0.9,
-              "weight_decay": 1e-4, "steps": 600, "crop": 48, "ops": "rotate,jitter,noise"},
+              "weight_decay": 1e-4, "steps": 600, "crop": 48, "ops": "rotate,jitter,noise", "tta": 8},
 }
 LENGTH_FIELDS = ("epochs", "steps")   # a run's length: giving either on the command line replaces the preset's
 
@@ -105,6 +105,7 @@ class TrainConfig:
     monitor_size: int = 1000
     monitor_k: int = 20
     export: bool = True
+    tta: int = 1                        # views averaged by the exported encoder (1, 4 or 8; galtools.train.export)
 
     def validate(self) -> "TrainConfig":
         from galtools.models import list_encoders
@@ -129,6 +130,8 @@ class TrainConfig:
             raise UsageProblem("give --epochs or --steps, not both")
         if (self.epochs is not None and not self.epochs > 0) or (self.steps is not None and self.steps < 0):
             raise UsageProblem("--epochs must be positive and --steps at least 0 (0: export the untrained encoder)")
+        if self.tta not in (1, 4, 8):
+            raise UsageProblem(f"--tta must be 1, 4 or 8, got {self.tta}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageProblem(f"unknown --precision {self.precision!r}", "choose auto, fp32 or bf16")
         return self

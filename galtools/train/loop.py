@@ -552,7 +552,7 @@ class Trainer:
         backbone.load_state_dict({k: v.detach().float().cpu() for k, v in self.model.backbone.state_dict().items()})
         metadata = encoder_metadata(self.data.bands, config.crop, self.preprocess.to_json(), backbone.num_features,
                                     config.arch, config.to_json(), self.pipe.spec)
-        worst = export_encoder(backbone, path, metadata, config.crop, overwrite=True)
+        worst = export_encoder(backbone, path, metadata, config.crop, overwrite=True, tta=config.tta)
         self.info(f"wrote {path} ({backbone.num_features}-d embedding; ONNX Runtime matches torch to {worst:.1e})")
         return {"path": path, "parity": worst, "embedding_dim": backbone.num_features}
 
