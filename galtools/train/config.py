@@ -18,11 +18,55 @@ DEFAULT_EPOCHS = 200  # MoCo v2's schedule length, when neither --epochs nor --s
 # Fields that shape the model and its state: a checkpoint can only continue with the same values.
 MODEL_FIELDS = ("arch", "width", "method", "dim", "queue_size", "crop")
 
+AUTO_QUEUE = 0   # --queue-size 0: a quarter of the training cutouts (whole batches, at least one, at most 4,096)
+
+# --preset NAME: settings that go together; options given on the command line override them one by one.
+PRESETS: dict[str, dict[str, object]] = {
+    # The talk's settings (Hayat et al. 2021, after MoCo v2) for about a million cutouts on GPUs.
+    "paper": {"arch": "resnet50-hayat", "width": 1.0, "method": "moco", "dim": 128, "queue_size": 65536,
+              "key_momentum": 0.999, "temperature": 0.2, "batch_size": 256, "lr": 0.03, "momentum": 0.9,
+              "weight_decay": 1e-4, "epochs": 200.0, "crop": 64, "ops": "rotate,jitter,psf,redden,noise", "tta": 1},
+    # Up to about 10^4 cutouts on a CPU in minutes: the best recipe measured by benchmarks/bench_representation.py
+    # (its notes list every recipe tried, with the numbers).
+    "small": {"arch": "tiny", "width": 1.0, "method": "moco", "dim": 128, "queue_size": AUTO_QUEUE,
+              "key_momentum": 0.99, "temperature": 0.2, "batch_size": 64, "lr": 0.3, "momentum": 0.9,
+              "weight_decay": 1e-4, "steps": 600, "crop": 48, "ops": "rotate,jitter,noise", "tta": 8},
+}
+LENGTH_FIELDS = ("epochs", "steps")   # a run's length: giving either on the command line replaces the preset's
+
+
+def auto_queue_size(available: int, batch_size: int) -> int:
+    """--queue-size 0: a quarter of the training cutouts in whole batches (at least one batch, at most 4,096)."""
+    return max(batch_size, min(4096, (available // 4) // batch_size * batch_size))
+
+
+def resolve_preset(name: str | None, values: dict, explicit: set[str]) -> dict:
+    """The settings of a run: ``values`` (the options, by TrainConfig field) where ``explicit`` names them or no
+    preset is chosen, else the preset's.  The preset's length (epochs or steps) goes when either is explicit."""
+    if name is None:
+        return dict(values)
+    if name not in PRESETS:
+        raise UsageProblem(f"unknown --preset {name!r}", f"choose from {', '.join(PRESETS)}")
+    resolved = dict(values)
+    preset = dict(PRESETS[name])
+    if explicit & set(LENGTH_FIELDS):
+        for key in LENGTH_FIELDS:
+            preset.pop(key, None)
+    for key, value in preset.items():
+        if key not in explicit:
+            resolved[key] = value
+    for key in LENGTH_FIELDS:      # the preset's length replaces the other one's default
+        if key in preset and not explicit & set(LENGTH_FIELDS):
+            resolved[[k for k in LENGTH_FIELDS if k != key][0]] = None
+    resolved["preset"] = name
+    return resolved
+
 
 @dataclass
 class TrainConfig:
     inputs: list[str] = field(default_factory=list)
     out: str = "run"
+    preset: str | None = None           # the --preset the settings started from (recorded; they are resolved)
     # model and method
     arch: str = DEFAULT_ARCH
     width: float = 1.0
@@ -61,6 +105,7 @@ class TrainConfig:
     monitor_size: int = 1000
     monitor_k: int = 20
     export: bool = True
+    tta: int = 1                        # views averaged by the exported encoder (1, 4 or 8; galtools.train.export)
 
     def validate(self) -> "TrainConfig":
         from galtools.models import list_encoders
@@ -79,12 +124,14 @@ class TrainConfig:
                 raise UsageProblem(f"{name} must be positive, got {value}")
         if self.method == "moco" and not 0 <= self.key_momentum < 1:
             raise UsageProblem(f"--key-momentum must be in [0, 1), got {self.key_momentum}")
-        if self.method == "moco" and self.queue_size < 1:
-            raise UsageProblem(f"--queue-size must be positive, got {self.queue_size}")
+        if self.method == "moco" and self.queue_size < 0:
+            raise UsageProblem(f"--queue-size must be positive (or 0: a quarter of the cutouts), got {self.queue_size}")
         if self.epochs is not None and self.steps is not None:
             raise UsageProblem("give --epochs or --steps, not both")
-        if (self.epochs is not None and not self.epochs > 0) or (self.steps is not None and self.steps < 1):
-            raise UsageProblem("--epochs and --steps must be positive")
+        if (self.epochs is not None and not self.epochs > 0) or (self.steps is not None and self.steps < 0):
+            raise UsageProblem("--epochs must be positive and --steps at least 0 (0: export the untrained encoder)")
+        if self.tta not in (1, 4, 8):
+            raise UsageProblem(f"--tta must be 1, 4 or 8, got {self.tta}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageProblem(f"unknown --precision {self.precision!r}", "choose auto, fp32 or bf16")
         return self

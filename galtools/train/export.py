@@ -65,20 +65,34 @@ def encoder_metadata(bands, input_size: int, preprocess_json: str, embedding_dim
     }
 
 
-def _representation_module(backbone):
+TTA_CHOICES = (1, 4, 8)   # views averaged at inference: none, the 4 quarter turns, the 8 turns and mirror images
+TTA_KEY = "galtools.tta"
+
+
+def _representation_module(backbone, tta: int = 1):
     import torch
 
     class Representation(torch.nn.Module):
-        """image -> pooled backbone output (the projection head is not part of the representation)."""
+        """image -> pooled backbone output (the projection head is not part of the representation).
 
-        def __init__(self, backbone):
+        With tta 4 or 8 the output is the mean over the cutout's quarter turns (and their mirror images) of the
+        pooled output: one pass over a batch of 4N or 8N views, in the graph itself, so gal-embed needs nothing
+        more.  Batch norm runs in eval mode, so a view's features do not depend on the other views."""
+
+        def __init__(self, backbone, tta: int):
             super().__init__()
-            self.backbone = backbone
+            self.backbone, self.tta = backbone, tta
 
         def forward(self, image):
-            return self.backbone.forward_features(image)
+            if self.tta == 1:
+                return self.backbone.forward_features(image)
+            views = [torch.rot90(image, k, dims=(2, 3)) for k in range(4)]
+            if self.tta == 8:
+                views += [torch.flip(v, dims=(3,)) for v in views]
+            features = self.backbone.forward_features(torch.cat(views))
+            return features.reshape(self.tta, image.shape[0], -1).mean(dim=0)
 
-    return Representation(backbone).eval()
+    return Representation(backbone, tta).eval()
 
 
 @contextlib.contextmanager
@@ -124,14 +138,20 @@ def check_parity(onnx_path: str, reference, inputs: list[np.ndarray]) -> float:
     return worst
 
 
-def export_encoder(backbone, path: str, metadata: dict[str, str], input_size: int, overwrite: bool = False) -> float:
-    """Write ``backbone``'s representation to ``path`` as ONNX with ``metadata``; returns the parity error."""
+def export_encoder(backbone, path: str, metadata: dict[str, str], input_size: int, overwrite: bool = False,
+                   tta: int = 1) -> float:
+    """Write ``backbone``'s representation to ``path`` as ONNX with ``metadata``; returns the parity error.
+    ``tta`` 4 or 8: the embedding is the mean over the quarter turns (and mirror images), recorded as galtools.tta."""
     import onnx
     import torch
 
     check_output_path(path, overwrite)
+    if tta not in TTA_CHOICES:
+        raise BadData(f"cannot average over {tta} views", f"choose one of {', '.join(map(str, TTA_CHOICES))}")
+    if tta != 1:
+        metadata = {**metadata, TTA_KEY: str(tta)}
     backbone = backbone.float().to("cpu", memory_format=torch.contiguous_format).eval()
-    reference = _representation_module(backbone)
+    reference = _representation_module(backbone, tta)
     example = torch.zeros(2, backbone.in_chans, input_size, input_size)  # trace with batch > 1
     with _quiet_exporter():
         program = torch.onnx.export(reference, (example,), None, input_names=["image"], output_names=["embedding"],
@@ -153,8 +173,8 @@ def read_metadata(path: str) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
-def export_checkpoint(checkpoint_path: str, out_path: str, overwrite: bool = False) -> dict:
-    """Re-export the query backbone of a gal-train checkpoint (``gal-train export``)."""
+def export_checkpoint(checkpoint_path: str, out_path: str, overwrite: bool = False, tta: int = 1) -> dict:
+    """Re-export the query backbone of a gal-train checkpoint (``gal-train export``); ``tta``: see export_encoder."""
     from galtools.models import build_encoder
     from galtools.train import checkpoint as ckpt
     from galtools.train.config import TrainConfig
@@ -167,8 +187,8 @@ def export_checkpoint(checkpoint_path: str, out_path: str, overwrite: bool = Fal
     backbone.load_state_dict(ckpt.backbone_state(state["model"]))
     metadata = encoder_metadata(bands, config.crop, state["preprocess"], backbone.num_features, config.arch,
                                 state["config"], state["augment"])
-    worst = export_encoder(backbone, out_path, metadata, config.crop, overwrite=overwrite)
-    return {"path": out_path, "step": int(state["step"]), "parity": worst, "metadata": metadata,
+    worst = export_encoder(backbone, out_path, metadata, config.crop, overwrite=overwrite, tta=tta)
+    return {"path": out_path, "step": int(state["step"]), "parity": worst, "metadata": metadata, "tta": tta,
             "embedding_dim": backbone.num_features}
 
 

@@ -20,7 +20,7 @@ from galtools.progress import NullProgress
 from galtools.errors import BadData, GalError, InputMissing, OutputError, Requeue, UsageProblem
 from galtools.train import checkpoint as ckpt
 from galtools.train import monitor, runtime
-from galtools.train.config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig
+from galtools.train.config import AUTO_QUEUE, DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig, auto_queue_size
 from galtools.train.data import BatchLoader, CutoutData, centre_crop
 
 ENCODER = "encoder.onnx"
@@ -200,6 +200,8 @@ class Trainer:
             raise BadData(f"the checkpoint was trained on {len(bands)} bands ({','.join(bands)}), the table has "
                           f"{self.data.image_shape[0]} ({','.join(self.data.bands)})",
                           "resume with cutouts of the same bands, or start a new run in another --out")
+        if self.config.queue_size == AUTO_QUEUE:
+            self.config.queue_size = saved.queue_size     # the size the run resolved when it started
         for name in MODEL_FIELDS:
             if getattr(saved, name) != getattr(self.config, name):
                 raise UsageProblem(f"the checkpoint has {name.replace('_', '-')}={getattr(saved, name)}, this "
@@ -241,6 +243,8 @@ class Trainer:
         if config.batch_size % world:
             raise UsageProblem(f"--batch-size {config.batch_size} does not split over {world} processes",
                                f"give a multiple of {world}")
+        if config.method == "moco" and config.queue_size == AUTO_QUEUE:
+            config.queue_size = auto_queue_size(available, config.batch_size)
         if config.method == "moco" and config.queue_size < config.batch_size:
             raise UsageProblem(f"--queue-size {config.queue_size} is smaller than the batch {config.batch_size}",
                                "the queue must hold at least one batch of keys")
@@ -264,7 +268,7 @@ class Trainer:
                       "the queue will hold earlier keys of the very objects it is matching, as negatives "
                       f"(give --queue-size {max(config.batch_size, available // 4)} or less)")
         lag_steps = 1.0 / max(1e-12, 1.0 - config.key_momentum)   # the key encoder averages about this many steps
-        if self.total_steps < 3 * lag_steps:
+        if 0 < self.total_steps < 3 * lag_steps:
             shorter = math.floor(1000 * (1 - 3 / self.total_steps)) / 1000
             advice = (f"give --key-momentum {shorter:g} or less" if shorter > 0 else
                       f"give --steps {3 * round(lag_steps)} or more, or --key-momentum 0 to copy the query encoder")
@@ -451,7 +455,7 @@ class Trainer:
             name = "--stop-after" if self.stop_signal == STOP_AFTER else signal.Signals(self.stop_signal).name
             raise Requeue(f"stopped by {name} after step {last_step}; checkpoint {os.path.join(config.out, ckpt.LAST)}",
                           "run the same command with --resume to continue (under Slurm: requeue the job)")
-        if last_step % config.checkpoint_every:
+        if last_step % config.checkpoint_every or last_step == 0:   # (--steps 0: the untrained state)
             self._checkpoint(last_step)
         runtime.barrier()
         if rt.is_main:
@@ -554,7 +558,7 @@ class Trainer:
             metadata["galtools.pixscale_arcsec"] = repr(float(self.pipe.pixscale))
         if self.data.metadata.get("galtools.flux_unit"):
             metadata["galtools.flux_unit"] = self.data.metadata["galtools.flux_unit"]
-        worst = export_encoder(backbone, path, metadata, config.crop, overwrite=True)
+        worst = export_encoder(backbone, path, metadata, config.crop, overwrite=True, tta=config.tta)
         self.info(f"wrote {path} ({backbone.num_features}-d embedding; ONNX Runtime matches torch to {worst:.1e})")
         return {"path": path, "parity": worst, "embedding_dim": backbone.num_features}
 

@@ -1,0 +1,441 @@
+"""Does the learned representation earn its keep?  One recipe of gal-train against the baselines a reader needs,
+on real galaxies (Galaxy Zoo 1 classes of SDSS gri composites) and on gal-sim mocks (photo-z label curve).
+
+    python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss                       # the `small` preset
+    python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss --name try-simclr \\
+        --train-flags "--preset small --method simclr" --parts gz1 --no-record          # rank a recipe quickly
+
+DATA/gz1-sdss holds labels.csv (objid, gz1_label, file) and images/.  The commands run as a user runs them
+(subprocesses): gal-pack, gal-sim, gal-train, gal-embed, gal-photoz curve.  numpy does what no tool does yet, the
+same way for every representation:
+
+- raw-pixel PCA-64: principal components of the packed cutouts' pixels (no labels), fitted on all of them;
+- random weights: the recipe's encoder exported by ``gal-train --steps 0`` (initial weights, same preprocessing);
+- the probe: multinomial logistic regression on standardised features, its L2 strength chosen by 3-fold
+  cross-validation inside the training folds from one fixed grid, scored by 5-fold cross-validation over a split
+  fixed by object_id (a hash), so every arm sees the same folds;
+- precision@10: the share of the 10 nearest neighbours (cosine, brute force, the galaxy itself left out) among the
+  labelled galaxies that have the query's class; per class and over all queries.
+
+Classes: elliptical, spiral (clockwise + anticlockwise), edge_on, merger; 'unknown' is left out.  The SSL run
+trains on every packed image (no labels), which is what self-supervision may use; the probe sees the labels of
+its training folds only.
+
+Photo-z (``--parts photoz``): gal-sim mocks, the same recipe trained on them (``--sim-train-flags``), then
+``gal-photoz curve --images --checkpoint``: the linear probe, fine-tuning and the same network from scratch (all
+stopped by validation patience), and the training median, at the same nested label counts; the probe is also run
+on PCA-64 and random-weight embeddings of the mocks.
+
+The training budget is a number of steps (``--steps``), the same for every recipe; its wall time is reported.
+Rows go to benchmarks/RESULTS.md (``--no-record`` to skip) and the whole result to WORK/NAME/result.json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+# The probe's small matrices are fastest on one BLAS thread (and do not fight the tools for the cores).
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+CLASSES = ("elliptical", "spiral", "edge_on", "merger")
+MERGE = {"spiral_clockwise": "spiral", "spiral_anticlockwise": "spiral"}
+FOLDS = 5
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)     # inverse L2 strength of the probe, chosen by inner cross-validation
+K = 10
+
+
+# -- running the tools --------------------------------------------------------------------------------------------
+def tool(name: str) -> str:
+    local = os.path.join(os.path.dirname(sys.executable), name)
+    return local if os.path.exists(local) else name
+
+
+def run(args: list[str], threads: int, capture: bool = False) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads))
+    print("$ " + " ".join(shlex.quote(a) for a in args), flush=True)
+    done = subprocess.run([tool(args[0]), *args[1:]], env=env, check=True, text=True,
+                          stdout=subprocess.PIPE if capture else None)
+    return done.stdout if capture else ""
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+def pack_gz1(gz1: str, work: str, threads: int) -> str:
+    path = os.path.join(work, "gz1.parquet")
+    if not os.path.exists(path):
+        run(["gal-pack", os.path.join(gz1, "labels.csv"), "--crop", "212", "--resize", "64", "--bands", "i,r,g",
+             "--pixscale", "1.31", "-q", "-o", path], threads)
+    return path
+
+
+def gz1_labels(gz1: str) -> dict[int, str]:
+    labels = {}
+    with open(os.path.join(gz1, "labels.csv"), newline="") as handle:
+        for row in csv.DictReader(handle):
+            name = MERGE.get(row["gz1_label"], row["gz1_label"])
+            if name in CLASSES:
+                labels[int(row["objid"])] = name
+    return labels
+
+
+def fold_of(object_ids: np.ndarray) -> np.ndarray:
+    """A fixed fold per object: sha256 of its id, so the split never depends on row order or on the arm."""
+    return np.array([int(hashlib.sha256(str(int(i)).encode()).hexdigest(), 16) % FOLDS for i in object_ids])
+
+
+def read_images(path: str) -> tuple[np.ndarray, np.ndarray]:
+    from galtools.io import open_table
+    from galtools.io.tensor import images_of
+
+    with open_table(path) as table:
+        data = table.read_all()
+    return np.asarray(data.column("object_id").to_pylist()), images_of(data)
+
+
+def read_embeddings(path: str, extra: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    import pyarrow.parquet as pq
+
+    data = pq.read_table(path)
+    x = np.asarray(data.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                   dtype=np.float64).reshape(data.num_rows, -1)
+    values = np.asarray(data.column(extra).to_pylist(), dtype=np.float64) if extra else None
+    return np.asarray(data.column("object_id").to_pylist()), x, values
+
+
+def pca(pixels: np.ndarray, components: int) -> np.ndarray:
+    """Scores on the leading principal components of the flattened pixels (centred; no labels)."""
+    flat = pixels.reshape(len(pixels), -1).astype(np.float64)
+    flat -= flat.mean(axis=0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    return flat @ vt[:components].T
+
+
+def write_embeddings(path: str, ids, x: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from galtools.io import vector_column
+
+    table = pa.table({"object_id": pa.array(ids), **{k: pa.array(v) for k, v in columns.items()},
+                      "embedding": vector_column(x.astype(np.float32))})
+    pq.write_table(table, path)
+
+
+# -- the probe and precision@k, identical for every representation -----------------------------------------------
+def softmax_regression(x: np.ndarray, y: np.ndarray, classes: int, c: float, iterations: int = 100) -> np.ndarray:
+    """Multinomial logistic regression: mean cross-entropy + |W|^2 / (2 c n), minimised by Newton's method with
+    backtracking (convex: the same optimum whatever the start).  x already standardised; returns W (D+1, classes),
+    the last row the biases (penalised 1e-6 times as much, so that the optimum is unique)."""
+    n, d = x.shape
+    xb = np.hstack([x, np.ones((n, 1))])
+    onehot = np.eye(classes)[y]
+    reg = np.full(d + 1, 1.0 / (c * n))
+    reg[-1] *= 1e-6
+
+    def loss_of(w):
+        logits = xb @ w
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return -(onehot * log_p).sum() / n + 0.5 * (reg[:, None] * w * w).sum(), np.exp(log_p)
+
+    w = np.zeros((d + 1, classes))
+    loss, p = loss_of(w)
+    for _ in range(iterations):
+        grad = xb.T @ (p - onehot) / n + reg[:, None] * w
+        # Hessian of the mean cross-entropy, ordered like w.reshape(-1): (feature a, class k) x (feature b, class l)
+        blocks = np.einsum("ik,il->ikl", p, -p)
+        blocks[:, np.arange(classes), np.arange(classes)] += p
+        hessian = np.empty((d + 1, classes, d + 1, classes))
+        for k in range(classes):
+            for m in range(k, classes):
+                hessian[:, k, :, m] = hessian[:, m, :, k] = xb.T @ (xb * blocks[:, k, m, None]) / n
+        hessian = hessian.reshape((d + 1) * classes, -1)
+        hessian += np.diag(np.repeat(reg, classes))
+        step = np.linalg.solve(hessian, grad.reshape(-1)).reshape(d + 1, classes)
+        size = 1.0
+        while True:
+            new_loss, new_p = loss_of(w - size * step)
+            if new_loss <= loss or size < 1e-4:
+                break
+            size /= 2
+        w, converged = w - size * step, loss - new_loss < 1e-10
+        loss, p = new_loss, new_p
+        if converged:
+            break
+    return w
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray):
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std[std == 0] = 1.0
+    return [(a - mean) / std for a in (train, *others)]
+
+
+def _predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return (np.hstack([x, np.ones((len(x), 1))]) @ w).argmax(axis=1)
+
+
+def _choose_c(x: np.ndarray, y: np.ndarray, classes: int, folds: np.ndarray) -> float:
+    inner = folds % 3
+    scores = []
+    for c in C_GRID:
+        correct = 0
+        for f in range(3):
+            xt, xv = _standardise(x[inner != f], x[inner == f])
+            correct += int((_predict(softmax_regression(xt, y[inner != f], classes, c), xv) == y[inner == f]).sum())
+        scores.append(correct)
+    return C_GRID[int(np.argmax(scores))]
+
+
+def probe(x: np.ndarray, y: np.ndarray, folds: np.ndarray, classes: int) -> dict:
+    """5-fold cross-validated accuracy and balanced accuracy of the probe (and of the majority class)."""
+    x = x.astype(np.float64)
+    predicted = np.empty_like(y)
+    majority = np.empty_like(y)
+    chosen = []
+    inner_folds = np.arange(len(y))   # a fixed inner split: position within the training folds
+    for f in range(FOLDS):
+        train, test = folds != f, folds == f
+        c = _choose_c(x[train], y[train], classes, inner_folds[train])
+        chosen.append(c)
+        xt, xv = _standardise(x[train], x[test])
+        predicted[test] = _predict(softmax_regression(xt, y[train], classes, c), xv)
+        majority[test] = np.bincount(y[train], minlength=classes).argmax()
+    return {"accuracy": float((predicted == y).mean()), "balanced_accuracy": balanced(predicted, y, classes),
+            "majority_accuracy": float((majority == y).mean()),
+            "majority_balanced_accuracy": balanced(majority, y, classes), "c": chosen}
+
+
+def balanced(predicted: np.ndarray, y: np.ndarray, classes: int) -> float:
+    return float(np.mean([(predicted[y == k] == k).mean() for k in range(classes) if (y == k).any()]))
+
+
+def precision_at_k(x: np.ndarray, y: np.ndarray, classes: int, k: int = K) -> dict:
+    """Share of the k nearest neighbours (cosine; self left out) with the query's class: overall and per class."""
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    hits = (y[neighbours] == y[:, None]).mean(axis=1)
+    return {"overall": float(hits.mean()),
+            "per_class": {CLASSES[c]: float(hits[y == c].mean()) for c in range(classes) if (y == c).any()}}
+
+
+def chance_precision(y: np.ndarray, classes: int) -> float:
+    """precision@k of neighbours drawn at random: sum over classes of (share x share among the others)."""
+    counts = np.bincount(y, minlength=classes).astype(float)
+    n = counts.sum()
+    return float((counts * (counts - 1) / (n - 1)).sum() / n)
+
+
+# -- the arms -----------------------------------------------------------------------------------------------------
+def train_and_embed(table: str, out: str, flags: list[str], steps: int, threads: int, force: bool) -> tuple[str, float]:
+    emb = os.path.join(out, "emb.parquet")
+    timing = os.path.join(out, "bench-train-seconds.txt")
+    if force or not os.path.exists(os.path.join(out, "encoder.onnx")):
+        started = time.perf_counter()
+        run(["gal-train", table, "--out", out, *flags, "--steps", str(steps), "--device", "cpu",
+             "--checkpoint-every", "100000", "-q", "--overwrite"], threads)
+        with open(timing, "w") as handle:
+            handle.write(f"{time.perf_counter() - started:.1f}\n")
+    with open(timing) as handle:        # a run trained by an earlier call: its own time
+        seconds = float(handle.read())
+    if force or not os.path.exists(emb):
+        run(["gal-embed", table, "--model", os.path.join(out, "encoder.onnx"), "-q", "-o", emb, "--overwrite"],
+            threads)
+    return emb, seconds
+
+
+def export_tta(table: str, run_folder: str, tta: int, threads: int, force: bool) -> str:
+    onnx_path = os.path.join(run_folder, f"encoder-tta{tta}.onnx")
+    emb = os.path.join(run_folder, f"emb-tta{tta}.parquet")
+    if force or not os.path.exists(onnx_path):
+        run(["gal-train", "export", os.path.join(run_folder, "last.pt"), "-o", onnx_path, "--tta", str(tta),
+             "--overwrite"], threads)
+    if force or not os.path.exists(emb):
+        run(["gal-embed", table, "--model", onnx_path, "-q", "-o", emb, "--overwrite"], threads)
+    return emb
+
+
+def gz1_part(args, work: str, run_dir: str) -> dict:
+    table = pack_gz1(args.gz1, work, args.threads)
+    labels = gz1_labels(args.gz1)
+    ids, pixels = read_images(table)
+    keep = np.array([int(i) in labels for i in ids])
+    y_all = np.array([CLASSES.index(labels[int(i)]) if int(i) in labels else -1 for i in ids])
+    folds_all = fold_of(ids)
+    representations = {"pca64": pca(pixels, 64)}
+    flags = shlex.split(args.train_flags)
+    learned, seconds = train_and_embed(table, os.path.join(run_dir, "gz1"), flags, args.steps, args.threads,
+                                       args.force)
+    random_emb, _ = train_and_embed(table, os.path.join(run_dir, "gz1-random"), flags, 0, args.threads, args.force)
+    arms = [("learned", learned), ("random", random_emb)]
+    if args.tta > 1:     # the same checkpoints exported with test-time averaging, embedded again
+        for name, folder in (("learned", "gz1"), ("random", "gz1-random")):
+            arms.append((f"{name}-tta{args.tta}", export_tta(table, os.path.join(run_dir, folder), args.tta,
+                                                              args.threads, args.force)))
+    for name, path in arms:
+        emb_ids, x, _ = read_embeddings(path)
+        order = {int(v): i for i, v in enumerate(emb_ids)}
+        representations[name] = x[[order[int(i)] for i in ids]]
+    y, folds = y_all[keep], folds_all[keep]
+    result = {"train_seconds": seconds, "objects": int(keep.sum()), "class_counts":
+              {CLASSES[c]: int((y == c).sum()) for c in range(len(CLASSES))},
+              "precision_chance": chance_precision(y, len(CLASSES))}
+    for name, x in representations.items():
+        x = x[keep]
+        result[name] = {"probe": probe(x, y, folds, len(CLASSES)), "precision": precision_at_k(x, y, len(CLASSES)),
+                        "dim": int(x.shape[1]),
+                        # a diagnostic: cosine after removing the mean embedding (PCA scores are centred already)
+                        "precision_centred": precision_at_k(x - x.mean(axis=0), y, len(CLASSES))["overall"]}
+        print(f"gz1 {name}: probe {result[name]['probe']['accuracy']:.3f} "
+              f"(balanced {result[name]['probe']['balanced_accuracy']:.3f}), "
+              f"precision@{K} {result[name]['precision']['overall']:.3f} "
+              f"(centred {result[name]['precision_centred']:.3f})", flush=True)
+    return result
+
+
+def photoz_part(args, work: str, run_dir: str) -> dict:
+    sim = os.path.join(work, f"sim-{args.sim}.parquet")
+    if not os.path.exists(sim):
+        run(["gal-sim", "-n", str(args.sim), "--seed", "11", "-j", str(args.threads), "-q", "-o", sim], args.threads)
+    flags = shlex.split(args.sim_train_flags if args.sim_train_flags is not None else args.train_flags)
+    learned, seconds = train_and_embed(sim, os.path.join(run_dir, "sim"), flags, args.steps, args.threads, args.force)
+    random_emb, _ = train_and_embed(sim, os.path.join(run_dir, "sim-random"), flags, 0, args.threads, args.force)
+    ids, pixels = read_images(sim)
+    emb_ids, _, z = read_embeddings(learned, "z_true")
+    order = {int(v): i for i, v in enumerate(emb_ids)}
+    pca_path = os.path.join(run_dir, "sim-pca64.parquet")
+    write_embeddings(pca_path, ids, pca(pixels, 64), {"z_true": z[[order[int(i)] for i in ids]]})
+    curve = ["gal-photoz", "curve", "--z-column", "z_true", "--label-smoothing", "2", "--fractions", args.fractions,
+             *shlex.split(args.curve_flags), "--json", "-q"]
+    result = {"train_seconds": seconds}
+    full = json.loads(run([curve[0], curve[1], learned, *curve[2:], "--images", sim, "--checkpoint",
+                           os.path.join(run_dir, "sim", "last.pt"), "--device", "cpu"], args.threads, capture=True))
+    result["learned"] = full["rows"]
+    for name, path in (("random", random_emb), ("pca64", pca_path)):
+        result[name] = json.loads(run([curve[0], curve[1], path, *curve[2:]], args.threads, capture=True))["rows"]
+    return result
+
+
+# -- reporting ----------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def curve_points(rows: list[dict], arm_names: tuple[str, ...]) -> dict[int, float]:
+    """sigma_MAD by label count for the rows of one arm (the curve's JSON names arms in 'method' or 'arm')."""
+    points = {}
+    for row in rows:
+        arm = str(row.get("method", row.get("arm", "")))
+        if arm in arm_names and row.get("sigma_mad") is not None:
+            points[int(row["n_labels"])] = float(row["sigma_mad"])
+    return points
+
+
+def summary_rows(name: str, flags: str, steps: int, result: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    g = result.get("gz1")
+    if g:
+        def arm(a):
+            return (f"probe acc {g[a]['probe']['accuracy']:.3f}, balanced {g[a]['probe']['balanced_accuracy']:.3f}, "
+                    f"p@{K} {g[a]['precision']['overall']:.3f} ("
+                    + ", ".join(f"{c} {v:.2f}" for c, v in g[a]["precision"]["per_class"].items()) + ")")
+        extra = "".join(f"; {a}: {arm(a)}" for a in g if a.startswith("learned-"))
+        extra_random = "".join(f"; {a}: {arm(a)}" for a in g if a.startswith("random-"))
+        rows.append((f"representation on gz1 SDSS gri ({g['objects']} galaxies, 4 classes, 5-fold probe; recipe "
+                     f"'{name}': {flags}, {steps} steps, trained in {g['train_seconds']:.0f} s)",
+                     "learned: " + arm("learned") + extra,
+                     f"PCA-64: {arm('pca64')}; random weights: {arm('random')}{extra_random}; majority acc "
+                     f"{g['learned']['probe']['majority_accuracy']:.3f}, balanced "
+                     f"{g['learned']['probe']['majority_balanced_accuracy']:.3f}; chance p@{K} "
+                     f"{g['precision_chance']:.3f}"))
+    p = result.get("photoz")
+    if p:
+        def fmt(points):
+            return ", ".join(f"{n}: {s:.4f}" for n, s in sorted(points.items())) or "-"
+        learned = p["learned"]
+        rows.append((f"photo-z label curve on gal-sim ({result['sim']} mocks; recipe '{name}', {steps} steps, "
+                     f"trained in {p['train_seconds']:.0f} s), sigma_MAD by labels",
+                     f"probe {fmt(curve_points(learned, ('linear', 'probe')))}; fine-tune "
+                     f"{fmt(curve_points(learned, ('finetune', 'fine_tune', 'fine-tune')))}",
+                     f"scratch {fmt(curve_points(learned, ('scratch',)))}; PCA-64 probe "
+                     f"{fmt(curve_points(p['pca64'], ('linear', 'probe')))}; random-weights probe "
+                     f"{fmt(curve_points(p['random'], ('linear', 'probe')))}; median "
+                     f"{fmt(curve_points(learned, ('median',)))}"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gz1", required=True, help="folder with the Galaxy Zoo 1 sample: labels.csv and images/")
+    parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", ".work-representation"),
+                        help="folder for tables and runs (kept between calls: packed data is reused)")
+    parser.add_argument("--name", default="small", help="name of the recipe (a sub-folder of --work)")
+    parser.add_argument("--train-flags", default="--preset small", help="gal-train flags of the recipe")
+    parser.add_argument("--sim-train-flags", default=None, help="gal-train flags on the mocks (default: the same)")
+    parser.add_argument("--steps", type=int, default=300, help="training budget in steps, the same for every recipe")
+    parser.add_argument("--parts", default="gz1,photoz", help="gz1, photoz or both")
+    parser.add_argument("--sim", type=int, default=3000, help="gal-sim mocks for the photo-z part")
+    parser.add_argument("--fractions", default="0.1,0.3,0.9", help="label fractions of the photo-z curve (of the "
+                        "training pool, 80%% of the mocks: 240, 720, 2,160 labels of 3,000)")
+    parser.add_argument("--curve-flags", default="", help="more gal-photoz curve options (every arm gets them; the "
+                        "default stops each by validation patience)")
+    parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8), help="also score the learned and random "
+                        "encoders exported with gal-train export --tta N")
+    parser.add_argument("--threads", type=int, default=2, help="threads per tool (OMP_NUM_THREADS)")
+    parser.add_argument("--force", action="store_true", help="train again even if the run folder holds a run")
+    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+
+    import torch  # noqa: F401  (only to fail early without the training extras)
+
+    work = os.path.abspath(args.work)
+    run_dir = os.path.join(work, args.name)
+    os.makedirs(run_dir, exist_ok=True)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    result = {"name": args.name, "train_flags": args.train_flags, "steps": args.steps, "sim": args.sim,
+              "cpu": cpu_model(), "threads": args.threads}
+    if "gz1" in parts:
+        result["gz1"] = gz1_part(args, work, run_dir)
+    if "photoz" in parts:
+        result["photoz"] = photoz_part(args, work, run_dir)
+    result["load_average"] = [load, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")]
+    with open(os.path.join(run_dir, "result.json"), "w") as handle:
+        json.dump(result, handle, indent=1)
+    from _record import record
+
+    for benchmark, measured, baseline in summary_rows(args.name, args.train_flags, args.steps, result):
+        benchmark += f"; {cpu_model()}, {args.threads} threads, load avg {load:.1f}->{result['load_average'][1]:.1f}"
+        if args.no_record:
+            print(f"{benchmark}: {measured}; baselines {baseline}")
+        else:
+            record(benchmark, measured, baseline, "-")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""gal-train --preset small|paper (explicit options override the preset; the run records the resolved settings),
+--queue-size 0 (a quarter of the cutouts) and --steps 0 (the untrained encoder, a random-weights baseline)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_train_cli import cutouts, gal_train  # noqa: E402,F401  (the module's 160-galaxy table fixture)
+
+from galtools.io import images_of, open_table  # noqa: E402
+from galtools.train.config import PRESETS, TrainConfig, resolve_preset  # noqa: E402
+
+SMALL_TABLE = ["--arch", "tiny", "--width", "0.5", "--crop", "16", "--batch-size", "16", "--device", "cpu",
+               "--loader-threads", "1"]
+
+
+def onnx_config(path) -> dict:
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return json.loads(meta["galtools.train_config"])
+
+
+def test_small_preset_fills_what_is_not_given_and_the_run_records_it(cutouts, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    result = gal_train(cutouts, "--out", run, "--preset", "small", *SMALL_TABLE, "--steps", "4", "--lr", "0.1")
+    assert result.returncode == 0, result.stderr.decode()
+    config = onnx_config(run / "encoder.onnx")
+    small = PRESETS["small"]
+    # given on the command line: kept
+    assert (config["arch"], config["width"], config["crop"], config["batch_size"], config["steps"], config["lr"]) \
+        == ("tiny", 0.5, 16, 16, 4, 0.1)
+    # not given: the preset's
+    assert config["preset"] == "small"
+    assert config["key_momentum"] == small["key_momentum"] == 0.99
+    assert config["ops"] == small["ops"] and config["method"] == "moco" and config["epochs"] is None
+    assert config["tta"] == small["tta"] == 8                     # the exported graph averages 8 views
+    import onnx
+
+    assert {p.key: p.value for p in onnx.load(str(run / "encoder.onnx")).metadata_props}["galtools.tta"] == "8"
+    # the preset's queue (0: a quarter of the 160 cutouts in whole batches of 16) is recorded resolved
+    assert small["queue_size"] == 0 and config["queue_size"] == 32
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert json.loads(state["config"])["queue_size"] == 32 and state["model"]["queue"].shape == (32, 128)
+
+
+def test_resolve_preset_paper_and_run_length():
+    defaults = {f: getattr(TrainConfig(), f) for f in ("arch", "width", "method", "dim", "queue_size", "key_momentum",
+                                                        "temperature", "batch_size", "lr", "momentum",
+                                                        "weight_decay", "epochs", "steps", "crop", "ops")}
+    paper = resolve_preset("paper", {**defaults, "steps": 500, "arch": "tiny"}, {"steps"})
+    assert (paper["arch"], paper["queue_size"], paper["key_momentum"], paper["temperature"], paper["batch_size"],
+            paper["lr"], paper["crop"]) == ("resnet50-hayat", 65536, 0.999, 0.2, 256, 0.03, 64)
+    assert paper["steps"] == 500 and paper["epochs"] is None       # --steps given: the preset's epochs go
+    assert paper["preset"] == "paper"
+    small = resolve_preset("small", {**defaults, "epochs": 3.0}, {"epochs"})
+    assert small["epochs"] == 3.0 and small["steps"] is None         # --epochs given: the preset's steps go
+    plain = resolve_preset(None, defaults, set())
+    assert plain == defaults and TrainConfig(inputs=["t.fits"], **plain).validate().queue_size == 65536
+
+
+def test_unknown_preset_is_a_usage_error(cutouts, tmp_path):  # noqa: F811
+    result = gal_train(cutouts, "--out", tmp_path / "run", "--preset", "huge", *SMALL_TABLE)
+    assert result.returncode == 2 and "huge" in result.stderr.decode()
+
+
+def test_steps_0_exports_the_untrained_encoder(cutouts, tmp_path):  # noqa: F811
+    import onnxruntime as ort
+
+    from galtools.models import build_encoder
+    from galtools.preprocess import Preprocess
+    from galtools.train.data import centre_crop
+
+    run = tmp_path / "run"
+    result = gal_train(cutouts, "--out", run, *SMALL_TABLE, "--queue-size", "32", "--ops", "rotate", "--steps", "0",
+                       "--seed", "5")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (run / "last.pt").exists() and torch.load(run / "last.pt", weights_only=True)["step"] == 0
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(run / "encoder.onnx")).metadata_props}
+    # the reference: the same encoder built from the same seed, never trained (eval mode)
+    torch.manual_seed(5)
+    backbone = build_encoder("tiny", 5, width=0.5).eval()
+    images = Preprocess.from_json(meta["galtools.preprocess"]).apply_numpy(
+        centre_crop(images_of(open_table(str(cutouts)).read_all()), 16))[:20]
+    got = ort.InferenceSession(str(run / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["embedding"], {"image": images})[0]
+    with torch.no_grad():
+        expected = backbone(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images(cutouts, tmp_path):  # noqa: F811
+    import onnx
+    import onnxruntime as ort
+
+    from galtools.models import build_encoder
+    from galtools.preprocess import Preprocess
+    from galtools.train.checkpoint import backbone_state
+    from galtools.train.data import centre_crop
+
+    run = tmp_path / "run"
+    result = gal_train(cutouts, "--out", run, *SMALL_TABLE, "--queue-size", "32", "--ops", "rotate", "--steps", "2",
+                       "--no-export")
+    assert result.returncode == 0, result.stderr.decode()
+    result = gal_train("export", run / "last.pt", "-o", tmp_path / "tta.onnx", "--tta", "8")
+    assert result.returncode == 0, result.stderr.decode()
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "tta.onnx")).metadata_props}
+    assert meta["galtools.tta"] == "8" and meta["galtools.input_size"] == "16"
+    images = Preprocess.from_json(meta["galtools.preprocess"]).apply_numpy(
+        centre_crop(images_of(open_table(str(cutouts)).read_all()), 16))[:12]
+    session = ort.InferenceSession(str(tmp_path / "tta.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["embedding"], {"image": images})[0]
+    # the reference: numpy's turns and mirror images through the torch backbone, averaged
+    backbone = build_encoder("tiny", 5, width=0.5).eval()
+    backbone.load_state_dict(backbone_state(torch.load(run / "last.pt", weights_only=True)["model"]))
+    views = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
+    views += [v[..., ::-1] for v in views]
+    with torch.no_grad():
+        expected = np.mean([backbone(torch.from_numpy(np.ascontiguousarray(v))).numpy() for v in views], axis=0)
+        plain = backbone(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(plain - expected).max() > 1e-3          # the averaging is not a no-op on these images
+    # invariant: a mirrored, turned cutout has the same embedding
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3))[..., ::-1])
+    np.testing.assert_allclose(session.run(["embedding"], {"image": turned})[0], got, rtol=1e-4, atol=1e-4)
