@@ -95,6 +95,7 @@ def fit(emb, z_options, training, stream, finetune, from_scratch, network, outpu
     from galtools.errors import UsageProblem
     from galtools.heads import check_head_output
     from galtools.heads.train import describe_run
+    from galtools.io import display_name
     from galtools.photoz.finetune import fit_settings, network_settings
 
     on_images = finetune or from_scratch
@@ -113,7 +114,7 @@ def fit(emb, z_options, training, stream, finetune, from_scratch, network, outpu
 
         model = fit_table(emb, z_options["z_column"], settings)
     log.info(f"{model.kind}: {model.info['n_train']} training rows, {describe_run(model.info['training'])}")
-    model.info["source"] = "stdin" if emb == "-" else emb
+    model.info["source"] = display_name(emb)
     model.save(output, overwrite=overwrite)
 
 
@@ -158,11 +159,11 @@ def predict(emb, model_path, no_pdf, drop_embedding, truth, encoder, device, str
     from galtools.photoz.model import KINDS, TOOL, PhotozModel
     from galtools.photoz.predict import predict_table
 
-    head, output, selected = score_prologue(model_path, TOOL, KINDS, output, shard, overwrite)
+    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard)
     with progress_bar(None, "predicting") as bar:
-        rows = predict_table(emb, PhotozModel.from_head(head), head, output, fmt=fmt, overwrite=overwrite,
-                             with_pdf=not no_pdf, keep_embedding=not drop_embedding, truth=truth, shard=selected,
-                             encoder=encoder, device=device, progress=bar.advance, strict=strict)
+        rows = predict_table(emb, PhotozModel.from_head(head), head, writing.path, fmt=fmt, overwrite=overwrite,
+                             with_pdf=not no_pdf, keep_embedding=not drop_embedding, truth=truth,
+                             shard=writing.shard, encoder=encoder, device=device, progress=bar.advance, strict=strict)
     log.debug(f"{rows} predictions written")
 
 
@@ -220,7 +221,7 @@ def curve(emb, z_options, training, network, curve):
     from galtools.photoz.fit import read_labelled_table
 
     settings = fit_settings(training, z_options)
-    fractions = curve_prologue(curve)
+    fractions, writing = curve_prologue(curve)
     images, checkpoint = network["images"], network["checkpoint"]
     if bool(images) != bool(checkpoint):
         raise UsageProblem("the fine-tuning curve needs both --images and --checkpoint", "give both, or neither")
@@ -239,8 +240,8 @@ def curve(emb, z_options, training, network, curve):
         data = LabelledCutouts(cutouts_for(images, ids, source.bands), z, ids)
         arms += baseline_arms(data, source, x.shape[1], settings) + network_arms(data, source, on_images)
     rows = photoz_curve(z, split, arms)
-    emit_curve(rows, curve, format_photoz_curve(rows), {"z_column": z_options["z_column"], "seed": settings.seed},
-               "gal-photoz", settings.seed, plot_photoz_curve)
+    emit_curve(rows, curve, writing, format_photoz_curve(rows), {"z_column": z_options["z_column"],
+               "seed": settings.seed}, settings.seed, plot_photoz_curve)
 
 
 main = cli

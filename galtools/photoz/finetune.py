@@ -22,9 +22,9 @@ import numpy as np
 from galtools.errors import UsageProblem
 from galtools.heads.network import (DEFAULT_AUGMENT, NETWORK_DEFAULTS, PROBE_DEFAULTS, EncoderSource,
                                     LabelledCutouts, NetworkSettings, cutouts_for, train_network)
-from galtools.heads.source import require_columns, source_name
+from galtools.heads.source import require_columns
 from galtools.heads.train import export_head
-from galtools.io import open_table
+from galtools.io import display_name, open_table
 from galtools.photoz.fit import FitSettings, bin_labels, check_label_count, labels_of
 from galtools.photoz.model import PhotozModel
 
@@ -60,7 +60,7 @@ def read_labelled_cutouts(labels: str, images: str, z_column: str, bands: list[s
 
 def labelled_ids(source: str, z_column: str, n_bins: int) -> tuple[list, np.ndarray]:
     """object_ids and redshifts of the rows of ``source`` (embeddings or cutouts) with a finite ``z_column``."""
-    name = source_name(source)
+    name = display_name(source)
     with open_table(source) as table:
         require_columns(table.schema, ["object_id"], name, "give a table from gal-sim, gal-pack or gal-embed")
         require_columns(table.schema, [z_column], name, "name the spectroscopic redshift column with --z-column")
