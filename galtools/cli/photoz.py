@@ -8,8 +8,8 @@ import click
 
 from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar,
                                  shard_option, subcommand)
-from galtools.cli.heads_options import (curve_options, curve_prologue, draw, emit_curve, model_option, model_output,
-                                        network_options, option_group, report_options, score_prologue,
+from galtools.cli.heads_options import (check_outputs, curve_options, curve_prologue, draw, emit_curve, model_option,
+                                        model_output, network_options, option_group, report_options, score_prologue,
                                         training_options)
 
 EXAMPLE = """gal-photoz fit emb.parquet --z-column z_spec -o photoz.model
@@ -188,7 +188,6 @@ def evaluate(pred, truth, pred_column, mag_column, mag_bins, z_bins, as_json, pl
     eta        percentage of objects with |dz| > 0.05
     Rows without a prediction or a truth are skipped (and counted).
     """
-    from galtools.cli.heads_options import check_outputs
     from galtools.photoz.evaluate import evaluate_table, format_report, plot_report
 
     check_outputs(overwrite, plot)
