@@ -25,7 +25,7 @@ BANDS = ["u", "g", "r", "i", "z"]
 PIXSCALE = 0.396
 CHAINS = {
     "default": "rotate,jitter,psf,redden,noise",                            # gal-augment's and gal-train's default
-    "issue": "rotate,jitter:max_shift=7,noise,redden:ebv_max=0.5,psf",      # the order written in the issue
+    "strong": "rotate,jitter:max_shift=7,noise,redden:ebv_max=0.5,psf",     # wider shifts and reddening, PSF last
 }
 
 

@@ -103,7 +103,8 @@ def pictures() -> str:
 
 def gz1(results: str) -> str:
     if not os.path.exists(os.path.join(results, "gz1-flip.json")):
-        return "## 5. Real SDSS images\n\nSkipped: ../shared/data/gz1-sdss was not available.\n"
+        return ("## 5. Real SDSS images\n\nSkipped: no Galaxy Zoo 1 folder was given (`make -C examples GZ1=DIR`, "
+                "DIR holding labels.csv and images/).\n")
     rows, curves = [], []
     for variant in ("noflip", "flip"):
         morph = load(os.path.join(results, f"gz1-{variant}-morph.json"))

@@ -16,7 +16,7 @@ from galtools.classify.labels import (HARD, SOFT, LabelSpec, check_label_columns
 from galtools.classify.metrics import calibration, classification_metrics, log_loss
 from galtools.classify.predict import PREDICTED_CLASS, classification_of, probability_column
 from galtools.errors import BadData, UsageProblem
-from galtools.io import open_table
+from galtools.io import display_name, open_table
 
 
 @dataclass
@@ -44,7 +44,7 @@ def truth_spec(recorded: LabelSpec, label: str | None, soft_labels: str | None) 
 
 
 def read_predictions(source: str, label: str | None = None, soft_labels: str | None = None) -> Predictions:
-    name = "stdin" if source == "-" else source
+    name = display_name(source)
     with open_table(source) as table:
         recorded = classification_of(table.metadata)
         if recorded is None:

@@ -89,11 +89,12 @@ def fit(emb, label_options, training, output, overwrite):
     from galtools.classify.fit import fit_table
     from galtools.heads import check_head_output
     from galtools.heads.train import describe_run
+    from galtools.io import display_name
 
     spec, settings = _spec_and_settings(label_options, training)
     check_head_output(output, overwrite)
     model = fit_table(emb, spec, settings)
-    model.info["source"] = "stdin" if emb == "-" else emb
+    model.info["source"] = display_name(emb)
     model.save(output, overwrite=overwrite)
     log.info(f"wrote {output}: {model.kind}, {len(model.classes)} classes, {model.info['n_train']} training rows, "
              f"{describe_run(model.info['training'])}")
@@ -116,10 +117,10 @@ def predict(emb, model_path, keep_embedding, shard, output, fmt, overwrite):
     from galtools.classify.model import KINDS, TOOL, ClassifierModel
     from galtools.classify.predict import predict_table
 
-    head, output, selected = score_prologue(model_path, TOOL, KINDS, output, shard, overwrite)
+    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard)
     with progress_bar(None, "classifying") as bar:
-        rows = predict_table(emb, ClassifierModel.from_head(head), head, output, fmt=fmt, overwrite=overwrite,
-                             keep_embedding=keep_embedding, shard=selected, progress=bar.advance)
+        rows = predict_table(emb, ClassifierModel.from_head(head), head, writing.path, fmt=fmt, overwrite=overwrite,
+                             keep_embedding=keep_embedding, shard=writing.shard, progress=bar.advance)
     log.debug(f"{rows} predictions written")
 
 
@@ -176,7 +177,7 @@ def curve(emb, label_options, training, network, curve):
     from galtools.classify.fit import read_labelled
 
     spec, settings = _spec_and_settings(label_options, training)
-    fractions = curve_prologue(curve)
+    fractions, writing = curve_prologue(curve)
     images = _network_inputs(emb, network, training) if network["images"] or network["checkpoint"] else None
     rows = read_labelled(emb, spec, with_ids=images is not None)
     if images is not None:
@@ -185,8 +186,8 @@ def curve(emb, label_options, training, network, curve):
         source = load_checkpoint(network["checkpoint"])
         images = (cutouts_for(network["images"], rows.ids, source.bands), source, images)
     points = label_curve(rows, fractions, settings, curve["test_fraction"], images)
-    emit_curve(points, curve, format_classify_curve(points), {"classes": list(rows.labels.classes),
-               "seed": settings.seed}, "gal-classify", settings.seed, plot_classify_curve)
+    emit_curve(points, curve, writing, format_classify_curve(points), {"classes": list(rows.labels.classes),
+               "seed": settings.seed}, settings.seed, plot_classify_curve)
 
 
 def _network_inputs(emb, network, training):

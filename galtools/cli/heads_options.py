@@ -3,7 +3,7 @@
 Kept light on imports (click only), like cli/common: ``--help`` never imports torch, pyarrow or numpy.
 
     @training_options(batch_size=512, lr=1e-2)     # --hidden ... --seed, passed on as ``training`` (a dict)
-    @model_output                                  # -o MODEL (required), --overwrite
+    @model_output                                  # -o MODEL (required), --overwrite (cli.common's)
     @model_option("gal-photoz")                    # --model MODEL
     @curve_options("Draw sigma_MAD ...")           # --fractions ... --overwrite
 """
@@ -14,11 +14,10 @@ import json
 
 import click
 
-from galtools.cli.common import seed_option
+from galtools.cli.common import format_option, model_output_options, prepare_output, seed_option
 
 TRAINING = ("hidden", "val_fraction", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "seed")
 CURVE = ("fractions", "test_fraction", "as_json", "plot", "output", "fmt", "overwrite")
-FORMATS = ["fits", "parquet", "arrow", "arrow-stream", "csv", "tsv"]
 
 
 def _apply(func, options):
@@ -104,12 +103,7 @@ def report_options(plot_help: str):
     return decorator
 
 
-def model_output(func):
-    """-o MODEL (required) and --overwrite, for 'fit'."""
-    return _apply(func, [
-        click.option("-o", "--output", required=True, metavar="MODEL", help="Model file to write (.model, an npz)."),
-        click.option("--overwrite", is_flag=True, help="Replace MODEL if it exists."),
-    ])
+model_output = model_output_options(help="Model file to write (.model, an npz).")   # -o MODEL, for 'fit'
 
 
 def model_option(tool: str):
@@ -129,8 +123,7 @@ def curve_options(plot_help: str):
             click.option("--plot", metavar="PNG", help=plot_help),
             click.option("-o", "--output", default=None, metavar="TABLE",
                          help="Also write the curve as a table (.parquet ...)."),
-            click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-                         help="Format of -o (default: from the extension)."),
+            format_option,
             click.option("--overwrite", is_flag=True, help="Replace existing outputs."),
         ])
 
@@ -138,18 +131,6 @@ def curve_options(plot_help: str):
 
 
 # ------------------------------------------------------------------------------------------------------- steps
-
-def table_output(output: str, shard: str | None, overwrite: bool):
-    """The shard to process and the output path ('{shard}' replaced), checked before any work."""
-    from galtools.cli.common import resolve_shard
-    from galtools.io import check_output_path
-
-    selected = resolve_shard(shard)
-    if selected is not None and "{shard}" in output:
-        output = selected.format_path(output)
-    check_output_path(output, overwrite)
-    return output, selected
-
 
 def check_outputs(overwrite: bool, *paths) -> None:
     from galtools.io import check_output_path
@@ -168,41 +149,38 @@ def draw(path: str | None, plot, *args) -> None:
             plot(*args, temporary)
 
 
-def curve_prologue(curve: dict) -> list[float]:
-    """Check the curve's options and outputs before any work; the fractions."""
+def curve_prologue(curve: dict):
+    """Check the curve's options and outputs before any work: (the fractions, the -o table's Writing, whose
+    ``table`` is False without -o)."""
     from galtools.errors import UsageProblem
     from galtools.heads.curve import parse_fractions
 
     fractions = parse_fractions(curve["fractions"])
     if not 0 < curve["test_fraction"] < 1:
         raise UsageProblem(f"--test-fraction must be between 0 and 1, got {curve['test_fraction']}")
-    check_outputs(curve["overwrite"], curve["plot"], curve["output"])
-    return fractions
+    writing = prepare_output(curve["output"] or "-", curve["fmt"], curve["overwrite"], slurm=False,
+                             pictures=[curve["plot"]], table=bool(curve["output"]))
+    return fractions, writing
 
 
-def emit_curve(rows: list[dict], curve: dict, text: str, header: dict, tool: str, seed: int, plot) -> None:
+def emit_curve(rows: list[dict], curve: dict, writing, text: str, header: dict, seed: int, plot) -> None:
     """Print the curve (a table, or JSON with ``header``), write it with -o, draw it with --plot."""
     if curve["output"] != "-":                 # otherwise stdout carries the table
         click.echo(json.dumps({**header, "test_fraction": curve["test_fraction"], "rows": rows}, indent=2)
                    if curve["as_json"] else text)
-    if curve["output"]:
+    if writing.table:
         import pyarrow as pa
 
-        from galtools.io import open_output
-
-        with open_output(curve["output"], overwrite=curve["overwrite"], fmt=curve["fmt"], tool=tool,
-                         seed=seed) as out:
+        with writing.open(seed=seed) as out:
             out.write(pa.Table.from_pylist(rows))
     draw(curve["plot"], plot, rows)
 
 
-def score_prologue(model_path: str, tool: str, kinds, output, shard, overwrite):
-    """Load the model file and prepare the output of 'predict'/'score': (head, output, shard)."""
+def score_prologue(model_path: str, tool: str, kinds, output: str | None, fmt, overwrite: bool, shard,
+                   pictures=()):
+    """Load the model file, then settle the output of 'predict'/'score' before any work: (head, Writing).
+    ``output`` None: no table is written (``Writing.table`` False), the shard still applies."""
     from galtools.heads import load_head
 
     head = load_head(model_path, tool, kinds)
-    if output is None:
-        from galtools.cli.common import resolve_shard
-
-        return head, None, resolve_shard(shard)
-    return (head, *table_output(output, shard, overwrite))
+    return head, prepare_output(output or "-", fmt, overwrite, shard, pictures=pictures, table=output is not None)

@@ -14,7 +14,7 @@ gal-ood score survey-emb.parquet --model ood.model -o scored.parquet
 gal-ood score survey-emb.parquet --model ood.model --top 20 --montage strange.png --images cutouts.fits
 gal-ood eval scored.parquet --truth is_anomaly --error-column abs_dz --plot ood.png"""
 
-FIT_EXAMPLE = """gal-ood fit labelled-emb.parquet -o ood.model                    # k-th neighbour cosine distance
+FIT_EXAMPLE = """gal-ood fit labelled-emb.parquet -o ood.model                    # k-th neighbor cosine distance
 gal-ood fit labelled-emb.parquet --method gmm --pca 32 --components 8 -o gmm.model
 gal-ood fit labelled-emb.parquet --search hnsw -k 50 -o big.model"""
 
@@ -35,7 +35,7 @@ def cli():
     """Out-of-distribution scores: how unlike a labelled reference set each object is.
 
     \b
-    gal-ood fit REFERENCE -o MODEL     learn the reference (k-th neighbour distance, or --method gmm/iforest),
+    gal-ood fit REFERENCE -o MODEL     learn the reference (k-th neighbor distance, or --method gmm/iforest),
                                        calibrated on held-out reference rows
     gal-ood score TARGET --model M     ood_score (a percentile of the reference), trusted, nearest reference
     gal-ood eval SCORED                AUROC / average precision / TPR at 5% FPR; the trust curve of an error
@@ -53,9 +53,9 @@ def cli():
 @click.option("--method", type=click.Choice(["knn", "gmm", "iforest"]), default="knn", show_default=True,
               help="knn: cosine distance to the k-th nearest reference row; gmm: -log density of a Gaussian "
                    "mixture on a PCA projection; iforest: isolation-forest score on the same projection.")
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Which neighbour's distance (knn).")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Which neighbor's distance (knn).")
 @click.option("--search", type=click.Choice(["exact", "flat", "ivf", "hnsw"]), default="exact", show_default=True,
-              help="How neighbours are found (gal-knn's backends): exact blocked search, or a FAISS index.")
+              help="How neighbors are found (gal-knn's backends): exact blocked search, or a FAISS index.")
 @click.option("--calibration-fraction", type=float, default=0.2, show_default=True,
               help="Reference rows held out of the fit to calibrate the scores on.")
 @click.option("--pca", type=int, default=32, show_default=True, help="PCA components (gmm, iforest).")
@@ -71,14 +71,14 @@ def fit(reference, method, k, search, calibration_fraction, pca, components, tre
     other reference rows (their unit vectors and object_ids) and the encoder's sha256.
     """
     from galtools.heads import check_head_output
-    from galtools.io import check_unique_ids, open_table
+    from galtools.io import check_unique_ids, display_name, open_table
     from galtools.ood.fit import OodSettings, fit_reference
     from galtools.search.table import load_embeddings
 
     settings = OodSettings(method=method, k=k, search=search, calibration_fraction=calibration_fraction, pca=pca,
                            components=components, trees=trees, seed=seed).validate()
     check_head_output(output, overwrite)
-    name = "stdin" if reference == "-" else reference
+    name = display_name(reference)
     with open_table(reference) as table:
         embeddings = load_embeddings(table, name=name)
     check_unique_ids(embeddings.ids, name)
@@ -104,7 +104,7 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
     """Score every row of TARGET (an embedding table, or '-') against the model's reference.
 
     Adds ood_score (0-1: the fraction of held-out reference rows less strange than this object), ood_raw (the
-    statistic itself: k-th neighbour cosine distance, -log density or isolation score; it keeps ordering objects
+    statistic itself: k-th neighbor cosine distance, -log density or isolation score; it keeps ordering objects
     beyond the reference's range), trusted (ood_score < --coverage), nearest_reference_id and
     nearest_reference_distance (cosine); other columns are carried. With --top N and no -o, only the table of
     the N strangest is printed (with -o -, it goes to stderr).
@@ -121,11 +121,11 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
         top = top or DEFAULT_MONTAGE_COUNT
     if output is None:
         output = None if top else "-"
-    head, output, selected = score_prologue(model_path, TOOL, KINDS, output, shard, overwrite)
-    check_outputs(overwrite, montage)
+    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard, pictures=[montage])
     with progress_bar(None, "scoring") as bar:
-        rows, strangest = score_table(target, OodModel.from_head(head), head, output, coverage=coverage, fmt=fmt,
-                                      overwrite=overwrite, shard=selected, top=top, progress=bar.advance)
+        rows, strangest = score_table(target, OodModel.from_head(head), head, writing.path if writing.table else None,
+                                      coverage=coverage, fmt=fmt, overwrite=overwrite, shard=writing.shard, top=top,
+                                      progress=bar.advance)
     log.debug(f"{rows} objects scored")
     if top:
         _print_top(strangest, show_columns, to_stderr=output == "-")   # stdout may carry the scored table
@@ -154,8 +154,7 @@ def _draw_montage(strangest, images, path):
     captions = [f"{i}\nscore {s:.3f}\nraw {r:.3g}" for i, s, r in zip(ids, scores, raws)]
     grid = [list(rgb[i:i + MONTAGE_COLUMNS]) for i in range(0, len(rgb), MONTAGE_COLUMNS)]
     caption_grid = [captions[i:i + MONTAGE_COLUMNS] for i in range(0, len(captions), MONTAGE_COLUMNS)]
-    draw(path, lambda temporary: save_montage(grid, temporary, captions=caption_grid,
-                                              title=f"the {len(ids)} strangest objects, strangest first"))
+    save_montage(grid, path, captions=caption_grid, title=f"the {len(ids)} strangest objects, strangest first")
 
 
 # -------------------------------------------------------------------------------------------------------- eval

@@ -8,8 +8,8 @@ import click
 
 from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar,
                                  shard_option, subcommand)
-from galtools.cli.heads_options import (curve_options, curve_prologue, draw, emit_curve, model_option, model_output,
-                                        network_options, option_group, report_options, score_prologue,
+from galtools.cli.heads_options import (check_outputs, curve_options, curve_prologue, draw, emit_curve, model_option,
+                                        model_output, network_options, option_group, report_options, score_prologue,
                                         training_options)
 
 EXAMPLE = """gal-photoz fit emb.parquet --z-column z_spec -o photoz.model
@@ -97,6 +97,7 @@ def fit(emb, z_options, training, stream, finetune, from_scratch, network, outpu
     from galtools.errors import UsageProblem
     from galtools.heads import check_head_output
     from galtools.heads.train import describe_run
+    from galtools.io import display_name
     from galtools.photoz.finetune import fit_settings, network_settings
 
     on_images = finetune or from_scratch
@@ -109,26 +110,17 @@ def fit(emb, z_options, training, stream, finetune, from_scratch, network, outpu
     settings = fit_settings(training, {**z_options, "stream": stream}, on_images)
     check_head_output(output, overwrite)
     if on_images:
-        model = _fit_network(emb, z_options["z_column"], network, network_settings(settings, network, from_scratch))
+        from galtools.photoz.finetune import fit_network
+
+        model = fit_network(emb, network["images"] or emb, network["checkpoint"], z_options["z_column"],
+                            network_settings(settings, network, from_scratch))
     else:
         from galtools.photoz.fit import fit_table
 
         model = fit_table(emb, z_options["z_column"], settings)
     log.info(f"{model.kind}: {model.info['n_train']} training rows, {describe_run(model.info['training'])}")
-    model.info["source"] = "stdin" if emb == "-" else emb
+    model.info["source"] = display_name(emb)
     model.save(output, overwrite=overwrite)
-
-
-def _fit_network(emb, z_column, network, settings):
-    from galtools.heads.network import load_checkpoint
-    from galtools.photoz.finetune import export_network, read_labelled_cutouts, train_redshift_network
-
-    source = load_checkpoint(network["checkpoint"])
-    data = read_labelled_cutouts(emb, network["images"] or emb, z_column, source.bands, settings.fit.n_bins)
-    log.info(f"{'training from scratch' if settings.from_scratch else 'fine-tuning'} {source.arch} on "
-             f"{len(data.ids)} labelled cutouts")
-    trained, record = train_redshift_network(data, source, settings)
-    return export_network(trained, settings, record, z_column)
 
 
 # ----------------------------------------------------------------------------------------------------- predict
@@ -157,17 +149,17 @@ def predict(emb, model_path, no_pdf, drop_embedding, truth, encoder, device, str
     (the pdf's standard deviation) and z_pdf (the bin probabilities, fixed_size_list<float32>[n_bins]); the other
     columns (the embedding too, unless --drop-embedding) are carried through.
     """
-    from galtools.photoz.model import KINDS, TOOL, PhotozModel
     from galtools.io import check_unique_ids
+    from galtools.photoz.model import KINDS, TOOL, PhotozModel
     from galtools.photoz.predict import predict_table
 
-    head, output, selected = score_prologue(model_path, TOOL, KINDS, output, shard, overwrite)
+    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard)
     if truth:   # metrics against the truth would count a repeated object twice
         check_unique_ids(emb)
     with progress_bar(None, "predicting") as bar:
-        rows = predict_table(emb, PhotozModel.from_head(head), head, output, fmt=fmt, overwrite=overwrite,
-                             with_pdf=not no_pdf, keep_embedding=not drop_embedding, truth=truth, shard=selected,
-                             encoder=encoder, device=device, progress=bar.advance, strict=strict)
+        rows = predict_table(emb, PhotozModel.from_head(head), head, writing.path, fmt=fmt, overwrite=overwrite,
+                             with_pdf=not no_pdf, keep_embedding=not drop_embedding, truth=truth,
+                             shard=writing.shard, encoder=encoder, device=device, progress=bar.advance, strict=strict)
     log.debug(f"{rows} predictions written")
 
 
@@ -192,7 +184,6 @@ def evaluate(pred, truth, pred_column, mag_column, mag_bins, z_bins, as_json, pl
     eta        percentage of objects with |dz| > 0.05
     Rows without a prediction or a truth are skipped (and counted).
     """
-    from galtools.cli.heads_options import check_outputs
     from galtools.photoz.evaluate import evaluate_table, format_report, plot_report
 
     check_outputs(overwrite, plot)
@@ -225,7 +216,7 @@ def curve(emb, z_options, training, network, curve):
     from galtools.photoz.fit import read_labelled_table
 
     settings = fit_settings(training, z_options)
-    fractions = curve_prologue(curve)
+    fractions, writing = curve_prologue(curve)
     images, checkpoint = network["images"], network["checkpoint"]
     if bool(images) != bool(checkpoint):
         raise UsageProblem("the fine-tuning curve needs both --images and --checkpoint", "give both, or neither")
@@ -244,8 +235,8 @@ def curve(emb, z_options, training, network, curve):
         data = LabelledCutouts(cutouts_for(images, ids, source.bands), z, ids)
         arms += baseline_arms(data, source, x.shape[1], settings) + network_arms(data, source, on_images)
     rows = photoz_curve(z, split, arms)
-    emit_curve(rows, curve, format_photoz_curve(rows), {"z_column": z_options["z_column"], "seed": settings.seed},
-               "gal-photoz", settings.seed, plot_photoz_curve)
+    emit_curve(rows, curve, writing, format_photoz_curve(rows), {"z_column": z_options["z_column"],
+               "seed": settings.seed}, settings.seed, plot_photoz_curve)
 
 
 main = cli

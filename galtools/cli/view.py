@@ -24,7 +24,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--label", metavar="COLUMN", help="A column shown under every tile and used to colour the map.")
 @click.option("--columns", metavar="A,B", default="", help="More columns shown under every tile.")
 @click.option("--rgb", metavar="R,G,B", help="Bands shown as red, green, blue (default: i,r,g as in the montages).")
-@click.option("-k", "k", type=click.IntRange(1, 500), default=10, show_default=True, help="Neighbours per query.")
+@click.option("-k", "k", type=click.IntRange(1, 500), default=10, show_default=True, help="Neighbors per query.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback lets other machines browse the tables.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to listen on (default: a free one).")
@@ -34,12 +34,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--queries", metavar="FILE", help="--export: object_ids to export, one a line (or a CSV with an "
               "object_id column).")
 @click.option("--least", is_flag=True, help="--export: the least similar instead of the most similar.")
-@click.option("--filter", "expression", metavar="EXPR", help='--export: only neighbours matching EXPR, e.g. '
+@click.option("--filter", "expression", metavar="EXPR", help='--export: only neighbors matching EXPR, e.g. '
               '\'z_true < 0.1 and morph_class == "disk"\'.')
 @click.option("--overwrite", is_flag=True, help="--export: replace FOLDER if it exists.")
 def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, open_browser, export_folder, queries,
         least, expression, overwrite):
-    """Look at the representation in a browser: type or click a galaxy to see its nearest neighbours (or least
+    """Look at the representation in a browser: type or click a galaxy to see its nearest neighbors (or least
     similar ones), pan and zoom the 2-D map (pictures appear when zoomed in; a click is a search), and restrict
     both with a filter on any column, whose selection downloads as a CSV of object_ids.
 
@@ -72,13 +72,13 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
 
         query_ids = read_queries(queries)
 
-    from galtools.io import open_table
+    from galtools.io import display_name, open_table
     from galtools.search.table import load_embeddings
     from galtools.view.catalogue import Catalogue
     from galtools.view.images import CutoutReader
 
     with open_table(emb) as table:
-        embeddings = load_embeddings(table, checksum=bool(index_path), name="stdin" if emb == "-" else emb)
+        embeddings = load_embeddings(table, checksum=bool(index_path), name=display_name(emb))
     map_table = None
     if map_path:
         with open_table(map_path) as table:

@@ -16,8 +16,8 @@ from typing import Callable
 
 import pyarrow as pa
 
-from galtools.heads.source import checked_source, checked_vectors, source_name
-from galtools.io import EMBEDDING, IMAGE, open_output, open_table
+from galtools.heads.source import checked_source, checked_vectors
+from galtools.io import EMBEDDING, IMAGE, display_name, open_output, open_table
 
 
 @dataclass
@@ -74,7 +74,7 @@ class HeadSink:
 def apply_table(path: str, head, task: Task, output: str | None, *, shard=None, **options) -> int:
     """Apply ``task`` to every row of the embedding table ``path`` (see ``apply_to``)."""
     with open_table(path, shard=shard) as table:
-        return apply_to(table, source_name(path), head, task, output, **options)
+        return apply_to(table, display_name(path), head, task, output, **options)
 
 
 def apply_to(table, name: str, head, task: Task, output: str | None, *, tool: str, metadata: dict | None = None,

@@ -24,10 +24,9 @@ import numpy as np
 
 from galtools.errors import BadData, UsageProblem
 from galtools.heads.rows import validation_split
-from galtools.heads.source import source_name
 from galtools.heads.train import (EarlyStopping, TrainSettings, as_targets, linear_layers, run_checks,
                                   start_at_the_prior, torch_head)
-from galtools.io import IMAGE, images_of, open_table
+from galtools.io import IMAGE, display_name, images_of, open_table
 
 log = logging.getLogger("galtools")
 
@@ -106,7 +105,7 @@ def cutouts_for(source: str, ids: list, bands: list[str]) -> np.ndarray:
 
     from galtools.preprocess import Preprocess
 
-    name = source_name(source)
+    name = display_name(source)
     with open_table(source) as table:
         shape = table.require_images()
         if "object_id" not in table.schema.names:

@@ -14,15 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData
-from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, open_table, vectors_of
+from galtools.io import EMBEDDING, IMAGE, MODEL_SHA256, display_name, open_table, vectors_of
 from galtools.io.provenance import check_single_model
 
 OBJECT_ID = "object_id"
 EMBED_HINT = "give an embedding table made by gal-embed"
-
-
-def source_name(path: str) -> str:
-    return "stdin" if path == "-" else path
 
 
 def check_embedding_column(schema: pa.Schema, name: str, hint: str | None = None) -> int:
@@ -79,7 +75,7 @@ def checked_source(table, name: str, hint: str | None = None) -> EmbeddingSource
 @contextlib.contextmanager
 def open_embeddings(path: str, shard=None, hint: str | None = None):
     """Open ``path`` (a file, folder of parts, or '-') as a checked EmbeddingSource."""
-    name = source_name(path)
+    name = display_name(path)
     with open_table(path, shard=shard) as table:
         yield checked_source(table, name, hint)
 
@@ -113,28 +109,3 @@ def check_finite_rows(x: np.ndarray, name: str) -> None:
     if bad.size:
         raise BadData(f"{name}: {bad.size} labelled embedding(s) hold NaN or infinite values",
                       "re-embed those objects or drop them")
-
-
-def read_columns(source: str, columns: dict[str, str | None],
-                 optional: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """The named numeric columns of a table as float64 arrays (NaN for nulls), and its metadata.
-
-    ``columns`` maps a role (e.g. 'truth') to a column name (None: not wanted); ``optional`` roles are read only
-    when the table has their column."""
-    name = source_name(source)
-    wanted = {role: column for role, column in columns.items() if column}
-    with open_table(source) as table:
-        for role, column in (optional or {}).items():
-            if column in table.schema.names and role not in wanted:
-                wanted[role] = column
-        for role, column in wanted.items():
-            check_numeric_column(table.schema, column, name, f"name the {role} column with --{role.replace('_', '-')}",
-                                 booleans=True)
-        pieces = {role: [] for role in wanted}
-        for batch in table.iter_batches(columns=list(dict.fromkeys(wanted.values()))):
-            for role, column in wanted.items():
-                values = batch.column(column).to_numpy(zero_copy_only=False)
-                pieces[role].append(np.asarray(values, dtype=np.float64))
-        metadata = dict(table.metadata)
-    arrays = {role: np.concatenate(p) if p else np.empty(0) for role, p in pieces.items()}
-    return arrays, metadata

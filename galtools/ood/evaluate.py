@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from galtools.errors import BadData
-from galtools.heads.source import read_columns
+from galtools.io import read_columns
 from galtools.ood.metrics import detection_report, trust_curve
 
 

@@ -11,7 +11,7 @@ def evaluate_table(source: str, truth: str, pred_column: str = "z_phot", mag_col
                    z_bins: int = 8, mag_bins: int = 5) -> tuple[dict[str, np.ndarray], dict, float]:
     """Read a prediction table and evaluate it: (its columns by role, the report, zmax of the z_spec bins: the
     model's as gal-photoz predict recorded it, else the largest true redshift)."""
-    from galtools.heads.source import read_columns
+    from galtools.io import read_columns
     from galtools.photoz.predict import bins_of
 
     arrays, metadata = read_columns(source, {"pred_column": pred_column, "truth": truth, "mag": mag_column})

@@ -22,9 +22,9 @@ import numpy as np
 from galtools.errors import UsageProblem
 from galtools.heads.network import (DEFAULT_AUGMENT, NETWORK_DEFAULTS, PROBE_DEFAULTS, EncoderSource,
                                     LabelledCutouts, NetworkSettings, cutouts_for, train_network)
-from galtools.heads.source import require_columns, source_name
+from galtools.heads.source import require_columns
 from galtools.heads.train import export_head
-from galtools.io import open_table
+from galtools.io import display_name, open_table
 from galtools.photoz.fit import FitSettings, bin_labels, check_label_count, labels_of
 from galtools.photoz.model import PhotozModel
 
@@ -61,7 +61,7 @@ def read_labelled_cutouts(labels: str, images: str, z_column: str, bands: list[s
 
 def labelled_ids(source: str, z_column: str, n_bins: int) -> tuple[list, np.ndarray]:
     """object_ids and redshifts of the rows of ``source`` (embeddings or cutouts) with a finite ``z_column``."""
-    name = source_name(source)
+    name = display_name(source)
     with open_table(source) as table:
         require_columns(table.schema, ["object_id"], name, "give a table from gal-sim, gal-pack or gal-embed")
         require_columns(table.schema, [z_column], name, "name the spectroscopic redshift column with --z-column")
@@ -119,3 +119,16 @@ def export_network(network, settings: NetworkSettings, record: dict, z_column: s
             "n_clipped_below_zero": record["n_clipped_below_zero"]}
     return PhotozModel(linear, settings.fit.bins, hashlib.sha256(onnx_bytes).hexdigest(), info,
                        encoder_onnx=onnx_bytes)
+
+
+def fit_network(labels: str, images: str, checkpoint: str, z_column: str, settings: NetworkSettings) -> PhotozModel:
+    """gal-photoz fit --finetune/--from-scratch: the network of ``checkpoint`` trained on the cutouts of ``images``
+    labelled by ``labels``' ``z_column``, as a model file that carries its encoder."""
+    from galtools.heads.network import load_checkpoint
+
+    source = load_checkpoint(checkpoint)
+    data = read_labelled_cutouts(labels, images, z_column, source.bands, settings.fit.n_bins)
+    log.info(f"{'training from scratch' if settings.from_scratch else 'fine-tuning'} {source.arch} on "
+             f"{len(data.ids)} labelled cutouts")
+    trained, record = train_redshift_network(data, source, settings)
+    return export_network(trained, settings, record, z_column)

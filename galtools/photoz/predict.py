@@ -12,8 +12,8 @@ import pyarrow as pa
 
 from galtools.errors import UsageProblem
 from galtools.heads.apply import HeadSink, Task, apply_to
-from galtools.heads.source import check_numeric_column, source_name
-from galtools.io import EMBEDDING, IMAGE, open_output, open_table, vector_column
+from galtools.heads.source import check_numeric_column
+from galtools.io import EMBEDDING, IMAGE, display_name, open_output, open_table, vector_column
 from galtools.photoz.metrics import normalised_residuals
 from galtools.photoz.model import PhotozModel
 
@@ -52,7 +52,7 @@ def predict_table(source: str, model: PhotozModel, head, output: str, *, fmt=Non
     ``source`` holds embeddings (checked against ``head``, the model's file), or cutouts that are embedded on the
     way with the model's own fine-tuned encoder or ``encoder`` (an encoder.onnx, run by gal-embed's library).
     """
-    name = source_name(source)
+    name = display_name(source)
     task = prediction_task(model, with_pdf, keep_embedding, truth)
     with open_table(source, shard=shard) as table:
         names = table.schema.names
