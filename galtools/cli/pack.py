@@ -5,7 +5,7 @@ import os
 
 import click
 
-from galtools.cli.common import galtools_command, log, output_options, progress_bar, resolve_shard, shard_option
+from galtools.cli.common import galtools_command, log, output_options, prepare_output, progress_bar, shard_option
 from galtools.cli.readers import read_options
 
 EXAMPLE = """gal-pack labels.csv --crop 212 --resize 64 --bands i,r,g -o gz.fits
@@ -55,25 +55,23 @@ def cli(source, output, fmt, overwrite, file_column, id_column, crop, resize, ba
     """
     import dataclasses
 
-    from galtools.io import open_output
     from galtools.pack import PackOptions, PackReport
 
     options = PackOptions(crop=crop, resize=resize, bands=_band_list(bands), skip_bad=skip_bad,
                           fill_nan=fill_nan, jobs=jobs, pixscale=pixscale)
     report = PackReport()
-    shard = resolve_shard(shard)
-    if shard is not None:
-        output = shard.format_path(output)
+    writing = prepare_output(output, fmt, overwrite, shard)   # before any work: a clash should cost nothing
+    shard = writing.shard
     read_opts = dataclasses.replace(read_opts, bands=tuple(options.bands) if options.bands else None,
                                     id_column=id_column)
-    with open_output(output, overwrite=overwrite, fmt=fmt, tool="gal-pack") as out:
+    with writing.open() as out:
         if _is_cutout_table(source, read_opts):
             _convert(source, out, options, report, shard, read_opts)
         else:
             _pack_stamps(source, out, options, report, file_column, id_column, shard, stamp_pixscale, hdu_column)
     for object_id, reason in report.skipped:
         log.warning(f"skipped object {object_id}: {reason}")
-    log.info(f"wrote {report.written} cutouts to {'stdout' if output == '-' else output}"
+    log.info(f"wrote {report.written} cutouts to {writing.name}"
              + (f", skipped {len(report.skipped)}" if report.skipped else ""))
 
 
