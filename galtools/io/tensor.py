@@ -46,12 +46,16 @@ def check_image_type(arrow_type, name: str) -> tuple[int, int, int]:
     return shape
 
 
+def _column(data, column: str, hint: str):
+    """One column of a RecordBatch or Table as a single array; BadData naming the columns there are."""
+    if column not in data.schema.names:
+        raise BadData(f"the table has no '{column}' column (columns: {', '.join(data.schema.names)})", hint)
+    return _single_chunk(data.column(column))
+
+
 def images_of(data, column: str = IMAGE) -> np.ndarray:
     """The (n, bands, H, W) float32 images of a RecordBatch or Table."""
-    if column not in data.schema.names:
-        raise BadData(f"the table has no '{column}' column (columns: {', '.join(data.schema.names)})",
-                      "give a cutout table, e.g. one made by gal-pack or gal-sim")
-    col = _single_chunk(data.column(column))
+    col = _column(data, column, "give a cutout table, e.g. one made by gal-pack or gal-sim")
     if not is_tensor_type(col.type):
         raise BadData(f"column '{column}' is {col.type}, not an image tensor",
                       "give a cutout table made by gal-pack or gal-sim")
@@ -86,10 +90,7 @@ def finite_vectors_of(batch, name: str, column: str = EMBEDDING) -> np.ndarray:
 
 def vectors_of(data, column: str = EMBEDDING) -> np.ndarray:
     """The (n, D) float32 vectors of a fixed_size_list column of a RecordBatch or Table."""
-    if column not in data.schema.names:
-        raise BadData(f"the table has no '{column}' column (columns: {', '.join(data.schema.names)})",
-                      "give an embedding table made by gal-embed")
-    col = _single_chunk(data.column(column))
+    col = _column(data, column, "give an embedding table made by gal-embed")
     if not pa.types.is_fixed_size_list(col.type):
         raise BadData(f"column '{column}' is {col.type}, not a fixed-size vector",
                       "give an embedding table made by gal-embed")

@@ -293,15 +293,22 @@ def _tile_engine(base: np.ndarray, normalize_base: bool, device: str, work_flops
 
 
 def _check_k(k: int, n_base: int, excluding: bool) -> None:
-    available = n_base - (1 if excluding else 0)
     if k < 1:
         raise UsageProblem(f"k must be at least 1, got {k}")
-    if k > available:
-        if available < 1:
-            raise BadData(f"the table holds no object other than the query ({n_base} row(s)), so none can be a "
-                          "neighbor", "give a table of more objects")
-        raise BadData(f"k={k} is larger than the {available} candidate neighbors in the table",
-                      f"use -k {max(available, 1)} or less")
+    check_candidates(k, n_base, excluding, "table")
+
+
+def check_candidates(k: int, count: int, excluding: bool, holder: str) -> None:
+    """BadData when the ``count`` rows of the table (or index: ``holder``) hold fewer than ``k`` candidate
+    neighbors, the query itself left out when ``excluding``."""
+    available = count - (1 if excluding else 0)
+    if k <= available:
+        return
+    if available < 1:
+        raise BadData(f"the {holder} holds no object other than the query ({count} row(s)), so none can be a "
+                      "neighbor", "give a table of more objects")
+    raise BadData(f"k={k} is larger than the {available} candidate neighbors in the {holder}",
+                  f"use -k {max(available, 1)} or less")
 
 
 def _max_norm(vectors: np.ndarray) -> float:

@@ -192,13 +192,9 @@ class FaissIndex:
         make the cut at the k-th place is FAISS's choice.  ``largest=False`` searches with the negated query,
         whose nearest unit vectors are exactly the least similar ones.
         """
-        available = self.meta["count"] - (1 if exclude is not None else 0)
-        if k > available:
-            if available < 1:
-                raise BadData(f"the index holds no object other than the query ({self.meta['count']} row(s)), so "
-                              "none can be a neighbor", "give a table of more objects")
-            raise BadData(f"k={k} is larger than the {available} candidate neighbors in the index",
-                          f"use -k {max(available, 1)} or less")
+        from galtools.search.exact import check_candidates
+
+        check_candidates(k, self.meta["count"], exclude is not None, "index")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.meta["dim"]:
             raise BadData(f"query dimension {queries.shape[1]} differs from the index's {self.meta['dim']}",
