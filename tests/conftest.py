@@ -36,6 +36,29 @@ def run_tool(tool: str, *args, input: bytes | None = None, cwd=None, env=None, c
     return result
 
 
+def on_a_terminal(tool: str, *args, columns: int = 80) -> str:
+    """Run a tool with its stdout on a pseudo-terminal of ``columns`` columns; returns what it printed there
+    (asserting exit 0)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(tool_command(tool) + [str(a) for a in args], stdout=terminal, stderr=subprocess.PIPE,
+                               env=dict(tool_env(), COLUMNS=str(columns)))
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:   # the terminal closed: the tool has finished writing
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(controller)
+    assert process.wait(timeout=60) == 0, process.stderr.read().decode()
+    return b"".join(chunks).decode()
+
+
 def shell(command: str, cwd=None) -> subprocess.CompletedProcess:
     """Run a real shell pipeline with the gal-* tools resolvable (via `python -m` shims on PATH)."""
     return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, cwd=cwd,

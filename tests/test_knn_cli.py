@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import ROOT, run_tool, tool_env, write_table
+from conftest import ROOT, on_a_terminal, run_tool, tool_env, write_table
 from galtools.io import open_table, tensor_column, vector_column
 
 KNN = f"{shlex.quote(sys.executable)} -m galtools.cli.knn"
@@ -276,24 +276,8 @@ def test_errors_are_one_line_with_documented_codes(tmp_path, emb):
 
 
 def test_terminal_gets_a_readable_table(emb):
-    import pty
-
     path, table = emb
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "galtools.cli.knn", path, "--query", "5002", "-k", "3"],
-                               stdout=terminal, stderr=subprocess.PIPE, env=dict(tool_env(), COLUMNS="160"))
-    os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            data = os.read(controller, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert process.wait(timeout=60) == 0, process.stderr.read().decode()
-    text = b"".join(chunks).decode()
+    text = on_a_terminal("gal-knn", path, "--query", "5002", "-k", "3", columns=160)
     assert "neighbor_id" in text and "similarity" in text
     for query, rank, neighbour, similarity in reference(table, [5002], 3):
         assert str(neighbour) in text and f"{similarity:.4f}" in text

@@ -3,15 +3,12 @@ the terminal table's whole column names; checked as real processes against numpy
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import run_tool, shell, tool_env, write_table
+from conftest import on_a_terminal, run_tool, shell, write_table
 from galtools.io import open_table, vector_column
 
 K = 5
@@ -143,27 +140,11 @@ def test_queries_from_a_table_a_csv_a_list_or_stdin(tmp_path, emb):
 
 
 def test_terminal_table_shows_whole_column_names(emb):
-    import pty
-
-    path, _ = emb
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "galtools.cli.knn", path, "--query", "101", "-k", "2",
-                                "--query-columns", "label"], stdout=terminal, stderr=subprocess.PIPE,
-                               env=dict(tool_env(), COLUMNS="60"))
-    os.close(terminal)
-    chunks = []
-    while True:
-        try:
-            data = os.read(controller, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert process.wait(timeout=60) == 0, process.stderr.read().decode()
     import re
 
-    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode()).splitlines() if line.strip()]
+    path, _ = emb
+    text = on_a_terminal("gal-knn", path, "--query", "101", "-k", "2", "--query-columns", "label", columns=60)
+    lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
     header = lines[0].split()
     columns = ["query_id", "query_label", "rank", "neighbor_id", "similarity", "neighbor_ra", "neighbor_label"]
     assert header == columns[:len(header)] and len(header) >= 4    # whole names, in order, from the left
