@@ -198,6 +198,20 @@ def test_sampled_reddening_is_one_ebv_per_object_within_range():
     assert ebv[:, 0].max() - ebv[:, 0].min() > 0.4                           # spread over the range
 
 
+def test_gain_changes_brightness_and_colours_within_their_ranges():
+    x = torch.ones(400, 5, 8, 8)
+    views = AugmentPipeline.from_spec("gain:mag=0.4:colour=0.1", out_size=8, bands=BANDS)(x, np.arange(400), seed=3)
+    magnitudes = -2.5 * np.log10(views[:, :, 0, 0].numpy().astype(np.float64))
+    np.testing.assert_allclose(views.numpy(), np.broadcast_to(views[:, :, :1, :1].numpy(), views.shape))  # flat
+    assert np.abs(magnitudes).max() <= 0.5 + 1e-5                        # |m| <= 0.4 and |c_b| <= 0.1
+    colours = magnitudes - magnitudes.mean(axis=1, keepdims=True)        # each band against the cutout's mean
+    assert np.abs(colours).max() <= 0.2 + 1e-5 and colours.std() > 0.03  # the bands move apart, within range
+    common = magnitudes.mean(axis=1)
+    assert common.max() - common.min() > 0.6                             # the brightness spreads over its range
+    again = AugmentPipeline.from_spec("gain:mag=0.4:colour=0.1", out_size=8, bands=BANDS)(x, np.arange(400), seed=3)
+    assert torch.equal(views, again)                                     # keyed by object id and seed
+
+
 def test_dereddening_undoes_the_catalogue_extinction():
     rng = np.random.default_rng(2)
     intrinsic = rng.uniform(1, 10, size=(6, 5, 8, 8))

@@ -220,6 +220,11 @@ class AugmentPipeline:
         ebv = p["ebv_min"] + draws[:, 0] * (p["ebv_max"] - p["ebv_min"])
         return ops.scale_bands(x, ops.extinction_factors(ebv, _bandwise(p["r"], x.shape[1])))
 
+    def _gain(self, x, step, draws, state, keys, seed, view, ops):
+        p = step.params
+        magnitudes = (2 * draws[:, :1] - 1) * p["mag"] + (2 * draws[:, 1:] - 1) * p["colour"]
+        return ops.scale_bands(x, 10.0 ** (-0.4 * magnitudes))
+
     def _deredden(self, x, step, draws, state, keys, seed, view, ops):
         if state.ebv is None:
             raise UsageProblem("the deredden augmentation needs the catalogue E(B-V)", "an ebv column, or --ebv-column")
@@ -274,7 +279,7 @@ class _State:
 
 
 def _draw_count(step: Step, bands: int) -> int:
-    return {"jitter": 2, "noise": bands}.get(step.name, 1)
+    return {"jitter": 2, "noise": bands, "gain": 1 + bands}.get(step.name, 1)
 
 
 def _bandwise(values, bands: int) -> np.ndarray:

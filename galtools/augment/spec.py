@@ -84,6 +84,12 @@ OPS: dict[str, Op] = {
         "r": Param(None, "floats", "R_b = A_b/E(B-V) per band; unset: SDSS values for u,g,r,i,z "
                                   "(4.239,3.303,2.285,1.698,1.263), required for other band names"),
     }, ordered=(("ebv_min", "ebv_max"),)),
+    "gain": Op(False, "brightness and colour jitter: each band multiplied by 10^(-0.4 (m + c_b)), one m uniform "
+                      "in [-mag, mag] per cutout and one c_b uniform in [-colour, colour] per band (for images "
+                      "whose brightness and colours are a display choice, such as 8-bit composites)", {
+        "mag": Param(0.3, "float", "largest change of the whole cutout's brightness, magnitudes", minimum=0.0),
+        "colour": Param(0.1, "float", "largest change of each band against the others, magnitudes", minimum=0.0),
+    }),
     "deredden": Op(False, "removes the catalogue's Galactic extinction: each band multiplied by "
                           "10^(+0.4 R_b E(B-V)) with the object's E(B-V) (column ebv)", {
         "r": Param(None, "floats", "R_b per band; unset: SDSS ugriz values, required for other band names"),
