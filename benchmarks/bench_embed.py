@@ -9,8 +9,9 @@ CPU (always):
   machine hits all alike; the load average is recorded with each row, and so are the CPU's model and vector
   extensions.  Lower precisions come with their parity figures: those gal-embed checked (first 256 cutouts) and the
   benchmark's own over the whole output against the fp32 output (cosine min; kNN overlap@10 over the first 2,048).
-  The cutouts are synthetic galaxies (5 bands), or with --data a gz1-sdss folder (labels.csv + images/) its real
-  gri images packed with gal-pack and read as parts until --n is reached.
+  The cutouts are gal-sim mocks (5 bands; --mocks blobs: the Gaussian blobs of earlier rows, whose kNN overlap is
+  decided by pixel noise), or with --data a gz1-sdss folder (labels.csv + images/) its real gri images packed with
+  gal-pack and read as parts until --n is reached.
   Start-up: gal-embed on a one-cutout table (imports, model load, one batch, write, exit): an upper bound of the
   time to the first batch.
 
@@ -18,7 +19,7 @@ GPU (when ONNX Runtime's CUDA provider and a GPU are usable; --gpu-arch, default
 64x64): ONNX Runtime CUDA fp32 and fp16 with and without I/O binding on preprocessed batches, and gal-embed file to
 file with --precision fp16; the goal is gal-embed at >= 90% of the fp16 I/O-binding rate measured in the same run.
 
-    python benchmarks/bench_embed.py                       # resnet18 at 64x64, 10,000 synthetic cutouts
+    python benchmarks/bench_embed.py                       # resnet18 at 64x64, 10,000 gal-sim cutouts
     python benchmarks/bench_embed.py --data DATA/gz1-sdss --n 10000
     python benchmarks/bench_embed.py --arch resnet50-hayat --n 128 --repeats 2 --precisions fp32
 """
@@ -150,10 +151,27 @@ def cutout_input(args, folder: str):
         images = np.concatenate([distinct] * copies)
         return parts, images, bands, (f"{len(images):,} real gz1-sdss cutouts ({len(distinct):,} distinct, read "
                                       f"{copies} times as Parquet parts) {len(bands)}x{args.size + 8}^2")
-    images = galaxy_cutouts(args.n, args.size + 8)
     path = os.path.join(folder, "cutouts.fits")
-    write_cutouts(path, images)
-    return path, images, BANDS, f"{args.n:,} synthetic FITS cutouts 5x{args.size + 8}^2"
+    if args.mocks == "blobs":
+        images = galaxy_cutouts(args.n, args.size + 8)
+        write_cutouts(path, images)
+        return path, images, BANDS, f"{args.n:,} synthetic FITS cutouts (Gaussian blobs) 5x{args.size + 8}^2"
+    return path, *sim_images(args.n, args.size + 8, path), f"{args.n:,} gal-sim FITS cutouts 5x{args.size + 8}^2"
+
+
+def sim_images(n: int, size: int, path: str) -> tuple[np.ndarray, list]:
+    """gal-sim mocks (bulge + disk, PSF, sky noise, neighbors): galaxies whose nearest neighbors mean something,
+    which a lower precision's kNN overlap needs (Gaussian blobs differ by two numbers and their noise)."""
+    from galtools.embed import cpu_allocation
+    from galtools.io import images_of, open_table
+
+    command = [sys.executable, "-m", "galtools.cli.sim", "-n", str(n), "--size", str(size), "--seed", "0", "-j",
+               str(cpu_allocation()), "-q", "-o", path, "--overwrite"]
+    result = subprocess.run(command, capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    if result.returncode != 0:
+        raise SystemExit(f"gal-sim failed: {result.stderr.decode()}")
+    with open_table(path) as table:
+        return np.ascontiguousarray(images_of(table.read_all())), list(table.bands)
 
 
 def parity_of_outputs(reference: str, candidate: str) -> str:
@@ -419,6 +437,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="the encoder's input size (cutouts are 8 px larger)")
     parser.add_argument("--n", type=int, default=10000, help="cutouts in the CPU comparison")
     parser.add_argument("--data", default=None, help="a gz1-sdss folder (labels.csv, images/): real cutouts")
+    parser.add_argument("--mocks", choices=["gal-sim", "blobs"], default="gal-sim",
+                        help="the cutouts without --data: gal-sim galaxies, or Gaussian blobs (the rows before "
+                             "2026-12-02)")
     parser.add_argument("--precisions", default="fp32,int8,auto", help="gal-embed --precision values to time")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)

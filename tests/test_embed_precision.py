@@ -232,3 +232,9 @@ def test_cpu_description_reads_model_and_vector_extensions(tmp_path):
     assert not bf16_support(dict(cpu, arch="x86_64"))[0]
     assert int8_tag(dict(cpu, arch="x86_64")) == "int8-v1"
     assert int8_tag({"model": "old", "arch": "x86_64", "flags": ["avx2", "fma"]}) == "int8-v1-r7"
+    # an fp32 run on a CPU with int8 dot products ends with a hint about --precision auto; without them, none
+    from galtools.embed.precision import int8_hint
+
+    assert "amx_int8" in int8_hint(dict(cpu, arch="x86_64")) and "--precision auto" in int8_hint(cpu)
+    assert int8_hint({"model": "old", "arch": "x86_64", "flags": ["avx2", "fma"]}) is None
+    assert "i8mm" in int8_hint(arm)

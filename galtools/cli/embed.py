@@ -60,6 +60,7 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     import time
 
     from galtools.embed import EmbedSettings, embed_table, load_encoder, output_metadata
+    from galtools.embed import precision as precisions
     from galtools.embed.checks import parse_band_map
     from galtools.errors import UsageProblem
     from galtools.io import display_name, open_table
@@ -101,6 +102,10 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     checked = f"; parity {encoder.parity.summary()}" if encoder.parity is not None else ""
     log.info(f"embedded {stats.rows} cutouts ({stats.images_per_second:,.0f} images/s on {encoder.provider}, "
              f"{encoder.precision}{checked}) to {writing.name}")
+    if precision == "fp32" and encoder.provider.startswith("CPU") and stats.rows >= precisions.HINT_ROWS:
+        hint = precisions.int8_hint()
+        if hint:
+            log.info(f"hint: {hint}")
 
 
 def _process_age() -> float | None:

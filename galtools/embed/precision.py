@@ -185,6 +185,20 @@ def int8_model(model_path: str, sha256: str, sample: np.ndarray, folder: str | N
     return _store(target, converted, log, "int8")
 
 
+INT8_FAST = ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp")   # int8 dot products in hardware
+HINT_ROWS = 10_000       # fp32 runs at least this long on such a CPU end with a hint about --precision auto
+
+
+def int8_hint(cpu=None) -> str | None:
+    """A one-line hint for an fp32 run on a CPU with int8 dot-product instructions, or None."""
+    cpu = cpu_description() if cpu is None else cpu
+    fast = [flag for flag in INT8_FAST if flag in cpu["flags"]]
+    if not fast:
+        return None
+    return (f"this CPU has int8 dot products ({fast[0]}): --precision auto measures int8 against fp32 here and uses "
+            "it when it is faster and passes the parity check (several times faster on such CPUs)")
+
+
 # ------------------------------------------------------------------------------------------------------------ bf16
 
 def bf16_support(cpu=None) -> tuple[bool, str]:
