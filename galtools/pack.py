@@ -431,7 +431,7 @@ def ids_from_names(names: list[str]) -> list:
 
 
 def stamp_metadata(bands: list[str], from_8bit: bool, pixscale: float | None) -> dict[str, str]:
-    out = {meta.BANDS: ",".join(bands), meta.FLUX_UNIT: "8-bit scaled to [0,1]" if from_8bit else "as in the stamps"}
+    out = {meta.BANDS: ",".join(bands), meta.FLUX_UNIT: meta.EIGHT_BIT_UNIT if from_8bit else "as in the stamps"}
     if pixscale:
         out[meta.PIXSCALE] = repr(float(pixscale))
     return out

@@ -1,4 +1,5 @@
 """The ResNet family: shapes, widths, band counts, the Hayat stem, and that ResNet-50 is the ResNet-50."""
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -66,3 +67,20 @@ def test_projection_head_is_two_layer_mlp_to_128():
     assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Linear"]
     assert head[0].in_features == 2048 and head[0].out_features == 2048 and head[2].out_features == 128
     assert head(torch.randn(4, 2048)).shape == (4, 128)
+
+
+def test_global_poolings_are_the_mean_generalised_mean_and_maximum_of_the_feature_maps():
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(0)
+    maps = build_encoder("tiny", 3).eval().forward_feature_maps(x).detach().double().numpy()
+    expected = {"avg": maps.mean(axis=(2, 3)),
+                "gem": (np.clip(maps, 1e-6, None) ** 3).mean(axis=(2, 3)) ** (1 / 3),
+                "max": maps.max(axis=(2, 3))}
+    for pool, reference in expected.items():
+        torch.manual_seed(0)
+        model = build_encoder("tiny", 3, pool=pool).eval()     # the same weights: the same seed
+        got = model.forward_features(x).detach().double().numpy()
+        np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected["gem"], expected["avg"]) and not np.allclose(expected["gem"], expected["max"])
+    with pytest.raises(ValueError, match="unknown pool 'median'"):
+        build_encoder("tiny", 3, pool="median")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import tool_command  # noqa: E402
 from test_train_cli import cutouts, gal_train  # noqa: E402,F401  (the module's 160-galaxy table fixture)
 
 from galtools.io import images_of, open_table  # noqa: E402
-from galtools.train.config import PRESETS, TrainConfig, resolve_preset  # noqa: E402
+from galtools.train.config import AUTO_OPS_FLUX, PRESETS, TrainConfig, resolve_preset  # noqa: E402
 
 SMALL_TABLE = ["--arch", "tiny", "--width", "0.5", "--crop", "16", "--batch-size", "16", "--device", "cpu",
                "--loader-threads", "1"]
@@ -37,7 +39,9 @@ def test_small_preset_fills_what_is_not_given_and_the_run_records_it(cutouts, tm
     # not given: the preset's
     assert config["preset"] == "small"
     assert config["key_momentum"] == small["key_momentum"] == 0.99
-    assert config["ops"] == small["ops"] and config["method"] == "moco" and config["epochs"] is None
+    # --ops auto, recorded resolved: fluxes get no colour change
+    assert small["ops"] == "auto" and config["ops"] == AUTO_OPS_FLUX == "rotate,jitter,noise"
+    assert config["method"] == "moco" and config["epochs"] is None
     assert config["tta"] == small["tta"] == 8                     # the exported graph averages 8 views
     import onnx
 
@@ -95,7 +99,7 @@ def test_steps_0_exports_the_untrained_encoder(cutouts, tmp_path):  # noqa: F811
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images(cutouts, tmp_path):  # noqa: F811
+def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images_of_a_gem_pooled_encoder(cutouts, tmp_path):  # noqa: F811
     import onnx
     import onnxruntime as ort
 
@@ -104,10 +108,15 @@ def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images(cutouts, tmp_
     from galtools.train.checkpoint import backbone_state
     from galtools.train.data import centre_crop
 
+    from galtools.heads.network import load_checkpoint
+
     run = tmp_path / "run"
+    # trained with --pool gem: the generalised mean of the last feature maps, recorded and re-exported
     result = gal_train(cutouts, "--out", run, *SMALL_TABLE, "--queue-size", "32", "--ops", "rotate", "--steps", "2",
-                       "--no-export")
+                       "--pool", "gem", "--no-export")
     assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(torch.load(run / "last.pt", weights_only=True)["config"])["pool"] == "gem"
+    assert load_checkpoint(str(run / "last.pt")).build(pretrained=True).pool == "gem"   # fine-tuning builds it too
     result = gal_train("export", run / "last.pt", "-o", tmp_path / "tta.onnx", "--tta", "8")
     assert result.returncode == 0, result.stderr.decode()
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "tta.onnx")).metadata_props}
@@ -117,8 +126,12 @@ def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images(cutouts, tmp_
     session = ort.InferenceSession(str(tmp_path / "tta.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["embedding"], {"image": images})[0]
     # the reference: numpy's turns and mirror images through the torch backbone, averaged
-    backbone = build_encoder("tiny", 5, width=0.5).eval()
+    backbone = build_encoder("tiny", 5, width=0.5, pool="gem").eval()
     backbone.load_state_dict(backbone_state(torch.load(run / "last.pt", weights_only=True)["model"]))
+    with torch.no_grad():   # the pool itself against numpy: (mean of x^3)^(1/3) over the last feature maps
+        maps = backbone.forward_feature_maps(torch.from_numpy(images)).double().numpy()
+        np.testing.assert_allclose(backbone(torch.from_numpy(images)).numpy(),
+                                   (np.clip(maps, 1e-6, None) ** 3).mean(axis=(2, 3)) ** (1 / 3), rtol=1e-5, atol=1e-6)
     views = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
     views += [v[..., ::-1] for v in views]
     with torch.no_grad():
@@ -129,3 +142,31 @@ def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images(cutouts, tmp_
     # invariant: a mirrored, turned cutout has the same embedding
     turned = np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3))[..., ::-1])
     np.testing.assert_allclose(session.run(["embedding"], {"image": turned})[0], got, rtol=1e-4, atol=1e-4)
+    bad = gal_train(cutouts, "--out", tmp_path / "bad", *SMALL_TABLE, "--steps", "1", "--pool", "median")
+    assert bad.returncode == 2 and b"median" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_ops_auto_adds_a_colour_jitter_for_8_bit_composites_only(tmp_path):
+    from PIL import Image
+
+    from galtools.train.config import AUTO_OPS_8BIT
+
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:24, :24] - 11.5
+    for i in range(40):           # gri composites as a survey's cutout service writes them: 8-bit PNGs
+        blob = 200 * np.exp(-0.5 * (x ** 2 / rng.uniform(4, 20) + y ** 2 / rng.uniform(4, 20)))
+        picture = np.clip(blob[..., None] * [1.0, 0.8, 0.6] + rng.normal(10, 3, (24, 24, 3)), 0, 255)
+        Image.fromarray(picture.astype(np.uint8)).save(stamps / f"{1000 + i}.png")
+    packed = tmp_path / "composites.parquet"
+    result = subprocess.run(tool_command("gal-pack") + [str(stamps), "-o", str(packed)], capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+    result = gal_train(packed, "--out", tmp_path / "run", "--preset", "small", "--arch", "tiny", "--width", "0.5",
+                       "--crop", "16", "--batch-size", "8", "--steps", "2", "--tta", "1", "--device", "cpu",
+                       "--loader-threads", "1")
+    assert result.returncode == 0, result.stderr.decode()
+    config = onnx_config(tmp_path / "run" / "encoder.onnx")
+    assert config["ops"] == AUTO_OPS_8BIT and "gain:" in AUTO_OPS_8BIT
+    # the same option on fluxes: no colour change (see the small preset's test above)
+    assert TrainConfig(ops="auto").ops == "auto"

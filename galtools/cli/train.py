@@ -47,19 +47,24 @@ def _positive(ctx, param, value):
               "training.png, encoder.onnx.")
 @click.option("--preset", type=click.Choice(["small", "paper"]), default=None,
               help="Settings that go together; options given as well override them one by one. small: the best "
-                   "measured recipe for up to ~10^4 cutouts on a CPU in minutes (tiny encoder, 48 px views, batch "
-                   "64, lr 0.3, queue of a quarter of the cutouts, key momentum 0.99, 600 steps, ops "
-                   "rotate,jitter,noise, --tta 8); paper: the talk's (resnet50-hayat, 64 px, batch 256, lr 0.03, K 65536, "
-                   "m 0.999, T 0.2, 200 epochs, every augmentation). The run records the resolved settings.")
+                   "measured recipe for up to ~10^4 cutouts on a CPU in minutes (tiny encoder, --pool gem, 48 px "
+                   "views, batch 64, lr 0.3, queue of a quarter of the cutouts, key momentum 0.99, 1200 steps, "
+                   "--ops auto, --tta 8); paper: the talk's (resnet50-hayat, average pooling, 64 px, batch 256, lr "
+                   "0.03, K 65536, m 0.999, T 0.2, 200 epochs, every augmentation). The run records the resolved "
+                   "settings.")
 @click.option("--method", type=click.Choice(["moco", "simclr"]), default="moco", show_default=True,
               help="MoCo v2 (queue of keys, momentum encoder) or SimCLR (NT-Xent over the batch).")
 @click.option("--arch", default="resnet50-hayat", show_default=True,
               help="Encoder: resnet50-hayat (7x7 stride-1 stem, no max-pool, for 64x64), resnet18/34/50[-hayat], tiny.")
 @click.option("--width", type=float, default=1.0, show_default=True, help="Channel width multiplier.")
+@click.option("--pool", type=click.Choice(["avg", "gem", "max"]), default="avg", show_default=True,
+              help="Global pooling of the last feature maps into the representation: the mean (the paper's), the "
+                   "generalised mean (mean of x^3)^(1/3), or the maximum.")
 @click.option("--crop", type=int, default=64, show_default=True, help="Size S of the SxS views the encoder sees "
               "(the augmentations' output size; gal-embed centre-crops to it).")
 @click.option("--ops", default="", metavar="SPEC", help="Augmentations (gal-augment's spec); default: "
-              "rotate,jitter,psf,redden,noise.")
+              "rotate,jitter,psf,redden,noise. auto: rotate,jitter,noise, and for 8-bit display images (gal-pack "
+              "of JPEG/PNG composites) also gain (a brightness and colour jitter); recorded resolved.")
 @click.option("--pixscale", type=float, default=None, help="Pixel scale in arcsec (default: the table's metadata).")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch (split over processes).")
 @click.option("--lr", type=float, default=0.03, show_default=True, help="Learning rate per 256 images "
@@ -102,7 +107,7 @@ def _positive(ctx, param, value):
 @click.option("--tta", type=click.Choice(["1", "4", "8"]), default="1", show_default=True,
               help="RUN/encoder.onnx embeds the mean over the cutout's 4 quarter turns, or over those and their "
                    "mirror images (8), inside the graph (see 'gal-train export --tta').")
-def fit(cutouts, out, preset, method, arch, width, crop, ops, pixscale, batch_size, lr, epochs, steps, warmup_steps,
+def fit(cutouts, out, preset, method, arch, width, pool, crop, ops, pixscale, batch_size, lr, epochs, steps, warmup_steps,
         weight_decay, sgd_momentum, dim, queue_size, key_momentum, temperature, bn_splits, device, precision,
         channels_last, compile_, deterministic, seed, checkpoint_every, keep_checkpoints, log_every, monitor_label,
         monitor_size, loader_threads, resume, stop_after, overwrite, no_export, tta):
@@ -118,7 +123,7 @@ def fit(cutouts, out, preset, method, arch, width, crop, ops, pixscale, batch_si
     if not cutouts:
         raise click.UsageError("give at least one cutout table")
     ctx = click.get_current_context()
-    given = {"arch": arch, "width": width, "method": method, "dim": dim, "queue_size": queue_size,
+    given = {"arch": arch, "width": width, "pool": pool, "method": method, "dim": dim, "queue_size": queue_size,
              "key_momentum": key_momentum, "temperature": temperature, "batch_size": batch_size, "lr": lr,
              "momentum": sgd_momentum, "weight_decay": weight_decay, "epochs": epochs, "steps": steps, "crop": crop,
              "ops": ops, "tta": int(tta)}

@@ -61,6 +61,7 @@ class EncoderSource:
     path: str
     arch: str
     width: float
+    pool: str
     bands: list[str]
     crop: int
     preprocess_json: str
@@ -71,7 +72,7 @@ class EncoderSource:
     def build(self, pretrained: bool):
         from galtools.models import build_encoder
 
-        backbone = build_encoder(self.arch, len(self.bands), width=self.width)
+        backbone = build_encoder(self.arch, len(self.bands), width=self.width, pool=self.pool)
         if pretrained:
             backbone.load_state_dict(self.backbone_state)
         return backbone
@@ -83,7 +84,8 @@ def load_checkpoint(path: str) -> EncoderSource:
 
     state = checkpoint.load(path)
     config = TrainConfig.from_json(state["config"])
-    return EncoderSource(path=path, arch=config.arch, width=config.width, bands=list(state["bands"]),
+    return EncoderSource(path=path, arch=config.arch, width=config.width, pool=config.pool,
+                         bands=list(state["bands"]),
                          crop=config.crop, preprocess_json=state["preprocess"], config_json=state["config"],
                          augment=state.get("augment", ""), backbone_state=checkpoint.backbone_state(state["model"]))
 

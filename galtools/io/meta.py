@@ -11,6 +11,7 @@ import sys
 BANDS = "galtools.bands"
 PIXSCALE = "galtools.pixscale_arcsec"
 FLUX_UNIT = "galtools.flux_unit"
+EIGHT_BIT_UNIT = "8-bit scaled to [0,1]"   # the flux unit of images gal-pack read from 8-bit files (JPEG, PNG)
 HISTORY = "galtools.history"
 MODEL_SHA256 = "galtools.model_sha256"
 

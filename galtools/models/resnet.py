@@ -8,6 +8,13 @@ Two stems:
 - ``imagenet``: 7x7 stride-2 convolution + 3x3 stride-2 max-pool (the torchvision layout, for large images);
 - ``hayat``: 7x7 stride-1 convolution and no max-pool, the variant of Hayat et al. (2021) for 64x64 SDSS cutouts,
   which keeps the small galaxies' pixels through the stem (feature maps 64 -> 64 -> 32 -> 16 -> 8).
+
+Three global poolings of the last feature maps into the representation:
+- ``avg``: the mean over positions (He et al.; the paper's);
+- ``gem``: the generalised mean (mean of x^3)^(1/3) (Radenovic et al. 2018, from image retrieval), between the mean
+  and the maximum: a feature that fires strongly in a few places (an edge, a thin disk) is not diluted by the
+  empty sky around a small galaxy;
+- ``max``: the maximum over positions.
 """
 from __future__ import annotations
 
@@ -15,6 +22,11 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+
+POOLS = ("avg", "gem", "max")
+GEM_POWER = 3.0
+GEM_EPS = 1e-6
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -89,12 +101,16 @@ class ResNet(nn.Module):
         stem: str = "hayat",
         stem_kernel: int = 7,
         zero_init_residual: bool = True,
+        pool: str = "avg",
     ):
         super().__init__()
         if in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
         if stem not in ("hayat", "imagenet"):
             raise ValueError(f"unknown stem {stem!r} (use 'hayat' or 'imagenet')")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r} (use {', '.join(POOLS)})")
+        self.pool = pool
         self.in_chans = in_chans
         self.stem = stem
         planes = [max(1, int(round(base_planes * width * 2**i))) for i in range(len(layers))]
@@ -140,9 +156,14 @@ class ResNet(nn.Module):
         return self.stages(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The representation: global-average-pooled output of the last stage, (N, num_features)."""
+        """The representation: the globally pooled output of the last stage (``pool``), (N, num_features)."""
+        maps = self.forward_feature_maps(x)
+        if self.pool == "max":
+            return maps.amax(dim=(2, 3))
+        if self.pool == "gem":
+            return maps.clamp(min=GEM_EPS).pow(GEM_POWER).mean(dim=(2, 3)).pow(1.0 / GEM_POWER)
         # global average pooling as a mean: AdaptiveAvgPool2d's CUDA backward refuses deterministic mode
-        return self.forward_feature_maps(x).mean(dim=(2, 3))
+        return maps.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)

@@ -16,21 +16,36 @@ REFERENCE_BATCH = 256   # lr is given per 256 images and scaled linearly with th
 DEFAULT_EPOCHS = 200  # MoCo v2's schedule length, when neither --epochs nor --steps is given
 
 # Fields that shape the model and its state: a checkpoint can only continue with the same values.
-MODEL_FIELDS = ("arch", "width", "method", "dim", "queue_size", "crop")
+MODEL_FIELDS = ("arch", "width", "pool", "method", "dim", "queue_size", "crop")
+POOLS = ("avg", "gem", "max")   # galtools.models.resnet.POOLS, named here so that this module needs no torch
 
 AUTO_QUEUE = 0   # --queue-size 0: a quarter of the training cutouts (whole batches, at least one, at most 4,096)
+
+# --ops auto: augmentations chosen by what the pixels are.  Fluxes (calibrated images): turns, shifts and noise,
+# nothing that changes colours (a colour is a redshift).  8-bit display images (gal-pack of JPEG/PNG composites):
+# the same and a brightness and colour jitter, since their brightness and colours are a choice of the display.
+AUTO_OPS = "auto"
+AUTO_OPS_FLUX = "rotate,jitter,noise"
+AUTO_OPS_8BIT = "rotate,jitter,noise,gain:mag=0.5:colour=0.2"
+
+
+def auto_ops(flux_unit: str | None) -> str:
+    """--ops auto for a table whose galtools.flux_unit is ``flux_unit``."""
+    from galtools.io.meta import EIGHT_BIT_UNIT
+
+    return AUTO_OPS_8BIT if (flux_unit or "").strip() == EIGHT_BIT_UNIT else AUTO_OPS_FLUX
 
 # --preset NAME: settings that go together; options given on the command line override them one by one.
 PRESETS: dict[str, dict[str, object]] = {
     # The talk's settings (Hayat et al. 2021, after MoCo v2) for about a million cutouts on GPUs.
-    "paper": {"arch": "resnet50-hayat", "width": 1.0, "method": "moco", "dim": 128, "queue_size": 65536,
+    "paper": {"arch": "resnet50-hayat", "width": 1.0, "pool": "avg", "method": "moco", "dim": 128, "queue_size": 65536,
               "key_momentum": 0.999, "temperature": 0.2, "batch_size": 256, "lr": 0.03, "momentum": 0.9,
               "weight_decay": 1e-4, "epochs": 200.0, "crop": 64, "ops": "rotate,jitter,psf,redden,noise", "tta": 1},
     # Up to about 10^4 cutouts on a CPU in minutes: the best recipe measured by benchmarks/bench_representation.py
     # (its notes list every recipe tried, with the numbers).
-    "small": {"arch": "tiny", "width": 1.0, "method": "moco", "dim": 128, "queue_size": AUTO_QUEUE,
+    "small": {"arch": "tiny", "width": 1.0, "pool": "gem", "method": "moco", "dim": 128, "queue_size": AUTO_QUEUE,
               "key_momentum": 0.99, "temperature": 0.2, "batch_size": 64, "lr": 0.3, "momentum": 0.9,
-              "weight_decay": 1e-4, "steps": 600, "crop": 48, "ops": "rotate,jitter,noise", "tta": 8},
+              "weight_decay": 1e-4, "steps": 1200, "crop": 48, "ops": AUTO_OPS, "tta": 8},
 }
 LENGTH_FIELDS = ("epochs", "steps")   # a run's length: giving either on the command line replaces the preset's
 
@@ -70,6 +85,7 @@ class TrainConfig:
     # model and method
     arch: str = DEFAULT_ARCH
     width: float = 1.0
+    pool: str = "avg"                   # global pooling of the last feature maps: avg, gem or max
     method: str = "moco"
     dim: int = 128
     queue_size: int = 65536
@@ -114,6 +130,8 @@ class TrainConfig:
             raise UsageProblem("no cutout table given", "gal-train CUTOUTS... --out RUN/")
         if self.arch not in list_encoders():
             raise UsageProblem(f"unknown --arch {self.arch!r}", f"choose from {', '.join(list_encoders())}")
+        if self.pool not in POOLS:
+            raise UsageProblem(f"unknown --pool {self.pool!r}", f"choose from {', '.join(POOLS)}")
         if self.method not in METHODS:
             raise UsageProblem(f"unknown --method {self.method!r}", "choose moco or simclr")
         positive = {"--batch-size": self.batch_size, "--lr": self.lr, "--width": self.width, "--crop": self.crop,

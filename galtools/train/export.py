@@ -183,7 +183,7 @@ def export_checkpoint(checkpoint_path: str, out_path: str, overwrite: bool = Fal
     state = ckpt.load(checkpoint_path)
     config = TrainConfig.from_json(state["config"])
     bands = list(state["bands"])
-    backbone = build_encoder(config.arch, len(bands), width=config.width)
+    backbone = build_encoder(config.arch, len(bands), width=config.width, pool=config.pool)
     backbone.load_state_dict(ckpt.backbone_state(state["model"]))
     metadata = encoder_metadata(bands, config.crop, state["preprocess"], backbone.num_features, config.arch,
                                 state["config"], state["augment"])

@@ -20,7 +20,8 @@ from galtools.progress import NullProgress
 from galtools.errors import BadData, GalError, InputMissing, OutputError, Requeue, UsageProblem
 from galtools.train import checkpoint as ckpt
 from galtools.train import monitor, runtime
-from galtools.train.config import AUTO_QUEUE, DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig, auto_queue_size
+from galtools.train.config import (AUTO_OPS, AUTO_QUEUE, DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig, auto_ops,
+                                   auto_queue_size)
 from galtools.train.data import BatchLoader, CutoutData, centre_crop
 
 ENCODER = "encoder.onnx"
@@ -210,7 +211,10 @@ class Trainer:
     def _pipeline(self):
         from galtools.augment import DEFAULT_SPEC, AugmentPipeline
         from galtools.io import PIXSCALE
+        from galtools.io.meta import FLUX_UNIT
 
+        if self.config.ops == AUTO_OPS:    # resolved by the table's pixels, and recorded resolved
+            self.config.ops = auto_ops(self.data.metadata.get(FLUX_UNIT))
         spec = self.config.ops or DEFAULT_SPEC
         pixscale = self.config.pixscale
         if pixscale is None and self.data.metadata.get(PIXSCALE):
@@ -306,7 +310,7 @@ class Trainer:
 
         config, rt = self.config, self.rt
         torch.manual_seed(config.seed)            # the same initial weights on every rank
-        backbone = build_encoder(config.arch, len(self.data.bands), width=config.width)
+        backbone = build_encoder(config.arch, len(self.data.bands), width=config.width, pool=config.pool)
         if config.method == "moco":
             splits = self._bn_splits()
             if (config.batch_size // rt.world) % splits:
@@ -550,7 +554,7 @@ class Trainer:
         from galtools.train.export import encoder_metadata, export_encoder
 
         config = self.config
-        backbone = build_encoder(config.arch, len(self.data.bands), width=config.width)
+        backbone = build_encoder(config.arch, len(self.data.bands), width=config.width, pool=config.pool)
         backbone.load_state_dict({k: v.detach().float().cpu() for k, v in self.model.backbone.state_dict().items()})
         metadata = encoder_metadata(self.data.bands, config.crop, self.preprocess.to_json(), backbone.num_features,
                                     config.arch, config.to_json(), self.pipe.spec)
