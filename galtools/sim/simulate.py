@@ -101,7 +101,7 @@ def _render_task(task):
 
 
 def _warm_tables():
-    """Fill the per-process tables (K-corrections, star colours) before forking, so workers share them."""
+    """Fill the per-process tables (K-corrections, star colours) once, before the first chunk."""
     from galtools.sim.photometry import kcorrection_table, star_colour_table
 
     kcorrection_table()
@@ -116,8 +116,11 @@ def iter_chunks(config: SimConfig, start: int, stop: int, jobs: int = 1, chunk_s
         for task in tasks:
             yield _render_task(task)
         return
+    # Not fork: the caller may already run threads (pyarrow's writer, BLAS pools), and a child forked while one of
+    # them holds a lock waits for it forever (a run hung that way once, its output written but one worker stuck).
+    # A fork server starts from a fresh interpreter; its workers fork from that, so they start fast and clean.
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     workers = min(jobs, len(tasks))
     with context.Pool(processes=workers) as pool:
         # At most two chunks per worker in flight: memory stays bounded however large the run.
