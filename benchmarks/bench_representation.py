@@ -9,7 +9,8 @@ DATA/gz1-sdss holds labels.csv (objid, gz1_label, file) and images/.  The comman
 (subprocesses): gal-pack, gal-sim, gal-train, gal-embed, gal-photoz curve.  numpy does what no tool does yet, the
 same way for every representation:
 
-- raw-pixel PCA-64: principal components of the packed cutouts' pixels (no labels), fitted on all of them;
+- raw-pixel PCA-64: principal components of the packed cutouts' pixels (no labels), fitted on all of them; and the
+  same on the centre crop the encoder sees (its input size), when that is smaller;
 - random weights: the recipe's encoder exported by ``gal-train --steps 0`` (initial weights, same preprocessing);
 - the probe: multinomial logistic regression on standardised features, its L2 strength chosen by 3-fold
   cross-validation inside the training folds from one fixed grid, scored by 5-fold cross-validation over a split
@@ -262,6 +263,12 @@ def train_and_embed(table: str, out: str, flags: list[str], steps: int, threads:
     return emb, seconds
 
 
+def encoder_input_size(onnx_path: str) -> int:
+    from galtools.train.export import read_metadata
+
+    return int(read_metadata(onnx_path)["galtools.input_size"])
+
+
 def export_tta(table: str, run_folder: str, tta: int, threads: int, force: bool) -> str:
     onnx_path = os.path.join(run_folder, f"encoder-tta{tta}.onnx")
     emb = os.path.join(run_folder, f"emb-tta{tta}.parquet")
@@ -285,6 +292,11 @@ def gz1_part(args, work: str, run_dir: str) -> dict:
     learned, seconds = train_and_embed(table, os.path.join(run_dir, "gz1"), flags, args.steps, args.threads,
                                        args.force)
     random_emb, _ = train_and_embed(table, os.path.join(run_dir, "gz1-random"), flags, 0, args.threads, args.force)
+    crop = encoder_input_size(os.path.join(run_dir, "gz1", "encoder.onnx"))
+    if crop < pixels.shape[-1]:    # PCA of the very pixels the encoder sees (gal-embed's centre crop)
+        top = (pixels.shape[-1] - crop) // 2
+        representations[f"pca64-crop{crop}"] = pca(np.ascontiguousarray(pixels[..., top:top + crop, top:top + crop]),
+                                                    64)
     arms = [("learned", learned), ("random", random_emb)]
     if args.tta > 1:     # the same checkpoints exported with test-time averaging, embedded again
         for name, folder in (("learned", "gz1"), ("random", "gz1-random")):
@@ -366,6 +378,8 @@ def summary_rows(name: str, flags: str, steps: int, result: dict) -> list[tuple[
                     + ", ".join(f"{c} {v:.2f}" for c, v in g[a]["precision"]["per_class"].items()) + ")")
         extra = "".join(f"; {a}: {arm(a)}" for a in g if a.startswith("learned-"))
         extra_random = "".join(f"; {a}: {arm(a)}" for a in g if a.startswith("random-"))
+        extra_random += "".join(f"; PCA-64 of the centre {a.removeprefix('pca64-crop')} px: {arm(a)}" for a in g
+                                if a.startswith("pca64-crop"))
         rows.append((f"representation on gz1 SDSS gri ({g['objects']} galaxies, 4 classes, 5-fold probe; recipe "
                      f"'{name}': {flags}, {steps} steps, trained in {g['train_seconds']:.0f} s)",
                      "learned: " + arm("learned") + extra,
@@ -391,13 +405,14 @@ def summary_rows(name: str, flags: str, steps: int, result: dict) -> list[tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gz1", required=True, help="folder with the Galaxy Zoo 1 sample: labels.csv and images/")
+    parser.add_argument("--gz1", help="folder with the Galaxy Zoo 1 sample: labels.csv and images/")
     parser.add_argument("--work", default=os.path.join(ROOT, "benchmarks", ".work-representation"),
                         help="folder for tables and runs (kept between calls: packed data is reused)")
     parser.add_argument("--name", default="small", help="name of the recipe (a sub-folder of --work)")
     parser.add_argument("--train-flags", default="--preset small", help="gal-train flags of the recipe")
     parser.add_argument("--sim-train-flags", default=None, help="gal-train flags on the mocks (default: the same)")
-    parser.add_argument("--steps", type=int, default=300, help="training budget in steps, the same for every recipe")
+    parser.add_argument("--steps", type=int, default=1200, help="training budget in steps, the same for every recipe "
+                        "(1,200 steps of 64: 10-13 minutes of one core for the small preset)")
     parser.add_argument("--parts", default="gz1,photoz", help="gz1, photoz or both")
     parser.add_argument("--sim", type=int, default=3000, help="gal-sim mocks for the photo-z part")
     parser.add_argument("--fractions", default="0.1,0.3,0.9", help="label fractions of the photo-z curve (of the "
@@ -409,7 +424,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads per tool (OMP_NUM_THREADS)")
     parser.add_argument("--force", action="store_true", help="train again even if the run folder holds a run")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    parser.add_argument("--record", metavar="RESULT_JSON", nargs="+", help="append the rows of finished runs (their "
+                        "WORK/NAME/result.json, e.g. runs made with --no-record) to RESULTS.md, and run nothing")
     args = parser.parse_args()
+    if args.record:
+        for path in args.record:
+            with open(path) as handle:
+                record_result(json.load(handle), no_record=False)
+        return
+    if not args.gz1 and "gz1" in args.parts:
+        parser.error("--gz1 DIR is needed for the gz1 part (or give --parts photoz)")
 
     import torch  # noqa: F401  (only to fail early without the training extras)
 
@@ -427,11 +451,16 @@ def main() -> None:
     result["load_average"] = [load, os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")]
     with open(os.path.join(run_dir, "result.json"), "w") as handle:
         json.dump(result, handle, indent=1)
+    record_result(result, args.no_record)
+
+
+def record_result(result: dict, no_record: bool) -> None:
     from _record import record
 
-    for benchmark, measured, baseline in summary_rows(args.name, args.train_flags, args.steps, result):
-        benchmark += f"; {cpu_model()}, {args.threads} threads, load avg {load:.1f}->{result['load_average'][1]:.1f}"
-        if args.no_record:
+    start, end = result["load_average"]
+    for benchmark, measured, baseline in summary_rows(result["name"], result["train_flags"], result["steps"], result):
+        benchmark += f"; {result['cpu']}, {result['threads']} threads, load avg {start:.1f}->{end:.1f}"
+        if no_record:
             print(f"{benchmark}: {measured}; baselines {baseline}")
         else:
             record(benchmark, measured, baseline, "-")
