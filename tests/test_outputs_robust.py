@@ -108,8 +108,11 @@ def _kill_mid_write(tmp_path, args: list[str], signum: int, wait_for, stdin: byt
                     timeout: float = 120):
     """Start a tool, give it ``stdin`` (left open, so the tool waits for more), wait until ``wait_for()`` says it is
     writing, send ``signum``; the exit status and stderr."""
+    # the tool starts with SIGHUP at its default, as from a terminal, even when this suite runs under nohup (the
+    # tools keep a signal ignored that their parent ignores)
     process = subprocess.Popen(tool_command(args[0]) + args[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, cwd=tmp_path)
+                               stderr=subprocess.PIPE, cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         if stdin:
             process.stdin.write(stdin)
