@@ -1,5 +1,6 @@
 """Training a network on labelled cutouts (torch): the encoder of a gal-train checkpoint, fine-tuned end to end or
-trained from random weights, under a head, by galtools.heads' one stopping rule (checked once per epoch).
+trained from random weights, under a head, by galtools.heads' one stopping rule (checked once per pass, at
+least every 25 steps).
 
 Hayat et al. (2021) compare a probe on the frozen self-supervised representation with the pre-trained encoder
 fine-tuned with a small learning rate and with the same network trained from random weights (the supervised
@@ -24,8 +25,8 @@ import numpy as np
 
 from galtools.errors import BadData, UsageProblem
 from galtools.heads.rows import validation_split
-from galtools.heads.train import (EarlyStopping, TrainSettings, as_targets, linear_layers, run_checks,
-                                  start_at_the_prior, torch_head)
+from galtools.heads.train import (MIN_STEPS_PER_CHECK, EarlyStopping, TrainSettings, as_targets, linear_layers,
+                                  run_checks, start_at_the_prior, torch_head)
 from galtools.io import IMAGE, display_name, images_of, open_table
 
 log = logging.getLogger("galtools")
@@ -237,17 +238,32 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Networ
     val_y = as_targets(y[val_rows], kernel).to(device)
     rng = np.random.default_rng([fit.seed, 17])
     steps_per_epoch = math.ceil(len(train_rows) / fit.batch_size)
+    # the probe's cadence: a check once per pass, but at least MIN_STEPS_PER_CHECK steps apart, so that with a few
+    # hundred labels a network is not judged (and its learning rate cut) every handful of steps
+    steps_per_check = max(steps_per_epoch, MIN_STEPS_PER_CHECK)
+    max_checks = fit.max_epochs * math.ceil(steps_per_epoch / steps_per_check)
     step = 0
 
-    def train_one_epoch() -> float:
+    if len(train_rows) < 2:
+        raise BadData(f"{len(train_rows)} labelled cutout(s) left for training after the validation split "
+                      "(give more labels, or a smaller --val-fraction)")
+
+    def batches():
+        while True:
+            order = train_rows[rng.permutation(len(train_rows))]
+            for start in range(0, len(order), fit.batch_size):
+                rows = np.sort(order[start:start + fit.batch_size])
+                if len(rows) >= 2:        # BatchNorm cannot train on one image
+                    yield rows
+
+    feed = batches()
+
+    def train_until_check() -> float:
         nonlocal step
         network.train(True)
-        order = train_rows[rng.permutation(len(train_rows))]
         running, seen = 0.0, 0
-        for start in range(0, len(order), fit.batch_size):
-            rows = np.sort(order[start:start + fit.batch_size])
-            if len(rows) < 2:        # BatchNorm cannot train on one image
-                continue
+        for _ in range(steps_per_check):
+            rows = next(feed)
             views = network.training_views(data.images[rows], [data.ids[r] for r in rows], step, fit.seed)
             loss = torch.nn.functional.cross_entropy(network.logits(views), as_targets(y[rows], kernel).to(device))
             optimiser.zero_grad(set_to_none=True)
@@ -262,9 +278,10 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Networ
         pdf = torch.from_numpy(network.predict_pdf(data.images[val_rows])).to(device)
         return _cross_entropy_of_pdf(torch, pdf, val_y)
 
-    stopping = EarlyStopping(fit.patience, fit.max_epochs, optimiser)
-    record = run_checks(train_one_epoch, validation_loss, network.state, network.load, stopping)
+    stopping = EarlyStopping(fit.patience, max_checks, optimiser)
+    record = run_checks(train_until_check, validation_loss, network.state, network.load, stopping)
     network.train(False)
-    record.update(epochs=stopping.checks, steps_per_epoch=steps_per_epoch, n_train=int(len(train_rows)),
+    record.update(epochs=round(stopping.checks * steps_per_check / steps_per_epoch, 2), steps=step,
+                  steps_per_check=steps_per_check, steps_per_epoch=steps_per_epoch, n_train=int(len(train_rows)),
                   n_val=int(len(val_rows)))
     return network, record
