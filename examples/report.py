@@ -34,16 +34,22 @@ def refusal(rows: list[dict]) -> str:
             "(`stopped` = cap) at least once, so it had not converged.**\n\n")
 
 
+def method(row: dict) -> str:
+    """The arm's name; the pixel baseline also says how many principal components it chose by validation."""
+    return f"{row['method']} ({row['components']})" if "components" in row else row["method"]
+
+
 def photoz_curve(results: str) -> str:
     curve = load(os.path.join(results, "photoz-curve.json"))
-    rows = [[r["method"], r["n_labels"], r["n_test"], f"{r['sigma_mad']:.4f}", f"{r['eta']:.1f}", f"{r['bias']:+.4f}",
+    rows = [[method(r), r["n_labels"], r["n_test"], f"{r['sigma_mad']:.4f}", f"{r['eta']:.1f}", f"{r['bias']:+.4f}",
              r.get("stopped") or "-", r.get("epochs") if r.get("stopped") else "-"]
             for r in curve["rows"]]
     return ("## 1. Photometric redshifts against the number of labels\n\n"
             "`gal-photoz curve train-emb.parquet --z-column z_true --fractions ... --images train.parquet --checkpoint\n"
             "full/last.pt`: one fixed test set, nested subsets of labels; `median` predicts the training median for every\n"
             "object, `linear` is the linear probe on the frozen pre-trained representation, `pixels-pca` the same probe on\n"
-            "the cutouts' pixels (PCA fitted without labels), `random-encoder` the same probe on the architecture with\n"
+            "the cutouts' pixels (PCA fitted without labels; in brackets the number of components, chosen by validation\n"
+            "loss), `random-encoder` the same probe on the architecture with\n"
             "random weights, `finetune` fine-tunes the pre-trained encoder end to end, `scratch` trains the same network\n"
             "from random weights. Every arm stops by the same patience rule.\n\n"
             + refusal(curve["rows"])
@@ -125,12 +131,13 @@ def gz1(results: str) -> str:
 def gz1_baselines(results: str) -> str:
     """The 4-class curve of the run without flips, every arm: the probe beside its baselines."""
     curve = load(os.path.join(results, "gz1-noflip-morph.json"))["rows"]
-    rows = [[r["method"], r["n_labels"], f"{r['accuracy']:.3f}", f"{r['balanced_accuracy']:.3f}",
+    rows = [[method(r), r["n_labels"], f"{r['accuracy']:.3f}", f"{r['balanced_accuracy']:.3f}",
              r.get("stopped") or "-", r.get("epochs") if r.get("stopped") else "-"]
             for r in sorted(curve, key=lambda r: (r["n_labels"], r["method"]))]
     return ("The run without flips, every arm of `gal-classify curve --images gz1.parquet --checkpoint last.pt` on\n"
             "the same test set: `linear` (the probe on the learned representation), `pixels-pca` and `random-encoder`\n"
-            "(the same probe on pixels and on random weights), `finetune`, `scratch` and `majority`.\n\n"
+            "(the same probe on pixels, with the number of principal components chosen by validation loss, and on\n"
+            "random weights), `finetune`, `scratch` and `majority`.\n\n"
             + table(["method", "labels", "accuracy", "balanced", "stopped", "epochs"], rows) + "\n")
 
 

@@ -393,11 +393,40 @@ def tiny_run(tmp_path_factory):
     return folder
 
 
+def test_pca_sizes_and_an_arm_chosen_by_its_validation_loss():
+    from galtools.heads.baselines import pca_sizes
+    from galtools.heads.curve import chosen_by_validation, curve_row
+
+    assert pca_sizes(128) == [8, 16, 32, 64, 128]
+    assert pca_sizes(100) == [8, 16, 32, 64, 100] and pca_sizes(5) == [5] and pca_sizes(8) == [8]
+    seen = []
+
+    def candidate(k, val_loss):
+        def run(train, test):
+            seen.append((k, tuple(train), tuple(test)))
+            return np.full(len(test), k), {"best_val_loss": val_loss, "stopped": "patience", "epochs": 3}
+        return run
+
+    # the lowest validation loss wins whatever the test rows would say; every candidate sees the same rows
+    arm = chosen_by_validation("pixels-pca", {8: candidate(8, 0.9), 16: candidate(16, 0.4), 32: candidate(32, 0.6)},
+                               "components")
+    predictions, record = arm.run(np.array([0, 1, 2]), np.array([5, 6]))
+    assert predictions.tolist() == [16, 16] and record["components"] == 16 and record["best_val_loss"] == 0.4
+    assert {(t, s) for _, t, s in seen} == {((0, 1, 2), (5, 6))} and [k for k, _, _ in seen] == [8, 16, 32]
+    row = curve_row(arm.method, 1.0, 3, {"n": 2, "accuracy": 0.5}, record)
+    assert row["components"] == 16 and row["stopped"] == "patience"
+    assert "components" not in curve_row("linear", 1.0, 3, {"n": 2, "accuracy": 0.5}, {"stopped": "cap", "epochs": 1})
+
+
 ARMS = ("linear", "pixels-pca", "random-encoder", "finetune", "scratch")
 
 
 @pytest.mark.slow
 def test_both_curves_run_every_baseline_arm_by_the_same_rule(tiny_run):
+    from galtools.heads.baselines import pca_sizes
+
+    with open_table(str(tiny_run / "emb.parquet")) as table:
+        dim = table.read_all().column("embedding").type.list_size
     common = ["--images", tiny_run / "sim.parquet", "--checkpoint", tiny_run / "run" / "last.pt", "--fractions", "1",
               "--max-epochs", "1", "--device", "cpu", "--json"]
     for tool, floor, task in (("gal-classify", "majority", ["--label", "morph_class"]),
@@ -407,6 +436,9 @@ def test_both_curves_run_every_baseline_arm_by_the_same_rule(tiny_run):
         # one epoch allowed: every training arm hits its cap, and says so; the floor does not train
         assert {r["method"]: r["stopped"] for r in rows} == {floor: "", **{arm: "cap" for arm in ARMS}}, tool
         assert len({r["n_test"] for r in rows}) == 1 and len({r["n_labels"] for r in rows}) == 1
+        # the pixel baseline tried each number of components up to the representation's dimension, and says which
+        pca = next(r for r in rows if r["method"] == "pixels-pca")
+        assert pca["components"] in pca_sizes(dim), (tool, pca)
         # the networks check as the probe does: once per pass, but at least 25 steps (here several passes) apart
         for r in (r for r in rows if r["method"] in ("finetune", "scratch")):
             n_train = r["n_labels"] - min(50_000, max(1, round(0.1 * r["n_labels"])))   # the 10% validation rows

@@ -12,7 +12,7 @@ import numpy as np
 
 from galtools.classify.fit import ClassifySettings, LabelledRows, fit_rows
 from galtools.classify.metrics import classification_metrics
-from galtools.heads.curve import Arm, format_curve, make_split, plot_curve, run_curve
+from galtools.heads.curve import Arm, chosen_by_validation, format_curve, make_split, plot_curve, run_curve
 
 METRICS = [("accuracy", "accuracy", ".4f"), ("balanced_accuracy", "balanced", ".4f")]
 PANELS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")]
@@ -51,12 +51,13 @@ def label_curve(rows: LabelledRows, fractions: list[float], settings: ClassifySe
 
 
 def image_arms(rows: LabelledRows, cutouts: np.ndarray, source, network, settings: ClassifySettings) -> list[Arm]:
-    """On the rows' cutouts: the same classifier on their pixels (PCA to the representation's dimension, fitted
-    without labels) and on the checkpoint's architecture with random weights; the encoder fine-tuned, and the same
-    network trained from scratch (``network``: their NetworkSettings)."""
+    """On the rows' cutouts: the same classifier on their pixels (PCA fitted without labels, to the number of
+    components up to the representation's dimension that validates best) and on the checkpoint's architecture
+    with random weights; the encoder fine-tuned, and the same network trained from scratch (``network``: their
+    NetworkSettings)."""
     from dataclasses import replace
 
-    from galtools.heads.baselines import pixel_pca_features, random_encoder_features
+    from galtools.heads.baselines import pca_sizes, pixel_pca_features, random_encoder_features
     from galtools.heads.network import LabelledCutouts, train_network
 
     def probe_on(x):
@@ -78,7 +79,9 @@ def image_arms(rows: LabelledRows, cutouts: np.ndarray, source, network, setting
 
         return run
 
-    return [Arm("pixels-pca", probe_on(pixel_pca_features(cutouts, source, rows.x.shape[1]))),
+    pixels = pixel_pca_features(cutouts, source, rows.x.shape[1])
+    candidates = {k: probe_on(pixels[:, :k]) for k in pca_sizes(pixels.shape[1])}
+    return [chosen_by_validation("pixels-pca", candidates, "components"),
             Arm("random-encoder", probe_on(random_encoder_features(cutouts, source, settings.seed))),
             Arm("finetune", trained(False)), Arm("scratch", trained(True))]
 

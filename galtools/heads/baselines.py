@@ -1,8 +1,9 @@
 """Features for the baseline arms of a label curve, from the labelled cutouts themselves (no labels used):
 
 - ``pixel_pca_features``: the cutouts' pixels (centre crop, the encoder's own preprocessing) projected on their
-  first principal components (numpy SVD), as many as the representation has dimensions: what a probe gets from
-  the pixels without any learnt representation;
+  first principal components (numpy SVD): what a probe gets from the pixels without any learnt representation.
+  How many components suit a probe depends on the number of labels (with a hundred labels, 16 components beat
+  128 by far), so the curves try each of ``pca_sizes`` and keep the one with the lowest validation loss;
 - ``random_encoder_features``: the same encoder with random weights (the architecture without pre-training).
 
 A probe on each is trained and stopped exactly as the probe on the representation.  ``source`` is a gal-train
@@ -14,6 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 BATCH = 256
+PCA_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+def pca_sizes(largest: int) -> list[int]:
+    """The numbers of principal components the pixel baseline tries: those of PCA_SIZES below ``largest`` (the
+    representation's dimension), and ``largest``."""
+    return [k for k in PCA_SIZES if k < largest] + [largest]
 
 
 def _preprocessed(images: np.ndarray, source) -> np.ndarray:

@@ -34,6 +34,21 @@ class Arm:
     baseline: bool = False       # drawn dotted
 
 
+def chosen_by_validation(method: str, candidates: dict, key: str) -> Arm:
+    """An arm that trains each of ``candidates`` ({setting: run}) on the same rows and keeps the one whose training
+    ended with the lowest validation loss (the test rows play no part in the choice); its record says which setting
+    won under ``key``."""
+    def run(train, test):
+        best = None
+        for setting, candidate in candidates.items():
+            predictions, record = candidate(train, test)
+            if best is None or record["best_val_loss"] < best[1]["best_val_loss"]:
+                best = predictions, {**record, key: setting}
+        return best
+
+    return Arm(method, run)
+
+
 def parse_fractions(text: str) -> list[float]:
     try:
         fractions = sorted({float(part) for part in text.split(",") if part.strip()})
@@ -94,6 +109,8 @@ def curve_row(method: str, fraction: float, n_labels: int, metrics: dict, record
     row.update({k: v for k, v in metrics.items() if k != "n"})
     row["stopped"] = record["stopped"] if record else ""
     row["epochs"] = float(record["epochs"]) if record else 0.0
+    if record and "components" in record:       # the pixel baseline: how many principal components it chose
+        row["components"] = int(record["components"])
     return row
 
 

@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from galtools.heads.curve import Arm, Split, format_curve, make_split, plot_curve, run_curve
+from galtools.heads.curve import (Arm, Split, chosen_by_validation, format_curve, make_split, plot_curve,
+                                  run_curve)
 from galtools.photoz.fit import FitSettings, fit_arrays
 from galtools.photoz.metrics import photoz_metrics
 
@@ -46,11 +47,14 @@ def probe_arms(x: np.ndarray, z: np.ndarray, settings: FitSettings, model_sha256
 
 
 def baseline_arms(data, source, dim: int, settings: FitSettings) -> list[Arm]:
-    """The same probe on the labelled cutouts' pixels (PCA to ``dim`` components, fitted without labels) and on the
-    features of the checkpoint's architecture with random weights."""
-    from galtools.heads.baselines import pixel_pca_features, random_encoder_features
+    """The same probe on the labelled cutouts' pixels (PCA fitted without labels, to the number of components up to
+    ``dim`` that validates best) and on the features of the checkpoint's architecture with random weights."""
+    from galtools.heads.baselines import pca_sizes, pixel_pca_features, random_encoder_features
 
-    return [probe_arm("pixels-pca", pixel_pca_features(data.images, source, dim), data.targets, settings),
+    pixels = pixel_pca_features(data.images, source, dim)
+    candidates = {k: probe_arm("pixels-pca", pixels[:, :k], data.targets, settings).run
+                  for k in pca_sizes(pixels.shape[1])}
+    return [chosen_by_validation("pixels-pca", candidates, "components"),
             probe_arm("random-encoder", random_encoder_features(data.images, source, settings.seed), data.targets,
                       settings)]
 
