@@ -169,9 +169,10 @@ def curve(emb, label_options, training, network, curve):
     frequent class) against the number of labels, on one fixed test set, from nested random subsets.
 
     With --images and --checkpoint, also the baselines on the same subsets and test set: the classifier on the
-    pixels (PCA, fitted without labels) and on the encoder with random weights, the encoder fine-tuned and the same
-    network from scratch (batch 64, lr 1e-3). Every arm stops by the same rule; the 'stopped' column says whether
-    by patience or at --max-epochs (then it had not converged). The labelled rows are held in memory.
+    pixels (PCA fitted without labels, its number of components chosen by validation loss) and on the encoder with
+    random weights, the encoder fine-tuned and the same network from scratch (batch 64, lr 1e-3). Every arm stops
+    by the same rule; the 'stopped' column says whether by patience or at --max-epochs (then it had not
+    converged). The labelled rows are held in memory.
     """
     from galtools.classify.curve import format_classify_curve, label_curve, plot_classify_curve
     from galtools.classify.fit import read_labelled
