@@ -86,8 +86,9 @@ def network_options():
                          "bands, input size and preprocessing."),
             click.option("--images", metavar="CUTOUTS", help="The cutout table the embeddings were made from (matched "
                          "by object_id)."),
-            click.option("--backbone-lr-factor", type=float, default=0.1, show_default=True,
-                         help="Fine-tuning: the encoder's learning rate as a fraction of the head's."),
+            click.option("--backbone-lr-factor", type=float, default=1.0, show_default=True,
+                         help="Fine-tuning: the encoder's learning rate as a fraction of the head's (1: the "
+                              "optimiser of the from-scratch arm; 0.1 keeps closer to the pre-trained weights)."),
             click.option("--augment", "augment_spec", default=None, metavar="SPEC",
                          help="Augmentations of the training views (galtools.augment spec; default "
                               "'rotate,flip,jitter:max_shift=2', which leave a redshift unchanged)."),

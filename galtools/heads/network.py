@@ -11,7 +11,9 @@ baseline).  Here:
 - training views are augmented (by default rotations, flips and a small jitter), validation views are the centre
   crop that gal-embed uses;
 - the head is galtools.heads' head (cross-entropy, started at the label prior); the backbone learns at
-  ``backbone_lr_factor`` times the head's rate.
+  ``backbone_lr_factor`` times the head's rate: by default the same rate, so that fine-tuning and training from
+  scratch differ in their starting weights only (on gal-sim photo-z, a tenth of the rate gave sigma_MAD worse by
+  0.0015-0.0056 at every label count, over two seeds).
 
 The task (gal-photoz's redshift bins, gal-classify's classes) gives the targets and exports the result.
 """
@@ -40,7 +42,7 @@ NETWORK_DEFAULTS = {"batch_size": 64, "lr": 1e-3}     # ... and training on imag
 @dataclass
 class NetworkSettings:
     fit: TrainSettings = field(default_factory=lambda: TrainSettings(batch_size=64, lr=1e-3))
-    backbone_lr_factor: float = 0.1      # the encoder learns this much slower than the head
+    backbone_lr_factor: float = 1.0      # the encoder's rate as a fraction of the head's (1: scratch's optimiser)
     augment: str = DEFAULT_AUGMENT
     from_scratch: bool = False
     device: str = "auto"
