@@ -247,8 +247,8 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Networ
     step = 0
 
     if len(train_rows) < 2:
-        raise BadData(f"{len(train_rows)} labelled cutout(s) left for training after the validation split "
-                      "(give more labels, or a smaller --val-fraction)")
+        raise BadData(f"{len(train_rows)} labelled cutout(s) left for training after the validation split",
+                      "give more labels, or a smaller --val-fraction")
 
     def batches():
         while True:
