@@ -49,9 +49,9 @@ def photoz_curve(results: str) -> str:
             "full/last.pt`: one fixed test set, nested subsets of labels; `median` predicts the training median for every\n"
             "object, `linear` is the linear probe on the frozen pre-trained representation, `pixels-pca` the same probe on\n"
             "the cutouts' pixels (PCA fitted without labels; in brackets the number of components, chosen by validation\n"
-            "loss), `random-encoder` the same probe on the architecture with\n"
-            "random weights, `finetune` fine-tunes the pre-trained encoder end to end, `scratch` trains the same network\n"
-            "from random weights. Every arm stops by the same patience rule.\n\n"
+            "loss), `random-encoder` the same probe on the architecture with random weights, `finetune` fine-tunes the\n"
+            "pre-trained encoder end to end, `scratch` trains the same network from random weights. Every arm stops by\n"
+            "the same patience rule.\n\n"
             + refusal(curve["rows"])
             + table(["method", "labels", "test objects", "sigma_MAD", "eta (%)", "bias", "stopped", "epochs"], rows)
             + "\n\n![photo-z label curve](photoz-curve.png)\n")
