@@ -27,8 +27,8 @@ import numpy as np
 
 from galtools.errors import BadData, UsageProblem
 from galtools.heads.rows import validation_split
-from galtools.heads.train import (MIN_STEPS_PER_CHECK, EarlyStopping, TrainSettings, as_targets, linear_layers,
-                                  run_checks, start_at_the_prior, torch_head)
+from galtools.heads.train import (EarlyStopping, TrainSettings, as_targets, check_cadence, linear_layers, run_checks,
+                                  start_at_the_prior, torch_head)
 from galtools.io import IMAGE, display_name, images_of, open_table
 
 log = logging.getLogger("galtools")
@@ -240,10 +240,7 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Networ
     val_y = as_targets(y[val_rows], kernel).to(device)
     rng = np.random.default_rng([fit.seed, 17])
     steps_per_epoch = math.ceil(len(train_rows) / fit.batch_size)
-    # the probe's cadence: a check once per pass, but at least MIN_STEPS_PER_CHECK steps apart, so that with a few
-    # hundred labels a network is not judged (and its learning rate cut) every handful of steps
-    steps_per_check = max(steps_per_epoch, MIN_STEPS_PER_CHECK)
-    max_checks = fit.max_epochs * math.ceil(steps_per_epoch / steps_per_check)
+    steps_per_check, max_checks = check_cadence(steps_per_epoch, fit.max_epochs)     # the probe's cadence
     step = 0
 
     if len(train_rows) < 2:

@@ -56,6 +56,13 @@ class TrainSettings:
         return self
 
 
+def check_cadence(steps_per_pass: int, max_epochs: int) -> tuple[int, int]:
+    """(steps between validation checks, the most checks): once per pass, but at least MIN_STEPS_PER_CHECK steps
+    apart, so that a run on a few hundred rows is not judged (and its learning rate cut) every handful of steps."""
+    steps_per_check = max(steps_per_pass, MIN_STEPS_PER_CHECK)
+    return steps_per_check, max_epochs * math.ceil(steps_per_pass / steps_per_check) if steps_per_pass else 1
+
+
 class EarlyStopping:
     """The one stopping rule: keep the best, cut the learning rate on plateaus, stop after ``patience`` checks
     without improvement or at ``max_checks``."""
@@ -233,8 +240,7 @@ def _train_head(rows, val_x, val_y, dim, n_outputs, settings, kernel, progress):
     val_yt = as_targets(val_y, kernel)
 
     steps_per_pass = math.ceil(rows.count / settings.batch_size)
-    steps_per_check = max(steps_per_pass, MIN_STEPS_PER_CHECK)
-    max_checks = settings.max_epochs * math.ceil(steps_per_pass / steps_per_check) if steps_per_pass else 1
+    steps_per_check, max_checks = check_cadence(steps_per_pass, settings.max_epochs)
     batches = rows.passes(rng, settings.batch_size)
 
     def train_until_check() -> float:
