@@ -12,6 +12,54 @@ def _corrupt(name: str, kind: str, exc: Exception) -> BadData:
     return BadData(f"{name}: corrupt or truncated {kind} file ({detail})", "re-create it; a killed job can leave a partial file")
 
 
+# What an Arrow IPC stream ends with: the continuation marker and a zero length (the format since Arrow 0.15), or
+# the zero length alone (older writers). A stream cut between two batches (its writer killed, or failed mid-way)
+# reads exactly like a whole one up to there; only this marker tells them apart.
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+LEGACY_END_OF_STREAM = b"\x00\x00\x00\x00"
+
+
+def _unfinished(name: str, rows: int) -> BadData:
+    return BadData(f"{name}: the Arrow stream ends after {rows:,} rows without its end-of-stream marker: it was cut "
+                   "short and rows are missing", "the program that wrote it was killed or failed: rerun it")
+
+
+def _check_end(name: str, tail: bytes, rows: int) -> None:
+    """``tail``: the bytes that followed the last message read, up to the end of the input."""
+    if tail in (END_OF_STREAM, LEGACY_END_OF_STREAM):
+        return
+    if tail.startswith(END_OF_STREAM) or (tail.startswith(LEGACY_END_OF_STREAM) and len(tail) > 4):
+        raise BadData(f"{name}: data follows the end of the Arrow stream after {rows:,} rows (two streams "
+                      "joined, e.g. by cat?)", "give the tool one stream at a time")
+    raise _unfinished(name, rows)
+
+
+class _Counted:
+    """A binary stream that counts what has been read, and keeps the bytes read since the last ``mark()``
+    (at most a few: the end-of-stream marker is 8 bytes), so the reader can tell a stream that ended from one
+    that was cut."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.closed = False
+        self.since_mark = b""
+
+    def read(self, size=-1):
+        data = self._raw.read(size)
+        if len(self.since_mark) <= 16:
+            self.since_mark += data[:17]
+        return data
+
+    def mark(self):
+        self.since_mark = b""
+
+    def readable(self):
+        return True
+
+    def close(self):
+        """The stream belongs to the caller."""
+
+
 def _select(batch: pa.RecordBatch, columns):
     if columns is None:
         return batch
@@ -30,7 +78,15 @@ class ArrowFileSource:
             self._map = pa.memory_map(path, "r")
             if stream:
                 reader = pa.ipc.open_stream(self._map)
-                self._batches = list(reader)
+                self._batches = []
+                while True:
+                    end = self._map.tell()
+                    try:
+                        self._batches.append(reader.read_next_batch())
+                    except StopIteration:
+                        break
+                self._map.seek(end)
+                _check_end(path, self._map.read(16), sum(b.num_rows for b in self._batches))
             else:
                 reader = pa.ipc.open_file(self._map)
                 self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
@@ -64,8 +120,9 @@ class ArrowStreamSource:
 
     def __init__(self, stream, name: str = "stdin"):
         self.name = name
+        self._stream = _Counted(stream)
         try:
-            self._reader = pa.ipc.open_stream(stream)
+            self._reader = pa.ipc.open_stream(self._stream)
         except (pa.ArrowInvalid, OSError) as exc:
             raise _corrupt(name, "Arrow stream", exc) from None
         self.metadata = meta.decode(self._reader.schema.metadata)
@@ -75,13 +132,20 @@ class ArrowStreamSource:
     def iter_range(self, start, stop, batch_size, columns):
         if start != 0 or stop is not None:
             raise RuntimeError("an Arrow stream can only be read whole")
+        rows = 0
         while True:
+            self._stream.mark()
             try:
                 batch = self._reader.read_next_batch()
             except StopIteration:
+                tail = self._stream.since_mark
+                if tail in (END_OF_STREAM, LEGACY_END_OF_STREAM):
+                    tail += self._stream.read(1)   # nothing may follow the marker
+                _check_end(self.name, tail, rows)
                 return
             except (pa.ArrowInvalid, OSError) as exc:
                 raise _corrupt(self.name, "Arrow stream", exc) from None
+            rows += batch.num_rows
             batch = _select(batch, columns)
             for offset in range(0, batch.num_rows, batch_size):
                 yield batch.slice(offset, batch_size)

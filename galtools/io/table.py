@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from galtools.errors import BadData, InputMissing
+from galtools.errors import BadData, GalError, InputMissing
 from galtools.io import meta, sources
 from galtools.io.shard import Shard
 from galtools.io.tensor import IMAGE, check_image_type, is_tensor_type
@@ -157,7 +157,11 @@ def open_table(source: str, shard: Shard | None = None, options: ReadOptions | N
             return Table([ArrowStreamSource(stream_or_path)], name="stdin")
         if fmt == sources.ARROW_STREAM:   # a shard needs the row count: keep the stream in a file
             stream_or_path = sources.spool_to_file(stream_or_path, ".arrows")
-        part = _open_source(stream_or_path, options)
+        try:
+            part = _open_source(stream_or_path, options)
+        except GalError as exc:   # name what the user gave, not the temporary copy
+            exc.what = exc.what.replace(stream_or_path, "stdin")
+            raise
         part.name = "stdin"
         return Table([part], shard, name="stdin")
     from galtools.io import partitioned
