@@ -159,19 +159,19 @@ def test_neighbours_equal_gal_knn_most_and_least(viewer, world):
         assert [r["query"]["id"] for r in body["results"]] == ids
         for result in body["results"]:
             rows = expected.filter(pc.equal(expected.column("query_id"), result["query"]["id"]))
-            assert [n["id"] for n in result["neighbours"]] == rows.column("neighbor_id").to_pylist()
-            assert [n["rank"] for n in result["neighbours"]] == rows.column("rank").to_pylist()
-            np.testing.assert_allclose([n["similarity"] for n in result["neighbours"]],
+            assert [n["id"] for n in result["neighbors"]] == rows.column("neighbor_id").to_pylist()
+            assert [n["rank"] for n in result["neighbors"]] == rows.column("rank").to_pylist()
+            np.testing.assert_allclose([n["similarity"] for n in result["neighbors"]],
                                        rows.column("similarity").to_numpy(), atol=SIMILARITY_TOLERANCE, rtol=0)
-            for n in result["neighbours"]:   # captions: the chosen columns of the right rows
+            for n in result["neighbors"]:   # captions: the chosen columns of the right rows
                 row = world["emb"].filter(pc.equal(world["emb"].column("object_id"), n["id"]))
                 assert n["label"] == row.column("morph_class")[0].as_py()
                 assert n["columns"]["z_true"] == pytest.approx(row.column("z_true")[0].as_py(), rel=1e-6)
                 assert set(n["columns"]) == {"z_true", "mag_r"} and n["has_image"]
     body = viewer.json("/api/search?" + query(id=3, k=25))
     reference, similarity = brute_force(world, 3, 25)
-    assert [n["id"] for n in body["results"][0]["neighbours"]] == reference
-    np.testing.assert_allclose([n["similarity"] for n in body["results"][0]["neighbours"]], similarity,
+    assert [n["id"] for n in body["results"][0]["neighbors"]] == reference
+    np.testing.assert_allclose([n["similarity"] for n in body["results"][0]["neighbors"]], similarity,
                                atol=SIMILARITY_TOLERANCE, rtol=0)
 
 
@@ -181,8 +181,8 @@ def test_search_through_the_index_equals_gal_knn_with_it(indexed_viewer, world):
     assert indexed_viewer.json("/api/info")["search"] == "FAISS flat index"
     for result in body["results"]:
         rows = expected.filter(pc.equal(expected.column("query_id"), result["query"]["id"]))
-        assert [n["id"] for n in result["neighbours"]] == rows.column("neighbor_id").to_pylist()
-        np.testing.assert_allclose([n["similarity"] for n in result["neighbours"]],
+        assert [n["id"] for n in result["neighbors"]] == rows.column("neighbor_id").to_pylist()
+        np.testing.assert_allclose([n["similarity"] for n in result["neighbors"]],
                                    rows.column("similarity").to_numpy(), atol=SIMILARITY_TOLERANCE, rtol=0)
 
 
@@ -198,8 +198,8 @@ def test_a_filter_restricts_search_points_and_selection(viewer, indexed_viewer, 
         for least in (0, 1):
             body = server.json("/api/search?" + query(id=42, k=7, least=least, filter=expression))
             reference, similarity = brute_force(world, 42, 7, mask, bool(least))
-            assert [n["id"] for n in body["results"][0]["neighbours"]] == reference
-            np.testing.assert_allclose([n["similarity"] for n in body["results"][0]["neighbours"]], similarity,
+            assert [n["id"] for n in body["results"][0]["neighbors"]] == reference
+            np.testing.assert_allclose([n["similarity"] for n in body["results"][0]["neighbors"]], similarity,
                                        atol=SIMILARITY_TOLERANCE, rtol=0)
     points = viewer.json("/api/points?" + query(filter=expression, colour="z_true"))
     assert points["count"] == mask.sum() and points["total"] == N_OBJECTS
@@ -453,8 +453,8 @@ def test_sdss_sized_ids_travel_as_text_and_keep_every_digit(world, tmp_path):
     try:
         body = server.json("/api/search?" + query(id=offset + 3, k=5))["results"][0]
         assert body["query"]["id"] == str(offset + 3)
-        assert [n["id"] for n in body["neighbours"]] == [str(offset + i) for i in brute_force(world, 3, 5)[0]]
-        status, kind, png = server.get(f"/api/tile?id={body['neighbours'][0]['id']}")
+        assert [n["id"] for n in body["neighbors"]] == [str(offset + i) for i in brute_force(world, 3, 5)[0]]
+        status, kind, png = server.get(f"/api/tile?id={body['neighbors'][0]['id']}")
         assert status == 200 and png[:4] == b"\x89PNG"
         points = server.json("/api/points")
         assert points["ids"][:3] == [str(offset), str(offset + 1), str(offset + 2)]

@@ -206,7 +206,7 @@ class Catalogue:
             neighbours = []
             for rank, (row, score) in enumerate(((r, s) for r, s in zip(found, similarity) if r >= 0), start=1):
                 neighbours.append({"rank": rank, "similarity": float(score), **self.describe(int(row))})
-            results.append({"query": self.describe(int(query_row)), "neighbours": neighbours,
+            results.append({"query": self.describe(int(query_row)), "neighbors": neighbours,
                             "least": bool(least), "filter": expression or None})
         return results
 

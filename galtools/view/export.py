@@ -101,8 +101,8 @@ def _write_pages(catalogue, results, building, k, least, expression) -> int:
         query = result["query"]
         cells = [f'<div class="tile query">{picture(query)}{_caption(query)}</div>']
         cells += [f'<div class="tile neighbour">{picture(n)}{_caption(n, n["similarity"])}</div>'
-                  for n in result["neighbours"]]
-        title = f"{len(result['neighbours'])} {which} to {query['id']}"
+                  for n in result["neighbors"]]
+        title = f"{len(result['neighbors'])} {which} to {query['id']}"
         body = (f'<div class="result"><h2>{html.escape(title)}</h2><div class="grid">{"".join(cells)}</div></div>'
                 '<p><a href="index.html">all queries</a></p>')
         name = f"query-{number:04d}.html"

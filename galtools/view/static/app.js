@@ -72,13 +72,13 @@ function showResults(results) {
     block.className = "result";
     const title = document.createElement("h2");
     const which = result.least ? "least similar" : "most similar";
-    title.textContent = `${result.neighbours.length} ${which} to ${result.query.id}` +
+    title.textContent = `${result.neighbors.length} ${which} to ${result.query.id}` +
       (result.filter ? ` (filter: ${result.filter})` : "");
     block.appendChild(title);
     const grid = document.createElement("div");
     grid.className = "grid";
     grid.appendChild(card(result.query, true));
-    for (const neighbour of result.neighbours) {
+    for (const neighbour of result.neighbors) {
       grid.appendChild(card(neighbour, false));
       state.highlight.set(String(neighbour.id), "#ffffff");
     }
