@@ -14,7 +14,7 @@ import click
 
 from galtools import __version__
 from galtools.cli.ending import exit_past_busy_threads, install_stop_signals, no_space_line
-from galtools.errors import EXIT_IOERR, EXIT_USAGE, GalError, Terminated
+from galtools.errors import EXIT_IOERR, EXIT_USAGE, GalError, Terminated, printable
 
 log = logging.getLogger("galtools")
 _state = {"quiet": False, "verbose": 0, "tool": "galtools"}
@@ -27,7 +27,7 @@ def _wants_traceback(args) -> bool:
 
 def _say_error(tool: str, text: str) -> None:
     try:
-        sys.stderr.write(f"{tool}: error: {text}\n")
+        sys.stderr.write(f"{tool}: error: {printable(text)}\n")   # no escape sequence from a bad input reaches the terminal
         sys.stderr.flush()
     except (BrokenPipeError, ValueError):   # stderr itself is gone: nowhere left to report
         return
@@ -156,13 +156,20 @@ class GalGroup(_GalMixin, click.Group):
         return super().parse_args(ctx, args)
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines with control characters escaped (see errors.printable): warnings quote inputs too."""
+
+    def format(self, record):
+        return printable(super().format(record), keep_lines=True)
+
+
 def _configure(quiet: bool, verbose: int) -> None:
     _state["quiet"], _state["verbose"] = quiet, verbose
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
     log.setLevel(level)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{_state['tool']}: %(message)s"))
+        handler.setFormatter(_SafeFormatter(f"{_state['tool']}: %(message)s"))
         log.addHandler(handler)
     log.propagate = False
 
