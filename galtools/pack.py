@@ -592,6 +592,9 @@ def plan_pixscales(jobs: list[StampJob], options: PackOptions, native: list | No
     """Each stamp's pixel scale after --crop/--resize: its own scale (``native``: --stamp-pixscale as one value or a
     catalogue column, per job; else its FITS header) times the crop size (else its height) over --resize. One
     value when they agree, else one per object; --pixscale (the output's scale) must agree with them."""
+    pictures = all(job.paths[0].lower().endswith((".png", ".jpg", ".jpeg")) for job in jobs)
+    if pictures and native is None and not (options.pixscale is not None and options.resize and not options.crop):
+        return PixscalePlan(single=options.pixscale)   # pictures carry no scale, and their sizes change nothing here
     with ThreadPoolExecutor(max(1, options.jobs)) as pool:
         geometries = list(pool.map(stamp_geometry, jobs))
     units = {g.unit for g in geometries if g.size is not None}
