@@ -199,6 +199,8 @@ def test_messages_escape_control_characters_from_inputs(tmp_path):
     result = run("gal-pack", str(tmp_path / "cat.csv"), "-o", str(tmp_path / "o.parquet"))
     err = error(result, 66, r"\x1b]0;pwned\x07\x1b[2J\x9b1m.png")
     assert not any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 for c in err.strip()), repr(err)
+    traced = run("gal-pack", str(tmp_path / "cat.csv"), "-v", "-o", str(tmp_path / "o.parquet")).stderr.decode()
+    assert "Traceback" in traced and "\x1b" not in traced and r"\x1b]0;pwned" in traced, repr(traced)
     (tmp_path / "ids.csv").write_text(f"id,file\n{evil},gone.png\nfine,ok.png\n", encoding="utf-8")
     result = ok(run("gal-pack", str(tmp_path / "ids.csv"), "--skip-bad", "-o", str(tmp_path / "o.parquet")))
     err = result.stderr.decode()

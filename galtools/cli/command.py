@@ -67,9 +67,7 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
         code = exc.exit_code if exc.exit_code else EXIT_USAGE
     except GalError as exc:
         if _wants_traceback(args):
-            import traceback
-
-            traceback.print_exc()
+            _print_traceback()
         _say_error(tool, exc.one_line())
         code = exc.exit_code
     except (BrokenPipeError, _PipeClosed):
@@ -102,12 +100,20 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     sys.exit(code)
 
 
+def _print_traceback() -> None:
+    """-v: the traceback, its lines kept and the control characters of the messages in it escaped."""
+    import traceback
+
+    try:
+        sys.stderr.write(printable(traceback.format_exc(), keep_lines=True))
+    except (BrokenPipeError, ValueError):
+        return
+
+
 def _internal_error(tool: str, exc: BaseException, args) -> None:
     """A bug: say so in one line, traceback on -v."""
     if _wants_traceback(args):
-        import traceback
-
-        traceback.print_exc()
+        _print_traceback()
     _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
                      "(rerun with -v for the traceback, and please report it)")
 
