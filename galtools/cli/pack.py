@@ -191,6 +191,13 @@ def _unnamed_planes(from_8bit: bool) -> str:
             else "the stamps' planes, in their order, by number")
 
 
+def _is_number(value) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _stamp_pixscales(packer, options, stamp_pixscale):
     """The stamps' pixel scales after --crop/--resize: one for the metadata, one per object (stamps of several
     sizes resized to one, or several scales), or nothing known; --pixscale must agree with what is known."""
@@ -206,6 +213,11 @@ def _stamp_pixscales(packer, options, stamp_pixscale):
                 raise BadData(f"--stamp-pixscale {stamp_pixscale}: neither a number nor a catalogue column",
                               "give the stamps' pixel scale in arcsec, or the column holding it") from None
             native = packer.extra.column(stamp_pixscale).to_pylist()
+            wrong = next((v for v in native if v is not None and not _is_number(v)), None)
+            if wrong is not None:
+                raise BadData(f"--stamp-pixscale {stamp_pixscale}: the column holds {wrong!r}, not a pixel scale",
+                              "give a column of numbers (arcsec per pixel)")
+            native = [None if v is None else float(v) for v in native]
     if not packer.jobs:
         return PixscalePlan(single=options.pixscale)
     plan = plan_pixscales(packer.jobs, options, native)
