@@ -25,6 +25,18 @@ def brief(text: object, limit: int = 100) -> str:
     return cut.rstrip(" ,;:.(") + " ..."
 
 
+_CONTROL = "".join(chr(c) for c in (*range(0x20), *range(0x7f, 0xa0)))
+_ESCAPES = {ord(c): repr(c)[1:-1] if c not in "\n\t" else c for c in _CONTROL}
+_ESCAPES_ALL = {ord(c): repr(c)[1:-1] for c in _CONTROL}
+
+
+def printable(text: object, keep_lines: bool = False) -> str:
+    """``text`` safe for a terminal: C0 and C1 control characters (ESC, CR, BEL, CSI, ...) written as Python escapes
+    (``\\x1b``), so that a file name or a byte read from a bad input cannot move the cursor, retitle or clear the
+    terminal. ``keep_lines`` keeps newlines and tabs (for log records of several lines)."""
+    return str(text).translate(_ESCAPES if keep_lines else _ESCAPES_ALL)
+
+
 class GalError(Exception):
     """A problem the user can fix: ``what`` names it, ``hint`` says how to fix it."""
 

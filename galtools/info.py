@@ -70,6 +70,20 @@ def summarize(table: Table, source: str, pixels: bool = False) -> dict:
     return info
 
 
+def generic_bands_note(bands: list[str] | None) -> str | None:
+    """What to say of band names gal-pack had to make up (pictures' colour planes, numbered FITS planes)."""
+    if not bands:
+        return ("the image planes are not named: tools that match bands to a model refuse them; name them with "
+                "--bands B1,B2,... or gal-pack IN --bands B1,B2,... -o OUT")
+    if bands in (["red", "green", "blue"], ["gray"]):
+        return (f"{','.join(bands)} are the colour planes of 8-bit pictures, not filters; to name the filters "
+                "(e.g. i,r,g for SDSS gri composites), pack the pictures again with gal-pack --bands")
+    if all(b.startswith("b") and b[1:].isdigit() for b in bands):
+        return (f"{','.join(bands)} are plane numbers, not filters; to name the filters, pack the stamps again "
+                "with gal-pack --bands")
+    return None
+
+
 def render_text(info: dict) -> str:
     lines = [f"{info['source']}: {info['rows']} rows, {len(info['columns'])} columns ({info['format']}"
              + (f", {info['parts']} parts" if info["parts"] > 1 else "") + ")"]
@@ -82,6 +96,9 @@ def render_text(info: dict) -> str:
         if image.get("flux_unit"):
             extra += f", {image['flux_unit']}"
         lines.append(f"images: {' x '.join(str(s) for s in image['shape'])} (bands {bands}{extra})")
+        note = generic_bands_note(image["bands"])
+        if note:
+            lines.append(f"  note: {note}")
     if "embedding" in info:
         sha = info["embedding"]["model_sha256"] or "unknown model"
         lines.append(f"embedding: {info['embedding']['dim']}-d ({sha[:16]})")

@@ -128,15 +128,37 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
     return (overlap / scale).astype(np.float64)
 
 
-def area_resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Area-averaging resample of (n, bands, H, W) to (n, bands, size, size): the mean surface brightness of each
-    output pixel's footprint, so a flat image stays flat and total flux scales with pixel area."""
+def area_resize(images: np.ndarray, size: int, sum_flux: bool = False) -> np.ndarray:
+    """Area-weighted resample of (n, bands, H, W) to (n, bands, size, size). By default each output pixel is the
+    mean of its footprint (a flat image stays flat: right for surface brightness and display values); with
+    ``sum_flux`` it is the sum (the flux the footprint holds: the total flux of the image is kept)."""
     height, width = images.shape[-2:]
     if (height, width) == (size, size):
         return images
     rows, cols = area_weights(height, size), area_weights(width, size)
+    if sum_flux:
+        rows, cols = rows * (height / size), cols * (width / size)
     out = np.einsum("oh,nbhw,pw->nbop", rows, images.astype(np.float64), cols, optimize=True)
     return out.astype(np.float32)
+
+
+# A pixel holds flux (nanomaggy, counts, e-/s: summed by --resize) unless its unit says it holds a surface
+# brightness or a display value (averaged: those do not depend on the pixel's area).
+_AVERAGED_UNITS = ("scaled to [0,1]", "/sr", "sr-1", "sr^-1", "sr**-1", "arcsec-2", "arcsec^-2", "arcsec**-2",
+                   "/arcsec2", "/arcsec^2", "/arcsec**2", "mag/arcsec")
+
+
+def resize_sums(unit: str | None) -> bool:
+    """Whether --resize adds up (True) or averages the pixels an output pixel covers, for pixels in ``unit``."""
+    text = (unit or "").lower()
+    return not any(mark in text for mark in _AVERAGED_UNITS)
+
+
+def scale_factor(height: int, width: int, crop: int | None, resize: int | None) -> float:
+    """How much larger an output pixel is than an input pixel (a crop keeps the scale; a resize of the cropped
+    N pixels to M multiplies it by N/M)."""
+    size = crop or height
+    return size / resize if resize else 1.0
 
 
 # -------------------------------------------------------------------------------------------------- the plan
@@ -157,14 +179,20 @@ class PackOptions:
 class PackReport:
     written: int = 0
     skipped: list[tuple[object, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what was not given and how it was chosen, said at the end
 
 
-def reshape_images(images: np.ndarray, options: PackOptions) -> np.ndarray:
-    """Centre crop, then area-resample, a batch of (n, bands, H, W) images as the options ask."""
+def reshape_images(images: np.ndarray, options: PackOptions, sum_flux: bool = True) -> np.ndarray:
+    """Centre crop, then area-resample, a batch of (n, bands, H, W) images as the options ask (``sum_flux``: see
+    area_resize). Resizing non-square images to a square would make the pixels non-square: refused."""
     if options.crop:
         images = centre_crop(images, options.crop)
     if options.resize:
-        images = area_resize(images, options.resize)
+        height, width = images.shape[-2:]
+        if height != width:
+            raise BadData(f"{height}x{width} images resized to {options.resize}x{options.resize} would get "
+                          "non-square pixels (two pixel scales)", f"crop them square first, e.g. --crop {min(height, width)}")
+        images = area_resize(images, options.resize, sum_flux)
     return images
 
 
@@ -189,6 +217,8 @@ def handle_nonfinite(images: np.ndarray, options: PackOptions, ids, report: Pack
 def read_catalogue(path: str) -> pa.Table:
     """A catalogue as an Arrow table: CSV/TSV by text, or any galtools table (FITS, Parquet, Arrow)."""
     head = open(path, "rb").read(16) if os.path.isfile(path) else b""
+    if sources.named_format(path):   # a .parquet or .fits that is not one: say so, not "not a CSV"
+        sources.sniff(head, path)
     try:
         sources.sniff(head, path)
         is_table = True
@@ -224,6 +254,10 @@ class StampJob:
     object_id: object
     paths: list[str]   # one path, or one per band for a '{band}' pattern
     hdu: int | str | None = None   # the FITS extension of every path (None: the file's only image)
+
+    def where(self) -> str:
+        """The stamp as messages name it: its (first) file, and the HDU when one was chosen."""
+        return self.paths[0] if self.hdu is None else f"{self.paths[0]}[{self.hdu}]"
 
 
 def stamp_jobs(catalogue: pa.Table, folder: str, file_column: str, ids, band_names,
@@ -261,10 +295,10 @@ def load_job(job: StampJob):
     if len(planes) == 1:
         return planes[0]
     if any(p[0].shape[0] != 1 for p in planes):
-        return f"{job.paths[0]}: a per-band file holds more than one plane"
+        return f"{job.where()}: a per-band file holds more than one plane"
     shapes = {p[0].shape for p in planes}
     if len(shapes) > 1:
-        return f"{job.paths[0]}: per-band files differ in size {sorted(shapes)}"
+        return f"{job.where()}: per-band files differ in size {sorted(shapes)}"
     return np.concatenate([p[0] for p in planes]), planes[0][1]
 
 
@@ -277,7 +311,8 @@ class StampPacker:
         self.raw_bands = None     # band count of the first good stamp
         self.from_8bit = None
         self.first_path = None
-        self.pixscales = None     # each job's own output pixel scale (see pixscales_after_resize), or None
+        self.pixscales = None     # each job's own output pixel scale (see plan_pixscales), or None
+        self.sum_flux = True      # --resize adds up fluxes (False: the stamps' unit is a surface brightness)
 
     def check_missing(self) -> None:
         missing = [(job.object_id, path) for job in self.jobs for path in job.paths if not os.path.exists(path)]
@@ -298,19 +333,27 @@ class StampPacker:
         if isinstance(loaded, str):
             return self._reject(job, loaded)
         image, from_8bit = loaded
+        where = job.where()
         if self.raw_bands is None:
-            self.raw_bands, self.from_8bit, self.first_path = image.shape[0], from_8bit, job.paths[0]
+            self.raw_bands, self.from_8bit, self.first_path = image.shape[0], from_8bit, where
         if image.shape[0] != self.raw_bands:
-            return self._reject(job, f"{job.paths[0]} has {image.shape[0]} bands, but {self.first_path} has {self.raw_bands}")
+            return self._reject(job, f"{where} has {image.shape[0]} bands, but {self.first_path} has {self.raw_bands}")
+        if from_8bit != self.from_8bit:
+            kinds = ("an 8-bit picture", "a FITS image") if from_8bit else ("a FITS image", "an 8-bit picture")
+            return self._reject(job, f"{where} is {kinds[0]} but {self.first_path} is {kinds[1]}: their pixels "
+                                     "are not in one unit")
         crop = self.options.crop
         if crop and min(image.shape[1:]) < crop:
-            return self._reject(job, f"{job.paths[0]} is {image.shape[1]}x{image.shape[2]} pixels, smaller than "
+            return self._reject(job, f"{where} is {image.shape[1]}x{image.shape[2]} pixels, smaller than "
                                      f"--crop {crop}")
-        finished = reshape_images(image[None], self.options)
+        try:
+            finished = reshape_images(image[None], self.options, sum_flux=self.sum_flux and not from_8bit)
+        except BadData as exc:
+            return self._reject(job, f"{where}: {exc.one_line()}")
         if self.shape is None:
             self.shape = finished.shape[1:]
         if finished.shape[1:] != self.shape:
-            return self._reject(job, f"{job.paths[0]} is {image.shape[1]}x{image.shape[2]} pixels, unlike "
+            return self._reject(job, f"{where} is {image.shape[1]}x{image.shape[2]} pixels, unlike "
                                      f"{self.first_path}; bring stamps to one size with --crop N and/or --resize N")
         return finished[0]
 
@@ -382,12 +425,42 @@ def converted_schema(table, options: PackOptions) -> pa.Schema:
     """The columns convert_batches writes, known before any row: an empty input gives an empty table of them."""
     bands, height, width = table.require_images()
     bands = len(options.bands) if options.bands else bands
+    if options.resize and height != width and not options.crop:
+        raise BadData(f"{table.name}: {height}x{width} images resized to {options.resize}x{options.resize} would "
+                      "get non-square pixels (two pixel scales)", f"crop them square first, e.g. --crop {min(height, width)}")
     if options.crop:
         height = width = options.crop
     if options.resize:
         height = width = options.resize
     fields = [f for f in table.schema if f.name != IMAGE]
+    if options.resize:
+        fields = [pa.field(PIXSCALE_COLUMN, pa.float64()) if f.name == PIXSCALE_COLUMN else f for f in fields]
     return pa.schema(fields + [pa.field(IMAGE, pa.fixed_shape_tensor(pa.float32(), (bands, height, width)))])
+
+
+def converted_metadata(table, options: PackOptions, input_pixscale: str | None = None) -> dict[str, str]:
+    """The pixel scale of a converted table: the input's (``input_pixscale``, else its metadata) times the growth of
+    a pixel by --crop/--resize; --pixscale (the output's) must agree with it, and stands alone where the input's
+    scale is unknown."""
+    _, height, width = table.require_images()
+    own = table.metadata.get(meta.PIXSCALE)
+    if input_pixscale is not None:
+        try:
+            own = float(input_pixscale)
+        except ValueError:
+            raise UsageProblem(f"--stamp-pixscale {input_pixscale}: converting a table takes one number (the "
+                               "table's own pixel scale)", "give it in arcsec, e.g. --stamp-pixscale 0.262") from None
+    try:
+        own = float(own) if own is not None else None
+    except ValueError:
+        own = None
+    if own is not None and own > 0:
+        factor = scale_factor(height, width, options.crop, options.resize)
+        scale = output_pixscale(own * factor, options.pixscale, f"{table.name} has after --crop/--resize "
+                                                                f"({own:g} x {factor:g})")
+    else:
+        scale = options.pixscale
+    return {meta.PIXSCALE: repr(float(scale))} if scale else {}
 
 
 def convert_batches(table, options: PackOptions, report: PackReport):
@@ -395,12 +468,21 @@ def convert_batches(table, options: PackOptions, report: PackReport):
     from galtools.io import UniqueIds
 
     seen = UniqueIds(table.name)
+    sum_flux = resize_sums(table.metadata.get(meta.FLUX_UNIT))
+    _, height, width = table.require_images()
+    factor = scale_factor(height, width, options.crop, options.resize)
     for batch in table.iter_batches(batch_size=options.batch_rows):
         if "object_id" in batch.schema.names:
             seen.add(batch.column("object_id"))
         images = select_bands(images_of(batch), table.bands, options.bands)
         ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else list(range(batch.num_rows))
-        images, keep = handle_nonfinite(reshape_images(images, options), options, ids, report)
+        images, keep = handle_nonfinite(reshape_images(images, options, sum_flux), options, ids, report)
+        if factor != 1.0 and PIXSCALE_COLUMN in batch.schema.names:   # each object's own scale grows alike
+            import pyarrow.compute as pc
+
+            position = batch.schema.get_field_index(PIXSCALE_COLUMN)
+            scaled = pc.multiply(batch.column(position).cast(pa.float64()), factor)
+            batch = batch.set_column(position, pa.field(PIXSCALE_COLUMN, pa.float64()), scaled)
         batch = batch.drop_columns([IMAGE])
         if not keep.all():
             batch = batch.filter(pa.array(keep))
@@ -430,72 +512,109 @@ def ids_from_names(names: list[str]) -> list:
     return stems
 
 
-def stamp_metadata(bands: list[str], from_8bit: bool, pixscale: float | None) -> dict[str, str]:
-    out = {meta.BANDS: ",".join(bands), meta.FLUX_UNIT: meta.EIGHT_BIT_UNIT if from_8bit else "as in the stamps"}
+def stamp_metadata(bands: list[str], from_8bit: bool, pixscale: float | None, unit: str | None = None) -> dict[str, str]:
+    out = {meta.BANDS: ",".join(bands),
+           meta.FLUX_UNIT: meta.EIGHT_BIT_UNIT if from_8bit else unit or "as in the stamps"}
     if pixscale:
         out[meta.PIXSCALE] = repr(float(pixscale))
     return out
 
 
-# ---------------------------------------------------------------------- pixel scales of stamps of several sizes
+# ------------------------------------------------------------------ pixel scales: the input's, after crop and resize
 
 PIXSCALE_COLUMN = "pixscale_arcsec"
+PIXSCALE_AGREEMENT = 0.01   # a --pixscale this close to the derived scale is the same scale
 
 
-def stamp_size(path: str) -> tuple[int, int] | None:
-    """(H, W) of a stamp from its header alone, or None when it cannot be read (the packer reports that later)."""
+def header_pixscale(header) -> float | None:
+    """A FITS header's pixel scale in arcsec: PIXSCALE (arcsec), else the WCS CD matrix or CDELT (degrees)."""
+    try:
+        if "PIXSCALE" in header:
+            return abs(float(header["PIXSCALE"])) or None
+        if "CD1_1" in header or "CD1_2" in header:
+            return float(np.hypot(float(header.get("CD1_1", 0.0)), float(header.get("CD2_1", 0.0)))) * 3600 or None
+        if "CDELT1" in header:
+            return abs(float(header["CDELT1"])) * 3600 or None
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+@dataclass
+class StampGeometry:
+    size: tuple[int, int] | None = None     # (H, W), None when the stamp cannot be read (the packer says why later)
+    pixscale: float | None = None           # arcsec/pixel from the header
+    unit: str | None = None                 # BUNIT
+
+
+def stamp_geometry(job: StampJob) -> StampGeometry:
+    """Size, header pixel scale and unit of a job's stamp, from its headers alone: of the HDU the job names."""
+    path = job.paths[0]
     try:
         if path.lower().endswith((".png", ".jpg", ".jpeg")):
             from PIL import Image
 
             with Image.open(path) as picture:
-                return picture.size[1], picture.size[0]
+                return StampGeometry((picture.size[1], picture.size[0]))
         import fitsio
 
         with fitsio.FITS(path) as fits:
-            for hdu in fits:
-                dims = hdu.get_dims() if hdu.get_exttype() == "IMAGE_HDU" else []
-                if len(dims) >= 2:
-                    return int(dims[-2]), int(dims[-1])
-    except (OSError, ValueError):
-        return None
-    return None
+            hdu = _chosen_hdu(fits, path, job.hdu)
+            dims, header = hdu.get_dims(), hdu.read_header()
+    except (OSError, ValueError, BadData):
+        return StampGeometry()
+    unit = str(header["BUNIT"]).strip() if "BUNIT" in header else None
+    return StampGeometry((int(dims[-2]), int(dims[-1])) if len(dims) >= 2 else None, header_pixscale(header),
+                         unit or None)
 
 
-def header_pixscale(path: str) -> float | None:
-    """A FITS stamp's pixel scale in arcsec: PIXSCALE (arcsec), else the WCS CD matrix or CDELT (degrees)."""
-    if not path.lower().endswith((".fits", ".fit", ".fits.gz", ".fit.gz", ".fts")):
-        return None
-    import fitsio
-
-    try:
-        with fitsio.FITS(path) as fits:
-            for hdu in fits:
-                if hdu.get_exttype() != "IMAGE_HDU" or not hdu.get_dims():
-                    continue
-                header = hdu.read_header()
-                if "PIXSCALE" in header:
-                    return abs(float(header["PIXSCALE"]))
-                if "CD1_1" in header or "CD1_2" in header:
-                    return float(np.hypot(float(header.get("CD1_1", 0.0)), float(header.get("CD2_1", 0.0)))) * 3600
-                if "CDELT1" in header:
-                    return abs(float(header["CDELT1"])) * 3600
-                return None
-    except (OSError, ValueError, TypeError):
-        return None
-    return None
+@dataclass
+class PixscalePlan:
+    """What gal-pack writes as the stamps' pixel scale: one value (``single``, for the metadata), one per object
+    (``per_object``, a pixscale_arcsec column, None where unknown), or nothing known (both None)."""
+    single: float | None = None
+    per_object: list | None = None
+    unknown: int = 0
+    sizes: set = field(default_factory=set)
+    unit: str | None = None        # the stamps' BUNIT when they all say the same
 
 
-def pixscales_after_resize(jobs: list[StampJob], resize: int, native: list | None) -> tuple[list | None, set]:
-    """Each stamp's pixel scale after ``--resize`` (native scale x its height / resize) when the stamps come in
-    several sizes, else None; and the set of sizes seen. ``native`` gives each stamp's own scale (a catalogue
-    column or one number); where it is None the FITS header is read."""
-    sizes = [stamp_size(job.paths[0]) for job in jobs]
-    seen = {s for s in sizes if s is not None}
-    if len(seen) <= 1:
-        return None, seen
-    out = []
-    for i, (job, size) in enumerate(zip(jobs, sizes)):
-        scale = native[i] if native is not None else header_pixscale(job.paths[0])
-        out.append(None if scale is None or size is None else float(scale) * size[0] / resize)
-    return out, seen
+def output_pixscale(derived: float, given: float | None, what: str) -> float:
+    """The scale derived from the input's; a --pixscale that disagrees by more than 1% is refused."""
+    if given is not None and abs(given / derived - 1.0) > PIXSCALE_AGREEMENT:
+        raise UsageProblem(f"--pixscale {given:g} disagrees with the {derived:.6g} arcsec/pixel {what}",
+                           "leave out --pixscale (gal-pack writes the output's scale itself), or give the input's "
+                           "own scale with --stamp-pixscale")
+    return derived
+
+
+def plan_pixscales(jobs: list[StampJob], options: PackOptions, native: list | None) -> PixscalePlan:
+    """Each stamp's pixel scale after --crop/--resize: its own scale (``native``: --stamp-pixscale as one value or a
+    catalogue column, per job; else its FITS header) times the crop size (else its height) over --resize. One
+    value when they agree, else one per object; --pixscale (the output's scale) must agree with them."""
+    pictures = all(job.paths[0].lower().endswith((".png", ".jpg", ".jpeg")) for job in jobs)
+    if pictures and native is None and not (options.pixscale is not None and options.resize and not options.crop):
+        return PixscalePlan(single=options.pixscale)   # pictures carry no scale, and their sizes change nothing here
+    with ThreadPoolExecutor(max(1, options.jobs)) as pool:
+        geometries = list(pool.map(stamp_geometry, jobs))
+    units = {g.unit for g in geometries if g.size is not None}
+    plan = PixscalePlan(sizes={g.size for g in geometries if g.size is not None},
+                        unit=units.pop() if len(units) == 1 else None)
+    scales = []
+    for i, geometry in enumerate(geometries):
+        own = native[i] if native is not None and native[i] is not None else geometry.pixscale
+        if own is None or geometry.size is None:
+            scales.append(None)
+        else:
+            scales.append(float(own) * scale_factor(*geometry.size, options.crop, options.resize))
+    known = [s for s in scales if s is not None]
+    plan.unknown = len(scales) - len(known)
+    factors_differ = options.resize and not options.crop and len(plan.sizes) > 1
+    agree = bool(known) and max(known) <= min(known) * (1 + 1e-9)
+    if agree and (plan.unknown == 0 or options.pixscale is not None):
+        plan.single = output_pixscale(known[0], options.pixscale, "the stamps have after --crop/--resize")
+    elif known or factors_differ:
+        plan.per_object = scales
+    elif options.pixscale is not None:
+        plan.single = options.pixscale
+    return plan

@@ -75,7 +75,7 @@ def test_version_flag():
 
 @pytest.mark.parametrize("content,code,word", [
     (b"", 65, "empty"),
-    (b"objid,file\n1,a.png\n", 65, "not a FITS, Parquet or Arrow"),
+    (b"objid,file\n1,a.png\n", 65, "not a FITS file"),
 ])
 def test_info_rejects_empty_and_text_files(tmp_path, content, code, word):
     path = tmp_path / "bad.fits"
@@ -185,8 +185,9 @@ def test_pack_catalogue_with_fits_stamps_per_band_and_area_resize(tmp_path):
     for obj in range(3):
         for b, band in enumerate("gri"):
             cropped = planes[band][obj][1:28, 1:28]
-            # exact area average: split every pixel into 10x10 sub-pixels, then average blocks of 27x27 of them
-            reference = np.repeat(np.repeat(cropped, 10, 0), 10, 1).reshape(10, 27, 10, 27).mean(axis=(1, 3))
+            # exact flux-conserving resample: split every pixel into 10x10 sub-pixels holding a hundredth of its
+            # flux each, then add up blocks of 27x27 of them (FITS stamps hold flux: --resize sums)
+            reference = np.repeat(np.repeat(cropped, 10, 0), 10, 1).reshape(10, 27, 10, 27).sum(axis=(1, 3)) / 100
             assert np.allclose(images[obj, b], reference, rtol=1e-5, atol=1e-5)
 
 

@@ -14,7 +14,7 @@ import click
 
 from galtools import __version__
 from galtools.cli.ending import exit_past_busy_threads, install_stop_signals, no_space_line
-from galtools.errors import EXIT_IOERR, EXIT_USAGE, GalError, Terminated
+from galtools.errors import EXIT_IOERR, EXIT_USAGE, GalError, Terminated, printable
 
 log = logging.getLogger("galtools")
 _state = {"quiet": False, "verbose": 0, "tool": "galtools"}
@@ -27,7 +27,7 @@ def _wants_traceback(args) -> bool:
 
 def _say_error(tool: str, text: str) -> None:
     try:
-        sys.stderr.write(f"{tool}: error: {text}\n")
+        sys.stderr.write(f"{tool}: error: {printable(text)}\n")   # no escape sequence from a bad input reaches the terminal
         sys.stderr.flush()
     except (BrokenPipeError, ValueError):   # stderr itself is gone: nowhere left to report
         return
@@ -67,9 +67,7 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
         code = exc.exit_code if exc.exit_code else EXIT_USAGE
     except GalError as exc:
         if _wants_traceback(args):
-            import traceback
-
-            traceback.print_exc()
+            _print_traceback()
         _say_error(tool, exc.one_line())
         code = exc.exit_code
     except (BrokenPipeError, _PipeClosed):
@@ -102,12 +100,20 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     sys.exit(code)
 
 
+def _print_traceback() -> None:
+    """-v: the traceback, its lines kept and the control characters of the messages in it escaped."""
+    import traceback
+
+    try:
+        sys.stderr.write(printable(traceback.format_exc(), keep_lines=True))
+    except (BrokenPipeError, ValueError):
+        return
+
+
 def _internal_error(tool: str, exc: BaseException, args) -> None:
     """A bug: say so in one line, traceback on -v."""
     if _wants_traceback(args):
-        import traceback
-
-        traceback.print_exc()
+        _print_traceback()
     _say_error(tool, f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
                      "(rerun with -v for the traceback, and please report it)")
 
@@ -156,13 +162,20 @@ class GalGroup(_GalMixin, click.Group):
         return super().parse_args(ctx, args)
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines with control characters escaped (see errors.printable): warnings quote inputs too."""
+
+    def format(self, record):
+        return printable(super().format(record), keep_lines=True)
+
+
 def _configure(quiet: bool, verbose: int) -> None:
     _state["quiet"], _state["verbose"] = quiet, verbose
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
     log.setLevel(level)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{_state['tool']}: %(message)s"))
+        handler.setFormatter(_SafeFormatter(f"{_state['tool']}: %(message)s"))
         log.addHandler(handler)
     log.propagate = False
 

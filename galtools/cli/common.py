@@ -4,6 +4,7 @@ Kept light on imports (click only): ``gal-xxx --help`` must start fast and never
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -118,6 +119,7 @@ def prepare_output(output: str, fmt: str | None, overwrite: bool, shard: str | N
     part = resolve_shard(shard, slurm=slurm)
     if part is not None and "{shard}" in output:
         output = part.format_path(output)
+        _make_parts_folder(output)
     if table and terminal and output == "-" and fmt is None and sys.stdout.isatty():
         ctx = click.get_current_context(silent=True)
         defaulted = ctx is not None and ctx.get_parameter_source("output") == click.core.ParameterSource.DEFAULT
@@ -128,6 +130,21 @@ def prepare_output(output: str, fmt: str | None, overwrite: bool, shard: str | N
         if picture:
             check_output_path(picture, overwrite)
     return Writing(output, fmt, overwrite, part, table, tool_name())
+
+
+def _make_parts_folder(path: str) -> None:
+    """The folder of a templated part (``-o 'emb/part-{shard}.parquet'``) is made if missing: the tasks of an
+    array share it, and the first to start should not fail the others (only templated parts: elsewhere a missing
+    folder is more likely a typo, exit 74)."""
+    from galtools.errors import OutputError
+
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot make the folder {folder} for the parts ({exc.strerror})",
+                              "check the path and its permissions") from None
 
 
 def device_option(func):

@@ -30,8 +30,9 @@ def read_options(bands: bool = True, id_column: bool = True):
                                     "columns (Norder, Dir, Npix) instead of carrying them.")(wrapper)
         if bands:
             wrapper = click.option("--bands", "hdf5_bands", default=None, metavar="B1,B2,...",
-                                   help="Band names of an HDF5 file's image planes, when its attributes do not "
-                                        "name them.")(wrapper)
+                                   help="Band names of the input's image planes, in their order, when the table "
+                                        "does not name them (an HDF5 file without a bands attribute, a bare FITS "
+                                        "cube). Unnamed planes are never matched to a model's bands by position.")(wrapper)
         if id_column:
             wrapper = click.option("--id-column", "hdf5_id_column", default=None, metavar="DATASET",
                                    help="HDF5 input: the 1-D dataset that becomes object_id (default: a dataset "

@@ -49,11 +49,13 @@ class InputPlan:
                               "name them (gal-pack --bands, or --bands for an HDF5 file)")
             model_bands = mapped_bands(model_bands, band_map, model_name)
         if table_bands is None:
-            if n_planes != len(model_bands):
-                raise BadData(f"{table_name} has {n_planes}-band images without band names, {model_name} needs "
-                              f"{len(model_bands)} bands ({','.join(model_bands)})",
-                              "give a table with matching bands (gal-pack --bands to name or select them)")
-            index = list(range(n_planes))   # unnamed planes: taken in the model's order, as the count agrees
+            # Unnamed planes are never matched by position: a g,r,z file fed to a z,r,g model would be embedded
+            # with its colours swapped and the output's metadata would name bands it never had.
+            raise BadData(f"{table_name} has {n_planes}-band images without band names and {model_name} needs "
+                          f"{len(model_bands)} bands ({','.join(model_bands)}): which plane is which band would be "
+                          "a guess", "name the planes in their order with --bands B1,B2,... (e.g. --bands "
+                          f"{','.join(_example_bands(n_planes, model_bands))}), or once for all with "
+                          "gal-pack IN --bands B1,B2,... -o OUT")
         else:
             table_bands = list(table_bands)
             if len(table_bands) != n_planes:
@@ -85,6 +87,11 @@ class InputPlan:
     def prepare_into(self, images: np.ndarray, out: np.ndarray) -> None:
         """Select, crop and preprocess ``images`` into ``out`` (n, bands, S, S) float32."""
         out[...] = self.preprocess.apply_numpy(self.select(images))
+
+
+def _example_bands(n_planes: int, model_bands: list[str]) -> list[str]:
+    """Band names to show in a hint: the model's own when the counts agree, else the first letters of ugriz."""
+    return list(model_bands) if n_planes == len(model_bands) else list("ugrizy"[:n_planes]) or ["b0"]
 
 
 class Preparer:

@@ -141,6 +141,10 @@ class FitsSource:
             elif self._catalog is None or name == "CATALOG":
                 self._catalog = hdu
         if self._cube is None and self._catalog is None:
+            stamp = any(h.get_exttype() == "IMAGE_HDU" and len(h.get_dims()) == 2 for h in self._fits)
+            if stamp:   # one object's image: a stamp, which gal-pack turns into a table
+                raise BadData(f"{path}: a FITS image of one object (a stamp), not a cutout table",
+                              "pack stamps into a table with gal-pack, e.g. gal-pack STAMPS_FOLDER/ -o cutouts.fits")
             raise BadData(f"{path}: FITS file has no image cube and no table", "expected HDUs CUTOUTS and CATALOG")
         for hdu in (self._cube, self._catalog):
             if hdu is not None:

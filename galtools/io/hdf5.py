@@ -2,7 +2,8 @@
 
 One image dataset (``images``, ``image``, ``cutouts``, ``cube`` or ``image_array``, or the one named by
 ``ReadOptions.image_key``) gives the ``image`` column: (N, C, H, W) or channel-last (N, H, W, C), or (N, H, W) for
-one band; 8/16-bit integers are scaled to [0, 1] as gal-pack does for PNG/JPEG stamps.  Every other dataset of
+one band; 8/16-bit integers (signed or not) are mapped from their type's range to [0, 1] as gal-pack does for
+PNG/JPEG stamps.  Every other dataset of
 length N becomes a column: 1-D as scalars or strings, 2-D as fixed-size vectors.  Rows are read in slices, never
 the whole file; compressed datasets (gzip, lzf, and hdf5plugin's filters when that package is installed) decode
 chunk by chunk.
@@ -95,7 +96,11 @@ class Hdf5Source:
         planes = 1 if len(shape) == 3 else shape[3] if self._channel_last else shape[1]
         self._image_shape = (int(planes), *(int(n) for n in (shape[1:3] if self._channel_last or len(shape) == 3
                                                               else shape[2:4])))
-        self._scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(self._image.dtype)
+        # 8- and 16-bit integers, signed or not, map their type's range linearly onto [0, 1] (as PNG/JPEG stamps)
+        self._scale = self._offset = None
+        if self._image.dtype.kind in "iu" and self._image.dtype.itemsize <= 2:
+            limits = np.iinfo(self._image.dtype)
+            self._offset, self._scale = float(limits.min), float(limits.max) - float(limits.min)
 
         wrong = {k: v.shape for k, v in datasets.items()
                  if v is not self._image and v.ndim >= 1 and v.shape[0] != self.num_rows}
@@ -170,7 +175,7 @@ class Hdf5Source:
             out[meta.PIXSCALE] = pixscale
         unit = _attr(holders, UNIT_ATTRS)
         if self._scale is not None:
-            unit = f"{8 if self._scale == 255.0 else 16}-bit scaled to [0,1]"
+            unit = f"{8 * self._image.dtype.itemsize}-bit scaled to [0,1]"
         if unit:
             out[meta.FLUX_UNIT] = unit
         return out
@@ -214,6 +219,8 @@ class Hdf5Source:
         images = np.empty(raw.shape, np.float32)    # C-contiguous, as the tensor column needs: one copy, not two
         np.copyto(images, raw, casting="unsafe")
         if self._scale is not None:
+            if self._offset:
+                images -= np.float32(self._offset)
             images /= np.float32(self._scale)
         return images
 

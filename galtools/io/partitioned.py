@@ -72,6 +72,8 @@ class PartitionedSource:
         self.name, self.fmt = inner.name, "parquet-partitioned"
         self.metadata, self.num_rows = inner.metadata, inner.num_rows
         self._add = {k: v for k, v in values.items() if k not in inner.schema.names} if carry else {}
+        # a column of the folder's name inside the file (HATS files carry Norder, Dir, Npix): it must agree
+        self._agree = {k: v for k, v in values.items() if k in inner.schema.names} if carry else {}
         self._drop = [] if carry else [k for k in values if k in inner.schema.names]
         fields = [f for f in inner.schema if f.name not in self._drop]
         fields += [pa.field(k, pa.int64() if isinstance(v, int) else pa.string()) for k, v in self._add.items()]
@@ -79,6 +81,7 @@ class PartitionedSource:
 
     def iter_range(self, start, stop, batch_size, columns):
         for batch in self._inner.iter_range(start, stop, batch_size, columns):
+            self._check_agree(batch)
             if self._drop:
                 batch = batch.drop_columns([n for n in self._drop if n in batch.schema.names])
             for key, value in self._add.items():
@@ -88,5 +91,48 @@ class PartitionedSource:
                     batch = batch.append_column(key, array)
             yield batch
 
+    def _check_agree(self, batch: pa.RecordBatch) -> None:
+        import pyarrow.compute as pc
+
+        for key, value in self._agree.items():
+            if key not in batch.schema.names:
+                continue
+            other = [v for v in pc.unique(batch.column(key)).to_pylist() if str(v) != str(value)]
+            if other:
+                from galtools.errors import BadData
+
+                raise BadData(f"{self.name}: its column {key} holds {other[0]!r} but the file lies in the folder "
+                              f"{key}={value}", "the column and the folder must agree: fix the file or move it, or "
+                              "read it with --drop-partition-columns to take neither")
+
     def close(self):
         self._inner.close()
+
+
+def check_listed_partitions(source: str, root: str, files: list[tuple[str, dict]]) -> None:
+    """A HATS catalogue's ``partition_info.csv`` lists every partition (Norder, Npix): one without its file is a
+    catalogue copied or written in part, refused (BadData) rather than read as a whole without its rows."""
+    import csv
+
+    root = root.rstrip(os.sep)
+    places = [os.path.join(root, "partition_info.csv")]
+    if os.path.basename(root) == "dataset":   # CATALOG/partition_info.csv beside CATALOG/dataset/
+        places.insert(0, os.path.join(os.path.dirname(root), "partition_info.csv"))
+    listing = next((p for p in places if os.path.isfile(p)), None)
+    if listing is None:
+        return
+    try:
+        with open(listing, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        listed = {(int(r["Norder"]), int(r["Npix"])) for r in rows}
+    except (OSError, KeyError, ValueError, TypeError, csv.Error):
+        return   # not a listing we can read: nothing to compare against
+    present = {(v.get("Norder"), v.get("Npix")) for _, v in files}
+    missing = sorted(listed - present)
+    if missing:
+        from galtools.errors import BadData
+
+        order, npix = missing[0]
+        raise BadData(f"{source}: {len(missing)} of the {len(listed)} partitions listed in partition_info.csv have "
+                      f"no file (first: Norder={order}/Npix={npix})",
+                      "the catalogue is incomplete: copy or write it again")

@@ -5,6 +5,7 @@ import contextlib
 import glob
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,14 +34,33 @@ def table_format(head: bytes) -> str | None:
     return None
 
 
+_FORMAT_BY_SUFFIX = ((".fits", "FITS"), (".fit", "FITS"), (".fits.gz", "FITS"), (".fit.gz", "FITS"),
+                     (".parquet", "Parquet"), (".pq", "Parquet"), (".arrow", "Arrow"), (".feather", "Arrow"),
+                     (".arrows", "Arrow stream"), (".h5", "HDF5"), (".hdf5", "HDF5"), (".hdf", "HDF5"))
+
+
+def named_format(name: str) -> str | None:
+    """The table format a file's name announces (``x.parquet``: Parquet), or None."""
+    lower = name.lower()
+    return next((fmt for suffix, fmt in sorted(_FORMAT_BY_SUFFIX, key=lambda p: -len(p[0]))
+                 if lower.endswith(suffix)), None)
+
+
 def sniff(head: bytes, name: str) -> str:
     """The table format from the first bytes of a file."""
+    named = named_format(name)
     if not head:
+        if named:
+            raise BadData(f"{name}: the file is empty (0 bytes), not a {named} table",
+                          "the job writing it probably failed; re-create it")
         raise BadData(f"{name}: the input is empty", "check that the command writing it succeeded")
     fmt = table_format(head)
     if fmt is not None:
         return fmt
     shown = head[:12].decode("latin-1").encode("unicode_escape").decode()
+    if named:
+        raise BadData(f"{name}: not a {named} file, though named so (it starts with '{shown}')",
+                      "the file is damaged or mislabelled; re-create it")
     raise BadData(f"{name}: not a FITS, Parquet or Arrow table, nor HDF5 (it starts with '{shown}')",
                   "give a file written by galtools, or make one with gal-pack")
 
@@ -68,18 +88,45 @@ def _has_hdf5_userblock(handle) -> bool:
     return False
 
 
+_NUMBERED_PART = re.compile(r"^(?P<stem>.*?)(?P<index>\d+)-of-(?P<count>\d+)(?P<tail>\.[^/]*)?$")
+
+
+def check_numbered_parts(source: str, parts: list[str]) -> None:
+    """Parts named ``...-i-of-n...`` (what ``{shard}`` in -o makes) must all be there: a folder or glob missing
+    one would read as a whole table without it. BadData naming the first missing part."""
+    groups: dict[tuple, set] = {}
+    widths: dict[tuple, int] = {}
+    for path in parts:
+        match = _NUMBERED_PART.match(os.path.basename(path))
+        if match is None:
+            continue
+        key = (os.path.dirname(path), match["stem"], int(match["count"]), match["tail"] or "")
+        groups.setdefault(key, set()).add(int(match["index"]))
+        widths[key] = len(match["index"])
+    for (folder, stem, count, tail), present in groups.items():
+        missing = [i for i in range(count) if i not in present]
+        if missing:
+            first = os.path.join(folder, f"{stem}{missing[0]:0{widths[(folder, stem, count, tail)]}d}-of-{count}{tail}")
+            raise BadData(f"{source}: {len(missing)} of {count} parts missing (first: {first})",
+                          f"wait for or re-run the missing shard(s) (--shard {missing[0]}/{count}); "
+                          "a table read without them would lack their rows")
+
+
 def expand_parts(source: str) -> list[str]:
-    """The files a source names: itself, the table files in a folder, or the matches of a glob, in sorted order."""
+    """The files a source names: itself, the table files in a folder, or the matches of a glob, in sorted order.
+    Numbered parts (``part-3-of-8``) must be complete (see check_numbered_parts)."""
     if os.path.isdir(source):
         parts = sorted(os.path.join(source, name) for name in os.listdir(source)
                        if name.lower().endswith(TABLE_SUFFIXES) and not name.startswith("."))
         if not parts:
             raise InputMissing(f"{source}: folder holds no table files", f"expected files ending {', '.join(TABLE_SUFFIXES[:6])}")
+        check_numbered_parts(source, parts)
         return parts
     if _GLOB_CHARS & set(source) and not os.path.exists(source):
         parts = sorted(glob.glob(source))
         if not parts:
             raise InputMissing(f"{source}: no file matches", "check the pattern (quote it so the shell passes it unchanged)")
+        check_numbered_parts(source, parts)
         return parts
     # A CFITSIO extended name (file.fits[CATALOG][col > 3]) names a file that exists without its brackets.
     base = source.split("[", 1)[0]

@@ -154,7 +154,7 @@ def open_table(source: str, shard: Shard | None = None, options: ReadOptions | N
     if source == "-":
         fmt, stream_or_path = sources.open_stdin()
         if fmt == sources.ARROW_STREAM and shard is None:
-            return Table([ArrowStreamSource(stream_or_path)], name="stdin")
+            return _named_planes(Table([ArrowStreamSource(stream_or_path)], name="stdin"), options)
         if fmt == sources.ARROW_STREAM:   # a shard needs the row count: keep the stream in a file
             stream_or_path = sources.spool_to_file(stream_or_path, ".arrows")
         try:
@@ -163,7 +163,7 @@ def open_table(source: str, shard: Shard | None = None, options: ReadOptions | N
             exc.what = exc.what.replace(stream_or_path, "stdin")
             raise
         part.name = "stdin"
-        return Table([part], shard, name="stdin")
+        return _named_planes(Table([part], shard, name="stdin"), options)
     from galtools.io import partitioned
 
     root = partitioned.partition_root(source) if os.path.isdir(source) else None
@@ -171,8 +171,25 @@ def open_table(source: str, shard: Shard | None = None, options: ReadOptions | N
         files = partitioned.partition_files(root)
         if not files:
             raise InputMissing(f"{source}: partitioned folder holds no Parquet files", "check the path")
+        partitioned.check_listed_partitions(source, root, files)
         carry = options is None or options.partition_columns
         parts = [partitioned.PartitionedSource(_open_source(path, options), values, carry) for path, values in files]
-        return Table(parts, shard, name=source, shard_by_files=True)
+        return _named_planes(Table(parts, shard, name=source, shard_by_files=True), options)
     parts = [_open_source(path, options) for path in sources.expand_parts(source)]
-    return Table(parts, shard, name=source)
+    return _named_planes(Table(parts, shard, name=source), options)
+
+
+def _named_planes(table: Table, options: ReadOptions | None) -> Table:
+    """``--bands`` names the image planes of a table that does not name them itself (an HDF5 file, a bare FITS
+    cube, a table from another program); a table that names them keeps its names (gal-pack selects by them)."""
+    names = options.bands if options is not None else None
+    shape = table.image_shape
+    if not names or shape is None or meta.bands_of(table.metadata):
+        return table
+    if len(names) != shape[0]:
+        from galtools.errors import UsageProblem
+
+        raise UsageProblem(f"--bands names {len(names)} bands but {table.name}'s images have {shape[0]} planes",
+                           f"give {shape[0]} names, one per plane in their order")
+    table.metadata[meta.BANDS] = ",".join(names)
+    return table
