@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import ROOT, run_tool, tool_command, write_table
+from conftest import ROOT, make_cutouts, run_tool, tool_command, write_table
 
 from galtools.io import images_of, open_table, vectors_of
 
@@ -550,3 +550,52 @@ def test_sdss_sized_ids_travel_as_text_and_keep_every_digit(world, tmp_path):
     finally:
         code, err = server.stop()
     assert code == 0, err
+
+
+def test_gal_map_and_gal_view_give_a_class_the_same_colour(tmp_path):
+    """Four classes in four places along the map's first axis, of unequal counts and names out of count order:
+    each class's colour in gal-view's legend data is the colour of that class's points in gal-map's picture."""
+    from PIL import Image
+
+    from galtools.io import vector_column
+
+    rng = np.random.default_rng(7)
+    classes = {"zeta": 30, "alpha": 8, "mid": 18, "beta": 12}   # placed left to right in this order
+    names = np.repeat(list(classes), list(classes.values()))
+    place = np.repeat(np.arange(len(classes)), list(classes.values()))
+    n = len(names)
+    vectors = np.zeros((n, 8), np.float32)
+    vectors[:, 0] = 10.0 * place + rng.normal(0, 0.6, n)
+    vectors[:, 1] = rng.normal(0, 3.0, n)                        # spread the points so that many stand alone
+    vectors[:, 2:] = rng.normal(0, 0.05, (n, 6))
+    vectors[:, 2] += 40.0                                        # one side of the sphere: the map keeps the order
+    ids = pa.array(np.arange(n, dtype=np.int64))
+    emb = write_table(pa.table({"object_id": ids, "kind": pa.array(names), "embedding": vector_column(vectors)}),
+                      str(tmp_path / "emb.parquet"), **{"galtools.model_sha256": "0" * 64})
+    cutouts = make_cutouts(n=n).set_column(0, "object_id", ids)
+    cutouts = write_table(cutouts, str(tmp_path / "cutouts.arrow"))
+    run_tool("gal-map", emb, "--color", "kind", "--plot", tmp_path / "map.png", "-q", "-o", tmp_path / "map.parquet",
+             check=True, env=env())
+    server = Viewer(emb, "--images", cutouts, "--map", tmp_path / "map.parquet")
+    try:
+        colour = server.json("/api/points?" + query(colour="kind"))["colour"]
+    finally:
+        server.stop()
+    assert sorted(colour["categories"]) == sorted(classes) and len(set(colour["colours"])) == len(classes)
+    with open_table(str(tmp_path / "map.parquet")) as table:
+        mapped = table.read_all()
+    map_x = dict(zip(mapped.column("object_id").to_pylist(), mapped.column("map_x").to_pylist()))
+    picture = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(np.float64)
+    white = np.array([255.0, 255.0, 255.0])
+    found = {}
+    for name, hex_colour in zip(colour["categories"], colour["colours"]):
+        pure = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], np.float64)
+        # a point is drawn at alpha 0.8 over white; overlapping points go towards the pure colour
+        shades = np.stack([white + t * (pure - white) for t in np.linspace(0.75, 1.0, 11)])
+        distance = np.min(np.linalg.norm(picture[:, :, None, :] - shades[None, None], axis=-1), axis=-1)
+        columns = np.nonzero(distance < 4.0)[1]
+        assert len(columns) > 30, (name, hex_colour, len(columns))
+        found[name] = float(np.median(columns))
+    by_picture = sorted(found, key=found.get)
+    by_map = sorted(classes, key=lambda c: np.median([map_x[i] for i in np.nonzero(names == c)[0]]))
+    assert by_picture == by_map, (found, by_map)
