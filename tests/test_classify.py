@@ -162,7 +162,8 @@ def test_hard_labels_are_the_one_hot_special_case(data, models, tmp_path):
 
     # Few enough checks that each one improves the validation loss by far more than the early-stopping step
     # (1e-4) and than the rounding differences of the two target encodings: both runs make the same decisions.
-    settings = ClassifySettings(seed=4, max_epochs=6, patience=6)
+    # (540 training rows in batches of 512: 2 steps per pass, 25 per check; 75 passes are 6 checks.)
+    settings = ClassifySettings(seed=4, max_epochs=75, patience=6)
     soft = fit_table(path, label_spec(None, ",".join(f"{n}=is_{n}" for n in CLASSES), None), settings)
     hard_short = fit_table(path, label_spec("morph", None, None), settings)
     losses = hard_short.info["training"]["val_loss"]
