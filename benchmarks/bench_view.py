@@ -10,16 +10,20 @@ and a number column.  For each cutout format a real ``gal-view`` process is star
 answer (/api/info), then 300 pictures of random, never-requested ids are fetched over HTTP (cold: read, colour
 mapping, PNG), and the same ids again (warm: the cache).  Baselines from the same run: reading the cutout table
 whole (what the viewer avoids), and finding one cutout by scanning the table for its id (how a montage finds it).
+Then one cached picture is fetched --connection-requests times by --clients threads, each on one reused (keep-alive)
+connection as a browser does, against the same with a new connection for every request (the baseline).
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -84,7 +88,43 @@ def get(url: str) -> bytes:
         return response.read()
 
 
-def measure_server(folder: str, cutouts: str, n: int, requests: int, seed: int) -> dict:
+def connection_latencies(url: str, path: str, requests: int, clients: int, reuse: bool) -> list[float]:
+    """Seconds per GET of ``path`` (127.0.0.1 only): ``requests`` in all, shared by ``clients`` threads, each on one
+    keep-alive connection (``reuse``) or on a new connection per request."""
+    host, port = url.split("//")[1].strip("/").rsplit(":", 1)
+    assert host == "127.0.0.1", host   # loopback only
+    times, lock = [], threading.Lock()
+
+    def client(count: int) -> None:
+        mine, connection = [], None
+        for _ in range(count):
+            begin = time.perf_counter()
+            if connection is None:
+                connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            if not reuse:
+                connection.close()
+                connection = None
+            mine.append(time.perf_counter() - begin)
+            assert response.status == 200 and body[:4] == b"\x89PNG", response.status
+        if connection is not None:
+            connection.close()
+        with lock:
+            times.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(requests // clients + (i < requests % clients),))
+               for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return times
+
+
+def measure_server(folder: str, cutouts: str, n: int, requests: int, seed: int, connection_requests: int = 1000,
+                   clients: int = 8) -> dict:
     import numpy as np
 
     command = [sys.executable, "-m", "galtools.cli.view", os.path.join(folder, "emb.parquet"), "--images",
@@ -110,13 +150,20 @@ def measure_server(folder: str, cutouts: str, n: int, requests: int, seed: int) 
         get(f"{url}api/search?id={ids[0]}&k=10")
         search = time.perf_counter() - begin
         memory = memory_mib(process.pid)
+        connections = {}
+        for reuse in (True, False):   # the first picture is cached by now
+            begin = time.perf_counter()
+            times = connection_latencies(url, f"/api/tile?id={ids[0]}", connection_requests, clients, reuse)
+            connections[reuse] = {"p50_ms": float(np.median(times) * 1e3),
+                                  "p95_ms": float(np.percentile(times, 95) * 1e3),
+                                  "per_s": len(times) / (time.perf_counter() - begin)}
     finally:
         process.terminate()
         process.wait(timeout=60)
     cold_ms = np.array(cold) * 1e3
     return {"open_s": opened, "cold_median_ms": float(np.median(cold_ms)),
             "cold_p95_ms": float(np.percentile(cold_ms, 95)), "warm_median_ms": float(np.median(warm) * 1e3),
-            "search_ms": search * 1e3, "memory": memory}
+            "search_ms": search * 1e3, "memory": memory, "reused": connections[True], "new": connections[False]}
 
 
 def measure_baselines(path: str, n: int, seed: int) -> dict:
@@ -161,6 +208,8 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=3)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--connection-requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workdir", default=None, help="where to write the temporary tables (default: $TMPDIR)")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="galview-bench-", dir=args.workdir)
@@ -170,7 +219,8 @@ def main() -> None:
         table_mib = os.path.getsize(os.path.join(folder, "cutouts.arrow")) / 2**20
         print(f"tables written in {time.perf_counter() - begin:.0f} s ({table_mib:.0f} MiB per cutout table)")
         for name, label in (("cutouts.arrow", "Arrow IPC file"), ("cutouts.parquet", "Parquet, row groups of 4,096")):
-            served = measure_server(folder, name, args.n, args.requests, seed=1)
+            served = measure_server(folder, name, args.n, args.requests, seed=1,
+                                    connection_requests=args.connection_requests, clients=args.clients)
             base = measure_baselines(os.path.join(folder, name), args.n, seed=1)
             what = (f"{args.n:,} cutouts {args.bands}x{args.size}x{args.size} ({table_mib:.0f} MiB), {label}, "
                     f"{args.dim}-d embeddings (bench_view.py; {load()})")
@@ -185,6 +235,13 @@ def main() -> None:
                    f"cached {served['warm_median_ms']:.1f} ms",
                    f"scan the table for one id (as a montage finds it): {base['scan_ms']:.0f} ms",
                    f"{base['scan_ms'] / served['cold_median_ms']:.1f}x faster")
+            reused, new = served["reused"], served["new"]
+            record(f"gal-view cached picture on reused (keep-alive) connections, {args.connection_requests} requests "
+                   f"by {args.clients} clients on 127.0.0.1, {what}",
+                   f"p50 {reused['p50_ms']:.2f} ms (p95 {reused['p95_ms']:.2f} ms), {reused['per_s']:.0f} requests/s",
+                   f"a new connection per request: p50 {new['p50_ms']:.2f} ms (p95 {new['p95_ms']:.2f} ms), "
+                   f"{new['per_s']:.0f} requests/s",
+                   f"p50 reused / new {reused['p50_ms'] / new['p50_ms']:.2f}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -26,11 +26,15 @@ def count_rows(table: Table) -> int:
 
 
 def pixel_statistics(table: Table) -> dict:
-    """Per-band min/median/max over all images (streamed) and the count of non-finite pixels."""
+    """Per-band min/median/max over all images (streamed) and the count of non-finite pixels; min/median/max are
+    None when there are no images."""
     bands = table.image_shape[0]
     lows, highs = np.full(bands, np.inf), np.full(bands, -np.inf)
-    medians, bad_pixels, bad_images, first_bad = [], 0, 0, None
+    medians, bad_pixels, bad_images, first_bad, count = [], 0, 0, None, 0
     for batch in table.iter_batches(columns=[IMAGE, "object_id"]):
+        if batch.num_rows == 0:
+            continue
+        count += batch.num_rows
         images = images_of(batch)
         finite = np.isfinite(images)
         if not finite.all():
@@ -43,8 +47,11 @@ def pixel_statistics(table: Table) -> dict:
         lows = np.fmin(lows, np.nanmin(clean, axis=(0, 2, 3)))
         highs = np.fmax(highs, np.nanmax(clean, axis=(0, 2, 3)))
         medians.append(np.nanmedian(clean, axis=(2, 3)))
-    median = np.nanmedian(np.concatenate(medians), axis=0) if medians else np.full(bands, np.nan)
-    return {"min": lows.tolist(), "median_of_image_medians": median.tolist(), "max": highs.tolist(),
+    if not count:
+        return {"images": 0, "min": None, "median_of_image_medians": None, "max": None, "nonfinite_pixels": 0,
+                "images_with_nonfinite": 0, "first_nonfinite_object_id": None}
+    median = np.nanmedian(np.concatenate(medians), axis=0)
+    return {"images": count, "min": lows.tolist(), "median_of_image_medians": median.tolist(), "max": highs.tolist(),
             "nonfinite_pixels": bad_pixels, "images_with_nonfinite": bad_images, "first_nonfinite_object_id": first_bad}
 
 
@@ -119,6 +126,9 @@ def render_text(info: dict) -> str:
                          f"{' '.join(entry.get('argv', []))}{seed}")
     if "pixels" in info:
         pix = info["pixels"]
+        if not pix["images"]:
+            lines.append("pixels: none to scan (the table has no rows)")
+            return "\n".join(lines)
         lines.append("pixels (per band):")
         for i, band in enumerate(info["image"]["bands"] or [str(i) for i in range(len(pix["min"]))]):
             lines.append(f"  {band}: min {pix['min'][i]:.4g}  median {pix['median_of_image_medians'][i]:.4g}  "

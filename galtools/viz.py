@@ -4,6 +4,37 @@ from __future__ import annotations
 
 import numpy as np
 
+# One class -> colour mapping for every picture of a categorical column (gal-map --plot, the gal-view page): the
+# categories ranked by rank_categories, coloured in that order; the missing value and "other" are grey.
+CATEGORY_PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+                    "#9c755f", "#1f3a5f", "#8cd17d")
+CATEGORY_GREY = "#b3b3b3"
+MAX_CATEGORIES = 12          # integer columns with at most this many values are categories; more become "other"
+NO_VALUE = "(none)"
+OTHER = "other"
+
+
+def rank_categories(column) -> tuple[np.ndarray, list[str]]:
+    """(category index per row, category names) of an Arrow column: the most frequent first (ties by name), past
+    MAX_CATEGORIES the rest as "other", the missing value (shown as NO_VALUE) last."""
+    values = [NO_VALUE if v is None else str(v) for v in column.to_pylist()]
+    names, counts = np.unique(np.array(values, dtype=object), return_counts=True)
+    order = sorted(range(len(names)), key=lambda i: (names[i] == NO_VALUE, -counts[i], names[i]))
+    ranked = [str(names[i]) for i in order]
+    if len(ranked) > MAX_CATEGORIES:
+        kept = [n for n in ranked if n != NO_VALUE][:MAX_CATEGORIES - 1]
+        ranked = kept + [OTHER] + ([NO_VALUE] if NO_VALUE in ranked else [])
+    index_of = {name: i for i, name in enumerate(ranked)}
+    other = index_of.get(OTHER)
+    return np.array([index_of.get(v, other) for v in values], dtype=np.int64), ranked
+
+
+def category_colours(names: list[str]) -> list[str]:
+    """The colour ("#rrggbb") of each of ``names``, ranked as rank_categories ranks them."""
+    return [CATEGORY_GREY if name in (NO_VALUE, OTHER) else CATEGORY_PALETTE[i % len(CATEGORY_PALETTE)]
+            for i, name in enumerate(names)]
+
+
 # SDSS convention for gri composites: i -> red, r -> green, g -> blue.
 _COLOUR_CHOICES = (("i", "r", "g"), ("z", "r", "g"), ("r", "g", "u"), ("red", "green", "blue"))
 

@@ -162,7 +162,8 @@ def test_hard_labels_are_the_one_hot_special_case(data, models, tmp_path):
 
     # Few enough checks that each one improves the validation loss by far more than the early-stopping step
     # (1e-4) and than the rounding differences of the two target encodings: both runs make the same decisions.
-    settings = ClassifySettings(seed=4, max_epochs=6, patience=6)
+    # (540 training rows in batches of 512: 2 steps per pass, 25 per check; 75 passes are 6 checks.)
+    settings = ClassifySettings(seed=4, max_epochs=75, patience=6)
     soft = fit_table(path, label_spec(None, ",".join(f"{n}=is_{n}" for n in CLASSES), None), settings)
     hard_short = fit_table(path, label_spec("morph", None, None), settings)
     losses = hard_short.info["training"]["val_loss"]
@@ -379,3 +380,18 @@ def test_help_is_fast_and_imports_no_torch():
     for sub in ("fit", "predict", "eval", "curve"):
         result = classify(sub, "--help")
         assert result.returncode == 0 and b"Example:" in result.stdout
+
+
+def test_epochs_reported_stay_within_max_epochs(data, tmp_path):
+    """A few hundred rows take fewer steps per pass than one validation check (25 steps): the cap counted checks
+    as epochs, and '--max-epochs 100' trained (and said) 225 epochs."""
+    model = tmp_path / "capped.model"
+    result = classify("fit", data["train"], "--label", "morph", "--max-epochs", "10", "--patience", "1000",
+                      "--batch-size", "64", "--seed", "3", "-o", model)
+    assert result.returncode == 0, result.stderr.decode()
+    info = load(model).info
+    training, steps_per_pass = info["training"], int(np.ceil(info["n_train"] / 64))
+    assert training["stopped"] == "cap" and 0 < training["epochs"] <= 10, training
+    steps = training["checks"] * training["steps_per_check"]
+    assert steps <= 10 * steps_per_pass and training["epochs"] == pytest.approx(steps / steps_per_pass, abs=0.01)
+    assert f"({training['epochs']:g} epochs); stopped by its epoch cap" in result.stderr.decode()

@@ -160,11 +160,11 @@ def test_train_head_reports_patience_or_cap_on_constructed_runs():
     frozen = TrainSettings(lr=1e-30, patience=3, max_epochs=50, batch_size=100)
     _, record = train_head(InMemoryRows(x[:300], y[:300]), x[300:], y[300:], DIM, 3, frozen)
     assert record["stopped"] == "patience" and record["checks"] == 4 and record["best_check"] == 1
-    # fewer epochs than the patience: the run can only end at its cap
-    capped = TrainSettings(patience=10, max_epochs=3, batch_size=100)
+    # fewer checks than the patience: the run can only end at its cap, within --max-epochs passes
+    capped = TrainSettings(patience=10, max_epochs=30, batch_size=100)
     linear, record = train_head(InMemoryRows(x[:300], y[:300]), x[300:], y[300:], DIM, 3, capped)
-    assert record["stopped"] == "cap" and record["checks"] == 3
-    assert record["epochs"] == pytest.approx(3 * 25 / 3)       # 3 steps per pass, 25 steps per check
+    assert record["stopped"] == "cap" and record["checks"] == 3   # 90 steps at most, 25 steps per check
+    assert record["epochs"] == pytest.approx(3 * 25 / 3) and record["epochs"] <= 30   # 3 steps per pass
     assert record["val_loss"][-1] < record["val_loss"][0] and linear.n_outputs == 3
 
 
@@ -178,7 +178,9 @@ def test_fit_command_records_how_the_run_stopped(tmp_path):
     assert "stopped by its epoch cap (raise --max-epochs)" in result.stderr.decode()
     with np.load(tmp_path / "m.model", allow_pickle=False) as data:
         meta = json.loads(str(data["__galtools__"]))
-    assert meta["training"]["stopped"] == "cap" and meta["training"]["checks"] == 2
+    # two steps per pass: two epochs are four steps, one check (not two checks of 25 steps, 25 epochs)
+    assert meta["training"]["stopped"] == "cap" and meta["training"]["checks"] == 1
+    assert meta["training"]["epochs"] == 2 and meta["training"]["steps_per_check"] == 4
     assert meta["task"] == {"n_bins": 6, "zmax": 0.3}
 
 
@@ -439,8 +441,8 @@ def test_both_curves_run_every_baseline_arm_by_the_same_rule(tiny_run):
         # the pixel baseline tried each number of components up to the representation's dimension, and says which
         pca = next(r for r in rows if r["method"] == "pixels-pca")
         assert pca["components"] in pca_sizes(dim), (tool, pca)
-        # the networks check as the probe does: once per pass, but at least 25 steps (here several passes) apart
+        # the networks check as the probe does: once per pass, but at least 25 steps apart, and never past
+        # --max-epochs: here a pass is fewer than 25 steps, and one pass is all that is allowed
         for r in (r for r in rows if r["method"] in ("finetune", "scratch")):
             n_train = r["n_labels"] - min(50_000, max(1, round(0.1 * r["n_labels"])))   # the 10% validation rows
-            passes_per_check = 25 / math.ceil(n_train / 64)
-            assert passes_per_check > 1 and r["epochs"] == pytest.approx(passes_per_check, abs=0.01), (tool, r)
+            assert math.ceil(n_train / 64) < 25 and r["epochs"] == pytest.approx(1.0, abs=0.01), (tool, r)

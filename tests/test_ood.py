@@ -168,6 +168,25 @@ def test_knn_score_is_the_kth_neighbour_distance_and_nearest_reference(two_gauss
 
 
 @pytest.mark.slow
+def test_score_to_a_file_says_what_it_wrote(two_gaussians, tmp_path):
+    """As other tools do: a summary line on stderr when the table goes to a file, none when it goes to stdout."""
+    _, reference, target, _, _ = two_gaussians
+    model, scored = tmp_path / "m.model", tmp_path / "scored.parquet"
+    run_tool("gal-ood", "fit", reference, "-k", "5", "-o", model, "--seed", "4", check=True)
+    result = run_tool("gal-ood", "score", target, "--model", model, "--coverage", "0.9", "-o", scored, check=True)
+    with open_table(str(scored)) as table:
+        trusted = table.read_all().column("trusted").to_numpy(zero_copy_only=False)
+    untrusted = int((~trusted).sum())
+    assert 300 <= untrusted < 3300
+    expected = (f"gal-ood: wrote {scored}: 3300 objects scored, {untrusted} ({100 * untrusted / 3300:.1f}%) not "
+                "trusted (ood_score >= 0.9)")
+    assert result.stderr.decode().splitlines() == [expected], result.stderr.decode()
+    assert run_tool("gal-ood", "score", target, "--model", model, "-q", "-o", tmp_path / "quiet.parquet",
+                    check=True).stderr == b""
+    piped = run_tool("gal-ood", "score", target, "--model", model, "-o", "-", check=True)
+    assert b"wrote" not in piped.stderr and piped.stdout[:6] != b""
+
+
 def test_faiss_search_backends_agree_with_exact(two_gaussians):
     folder, reference, target, _, _ = two_gaussians
     tables = {}

@@ -140,7 +140,7 @@ def _one_batch_of_a_stream(n: int = 64) -> bytes:
     return sink.getvalue().to_pybytes()   # the writer is not closed: no end-of-stream marker
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_mid_fits_write_removes_the_partial_output_and_its_spool(tmp_path, signum):
     """gal-pack writing FITS from a stream that stalls halfway: the image spool exists, then the signal comes;
     nothing may be left in the output's folder."""
@@ -155,6 +155,8 @@ def test_a_signal_mid_fits_write_removes_the_partial_output_and_its_spool(tmp_pa
     assert code == 128 + signum, err.decode()
     line = one_error_line(err)
     assert line.startswith("gal-pack: error: stopped by ") and signal.Signals(signum).name in line
+    assert line.endswith("; the partial output was removed")   # Ctrl-C says what SIGTERM says
+    assert ("(Ctrl-C)" in line) == (signum == signal.SIGINT)
     assert os.listdir(out) == []
 
 

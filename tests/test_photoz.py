@@ -207,8 +207,10 @@ def test_linear_probe_beats_the_training_median_and_knows_its_errors(fitted):
 def test_model_file_records_the_fit_and_predicts_without_torch(fitted):
     with np.load(fitted["model"], allow_pickle=False) as data:
         meta = json.loads(str(data["__galtools__"]))
-        assert sorted(data.files) == ["__galtools__", "b0", "w0"]
+        assert sorted(data.files) == ["__galtools__", "b0", "training_id_fingerprints", "w0"]
         assert data["w0"].shape == (16, 180)
+        # the object_ids of the 5000 rows with a redshift (training and validation), integers as themselves
+        assert data["training_id_fingerprints"].tolist() == list(range(7000, 12000))
     assert meta["tool"] == "gal-photoz" and meta["kind"] == "photoz-linear"
     assert meta["seed"] == 3 and meta["settings"]["seed"] == 3
     assert meta["model_sha256"] == ENCODER and meta["embedding_dim"] == 16
@@ -221,6 +223,27 @@ def test_model_file_records_the_fit_and_predicts_without_torch(fitted):
     result = subprocess.run([sys.executable, "-c", code, str(fitted["emb"]), str(fitted["model"]), str(out)],
                             capture_output=True, env=tool_env())
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_eval_warns_when_it_scores_rows_the_model_was_fitted_on(fitted, tmp_path):
+    """The 5000 rows with z_spec were the fit's labels; the 1000 others were never seen."""
+    def evaluate(pred, truth):
+        result = run_tool("gal-photoz", "eval", pred, "--truth", truth, "--json", check=True)
+        return json.loads(result.stdout), result.stderr.decode()
+
+    report, err = evaluate(fitted["pred"], "z_spec")
+    assert report["n"] == 5000 and report["n_fitted_on"] == 5000
+    assert err == ("gal-photoz: warning: 5000 of the 5000 rows evaluated are rows the model was fitted on (their "
+                   "redshifts were its training labels): these metrics flatter it; evaluate objects held out from "
+                   "gal-photoz fit\n")
+    report, err = evaluate(fitted["pred"], "z_true")
+    assert report["n"] == 6000 and report["n_fitted_on"] == 5000 and "5000 of the 6000 rows" in err
+    held_out = write_table(read(fitted["emb"])[0].slice(5000), str(tmp_path / "held-out.parquet"),
+                           **{"galtools.model_sha256": ENCODER})
+    pred = tmp_path / "pred.parquet"
+    run_tool("gal-photoz", "predict", held_out, "--model", fitted["model"], "-o", pred, check=True)
+    report, err = evaluate(pred, "z_true")
+    assert report["n"] == 1000 and report["n_fitted_on"] == 0 and err == ""
 
 
 @pytest.mark.slow

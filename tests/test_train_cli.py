@@ -211,11 +211,14 @@ def test_trains_from_an_arrow_stream_on_stdin(tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP])
 def test_a_stop_signal_writes_a_checkpoint_and_exits_75(cutouts, tmp_path, stop_signal):
+    """SIGHUP is a closed terminal: the run checkpoints as for Slurm's SIGTERM (started with SIGHUP at its default,
+    as from a terminal, even when the suite runs under nohup)."""
     run = tmp_path / "run"
     process = subprocess.Popen(tool_command("gal-train") + [cutouts, "--out", str(run), *FAST, "--steps", "100000",
-                               "--log-every", "1", "--no-export"], stderr=subprocess.PIPE, env=env())
+                               "--log-every", "1", "--no-export"], stderr=subprocess.PIPE, env=env(),
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (os.path.exists(run / "metrics.jsonl") and os.path.getsize(run / "metrics.jsonl")):
         time.sleep(0.2)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import ROOT, run_tool, tool_command, write_table
+from conftest import ROOT, make_cutouts, run_tool, tool_command, write_table
 
 from galtools.io import images_of, open_table, vectors_of
 
@@ -292,6 +292,90 @@ def test_errors_are_clear_and_the_server_keeps_serving(viewer):
         assert status == 200 and kind.startswith(kind_expected)
 
 
+def test_a_missing_tile_does_not_show_where_the_tables_are(viewer, world):
+    folder = str(world["folder"])
+    assert os.path.isabs(folder)
+    status, kind, body = viewer.get("/api/tile?id=12345678")
+    assert status == 404 and b"12345678" in body and b"sim.arrow" in body, body
+    assert folder.encode() not in body and os.path.dirname(folder).encode() not in body, body
+    from galtools.view.server import without_folders
+
+    assert without_folders(f"cannot read {folder}/sim.arrow: truncated") == "cannot read sim.arrow: truncated"
+    assert without_folders("nothing at /api/nothing, 1/2") == "nothing at nothing, 1/2"
+
+
+def nested(depth: int) -> str:
+    return "(" * depth + "mag_r < 30" + ")" * depth
+
+
+def test_deeply_nested_filters_are_a_400_and_exit_2_in_one_line(world, tmp_path):
+    """199 nested parentheses once overflowed the parser's recursion: HTTP 500 with a traceback of thousands of
+    lines per request, and exit 1 from --export."""
+    folder = world["folder"]
+    server = Viewer(folder / "emb.parquet", "--images", folder / "sim.arrow")
+    try:
+        for route in ("/api/points?", "/api/search?id=3&", "/api/selection.csv?"):
+            status, kind, body = server.get(route + query(filter=nested(199)))
+            assert status == 400 and kind.startswith("application/json"), (route, status, body[:300])
+            error = json.loads(body)["error"]
+            assert "nested more than 50 deep at character 51" in error and len(error) < 300, error
+        within = server.json("/api/points?" + query(filter=nested(50)))   # the limit itself is allowed
+        assert len(within["ids"]) == N_OBJECTS
+        chained = " and ".join(["mag_r < 30"] * 120)                       # long chains are not nesting
+        assert len(server.json("/api/points?" + query(filter=chained))["ids"]) == N_OBJECTS
+    finally:
+        code, err = server.stop()
+    assert code == 0 and "Traceback" not in err and "RecursionError" not in err, err[-2000:]
+    assert len(err.splitlines()) < 20, err[-2000:]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("12\n")
+    result = run_tool("gal-view", folder / "emb.parquet", "--images", folder / "sim.arrow", "--export",
+                      tmp_path / "site", "--queries", ids, "--filter", nested(199), env=env())
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("gal-view: error: filter '((("), lines
+    assert "nested more than 50 deep" in lines[0] and len(lines[0]) < 300
+    assert not (tmp_path / "site").exists()
+
+
+def test_reused_connections_do_not_wait_for_delayed_acks(viewer):
+    """Browsers keep a connection open; without TCP_NODELAY every response on it waited for the client's
+    delayed ACK (40 ms on Linux) while a new connection each time did not."""
+    import http.client
+    import socket
+    import statistics
+
+    from galtools.view.server import bind
+
+    listener = bind("127.0.0.1", 0)
+    try:
+        assert listener.proto == socket.IPPROTO_TCP   # asyncio sets TCP_NODELAY on what it accepts only then
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        listener.close()
+    host, port = viewer.url.split("//")[1].strip("/").rsplit(":", 1)
+    assert viewer.get("/api/tile?id=3")[0] == 200   # cached from now on
+
+    def fetch(connection) -> float:
+        begin = time.perf_counter()
+        connection.request("GET", "/api/tile?id=3")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read()[:4] == b"\x89PNG"
+        return time.perf_counter() - begin
+
+    reused, fresh = [], []
+    kept = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        for _ in range(15):
+            reused.append(fetch(kept))
+            connection = http.client.HTTPConnection(host, int(port), timeout=60)
+            fresh.append(fetch(connection))
+            connection.close()
+    finally:
+        kept.close()
+    # the same machine and load for both; a delayed ACK would add >= 40 ms to every reused request
+    assert statistics.median(reused) < statistics.median(fresh) + 0.020, (reused, fresh)
+
+
 def test_static_export_writes_pages_and_tiles_of_gal_knn_neighbours(world, tmp_path):
     from PIL import Image
 
@@ -425,7 +509,8 @@ def test_filters_match_a_hand_evaluation(expression, expected):
     ("1 < 2", "needs a column"), ("nosuch == 1", "no column 'nosuch'"), ("z < 'text'", "cannot compare"),
     ("kind", "not a condition"), ("z", "not a condition"), ("kind == 'a' and z", "is not true or false"),
     ("__import__('os')", "unexpected '('"), ("z < 1e999", "bad number"), ("z < 1.2.3", "bad number"),
-    ("x" * 3000, "characters long"),
+    ("x" * 3000, "characters long"), ("(" * 199 + "z < 1" + ")" * 199, "nested more than 50 deep"),
+    ("not " * 51 + "flag", "nested more than 50 deep at character 201"),
 ])
 def test_bad_filters_are_usage_errors_naming_the_place(expression, words):
     from galtools.errors import UsageProblem
@@ -465,3 +550,52 @@ def test_sdss_sized_ids_travel_as_text_and_keep_every_digit(world, tmp_path):
     finally:
         code, err = server.stop()
     assert code == 0, err
+
+
+def test_gal_map_and_gal_view_give_a_class_the_same_colour(tmp_path):
+    """Four classes in four places along the map's first axis, of unequal counts and names out of count order:
+    each class's colour in gal-view's legend data is the colour of that class's points in gal-map's picture."""
+    from PIL import Image
+
+    from galtools.io import vector_column
+
+    rng = np.random.default_rng(7)
+    classes = {"zeta": 30, "alpha": 8, "mid": 18, "beta": 12}   # placed left to right in this order
+    names = np.repeat(list(classes), list(classes.values()))
+    place = np.repeat(np.arange(len(classes)), list(classes.values()))
+    n = len(names)
+    vectors = np.zeros((n, 8), np.float32)
+    vectors[:, 0] = 10.0 * place + rng.normal(0, 0.6, n)
+    vectors[:, 1] = rng.normal(0, 3.0, n)                        # spread the points so that many stand alone
+    vectors[:, 2:] = rng.normal(0, 0.05, (n, 6))
+    vectors[:, 2] += 40.0                                        # one side of the sphere: the map keeps the order
+    ids = pa.array(np.arange(n, dtype=np.int64))
+    emb = write_table(pa.table({"object_id": ids, "kind": pa.array(names), "embedding": vector_column(vectors)}),
+                      str(tmp_path / "emb.parquet"), **{"galtools.model_sha256": "0" * 64})
+    cutouts = make_cutouts(n=n).set_column(0, "object_id", ids)
+    cutouts = write_table(cutouts, str(tmp_path / "cutouts.arrow"))
+    run_tool("gal-map", emb, "--color", "kind", "--plot", tmp_path / "map.png", "-q", "-o", tmp_path / "map.parquet",
+             check=True, env=env())
+    server = Viewer(emb, "--images", cutouts, "--map", tmp_path / "map.parquet")
+    try:
+        colour = server.json("/api/points?" + query(colour="kind"))["colour"]
+    finally:
+        server.stop()
+    assert sorted(colour["categories"]) == sorted(classes) and len(set(colour["colours"])) == len(classes)
+    with open_table(str(tmp_path / "map.parquet")) as table:
+        mapped = table.read_all()
+    map_x = dict(zip(mapped.column("object_id").to_pylist(), mapped.column("map_x").to_pylist()))
+    picture = np.asarray(Image.open(tmp_path / "map.png").convert("RGB")).astype(np.float64)
+    white = np.array([255.0, 255.0, 255.0])
+    found = {}
+    for name, hex_colour in zip(colour["categories"], colour["colours"]):
+        pure = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], np.float64)
+        # a point is drawn at alpha 0.8 over white; overlapping points go towards the pure colour
+        shades = np.stack([white + t * (pure - white) for t in np.linspace(0.75, 1.0, 11)])
+        distance = np.min(np.linalg.norm(picture[:, :, None, :] - shades[None, None], axis=-1), axis=-1)
+        columns = np.nonzero(distance < 4.0)[1]
+        assert len(columns) > 30, (name, hex_colour, len(columns))
+        found[name] = float(np.median(columns))
+    by_picture = sorted(found, key=found.get)
+    by_map = sorted(classes, key=lambda c: np.median([map_x[i] for i in np.nonzero(names == c)[0]]))
+    assert by_picture == by_map, (found, by_map)

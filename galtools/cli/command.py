@@ -29,7 +29,7 @@ def _say_error(tool: str, text: str) -> None:
     try:
         sys.stderr.write(f"{tool}: error: {printable(text)}\n")   # no escape sequence from a bad input reaches the terminal
         sys.stderr.flush()
-    except (BrokenPipeError, ValueError):   # stderr itself is gone: nowhere left to report
+    except (OSError, ValueError):   # stderr itself is gone (a closed pipe or terminal): nowhere left to report
         return
 
 
@@ -41,6 +41,8 @@ def _silence_stdout() -> None:
     except (OSError, ValueError, AttributeError):   # no real stdout (e.g. under CliRunner): nothing to silence
         return
 
+
+_BEFORE_START = "stopped by SIGINT (Ctrl-C) before it started; nothing was written"
 
 # click 8.2 raises NoArgsIsHelpError for a bare group; click 8.1 prints the overview itself and exits 0.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -56,9 +58,13 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
         sys.stdout.flush()
     except click.exceptions.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
-        _say_error(tool, "aborted")
-        code = 130
+    except click.exceptions.Abort as exc:   # click's: Ctrl-C while parsing the options, or end of input
+        if isinstance(exc.__cause__, EOFError):
+            _say_error(tool, "aborted: the input ended")
+            code = 1
+        else:
+            _say_error(tool, _BEFORE_START)
+            code = 130
     except _NO_ARGS_IS_HELP as exc:   # a bare group (click >= 8.2): its overview, as a usage error
         sys.stderr.write(exc.ctx.get_help() + "\n")
         code = EXIT_USAGE
@@ -73,12 +79,13 @@ def run_main(command: click.BaseCommand, tool: str, args=None, **extra) -> None:
     except (BrokenPipeError, _PipeClosed):
         _silence_stdout()
         code = 0
-    except KeyboardInterrupt:
-        _say_error(tool, "interrupted")
+    except KeyboardInterrupt:   # before the command started (while parsing its options)
+        _say_error(tool, _BEFORE_START)
         exit_past_busy_threads(130)
         code = 130
     except Terminated as exc:
-        _say_error(tool, f"stopped by {exc.name}; nothing half-written was left behind")
+        how = " (Ctrl-C)" if exc.name == "SIGINT" else ""
+        _say_error(tool, f"stopped by {exc.name}{how}; the partial output was removed")
         exit_past_busy_threads(exc.exit_code)
         code = exc.exit_code
     except MemoryError:
@@ -130,6 +137,10 @@ class _GalMixin:
             return super().invoke(ctx)
         except BrokenPipeError as exc:
             raise _PipeClosed() from exc
+        except KeyboardInterrupt:   # Ctrl-C: past click (which would say only "Aborted!"), as SIGTERM is told
+            import signal
+
+            raise Terminated(signal.SIGINT, "SIGINT") from None
 
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
         if standalone_mode:

@@ -122,11 +122,18 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
     if output is None:
         output = None if top else "-"
     head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard, pictures=[montage])
+    counts = {}
     with progress_bar(None, "scoring") as bar:
         rows, strangest = score_table(target, OodModel.from_head(head), head, writing.path if writing.table else None,
                                       coverage=coverage, fmt=fmt, overwrite=overwrite, shard=writing.shard, top=top,
-                                      progress=bar.advance)
-    log.debug(f"{rows} objects scored")
+                                      progress=bar.advance, counts=counts)
+    untrusted = counts["untrusted"]
+    summary = (f"{rows} objects scored, {untrusted} ({100 * untrusted / max(rows, 1):.1f}%) not trusted "
+               f"(ood_score >= {coverage:g})")
+    if writing.table and writing.path != "-":   # a file: say what it holds (stdout carries the table itself)
+        log.info(f"wrote {writing.name}: {summary}")
+    else:
+        log.debug(summary)
     if top:
         _print_top(strangest, show_columns, to_stderr=output == "-")   # stdout may carry the scored table
     if montage:

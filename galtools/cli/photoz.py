@@ -120,6 +120,9 @@ def fit(emb, z_options, training, stream, finetune, from_scratch, network, outpu
         model = fit_table(emb, z_options["z_column"], settings)
     log.info(f"{model.kind}: {model.info['n_train']} training rows, {describe_run(model.info['training'])}")
     model.info["source"] = display_name(emb)
+    from galtools.photoz.fit import training_fingerprints
+
+    model.training_ids = training_fingerprints(emb, z_options["z_column"])   # eval warns on these rows
     model.save(output, overwrite=overwrite)
 
 

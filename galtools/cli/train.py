@@ -29,7 +29,7 @@ def cli():
     gal-train import CHECKPOINT -o F    convert a published PyTorch ResNet checkpoint to encoder.onnx
 
     RUN/ receives checkpoints (RUN/last.pt, RUN/checkpoints/), metrics.jsonl, training.png and encoder.onnx.
-    Exit 75 means "stopped on SIGTERM/SIGUSR1 with a checkpoint written: run again with --resume".
+    Exit 75 means "stopped on SIGTERM/SIGUSR1/SIGHUP with a checkpoint written: run again with --resume".
     """
 
 
@@ -114,8 +114,8 @@ def fit(cutouts, out, preset, method, arch, width, pool, crop, ops, pixscale, ba
     """Train an encoder on CUTOUTS (FITS, Parquet or Arrow tables with the same bands).
 
     Run it the same way on one process or under torchrun/srun (DDP; NCCL on GPUs, gloo on CPUs); one process
-    writes RUN/.  On SIGTERM or SIGUSR1 a checkpoint is written and the command exits 75: run it again with
-    --resume to continue exactly where it stopped.
+    writes RUN/.  On SIGTERM, SIGUSR1 or SIGHUP (a closed terminal) a checkpoint is written and the command
+    exits 75: run it again with --resume to continue exactly where it stopped.
     """
     from galtools.train.config import TrainConfig, resolve_preset
     from galtools.train.loop import train

@@ -69,7 +69,10 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
         _require_server_packages()
     if export_folder:
         from galtools.view.export import read_queries
+        from galtools.view.filters import parse
 
+        if expression:
+            parse(expression)   # a filter that cannot parse fails before the tables are read
         query_ids = read_queries(queries)
 
     from galtools.io import display_name, open_table

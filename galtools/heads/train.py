@@ -58,9 +58,13 @@ class TrainSettings:
 
 def check_cadence(steps_per_pass: int, max_epochs: int) -> tuple[int, int]:
     """(steps between validation checks, the most checks): once per pass, but at least MIN_STEPS_PER_CHECK steps
-    apart, so that a run on a few hundred rows is not judged (and its learning rate cut) every handful of steps."""
-    steps_per_check = max(steps_per_pass, MIN_STEPS_PER_CHECK)
-    return steps_per_check, max_epochs * math.ceil(steps_per_pass / steps_per_check) if steps_per_pass else 1
+    apart, so that a run on a few hundred rows is not judged (and its learning rate cut) every handful of steps.
+    The most checks keep the run within ``max_epochs`` passes over the rows (a check may span several passes)."""
+    if not steps_per_pass:
+        return max(MIN_STEPS_PER_CHECK, 1), 1
+    most_steps = max(max_epochs, 1) * steps_per_pass
+    steps_per_check = min(max(steps_per_pass, MIN_STEPS_PER_CHECK), most_steps)
+    return steps_per_check, most_steps // steps_per_check
 
 
 class EarlyStopping:

@@ -1,6 +1,7 @@
 """Refusing repeated object_ids where a tool looks objects up by id (a part concatenated twice, a shard re-run)."""
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData
@@ -68,3 +69,19 @@ def check_unique_ids(ids_or_path, name: str | None = None) -> None:
         first = pc.filter(ids, pc.is_in(ids, value_set=repeated))   # in the table's order
         ordered = list(dict.fromkeys(first.to_pylist()))
         _raise(name, ordered, len(repeated))
+
+
+def id_fingerprints(ids) -> np.ndarray:
+    """A uint64 fingerprint per object_id (an Arrow array or a list), to tell later whether other rows are the
+    same objects: an integer is its own value, anything else the first 8 bytes of the blake2b of its text; a
+    null is 0."""
+    import hashlib
+
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if not isinstance(ids, pa.Array):
+        ids = pa.array(list(ids))
+    if pa.types.is_integer(ids.type):
+        return ids.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
+    return np.array([0 if v is None else int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(),
+                                                        "little") for v in ids.to_pylist()], dtype=np.uint64)

@@ -80,8 +80,9 @@ def check_output_path(path: str, overwrite: bool) -> None:
                           "create it first (mkdir -p)")
     if os.path.isdir(path):
         raise OutputError(f"cannot write {path}: it is a folder", "give a file name")
-    if os.path.exists(path) and not overwrite:
-        raise GalError(f"{path} already exists", "pass --overwrite to replace it")
+    if os.path.lexists(path) and not overwrite:   # a dangling symlink is there too, and would be replaced
+        what = "" if os.path.exists(path) else f" (a symlink to {os.readlink(path)}, which does not exist)"
+        raise GalError(f"{path} already exists{what}", "pass --overwrite to replace it")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"cannot write {path}: folder is not writable", "choose another output folder")
 

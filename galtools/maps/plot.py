@@ -7,9 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from galtools.errors import BadData
-
-MAX_CATEGORIES = 12          # integer columns with at most this many values are categories; more become "other"
-NO_VALUE = "(none)"
+from galtools.viz import MAX_CATEGORIES, category_colours, rank_categories
 
 
 def is_categorical(column: pa.ChunkedArray | pa.Array, name: str) -> bool:
@@ -24,20 +22,6 @@ def is_categorical(column: pa.ChunkedArray | pa.Array, name: str) -> bool:
         return False
     raise BadData(f"column '{name}' is {kind}: a map can be coloured by strings, booleans or numbers",
                   "choose another --color column")
-
-
-def categories_of(column) -> tuple[np.ndarray, list[str]]:
-    """(category index per row, category names): the most frequent first, the rest as 'other', nulls last."""
-    values = [NO_VALUE if v is None else str(v) for v in column.to_pylist()]
-    names, counts = np.unique(np.array(values, dtype=object), return_counts=True)
-    order = sorted(range(len(names)), key=lambda i: (names[i] == NO_VALUE, -counts[i], names[i]))
-    ranked = [names[i] for i in order]
-    if len(ranked) > MAX_CATEGORIES:
-        kept = [n for n in ranked if n != NO_VALUE][:MAX_CATEGORIES - 1]
-        ranked = kept + ["other"] + ([NO_VALUE] if NO_VALUE in ranked else [])
-    index_of = {name: i for i, name in enumerate(ranked)}
-    other = index_of.get("other")
-    return np.array([index_of.get(v, other) for v in values], dtype=np.int64), ranked
 
 
 def _point_size(n: int) -> float:
@@ -58,10 +42,10 @@ def plot_map(xy: np.ndarray, path: str, colour=None, colour_name: str | None = N
     if colour is None:
         axis.scatter(xy[order, 0], xy[order, 1], s=size, c="0.25", alpha=0.6, linewidths=0)
     elif is_categorical(colour, colour_name):
-        index, names = categories_of(colour)
-        palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-        colours = np.array([(0.7, 0.7, 0.7, 1.0) if n in (NO_VALUE, "other") else palette(i % palette.N)
-                            for i, n in enumerate(names)])
+        from matplotlib.colors import to_rgba
+
+        index, names = rank_categories(colour)    # the colours gal-view gives the same classes
+        colours = np.array([to_rgba(c) for c in category_colours(names)])
         axis.scatter(xy[order, 0], xy[order, 1], s=size, c=colours[index[order]], alpha=0.8, linewidths=0)
         counts = np.bincount(index, minlength=len(names))
         handles = [plt.Line2D([], [], ls="", marker="o", color=colours[i], label=f"{n} ({counts[i]})")

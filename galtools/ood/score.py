@@ -61,14 +61,21 @@ class Strangest:
 
 
 def score_table(source: str, model: OodModel, head, output: str | None, *, coverage: float = 0.95, fmt=None,
-                overwrite=False, shard=None, top: int = 0, seed=None, progress=None):
+                overwrite=False, shard=None, top: int = 0, seed=None, progress=None, counts: dict | None = None):
     """Score every row of ``source`` (checked against ``head``, the model's file); write them to ``output``
-    (unless None); return (rows, the strangest ``top``)."""
+    (unless None); return (rows, the strangest ``top``). ``counts`` (a dict) receives ``untrusted``: the rows at
+    or beyond the coverage threshold."""
     strangest = Strangest(top)
+    counts = {} if counts is None else counts
+    counts["untrusted"] = 0
+
+    def on_batch(scored: pa.RecordBatch) -> None:
+        counts["untrusted"] += scored.num_rows - int(pc.sum(scored.column("trusted")).as_py() or 0)
+        strangest.add(scored)
     metadata = {OOD_KEY: json.dumps({"method": model.method, "k": model.k, "search": model.search,
                                      "coverage": coverage, "threshold": model.threshold(coverage),
                                      "n_calibration": len(model.calibration)})}
-    rows = apply_table(source, head, scoring_task(model, coverage, strangest.add), output, tool="gal-ood",
+    rows = apply_table(source, head, scoring_task(model, coverage, on_batch), output, tool="gal-ood",
                        metadata=metadata, fmt=fmt, overwrite=overwrite, shard=shard, seed=seed, progress=progress,
                        log=log, hint=CUTOUTS_HINT)
     return rows, strangest.table

@@ -1,10 +1,15 @@
 """``gal-photoz eval``: the metrics of a prediction table against the true redshifts, as text, JSON and a plot."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pyarrow as pa
 
 from galtools.errors import BadData
 from galtools.photoz.metrics import OUTLIER_DZ, binned_metrics, normalised_residuals, photoz_metrics, quantile_edges
+
+log = logging.getLogger("galtools")
 
 
 def evaluate_table(source: str, truth: str, pred_column: str = "z_phot", mag_column: str | None = None,
@@ -22,7 +27,29 @@ def evaluate_table(source: str, truth: str, pred_column: str = "z_phot", mag_col
                       z_edges=np.linspace(0.0, zmax, z_bins + 1), mag_bins=mag_bins)
     if mag_column:
         report["magnitude_column"] = mag_column
+    fitted = _fitted_rows(source, metadata, np.isfinite(arrays["pred_column"]) & np.isfinite(arrays["truth"]))
+    if fitted is not None:
+        report["n_fitted_on"] = fitted
+    if fitted:
+        log.warning(f"warning: {fitted} of the {report['n']} rows evaluated are rows the model was fitted on "
+                    "(their redshifts were its training labels): these metrics flatter it; evaluate objects held "
+                    "out from gal-photoz fit")
     return arrays, report, zmax
+
+
+def _fitted_rows(source: str, metadata: dict, evaluated: np.ndarray) -> int | None:
+    """How many evaluated rows the predicting model was fitted on (None: that cannot be told)."""
+    from galtools.io import open_table
+    from galtools.io.ids import OBJECT_ID
+    from galtools.photoz.predict import MODEL_KEY, fitted_rows
+
+    if source == "-" or "training_ids_sha256" not in (metadata.get(MODEL_KEY) or ""):
+        return None
+    with open_table(source) as table:
+        if OBJECT_ID not in table.schema.names:
+            return None
+        ids = table.read_all(columns=[OBJECT_ID]).column(OBJECT_ID).combine_chunks()
+    return fitted_rows(metadata, ids.filter(pa.array(evaluated)))
 
 
 def evaluate(z_phot: np.ndarray, z_spec: np.ndarray, magnitude: np.ndarray | None = None,

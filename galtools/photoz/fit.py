@@ -187,6 +187,21 @@ def _fit_streamed(path, name, z, z_column, dim, model_sha256, settings, progress
     return PhotozModel(linear, settings.bins, model_sha256, info)
 
 
+def training_fingerprints(path: str, z_column: str) -> np.ndarray | None:
+    """The sorted fingerprints (galtools.io.ids.id_fingerprints) of the object_ids of the rows of ``path`` with a
+    redshift: the rows a fit on it sees (training and validation). None for stdin or a table without ids."""
+    from galtools.io.ids import OBJECT_ID, id_fingerprints
+
+    if path == "-":
+        return None
+    with open_table(path) as table:
+        if OBJECT_ID not in table.schema.names or z_column not in table.schema.names:
+            return None
+        parts = [id_fingerprints(batch.column(OBJECT_ID))[np.isfinite(labels_of(batch, z_column))]
+                 for batch in table.iter_batches(columns=[OBJECT_ID, z_column])]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+
+
 def _info(settings, n_train, n_val, above, below, z_column, record, streamed) -> dict:
     return {"z_column": z_column, "n_train": n_train, "n_val": n_val, "n_clipped_above_zmax": above,
             "n_clipped_below_zero": below, "streamed": streamed, "settings": asdict(settings), "training": record,

@@ -16,6 +16,7 @@ from galtools.photoz.bins import RedshiftBins, summarise_pdf
 
 TOOL = "gal-photoz"
 KINDS = ("photoz-linear", "photoz-mlp", "photoz-finetuned")
+TRAINING_IDS = "training_id_fingerprints"
 
 
 @dataclass
@@ -25,6 +26,7 @@ class PhotozModel(LinearModel):
     model_sha256: str | None = None
     info: dict = field(default_factory=dict)   # how it was fitted: seed, counts, losses ...
     encoder_onnx: bytes | None = None          # a fine-tuned encoder travels with its head (ONNX: data, not code)
+    training_ids: np.ndarray | None = None     # sorted fingerprints of the object_ids it was fitted on (see eval)
 
     @property
     def kind(self) -> str:
@@ -48,6 +50,8 @@ class PhotozModel(LinearModel):
         arrays = {}
         if self.encoder_onnx is not None:
             arrays["encoder_onnx"] = np.frombuffer(self.encoder_onnx, dtype=np.uint8)
+        if self.training_ids is not None:
+            arrays[TRAINING_IDS] = np.asarray(self.training_ids, dtype=np.uint64)
         return save_head(path, arrays, tool=TOOL, kind=self.kind, embedding_dim=self.embedding_dim,
                          model_sha256=self.model_sha256, linear=self.linear,
                          task={"n_bins": self.bins.n_bins, "zmax": self.bins.zmax}, info=self.info,
@@ -62,7 +66,8 @@ class PhotozModel(LinearModel):
                           "refit it with gal-photoz fit") from None
         encoder = head.arrays.get("encoder_onnx")
         return cls(head.linear(bins.n_bins, "bins"), bins, head.model_sha256, head.info,
-                   encoder_onnx=None if encoder is None else encoder.astype(np.uint8).tobytes())
+                   encoder_onnx=None if encoder is None else encoder.astype(np.uint8).tobytes(),
+                   training_ids=head.arrays.get(TRAINING_IDS))
 
     @classmethod
     def load(cls, path: str) -> "PhotozModel":

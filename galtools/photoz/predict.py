@@ -21,6 +21,7 @@ log = logging.getLogger("galtools")
 
 TOOL = "gal-photoz"
 BINS_KEY = "galtools.photoz.bins"      # "n_bins,zmax" of the model that made the predictions
+MODEL_KEY = "galtools.photoz.model"    # JSON: the kind, seed and z column of that model (and where its file is)
 PREDICTION_COLUMNS = ("z_phot", "z_phot_mode", "z_phot_std", "z_pdf", "dz", "abs_dz")
 CUTOUTS_HINT = "give an embedding table made by gal-embed, or a cutout table"
 
@@ -62,14 +63,44 @@ def predict_table(source: str, model: PhotozModel, head, output: str, *, fmt=Non
         if EMBEDDING not in names and IMAGE in names:
             return _predict_cutouts(table, name, model, head, task, output, fmt, overwrite, seed, progress,
                                     encoder, device, strict)
-        return apply_to(table, name, head, task, output, tool=TOOL, metadata=_metadata(model), fmt=fmt,
+        return apply_to(table, name, head, task, output, tool=TOOL, metadata=_metadata(model, head), fmt=fmt,
                         overwrite=overwrite, seed=seed, progress=progress, log=log, hint=CUTOUTS_HINT)
 
 
-def _metadata(model: PhotozModel) -> dict:
-    return {BINS_KEY: f"{model.bins.n_bins},{model.bins.zmax:g}",
-            "galtools.photoz.model": json.dumps({"kind": model.kind, "seed": model.info.get("seed"),
-                                                 "z_column": model.info.get("z_column")})}
+def _metadata(model: PhotozModel, head) -> dict:
+    record = {"kind": model.kind, "seed": model.info.get("seed"), "z_column": model.info.get("z_column")}
+    if model.training_ids is not None:   # where eval finds the rows the model was fitted on
+        record.update(file=os.path.abspath(head.path), training_ids_sha256=training_ids_sha256(model.training_ids))
+    return {BINS_KEY: f"{model.bins.n_bins},{model.bins.zmax:g}", MODEL_KEY: json.dumps(record)}
+
+
+def training_ids_sha256(fingerprints) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(fingerprints, dtype="<u8").tobytes()).hexdigest()
+
+
+def fitted_rows(metadata: dict, ids) -> int | None:
+    """How many of ``ids`` (object_ids of predicted rows) the model that predicted them was fitted on: the model
+    file named in the predictions' metadata, when it is still there with the same training rows; else None."""
+    from galtools.io.ids import id_fingerprints
+    from galtools.photoz.model import TRAINING_IDS
+
+    try:
+        record = json.loads(metadata.get(MODEL_KEY) or "{}")
+        path, expected = record.get("file"), record.get("training_ids_sha256")
+    except (ValueError, AttributeError):
+        return None
+    if not path or not expected or not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            fingerprints = data[TRAINING_IDS] if TRAINING_IDS in data.files else None
+    except (OSError, ValueError):
+        return None
+    if fingerprints is None or training_ids_sha256(fingerprints) != expected:
+        return None
+    return int(np.isin(id_fingerprints(ids), fingerprints).sum())
 
 
 def _predict_cutouts(table, name, model, head, task, output, fmt, overwrite, seed, progress, encoder_path,
@@ -91,7 +122,7 @@ def _predict_cutouts(table, name, model, head, task, output, fmt, overwrite, see
         for note in encoder.notes:
             log.info(note)
         head.check_embeddings(encoder.info.embedding_dim, encoder.info.sha256, name, log)
-        metadata = {**output_metadata(table.metadata, encoder, name), **_metadata(model)}
+        metadata = {**output_metadata(table.metadata, encoder, name), **_metadata(model, head)}
         with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool=TOOL, seed=seed) as out:
             embed_table(table, encoder, HeadSink(out, task, name, progress), strict=strict)
             return out.rows

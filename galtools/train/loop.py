@@ -26,7 +26,9 @@ from galtools.train.data import BatchLoader, CutoutData, centre_crop
 
 ENCODER = "encoder.onnx"
 STOP_AFTER = -1   # stop_signal value of a planned stop (--stop-after)
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+# a checkpoint, then exit 75: Slurm's time limit and preemption (SIGTERM), its --signal (SIGUSR1), a closed terminal
+# (SIGHUP; left ignored under nohup)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGHUP") if hasattr(signal, name))
 RUN_FILES = (ckpt.LAST, monitor.METRICS, monitor.PLOT, ENCODER)
 
 
@@ -410,6 +412,8 @@ class Trainer:
     def _install_signals(self) -> dict:
         previous = {}
         for sig in STOP_SIGNALS:
+            if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) is signal.SIG_IGN:
+                continue   # nohup: a closed terminal must not stop the run
             try:
                 previous[sig] = signal.signal(sig, self._on_signal)
             except ValueError:   # not the main thread (e.g. called from a worker thread): no handlers

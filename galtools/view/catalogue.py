@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from galtools.errors import BadData, UsageProblem
 from galtools.view.filters import Filter
+from galtools.viz import MAX_CATEGORIES, category_colours, rank_categories
 
 log = logging.getLogger("galtools")
 
@@ -298,14 +299,12 @@ def _colour_values(name: str, column: pa.Array, rows: np.ndarray) -> dict:
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         finite = values[np.isfinite(values)]
-        if not (pa.types.is_integer(column.type) and len(np.unique(finite)) <= 12):
+        if not (pa.types.is_integer(column.type) and len(np.unique(finite)) <= MAX_CATEGORIES):
             low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
             return {"column": name, "kind": "number", "low": low, "high": high,
                     "values": [None if not np.isfinite(v) else round(float(v), 6) for v in values[rows]]}
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-    encoded = pc.dictionary_encode(column.cast(pa.string()))
-    codes = encoded.indices.to_numpy(zero_copy_only=False)[rows]
-    nulls = encoded.indices.is_null().to_numpy(zero_copy_only=False)[rows]
-    return {"column": name, "kind": "category", "categories": encoded.dictionary.to_pylist(),
-            "values": [None if null else int(code) for code, null in zip(codes, nulls)]}
+    index, names = rank_categories(column)   # ranked and coloured as gal-map --plot does
+    return {"column": name, "kind": "category", "categories": names, "colours": category_colours(names),
+            "values": index[rows].tolist()}

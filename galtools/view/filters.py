@@ -11,7 +11,9 @@ Grammar (``or`` binds loosest, then ``and``, then ``not``)::
     comparison := operand (("==" | "=" | "!=" | "<" | "<=" | ">" | ">=") operand)?
     operand    := NUMBER | STRING | "true" | "false" | COLUMN | "(" expr ")"
 
-A comparison needs a column on at least one side; a bare operand must be a boolean column.  Strings are quoted
+A comparison needs a column on at least one side; a bare operand must be a boolean column.  Parentheses and
+``not`` nest at most MAX_DEPTH deep (the parser and the evaluation recurse on them); a chain of ``and``/``or``
+terms is one node, however long.  Strings are quoted
 with ' or " (backslash escapes the next character); a column whose name is not a plain word is written in
 backticks.  A null value never matches a comparison.  The result is a boolean mask over the table's rows.
 """
@@ -29,6 +31,7 @@ COMPARISONS = {"==": "equal", "=": "equal", "!=": "not_equal", "<": "less", "<="
                ">=": "greater_equal"}
 KEYWORDS = ("and", "or", "not", "true", "false")
 MAX_LENGTH = 2000
+MAX_DEPTH = 50     # parentheses and "not" nested deeper than this are refused (far below Python's recursion limit)
 
 
 class FilterError(UsageProblem):
@@ -43,8 +46,12 @@ class Token:
     position: int  # 0-based character offset in the expression
 
 
+def _shorten(expression: str, limit: int = 80) -> str:
+    return expression if len(expression) <= limit else expression[:limit - 3] + "..."
+
+
 def _problem(expression: str, position: int, what: str) -> FilterError:
-    return FilterError(f"filter {expression!r}: {what} at character {position + 1}",
+    return FilterError(f"filter {_shorten(expression)!r}: {what} at character {position + 1}",
                        'write comparisons like z_true < 0.1 and morph_class == "disk"')
 
 
@@ -110,13 +117,21 @@ def tokenize(expression: str) -> list[Token]:
 
 
 # The syntax tree: tuples, so that it is plain data.
-#   ("or", a, b) ("and", a, b) ("not", a) ("cmp", op, left, right) ("column", name) ("literal", value)
+#   ("or", a, b, ...) ("and", a, b, ...) ("not", a) ("cmp", op, left, right) ("column", name) ("literal", value)
 
 class _Parser:
     def __init__(self, expression: str):
         self.expression = expression
         self.tokens = tokenize(expression)
         self.at = 0
+        self.depth = 0
+
+    def deeper(self, token: Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(f"filter {_shorten(self.expression)!r}: parentheses and 'not' nested more than "
+                              f"{MAX_DEPTH} deep at character {token.position + 1}",
+                              "write the condition with fewer nested parentheses")
 
     def peek(self) -> Token:
         return self.tokens[self.at]
@@ -143,20 +158,24 @@ class _Parser:
         return tree
 
     def expr(self):
-        tree = self.and_expr()
+        terms = [self.and_expr()]
         while self.keyword("or"):
-            tree = ("or", tree, self.and_expr())
-        return tree
+            terms.append(self.and_expr())
+        return terms[0] if len(terms) == 1 else ("or", *terms)
 
     def and_expr(self):
-        tree = self.not_expr()
+        terms = [self.not_expr()]
         while self.keyword("and"):
-            tree = ("and", tree, self.not_expr())
-        return tree
+            terms.append(self.not_expr())
+        return terms[0] if len(terms) == 1 else ("and", *terms)
 
     def not_expr(self):
+        token = self.peek()
         if self.keyword("not"):
-            return ("not", self.not_expr())
+            self.deeper(token)
+            tree = ("not", self.not_expr())
+            self.depth -= 1
+            return tree
         return self.comparison()
 
     def comparison(self):
@@ -179,7 +198,9 @@ class _Parser:
         if token.kind == "name":
             return ("column", token.value)
         if token.kind == "lparen":
+            self.deeper(token)
             tree = self.expr()
+            self.depth -= 1
             closing = self.take()
             if closing.kind != "rparen":
                 raise _problem(self.expression, closing.position,
@@ -213,7 +234,7 @@ class Filter:
         self.tree = parse(expression)
         unknown = sorted(columns_of(self.tree) - set(schema.names))
         if unknown:
-            raise FilterError(f"filter {expression!r}: no column {unknown[0]!r}",
+            raise FilterError(f"filter {_shorten(expression)!r}: no column {unknown[0]!r}",
                               f"columns: {', '.join(schema.names)}")
         self.schema = schema
 
@@ -221,7 +242,7 @@ class Filter:
         """Boolean numpy mask of the rows of ``table`` that match (null never matches)."""
         result = self._evaluate(self.tree, table)
         if not isinstance(result, (pa.Array, pa.ChunkedArray)) or not pa.types.is_boolean(result.type):
-            raise FilterError(f"filter {self.expression!r} is not a condition",
+            raise FilterError(f"filter {_shorten(self.expression)!r} is not a condition",
                               'compare a column with a value, e.g. z_true < 0.1')
         return pc.fill_null(result, False).to_numpy(zero_copy_only=False).astype(bool)
 
@@ -234,14 +255,17 @@ class Filter:
         if kind == "not":
             return pc.invert(self._condition(tree[1], table))
         if kind in ("and", "or"):
-            left, right = self._condition(tree[1], table), self._condition(tree[2], table)
-            return pc.and_kleene(left, right) if kind == "and" else pc.or_kleene(left, right)
+            combine = pc.and_kleene if kind == "and" else pc.or_kleene
+            result = self._condition(tree[1], table)
+            for term in tree[2:]:
+                result = combine(result, self._condition(term, table))
+            return result
         _, function, left_tree, right_tree = tree
         left, right = self._evaluate(left_tree, table), self._evaluate(right_tree, table)
         try:
             return getattr(pc, function)(left, right)
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-            raise FilterError(f"filter {self.expression!r}: cannot compare {self._describe(left_tree)} with "
+            raise FilterError(f"filter {_shorten(self.expression)!r}: cannot compare {self._describe(left_tree)} with "
                               f"{self._describe(right_tree)}", "compare numbers with numbers, text with quoted text") \
                 from None
 
@@ -250,7 +274,7 @@ class Filter:
         if isinstance(value, bool):
             return pa.array(np.full(table.num_rows, value))
         if not isinstance(value, (pa.Array, pa.ChunkedArray)) or not pa.types.is_boolean(value.type):
-            raise FilterError(f"filter {self.expression!r}: {self._describe(tree)} is not true or false",
+            raise FilterError(f"filter {_shorten(self.expression)!r}: {self._describe(tree)} is not true or false",
                               'compare it with a value, e.g. mag_r < 20')
         return value
 

@@ -16,6 +16,7 @@ and a short HTML page elsewhere; the server keeps serving after each.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import socket
@@ -32,6 +33,7 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-
                     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
                                                "style-src 'self'; script-src 'self'; connect-src 'self'"}
 ID_SEPARATORS = re.compile(r"[\s,;]+")
+FOLDERS = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/]+/)+(?=[^\s'\"/])")   # the folders of an absolute path
 
 
 def static_files() -> dict[str, tuple[bytes, str]]:
@@ -56,6 +58,11 @@ def _error_page(status: int, text: str) -> str:
             "<link rel='stylesheet' href='/static/style.css'></head><body class='error-page'>"
             f"<h1>{status}</h1><p class='error'>{escape(text)}</p><p><a href='/'>back to the viewer</a></p>"
             "</body></html>")
+
+
+def without_folders(text: str) -> str:
+    """``text`` with every absolute path cut to its file name: a browser is never told where the tables are."""
+    return FOLDERS.sub("", text)
 
 
 def split_ids(values: list[str]) -> list[str]:
@@ -111,7 +118,7 @@ def make_app(catalogue, default_k: int = 10, allowed_hosts: list[str] | None = N
         value = catalogue.parse_id(text)
         png = catalogue.cutouts.tile(value)
         if png is None:
-            raise UnknownId(f"no cutout of object_id {value!r} in {catalogue.cutouts.name}",
+            raise UnknownId(f"no cutout of object_id {value!r} in {os.path.basename(catalogue.cutouts.name)}",
                             "give the cutout table the embeddings came from")
         return Response(png, media_type="image/png", headers=headers({"Cache-Control": "max-age=3600"}))
 
@@ -126,11 +133,11 @@ def make_app(catalogue, default_k: int = 10, allowed_hosts: list[str] | None = N
         return request.url.path.startswith("/api/")
 
     async def gal_error(request: Request, exc: GalError):
-        status = _status_of(exc)
+        status, text = _status_of(exc), without_folders(exc.one_line())
         log.info(f"{request.method} {request.url.path}: {status} {exc.one_line()}")
         if wants_json(request):
-            return JSONResponse({"error": exc.one_line()}, status_code=status, headers=headers())
-        return HTMLResponse(_error_page(status, exc.one_line()), status_code=status, headers=headers())
+            return JSONResponse({"error": text}, status_code=status, headers=headers())
+        return HTMLResponse(_error_page(status, text), status_code=status, headers=headers())
 
     async def http_error(request: Request, exc: HTTPException):
         text = exc.detail
@@ -165,12 +172,18 @@ def _csv_cell(value) -> str:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0: a free one chosen by the system)."""
+    """A listening socket on host:port (port 0: a free one chosen by the system).
+
+    Made with proto=IPPROTO_TCP, as asyncio sets TCP_NODELAY on an accepted connection only when the socket says
+    it is TCP; and TCP_NODELAY is set on the listener too (Linux passes it on to what it accepts). Without it, a
+    response written as headers then body waits for the client's delayed ACK (about 40 ms) on every request of a
+    reused (keep-alive) connection, as browsers make them."""
     from galtools.errors import UsageProblem
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

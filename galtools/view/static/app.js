@@ -3,8 +3,6 @@
 
 const state = { info: null, points: null, filter: "", colour: "", view: null, highlight: new Map(),
                 images: new Map(), lastResults: null };
-const CATEGORY_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
-                          "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#2ca02c"];
 const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const TILE_PIXELS = 44;         // a galaxy's picture on the map when zoomed in
 const TILES_WHEN_FEWER = 60;    // draw pictures when at most this many points are in view
@@ -131,7 +129,7 @@ function pointColour(i) {
   if (!colour) { return "#8fb3ff"; }
   const value = colour.values[i];
   if (value === null) { return "#555"; }
-  if (colour.kind === "category") { return CATEGORY_COLOURS[value % CATEGORY_COLOURS.length]; }
+  if (colour.kind === "category") { return colour.colours[value]; }   // the server's, as gal-map's
   return rampColour((value - colour.low) / Math.max(colour.high - colour.low, 1e-12));
 }
 
@@ -198,7 +196,7 @@ function showLegend() {
     colour.categories.forEach((name, i) => {
       const item = document.createElement("span"), swatch = document.createElement("span");
       swatch.className = "swatch";
-      swatch.style.background = CATEGORY_COLOURS[i % CATEGORY_COLOURS.length];
+      swatch.style.background = colour.colours[i];
       item.append(swatch, document.createTextNode(name));
       legend.appendChild(item);
     });
