@@ -66,9 +66,9 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     from galtools.io import display_name, open_table
     from galtools.io.output import format_for
 
-    writing = prepare_output(output, fmt, overwrite, shard)   # before loading anything: a clash should cost nothing
+    writing = prepare_output(output, fmt, overwrite, shard, source=input)   # before loading anything
     mapping = parse_band_map(band_map)
-    if dtype == "float16" and format_for(writing.path, fmt) == "fits":
+    if dtype == "float16" and not writing.catalogue and format_for(writing.path, fmt) == "fits":
         raise UsageProblem("FITS tables cannot hold float16 embeddings", "write Parquet or Arrow, or use --dtype float32")
 
     encoder = load_encoder(model, EmbedSettings(device=device, precision=precision, batch_size=batch_size,

@@ -121,7 +121,8 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
         top = top or DEFAULT_MONTAGE_COUNT
     if output is None:
         output = None if top else "-"
-    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard, pictures=[montage])
+    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard, pictures=[montage],
+                                   source=target)
     with progress_bar(None, "scoring") as bar:
         rows, strangest = score_table(target, OodModel.from_head(head), head, writing.path if writing.table else None,
                                       coverage=coverage, fmt=fmt, overwrite=overwrite, shard=writing.shard, top=top,

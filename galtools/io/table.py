@@ -164,9 +164,10 @@ def open_table(source: str, shard: Shard | None = None, options: ReadOptions | N
             raise
         part.name = "stdin"
         return Table([part], shard, name="stdin")
-    from galtools.io import partitioned
+    from galtools.io import hats, partitioned
 
-    root = partitioned.partition_root(source) if os.path.isdir(source) else None
+    catalogue = hats.catalogue_root(source)   # a HATS collection reads as its primary catalogue
+    root = partitioned.partition_root(catalogue or source) if os.path.isdir(source) else None
     if root is not None:
         files = partitioned.partition_files(root)
         if not files:
