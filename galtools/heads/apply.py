@@ -74,7 +74,7 @@ class HeadSink:
 def apply_table(path: str, head, task: Task, output: str | None, *, shard=None, **options) -> int:
     """Apply ``task`` to every row of the embedding table ``path`` (see ``apply_to``)."""
     with open_table(path, shard=shard) as table:
-        return apply_to(table, display_name(path), head, task, output, input_path=path, shard=shard, **options)
+        return apply_to(table, display_name(path), head, task, output, shard=shard, **options)
 
 
 def apply_to(table, name: str, head, task: Task, output: str | None, *, tool: str, metadata: dict | None = None,
