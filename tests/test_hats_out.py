@@ -214,6 +214,7 @@ def test_refusals_and_a_rerun_after_a_failure(survey):
                                                                   "partition_info.csv"))
     assert not glob.glob(os.path.join(out, "**", ".*.tmp*"), recursive=True)
     assert len(partitions(out)) < len(files)
+    refused(run("gal-info", out), 65, "an unfinished HATS catalogue")   # nothing reads it as complete
     pq.write_table(good, victim)
     ok(run("gal-embed", broken, "--model", model, "-o", out))
     same_rows(out, pq.read_table(survey["plain"]))

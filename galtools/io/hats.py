@@ -388,7 +388,8 @@ class CatalogueOutput:
 
         files = self.layout.files
         paths = [os.path.join(self.dataset, relative) for relative, _, _ in files]
-        missing = sum(not os.path.exists(p) for p in paths)
+        present = set(_partition_paths(self.dataset))   # one walk of the folder, not a look-up per partition
+        missing = sum(p not in present for p in paths)
         if missing:
             log.info(f"{self.path}: {missing} of {len(files)} partitions still to come; the task that writes the "
                      "last one writes the catalogue files")
@@ -483,6 +484,18 @@ class CatalogueOutput:
         if source_name:
             values["prov_progenitor"] = source_name
         return values
+
+
+def check_finished(folder: str) -> None:
+    """Refuse to read a catalogue folder that a galtools build has not finished (partitions still to come): it
+    has the build's record and no properties yet."""
+    record = _read_record(folder)
+    if record is None or _properties_of(folder) is not None:
+        return
+    written = len(_partition_paths(os.path.join(folder, DATASET)))
+    raise BadData(f"{folder}: an unfinished HATS catalogue ({written} of {record.get('partitions', '?')} partition "
+                  f"files written by {record.get('tool', '?')})", "wait for the tasks writing it, or rerun those "
+                  "that failed; the last one writes its properties")
 
 
 def _is_skymap(name: str) -> bool:

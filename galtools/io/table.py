@@ -167,6 +167,8 @@ def open_table(source: str, shard: Shard | None = None, options: ReadOptions | N
     from galtools.io import hats, partitioned
 
     catalogue = hats.catalogue_root(source)   # a HATS collection reads as its primary catalogue
+    if catalogue is None and os.path.isdir(source):
+        hats.check_finished(source)
     root = partitioned.partition_root(catalogue or source) if os.path.isdir(source) else None
     if root is not None:
         files = partitioned.partition_files(root)
