@@ -49,8 +49,9 @@ PARTITION_COLUMNS = ("Norder", "Dir", "Npix")
 # Files a HATS catalogue folder may hold besides dataset/: an output folder holding anything else is not ours.
 CATALOGUE_FILES = (*PROPERTIES, PARTITION_INFO, RECORD, "point_map.fits", "per_partition_statistics.parquet",
                    "data_thumbnail.parquet")
-# Metadata that says how a task computed (device, arithmetic), in which the tasks of one array may differ.
-RUN_KEYS = (meta.HISTORY, "galtools.embed.provider", "galtools.embed.precision",
+# Metadata that says how a task was invoked or computed (the input as typed, device, arithmetic), in which the
+# tasks of one array may differ (the input catalogue itself is in the identity, as its real path).
+RUN_KEYS = (meta.HISTORY, "galtools.embed.input", "galtools.embed.provider", "galtools.embed.precision",
             "galtools.embed.precision_requested", "galtools.embed.parity", "galtools.embed.auto")
 
 
