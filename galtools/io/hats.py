@@ -12,7 +12,7 @@ the same folder. Every partition file is written atomically (a temporary file, t
 build's identity (the tool, the input catalogue and the settings, see :func:`build_identity`). The catalogue-level
 files are a function of the finished partitions alone: every task, after its own partitions, looks whether all the
 input's partitions exist with this build's stamp, and if they do writes them (each atomically, the properties
-last). Whichever task finishes last therefore writes them, tasks finishing together write the same bytes, and
+last). Whichever task finishes last therefore writes them, tasks finishing together write the same content, and
 until then the folder has no properties and no HATS reader takes it for a catalogue. A rerun of the same command
 (or of any task of its array) rewrites its partitions and the catalogue files; a folder holding another catalogue
 is refused without ``overwrite``.
