@@ -52,7 +52,8 @@ def survey(tmp_path_factory):
                       "image": image_column(images)})
     frame = table.to_pandas(types_mapper=pd.ArrowDtype)
     catalogue = lsdb.from_dataframe(frame, ra_column="ra", dec_column="dec", catalog_name="survey",
-                                    lowest_order=0, highest_order=6, partition_rows=40, margin_threshold=None)
+                                    lowest_order=0, highest_order=6, partition_rows=40,
+                                    margin_threshold=3600.0)   # a margin cache too, which is not read
     collection = str(tmp / "survey")
     catalogue.write_catalog(collection, progress_bar=False)
     preprocess = Preprocess.fit(images, ["g", "r", "i"])
