@@ -54,9 +54,9 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     gives each task whole files). A HATS catalogue INPUT with a folder as OUTPUT (a name ending in '/' or without
     a table extension) makes a HATS catalogue with the same partitions, which lsdb opens and cross-matches: the
     tasks of a Slurm array write their partitions into the same folder, and the last to finish writes its
-    properties and metadata files; a folder holding another catalogue needs --overwrite. The table's pixel scale and flux unit are compared with the model's (a warning,
-    or exit 65 with --strict); a band the model needs and the table lacks is exit 65 unless --band-map says which
-    plane feeds it.
+    properties and metadata files; a folder holding another catalogue needs --overwrite. The table's pixel scale
+    and flux unit are compared with the model's (a warning, or exit 65 with --strict); a band the model needs and
+    the table lacks is exit 65 unless --band-map says which plane feeds it.
 
     --device auto takes a GPU when one is usable (else the CPU); cuda[:N] insists on one (exit 69 with the reason
     otherwise); tensorrt[:N] uses ONNX Runtime's TensorRT provider where it is installed.

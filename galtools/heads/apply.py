@@ -78,7 +78,8 @@ def apply_table(path: str, head, task: Task, output: str | None, *, shard=None, 
 
 
 def apply_to(table, name: str, head, task: Task, output: str | None, *, tool: str, metadata: dict | None = None,
-             fmt=None, overwrite=False, seed=None, progress=None, log=None, hint=None, input_path=None, shard=None) -> int:
+             fmt=None, overwrite=False, seed=None, progress=None, log=None, hint=None, input_path=None,
+             shard=None) -> int:
     """Apply ``task`` to every row of an open embedding table (checked, and checked against ``head``) and write
     the result to ``output`` (None: write nothing); the output's metadata is the input's plus ``metadata``.
     ``input_path`` (the table's path) and ``shard``: a HATS catalogue written to a folder comes out as one (see
