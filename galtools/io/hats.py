@@ -287,10 +287,8 @@ class CatalogueOutput:
         for name in ("_metadata", "_common_metadata"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.dataset, name))
-        for path in _partition_paths(self.dataset):   # another build's; a sibling's new ones carry our stamp
-            if _stamp(path) != self.identity:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        # The old partitions stay until this build's tasks replace them (a sibling may be renaming its new ones into
+        # place right now); those of pixels this catalogue lacks go when it is finished.
 
     # -- the sink
     def expect_schema(self, schema: pa.Schema) -> None:
@@ -522,12 +520,3 @@ def _partition_paths(dataset: str) -> list[str]:
     if not os.path.isdir(dataset):
         return []
     return [path for path, values in partition_files(dataset) if "Npix" in values]
-
-
-def _stamp(path: str) -> str | None:
-    import pyarrow.parquet as pq
-
-    try:
-        return meta.decode(pq.read_metadata(path).metadata).get(BUILD_KEY)
-    except (OSError, pa.ArrowInvalid):
-        return None
