@@ -83,8 +83,10 @@ def resolve_shard(text: str | None, slurm: bool = True):
 class Writing:
     """What a writing command settled before any work (see :func:`prepare_output`)."""
 
-    def __init__(self, path, fmt, overwrite, shard, table, tool):
+    def __init__(self, path, fmt, overwrite, shard, table, tool, source=None, catalogue=False):
         self.path, self.fmt, self.overwrite, self.shard, self.table, self.tool = path, fmt, overwrite, shard, table, tool
+        self.source = source          # the input, when a HATS catalogue input may make a HATS catalogue output
+        self.catalogue = catalogue    # whether the output is a HATS catalogue (a folder), not a table file
 
     @property
     def name(self) -> str:
@@ -96,11 +98,12 @@ class Writing:
         from galtools.io import open_output
 
         return open_output(self.path, overwrite=self.overwrite, fmt=self.fmt, metadata=metadata, tool=self.tool,
-                           seed=seed)
+                           seed=seed, source=self.source, shard=self.shard)
 
 
 def prepare_output(output: str, fmt: str | None, overwrite: bool, shard: str | None = None, *, pictures=(),
-                   slurm: bool = True, terminal: str | None = None, table: bool = True) -> Writing:
+                   slurm: bool = True, terminal: str | None = None, table: bool = True, source: str | None = None
+                   ) -> Writing:
     """The prologue every writing command repeats, before any work (so a clash costs nothing):
 
     1. the shard: ``--shard I/N``, else (``slurm``) the Slurm array task, else None;
@@ -113,9 +116,12 @@ def prepare_output(output: str, fmt: str | None, overwrite: bool, shard: str | N
     ``"dash"`` when -o is '-' (the command shows something readable instead), ``"default"`` only when -o was not
     given at all (the command draws only its pictures); ``Writing.table`` is then False. None: always a table.
     ``table=False``: the command writes no table this time (nothing to check).
+    ``source``: the input, when a HATS catalogue given with a folder as OUTPUT makes a HATS catalogue there
+    (galtools.io.hats: every task of an array writes its partitions into the same folder; no ``{shard}``).
     """
     from galtools.io import check_output_path
 
+    catalogue = table and source is not None and _hats_output(source, output, fmt, overwrite)
     part = resolve_shard(shard, slurm=slurm)
     if part is not None and "{shard}" in output:
         output = part.format_path(output)
@@ -124,12 +130,26 @@ def prepare_output(output: str, fmt: str | None, overwrite: bool, shard: str | N
         ctx = click.get_current_context(silent=True)
         defaulted = ctx is not None and ctx.get_parameter_source("output") == click.core.ParameterSource.DEFAULT
         table = not (terminal == "dash" or defaulted)
-    if table:
+    if table and not catalogue:
         check_output_path(output, overwrite)
     for picture in pictures:
         if picture:
             check_output_path(picture, overwrite)
-    return Writing(output, fmt, overwrite, part, table, tool_name())
+    return Writing(output, fmt, overwrite, part, table, tool_name(), source, catalogue)
+
+
+def _hats_output(source: str, output: str, fmt: str | None, overwrite: bool) -> bool:
+    """Whether OUTPUT is to be a HATS catalogue (checked, before any work, when it is)."""
+    from galtools.errors import UsageProblem
+    from galtools.io import hats
+
+    if not hats.wants_catalogue(source, output, fmt):
+        return False
+    if "{shard}" in output:
+        raise UsageProblem(f"-o {output}: a HATS catalogue is one folder that every task writes its partitions into",
+                           "drop '{shard}' from the folder name")
+    hats.check_catalogue_output(source, output, overwrite, tool_name())
+    return True
 
 
 def _make_parts_folder(path: str) -> None:

@@ -11,6 +11,7 @@ EXAMPLE = """gal-embed cutouts.fits --model run/encoder.onnx -o emb.parquet
 gal-embed cutouts.fits --model run/encoder.onnx --precision auto -o emb.parquet
 gal-sim -n 200 -o - | gal-embed - --model run/encoder.onnx | gal-info -
 gal-embed big.parquet --model m.onnx --device cuda --precision fp16 --shard 3/16 -o 'emb/part-{shard}.parquet'
+gal-embed survey_hats/ --model m.onnx --shard 3/16 -o survey_emb/         # a HATS catalogue in, one out
 gal-embed Galaxy10_DECals.h5 --bands g,r,z --model m.onnx --strict -o emb.parquet
 gal-embed hst.fits --model m.onnx --band-map 'g=F814W,r=F814W,i=F814W' -o emb.parquet"""
 
@@ -50,9 +51,12 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     compression and per-band normalisation, all read from the model's metadata) and writes object_id, the input's
     other columns and 'embedding' in the input's row order. INPUT is a FITS, Parquet, Arrow or HDF5 file, '-'
     for stdin, a folder or a quoted glob of parts, or a partitioned Parquet folder (a HATS catalogue: --shard then
-    gives each task whole files). The table's pixel scale and flux unit are compared with the model's (a warning,
-    or exit 65 with --strict); a band the model needs and the table lacks is exit 65 unless --band-map says which
-    plane feeds it.
+    gives each task whole files). A HATS catalogue INPUT with a folder as OUTPUT (a name ending in '/' or without
+    a table extension) makes a HATS catalogue with the same partitions, which lsdb opens and cross-matches: the
+    tasks of a Slurm array write their partitions into the same folder, and the last to finish writes its
+    properties and metadata files; a folder holding another catalogue needs --overwrite. The table's pixel scale
+    and flux unit are compared with the model's (a warning, or exit 65 with --strict); a band the model needs and
+    the table lacks is exit 65 unless --band-map says which plane feeds it.
 
     --device auto takes a GPU when one is usable (else the CPU); cuda[:N] insists on one (exit 69 with the reason
     otherwise); tensorrt[:N] uses ONNX Runtime's TensorRT provider where it is installed.
@@ -66,9 +70,9 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     from galtools.io import display_name, open_table
     from galtools.io.output import format_for
 
-    writing = prepare_output(output, fmt, overwrite, shard)   # before loading anything: a clash should cost nothing
+    writing = prepare_output(output, fmt, overwrite, shard, source=input)   # before loading anything
     mapping = parse_band_map(band_map)
-    if dtype == "float16" and format_for(writing.path, fmt) == "fits":
+    if dtype == "float16" and not writing.catalogue and format_for(writing.path, fmt) == "fits":
         raise UsageProblem("FITS tables cannot hold float16 embeddings", "write Parquet or Arrow, or use --dtype float32")
 
     encoder = load_encoder(model, EmbedSettings(device=device, precision=precision, batch_size=batch_size,

@@ -179,10 +179,12 @@ def emit_curve(rows: list[dict], curve: dict, writing, text: str, header: dict, 
 
 
 def score_prologue(model_path: str, tool: str, kinds, output: str | None, fmt, overwrite: bool, shard,
-                   pictures=()):
+                   pictures=(), source: str | None = None):
     """Load the model file, then settle the output of 'predict'/'score' before any work: (head, Writing).
-    ``output`` None: no table is written (``Writing.table`` False), the shard still applies."""
+    ``output`` None: no table is written (``Writing.table`` False), the shard still applies. ``source``: the
+    input, when a HATS catalogue input and a folder OUTPUT make a HATS catalogue."""
     from galtools.heads import load_head
 
     head = load_head(model_path, tool, kinds)
-    return head, prepare_output(output or "-", fmt, overwrite, shard, pictures=pictures, table=output is not None)
+    return head, prepare_output(output or "-", fmt, overwrite, shard, pictures=pictures, table=output is not None,
+                                source=source)

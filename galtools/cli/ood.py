@@ -19,6 +19,7 @@ gal-ood fit labelled-emb.parquet --method gmm --pca 32 --components 8 -o gmm.mod
 gal-ood fit labelled-emb.parquet --search hnsw -k 50 -o big.model"""
 
 SCORE_EXAMPLE = """gal-ood score emb.parquet --model ood.model -o scored.parquet
+gal-ood score survey_emb/ --model ood.model --shard 3/16 -o survey_ood/        # HATS catalogue in and out
 gal-photoz predict emb.parquet --model photoz.model --truth z_spec | gal-ood score - --model ood.model -o both.parquet
 gal-ood score emb.parquet --model ood.model --top 16 --montage strange.png --images cutouts.fits"""
 
@@ -107,7 +108,8 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
     statistic itself: k-th neighbor cosine distance, -log density or isolation score; it keeps ordering objects
     beyond the reference's range), trusted (ood_score < --coverage), nearest_reference_id and
     nearest_reference_distance (cosine); other columns are carried. With --top N and no -o, only the table of
-    the N strangest is printed (with -o -, it goes to stderr).
+    the N strangest is printed (with -o -, it goes to stderr). A HATS catalogue TARGET (e.g. gal-embed's) with a
+    folder as OUTPUT makes a HATS catalogue with the same partitions, as gal-embed does.
     """
     from galtools.errors import UsageProblem
     from galtools.ood.model import KINDS, TOOL, OodModel
@@ -121,7 +123,8 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
         top = top or DEFAULT_MONTAGE_COUNT
     if output is None:
         output = None if top else "-"
-    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard, pictures=[montage])
+    head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard, pictures=[montage],
+                                   source=target)
     counts = {}
     with progress_bar(None, "scoring") as bar:
         rows, strangest = score_table(target, OodModel.from_head(head), head, writing.path if writing.table else None,

@@ -74,14 +74,16 @@ class HeadSink:
 def apply_table(path: str, head, task: Task, output: str | None, *, shard=None, **options) -> int:
     """Apply ``task`` to every row of the embedding table ``path`` (see ``apply_to``)."""
     with open_table(path, shard=shard) as table:
-        return apply_to(table, display_name(path), head, task, output, **options)
+        return apply_to(table, display_name(path), head, task, output, shard=shard, **options)
 
 
 def apply_to(table, name: str, head, task: Task, output: str | None, *, tool: str, metadata: dict | None = None,
-             fmt=None, overwrite=False, seed=None, progress=None, log=None, hint=None) -> int:
+             fmt=None, overwrite=False, seed=None, progress=None, log=None, hint=None, input_path=None,
+             shard=None) -> int:
     """Apply ``task`` to every row of an open embedding table (checked, and checked against ``head``) and write
     the result to ``output`` (None: write nothing); the output's metadata is the input's plus ``metadata``.
-    Returns the number of rows."""
+    ``input_path`` (the table's path) and ``shard``: a HATS catalogue written to a folder comes out as one (see
+    ``open_output``). Returns the number of rows."""
     source = checked_source(table, name, hint)
     source.check(head, log)
     read = task.read(table.schema.names)
@@ -91,7 +93,8 @@ def apply_to(table, name: str, head, task: Task, output: str | None, *, tool: st
             sink.write(batch)
         return sink.rows
     merged = {**table.metadata, **(metadata or {})}
-    with open_output(output, overwrite=overwrite, fmt=fmt, metadata=merged, tool=tool, seed=seed) as out:
+    with open_output(output, overwrite=overwrite, fmt=fmt, metadata=merged, tool=tool, seed=seed, source=input_path,
+                     shard=shard) as out:
         sink = HeadSink(out, task, name, progress)
         for batch in table.iter_batches(columns=read):
             sink.write(batch)

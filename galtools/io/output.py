@@ -353,5 +353,13 @@ def _suffixes(name: str) -> list[str]:
 
 
 def open_output(path: str, overwrite: bool = False, fmt: str | None = None, metadata: dict | None = None,
-                tool: str = "galtools", seed=None) -> Output:
+                tool: str = "galtools", seed=None, source: str | None = None, shard=None):
+    """An :class:`Output`; or, when ``source`` (the input) is a HATS catalogue and ``path`` a folder, a
+    galtools.io.hats.CatalogueOutput writing ``shard``'s partitions of the same catalogue layout."""
+    if source is not None:
+        from galtools.io import hats
+
+        if hats.wants_catalogue(source, path, fmt):
+            return hats.CatalogueOutput(source, path, overwrite=overwrite, metadata=metadata, tool=tool, seed=seed,
+                                        shard=shard)
     return Output(path, fmt=fmt, overwrite=overwrite, metadata=metadata, tool=tool, seed=seed)

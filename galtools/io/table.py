@@ -164,9 +164,12 @@ def open_table(source: str, shard: Shard | None = None, options: ReadOptions | N
             raise
         part.name = "stdin"
         return _named_planes(Table([part], shard, name="stdin"), options)
-    from galtools.io import partitioned
+    from galtools.io import hats, partitioned
 
-    root = partitioned.partition_root(source) if os.path.isdir(source) else None
+    catalogue = hats.catalogue_root(source)   # a HATS collection reads as its primary catalogue
+    if catalogue is None and os.path.isdir(source):
+        hats.check_finished(source)
+    root = partitioned.partition_root(catalogue or source) if os.path.isdir(source) else None
     if root is not None:
         files = partitioned.partition_files(root)
         if not files:

@@ -77,7 +77,7 @@ def score_table(source: str, model: OodModel, head, output: str | None, *, cover
                                      "n_calibration": len(model.calibration)})}
     rows = apply_table(source, head, scoring_task(model, coverage, on_batch), output, tool="gal-ood",
                        metadata=metadata, fmt=fmt, overwrite=overwrite, shard=shard, seed=seed, progress=progress,
-                       log=log, hint=CUTOUTS_HINT)
+                       log=log, hint=CUTOUTS_HINT, input_path=source)   # a HATS catalogue in, one out
     return rows, strangest.table
 
 
