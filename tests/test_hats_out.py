@@ -27,8 +27,11 @@ CUTOUT = 12
 ENV = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
 
 
+BANDS = ("--bands", "g,r,i")   # lsdb's catalogue does not name the image planes: the user says which is which
+
+
 def run(tool, *args, env=ENV):
-    return run_tool(tool, *args, env=env)
+    return run_tool(tool, *args, *(BANDS if tool == "gal-embed" else ()), env=env)
 
 
 def image_column(images: np.ndarray) -> pa.ExtensionArray:
@@ -140,7 +143,7 @@ def test_a_sharded_array_writes_one_catalogue(survey):
     """Two tasks at once, one by --shard, one by its Slurm array variables: each writes its whole partitions into
     the same folder, and whichever finishes last writes the catalogue files."""
     out = str(survey["tmp"] / "array_catalogue")
-    args = [survey["collection"], "--model", survey["model"], "-o", out]
+    args = [survey["collection"], "--model", survey["model"], "-o", out, *BANDS]
     slurm = dict(ENV, SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2")
     tasks = [subprocess.Popen(tool_command("gal-embed") + args + ["--shard", "0/2"], env=ENV, stderr=subprocess.PIPE),
              subprocess.Popen(tool_command("gal-embed") + args, env=slurm, stderr=subprocess.PIPE)]

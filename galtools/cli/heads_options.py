@@ -61,9 +61,10 @@ def training_options(batch_size=512, lr=1e-2, batch_help="Rows per step.",
                          help="One hidden layer of N units (an MLP) instead of a linear head."),
             click.option("--val-fraction", type=float, default=0.1, show_default=True,
                          help="Labelled rows held out for early stopping."),
-            click.option("--max-epochs", type=int, default=100, show_default=True,
-                         help="Upper limit on passes (on validation checks of 25 steps where a pass is shorter); a run "
-                              "that reaches it says 'stopped: cap' (not converged)."),
+            click.option("--max-epochs", type=click.IntRange(min=1), default=None, metavar="N",
+                         help="Upper limit on passes over the labelled rows; a run that reaches it says 'stopped: "
+                              "cap' (not converged). Default: at most 100 validation checks (a check is one pass, "
+                              "or 25 steps where a pass is shorter)."),
             click.option("--patience", type=int, default=6, show_default=True,
                          help="Stop after this many validation checks without improvement (the learning rate is "
                               "cut after 2)."),

@@ -27,6 +27,7 @@ MIN_DELTA = 1e-4               # a validation loss must beat the best by this mu
 PLATEAU_CHECKS = 2             # checks without improvement before the learning rate is cut ...
 PLATEAU_FACTOR = 0.2           # ... by this factor
 MIN_STEPS_PER_CHECK = 25       # tiny training sets: still take this many steps between validation checks
+DEFAULT_MAX_CHECKS = 100       # without --max-epochs: at most this many validation checks
 SMALL_STEP_FLOPS = 1 << 26     # below this (inputs x outputs x batch), one thread is faster than two
 PATIENCE, CAP = "patience", "cap"
 
@@ -35,7 +36,7 @@ PATIENCE, CAP = "patience", "cap"
 class TrainSettings:
     hidden: int | None = None          # None: linear probe; N: one hidden layer of N units
     val_fraction: float = 0.1
-    max_epochs: int = 100
+    max_epochs: int | None = None      # None: at most DEFAULT_MAX_CHECKS validation checks
     patience: int = 6                  # validation checks without improvement before stopping
     batch_size: int = 512
     lr: float = 1e-2
@@ -49,19 +50,22 @@ class TrainSettings:
             raise UsageProblem(f"--hidden must be positive, got {self.hidden}")
         for name, value in (("--max-epochs", self.max_epochs), ("--patience", self.patience),
                             ("--batch-size", self.batch_size)):
-            if value < 1:
+            if value is not None and value < 1:
                 raise UsageProblem(f"{name} must be at least 1, got {value}")
         if not self.lr > 0:
             raise UsageProblem(f"--lr must be positive, got {self.lr}")
         return self
 
 
-def check_cadence(steps_per_pass: int, max_epochs: int) -> tuple[int, int]:
+def check_cadence(steps_per_pass: int, max_epochs: int | None) -> tuple[int, int]:
     """(steps between validation checks, the most checks): once per pass, but at least MIN_STEPS_PER_CHECK steps
     apart, so that a run on a few hundred rows is not judged (and its learning rate cut) every handful of steps.
-    The most checks keep the run within ``max_epochs`` passes over the rows (a check may span several passes)."""
+    The most checks keep the run within ``max_epochs`` passes over the rows (a check may span several passes);
+    without ``max_epochs``, the run has DEFAULT_MAX_CHECKS checks at most, however many passes they span."""
     if not steps_per_pass:
         return max(MIN_STEPS_PER_CHECK, 1), 1
+    if max_epochs is None:
+        return max(steps_per_pass, MIN_STEPS_PER_CHECK), DEFAULT_MAX_CHECKS
     most_steps = max(max_epochs, 1) * steps_per_pass
     steps_per_check = min(max(steps_per_pass, MIN_STEPS_PER_CHECK), most_steps)
     return steps_per_check, most_steps // steps_per_check
