@@ -461,3 +461,81 @@ def test_raw_pickles_and_torchscript_are_one_line_for_export_and_import(tmp_path
         _one_line_error(run("import", path, "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
                             "--preprocess", table_path, "-o", out), what, "torch.save")
         assert not os.path.exists(out)
+
+
+# ------------------------------------------------------------------ the model's own input scaling (--scaling)
+
+def _reference_scaling(kind, x):
+    """Each scaling written here with numpy, in the model's band order g,r,z (independent of galtools)."""
+    x = x.astype(np.float64)
+    per_band = lambda values: np.asarray(values, dtype=np.float64)[None, :, None, None]  # noqa: E731
+    if kind == "identity":
+        y = x
+    elif kind == "linear":
+        y = x * per_band([0.5, 2.0, 1.5]) + per_band([0.1, -0.2, 0.0])
+    elif kind == "clip":
+        y = np.clip(x, -1.0, 1.5)
+    elif kind == "arcsinh":
+        y = np.arcsinh(x / per_band([0.3, 0.5, 0.7]))
+    elif kind == "log":
+        y = np.log10(np.clip(x, -0.9, None) + 1.0)
+    elif kind == "chain":
+        y = 3.0 * np.log(np.clip(x, -0.5, 2.0) + 0.75) - 0.25
+    return y.astype(np.float32)
+
+
+SCALING_OPTIONS = {
+    "identity": ["--scaling", "identity"],
+    "linear": ["--scaling", "linear:scale=0.5,2,1.5:offset=0.1,-0.2,0"],
+    "clip": ["--scaling", "clip:lo=-1:hi=1.5"],
+    "arcsinh": ["--scaling", "arcsinh:scale=0.3,0.5,0.7"],
+    "log": ["--scaling", "clip:lo=-0.9", "--scaling", "log:offset=1:base=10"],
+    "chain": ["--scaling", "clip:lo=-0.5:hi=2", "--scaling", "log:offset=0.75", "--scaling",
+              "linear:scale=3:offset=-0.25"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(SCALING_OPTIONS))
+def test_import_carries_the_models_own_scaling_to_gal_embed(tmp_path, preprocess_table, kind):
+    """gal-embed of raw pixels through an imported model equals torch's model applied to the scaling it was
+    trained with, to 1e-4."""
+    import json
+
+    from galtools.train.export import read_metadata
+
+    model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=8), 11)
+    checkpoint, out = str(tmp_path / "own.pt"), str(tmp_path / "own.onnx")
+    torch.save(model.state_dict(), checkpoint)
+    result = run("import", checkpoint, "--arch", "resnet18", "--bands", ",".join(BANDS), "--input-size", SIZE,
+                 *SCALING_OPTIONS[kind], "-o", out)
+    assert result.returncode == 0, result.stderr.decode()
+    recorded = json.loads(read_metadata(out)["galtools.preprocess"])
+    assert recorded["kind"] == "scaling" and recorded["bands"] == BANDS
+
+    table_path, images = preprocess_table                    # raw pixels, planes z,r,g, 36x36
+    embedded = str(tmp_path / "emb.parquet")
+    env = dict(os.environ, PYTHONPATH=ROOT, GALTOOLS_CACHE_DIR=str(tmp_path / "cache"))
+    embed_run = run_tool("gal-embed", table_path, "--model", out, "-o", embedded, env=env)
+    assert embed_run.returncode == 0, embed_run.stderr.decode()
+    vectors = np.stack(pq.read_table(embedded).column("embedding").to_numpy(zero_copy_only=False))
+    crop = np.ascontiguousarray(images[:, [2, 1, 0], 2:2 + SIZE, 2:2 + SIZE])
+    with torch.no_grad():
+        reference = model.features(torch.from_numpy(_reference_scaling(kind, crop))).numpy()
+        unscaled = model.features(torch.from_numpy(crop)).numpy()
+    np.testing.assert_allclose(vectors, reference, rtol=1e-4, atol=1e-4)
+    if kind != "identity":
+        assert np.abs(vectors - unscaled).max() > 1e-2     # the scaling really changes what the model sees
+
+
+def test_scaling_options_are_checked_before_the_checkpoint_is_read(tmp_path, preprocess_table):
+    table_path, _ = preprocess_table
+    missing = str(tmp_path / "never-read.pt")
+    common = ["--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE, "-o", str(tmp_path / "x.onnx")]
+    for options, needle in (([], "--scaling"), (["--preprocess", table_path, "--scaling", "identity"], "either"),
+                            (["--scaling", "linear:scale=1,2"], "2 values for 3 bands"),
+                            (["--scaling", "gamma:k=2"], "not one of"),
+                            (["--scaling", "clip:lo=2:hi=1"], "lo above hi")):
+        result = run("import", missing, *common, *options)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, (options, err)

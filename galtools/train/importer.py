@@ -404,14 +404,37 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def input_scaling(preprocess_source: str | None, scaling: list[str] | tuple[str, ...] | None, bands: list[str]):
+    """What gal-embed applies to raw pixels before the model: galtools' arcsinh preprocessing (``--preprocess``, a
+    JSON file or cutouts to fit it on), or the model's own scaling (``--scaling`` steps); exactly one of them."""
+    from galtools.preprocess import SCALING_EXAMPLE, Scaling
+
+    if bool(preprocess_source) == bool(scaling):
+        raise UsageProblem("give either --preprocess (galtools' arcsinh scaling) or --scaling (the model's own)"
+                           if scaling else "no input scaling given",
+                           "--scaling for the scaling the model was trained with, "
+                           f"{SCALING_EXAMPLE.removeprefix('e.g. ')} (or --scaling identity); --preprocess JSON|CUTOUTS "
+                           "for galtools' own")
+    if scaling:
+        try:
+            return Scaling.parse(scaling, bands)
+        except BadData as exc:
+            raise UsageProblem(exc.what, exc.hint) from None
+    return load_preprocess(preprocess_source, bands)
+
+
 def import_checkpoint(checkpoint_path: str, out_path: str, arch: str, bands: list[str], input_size: int,
-                      preprocess_source: str, keep_head: bool = False, prefix: str | None = None,
-                      pixscale: float | None = None, flux_unit: str | None = None, overwrite: bool = False) -> dict:
-    """Write ``checkpoint_path``'s ResNet as an encoder.onnx that gal-embed reads; returns a summary."""
+                      preprocess_source: str | None, keep_head: bool = False, prefix: str | None = None,
+                      pixscale: float | None = None, flux_unit: str | None = None, overwrite: bool = False,
+                      scaling: list[str] | None = None) -> dict:
+    """Write ``checkpoint_path``'s ResNet as an encoder.onnx that gal-embed reads; returns a summary.
+    ``scaling``: the model's own input scaling (``Scaling.parse`` steps) instead of ``preprocess_source``."""
     from galtools.io import check_output_path
     from galtools.train.export import check_finite_weights, encoder_metadata, export_encoder
 
     check_output_path(out_path, overwrite)
+    # a usage problem before reading a large checkpoint; cutouts to fit on are read after it is found good
+    preprocess = input_scaling(preprocess_source, scaling, bands) if scaling or not preprocess_source else None
     if input_size < 8:
         raise UsageProblem(f"--input-size {input_size} is too small for a ResNet", "give the size it was trained at")
     checkpoint = read_checkpoint(checkpoint_path)
@@ -425,7 +448,8 @@ def import_checkpoint(checkpoint_path: str, out_path: str, arch: str, bands: lis
     model = _with_head(backbone, head, checkpoint_path) if keep_head else backbone
     check_finite_weights(model, checkpoint_path, "the checkpoint is damaged or its training diverged; "
                          "import another one")
-    preprocess = load_preprocess(preprocess_source, bands)
+    if preprocess is None:
+        preprocess = load_preprocess(preprocess_source, bands)
     provenance = {"imported_from": os.path.basename(checkpoint_path), "sha256": file_sha256(checkpoint_path),
                   "prefix": chosen, "arch": arch, "keep_head": keep_head}
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("hyper_parameters"), dict):
@@ -438,4 +462,5 @@ def import_checkpoint(checkpoint_path: str, out_path: str, arch: str, bands: lis
         metadata["galtools.flux_unit"] = flux_unit
     parity = export_encoder(model, out_path, metadata, input_size, overwrite=overwrite)
     return {"path": out_path, "prefix": chosen, "embedding_dim": model.num_features, "parity": parity,
+            "scaling": preprocess.describe() if scaling else "galtools arcsinh preprocessing",
             "dropped_head": bool(head) and not keep_head, "metadata": metadata}
