@@ -279,21 +279,26 @@ class Scaling:
     def _column(self, values):
         return np.asarray(values, dtype=np.float32)[None, :, None, None]
 
+    def _apply(self, x, column, minimum, maximum, asinh, log):
+        """The steps in order, with one array library's functions (numpy or torch: the same float32 formulas)."""
+        for name, params in self.steps:
+            p = {k: column(v) for k, v in params}
+            if name == "linear":
+                x = x * p["scale"] + p["offset"]
+            elif name == "clip":
+                x = minimum(maximum(x, p["lo"]), p["hi"])
+            elif name == "arcsinh":
+                x = asinh(x / p["scale"])
+            elif name == "log":
+                x = log(x + p["offset"]) / log(p["base"])
+        return x
+
     def apply_numpy(self, x_nbhw) -> np.ndarray:
         """float32 (n, bands, H, W) -> float32, each step in float32 (used by gal-embed before ONNX Runtime)."""
         x = np.asarray(x_nbhw, dtype=np.float32)
         _check_images(x, len(self.bands), what="images to preprocess")
-        for name, params in self.steps:
-            p = {k: self._column(v) for k, v in params}
-            if name == "linear":
-                x = x * p["scale"] + p["offset"]
-            elif name == "clip":
-                x = np.minimum(np.maximum(x, p["lo"]), p["hi"])
-            elif name == "arcsinh":
-                x = np.arcsinh(x / p["scale"])
-            elif name == "log":
-                with np.errstate(divide="ignore", invalid="ignore"):   # non-positive values: caught as non-finite
-                    x = np.log(x + p["offset"]) / np.log(p["base"])
+        with np.errstate(divide="ignore", invalid="ignore"):   # a log of non-positive values: caught as non-finite
+            x = self._apply(x, self._column, np.minimum, np.maximum, np.arcsinh, np.log)
         return x.astype(np.float32, copy=False)
 
     def apply_torch(self, x_nbhw):
@@ -302,17 +307,8 @@ class Scaling:
 
         _check_images(x_nbhw, len(self.bands), what="images to preprocess")
         x = x_nbhw.to(torch.float32)
-        for name, params in self.steps:
-            p = {k: torch.from_numpy(self._column(v)).to(x.device) for k, v in params}
-            if name == "linear":
-                x = x * p["scale"] + p["offset"]
-            elif name == "clip":
-                x = torch.minimum(torch.maximum(x, p["lo"]), p["hi"])
-            elif name == "arcsinh":
-                x = torch.asinh(x / p["scale"])
-            elif name == "log":
-                x = torch.log(x + p["offset"]) / torch.log(p["base"])
-        return x
+        column = lambda values: torch.from_numpy(self._column(values)).to(x.device)  # noqa: E731
+        return self._apply(x, column, torch.minimum, torch.maximum, torch.asinh, torch.log)
 
 
 def _json_number(x: float):
