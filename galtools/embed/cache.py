@@ -88,16 +88,16 @@ class CacheEntry:
             return "is not the file its record describes (changed since it was made)"
         return None
 
-    def usable(self, log=None) -> bool:
+    def usable(self, log=None, what: str = "optimised") -> bool:
         """Whether the cached file exists and is what this entry asks for.  An unusable one is left for ``store``
         to replace atomically (removing it could remove another task's conversion between its file and its
         record)."""
         problem = self.problem()
         if problem is None:
-            (log or _log).debug(f"using the cached model {self.path} (checked against its record)")
+            (log or _log).debug(f"using the cached {what} model {self.path} (checked against its record)")
             return True
         if problem != "missing":
-            (log or _log).warning(f"the cached model {self.path} {problem}: not used, made again")
+            (log or _log).warning(f"the cached {what} model {self.path} {problem}: not used, made again")
         return False
 
     def remove(self) -> None:

@@ -101,7 +101,7 @@ def fp16_model(model_path: str, sha256: str, folder: str | None = None, log=None
     be written."""
     folder = cache_dir() if folder is None else folder
     entry = CacheEntry(cached_path(sha256, folder), sha256, CONVERSION_TAG)
-    if entry.usable(log):
+    if entry.usable(log, "fp16"):
         return entry.path
     with open(model_path, "rb") as handle:
         converted = convert_to_fp16(handle.read(), model_path)
@@ -173,7 +173,7 @@ def int8_model(model_path: str, sha256: str, sample: np.ndarray, folder: str | N
     calibration = calibration_sha256 or calibration_checksum(sample)
     tag = int8_tag()
     entry = CacheEntry(cached_path(sha256, folder, int8_cache_tag(calibration)), sha256, tag, calibration)
-    if entry.usable(log):
+    if entry.usable(log, "int8"):
         return entry.path
     if log:
         log.info(f"quantizing the model to int8, calibrated on {len(sample)} cutouts (once; then cached)")
