@@ -7,9 +7,11 @@ Accepted: plain state dicts, ``{"state_dict": ...}`` / ``{"model": ...}`` wrappe
 
 Reading never runs code from the file.  ``torch.load(weights_only=True)`` first; when that refuses a global (a
 Lightning checkpoint's hyper-parameter container), an unpickler that knows only tensor storage, plain containers,
-a few plain values (paths, dates) and hyper-parameter containers (read as plain dicts) reads it; other objects of
-Lightning's own classes read as inert placeholders (nothing of Lightning is imported or called); anything else is
-refused with the name of what the file asks for.  TorchScript archives (code) are refused outright.
+a few plain values (paths, dates, numpy numbers and arrays of numbers) and hyper-parameter containers (read as plain
+dicts) reads it; other objects of Lightning's own classes read as inert placeholders (nothing of Lightning is
+imported or called); anything else is refused with the name of what the file asks for.  TorchScript archives (code)
+and plain pickles (not written by torch.save) are refused outright, in one line.  The hyper-parameters are kept, as
+JSON (``json_safe``), in the encoder's ``galtools.train_config``; NaN or infinite weights are refused.
 """
 from __future__ import annotations
 
