@@ -285,10 +285,10 @@ def _only(folder, *fragments):
     return found[0]
 
 
-def test_a_cached_graph_copied_under_another_models_key_is_not_used(run_dir, fragile_model, table,  # noqa: F811
-                                                                     tmp_path):
-    """Another model's optimised graph (with its record) and another model's fp16 conversion (without) put under
-    this model's names: neither runs; the embeddings are this model's, as from an empty cache."""
+def _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path):
+    """A cache in which another model's optimised fp32 graph (with its record) and another model's fp16 conversion
+    (without) lie under this model's names; the embeddings of both models from it and of this one from a fresh
+    cache."""
     import shutil
 
     from galtools.embed.model import file_sha256
@@ -304,24 +304,73 @@ def test_a_cached_graph_copied_under_another_models_key_is_not_used(run_dir, fra
             result = embed(table, "--model", who, "-o", out, "--precision", precision, "-q", env_extra=env_now)
             assert result.returncode == 0, result.stderr.decode()
             reference[(precision, who, env_now is fresh)] = embeddings(read(str(out)))
-
     onnx_dir = cache / "onnx"
     swapped = {"fp32": (_only(onnx_dir, theirs, ".fp32.opt-"), _only(onnx_dir, mine, ".fp32.opt-"), True),
                "fp16": (_only(onnx_dir, theirs, ".fp16-v1.onnx"), _only(onnx_dir, mine, ".fp16-v1.onnx"), False)}
-    for precision, (source, target, with_record) in swapped.items():
+    for source, target, with_record in swapped.values():
         shutil.copyfile(source, target)
         if with_record and os.path.exists(str(source) + ".json"):
             shutil.copyfile(str(source) + ".json", str(target) + ".json")
+    return model, mine, env, reference, {p: target for p, (_, target, _) in swapped.items()}
+
+
+def _assert_this_models(out, model, mine, reference, precision, other):
+    """``out`` holds this model's embeddings (as from an empty cache), not the other model's."""
+    got = embeddings(read(str(out)))
+    np.testing.assert_allclose(got, reference[(precision, model, True)], rtol=0, atol=1e-5)
+    assert np.abs(reference[(precision, other, False)].mean() - got.mean()) > 1e-3   # the other really differs
+    assert _metadata(out)["galtools.model_sha256"] == mine
+
+
+def test_a_cached_graph_copied_under_another_models_key_is_not_used(run_dir, fragile_model, table,  # noqa: F811
+                                                                     tmp_path):
+    """Another model's optimised graph (with its record) and another model's fp16 conversion (without) put under
+    this model's names: neither runs; the embeddings are this model's, as from an empty cache."""
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path)
+    for precision, target in targets.items():
         out = tmp_path / f"after-{precision}.parquet"
         result = embed(table, "--model", model, "-o", out, "--precision", precision, env_extra=env)
         err = result.stderr.decode()
         assert result.returncode == 0, err
-        got = embeddings(read(str(out)))
-        np.testing.assert_allclose(got, reference[(precision, model, True)], rtol=0, atol=1e-5)
-        assert np.abs(reference[(precision, fragile_model, False)].mean() - got.mean()) > 1e-3   # really another
+        _assert_this_models(out, model, mine, reference, precision, fragile_model)
         assert f"model {target}" in err and "not used" in err
-        assert _metadata(out)["galtools.model_sha256"] == mine
         # made again and recorded: the next run uses it without a word
         again = embed(table, "--model", model, "-o", tmp_path / f"again-{precision}.parquet", "--precision",
                       precision, env_extra=env)
         assert again.returncode == 0 and "not used" not in again.stderr.decode()
+
+
+READ_ONLY_SHIM = """
+import errno, os, tempfile
+_mkstemp, _folder = tempfile.mkstemp, os.environ["GALTOOLS_TEST_READ_ONLY"]
+def mkstemp(*args, dir=None, **kwargs):   # every file galtools writes in its cache starts as such a temporary
+    if dir is not None and os.path.abspath(dir).startswith(_folder):
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+    return _mkstemp(*args, dir=dir, **kwargs)
+tempfile.mkstemp = mkstemp
+"""
+
+
+def test_a_read_only_cache_holding_another_models_graphs_changes_nothing(run_dir, fragile_model, table,  # noqa: F811
+                                                                          tmp_path):
+    """The same swapped cache, read-only (its folder's mode, and for root, who writes regardless, a shim that
+    refuses to create files in it): the files cannot be replaced, and still never run."""
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path)
+    onnx_dir = tmp_path / "cache" / "onnx"
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(READ_ONLY_SHIM)
+    env = dict(env, PYTHONPATH=f"{shim}{os.pathsep}{ROOT}", GALTOOLS_TEST_READ_ONLY=str(onnx_dir))
+    before = {p.name: p.read_bytes() for p in onnx_dir.iterdir()}
+    os.chmod(onnx_dir, 0o555)
+    try:
+        for precision in targets:
+            out = tmp_path / f"read-only-{precision}.parquet"
+            result = embed(table, "--model", model, "-o", out, "--precision", precision, env_extra=env)
+            err = result.stderr.decode()
+            assert result.returncode == 0, err
+            assert "not used" in err
+            _assert_this_models(out, model, mine, reference, precision, fragile_model)
+    finally:
+        os.chmod(onnx_dir, 0o755)
+    assert {p.name: p.read_bytes() for p in onnx_dir.iterdir()} == before

@@ -100,11 +100,6 @@ class CacheEntry:
             (log or _log).warning(f"the cached {what} model {self.path} {problem}: not used, made again")
         return False
 
-    def remove(self) -> None:
-        for name in (self.path, self.record_path):
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-
     def record(self, sha256: str | None = None) -> None:
         """Write the record of the file now at ``path`` (its checksum computed unless given).  Raises OSError."""
         record = dict(self.expected(), sha256=sha256 or file_sha256(self.path))
@@ -116,8 +111,7 @@ class CacheEntry:
         try:
             write_atomically(self.path, data)
             self.record(_bytes_sha256(data))
-        except OSError as exc:
-            self.remove()
+        except OSError as exc:   # what is there stays (it may be another task's conversion), unused unless it matches
             if log:
                 log.warning(f"cannot cache the {what} model in {os.path.dirname(self.path)} ({exc.strerror}); "
                             "set GALTOOLS_CACHE_DIR to a writable folder to convert only once")
