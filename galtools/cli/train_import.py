@@ -7,7 +7,7 @@ from galtools.cli.common import log, subcommand
 
 EXAMPLE = """gal-train import moco_resnet50.ckpt --arch resnet50 --bands g,r,z --input-size 152 --preprocess ls.fits -o encoder.onnx
 gal-train import resnet18.pt --arch resnet18 --bands g,r,i --input-size 64 --preprocess pre.json --pixscale 0.396 -o enc.onnx
-gal-train import zoo.pt --arch resnet50 --bands g,r,z --input-size 224 --scaling clip:lo=0:hi=100 --scaling log:offset=1 -o zoo.onnx"""
+gal-train import zoo.pt --arch resnet50 --bands g,r,z --input-size 224 --scaling clip:lo=0 --scaling log:offset=1 -o z.onnx"""
 
 
 def add_import_command(group: click.Group) -> None:

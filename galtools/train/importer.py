@@ -198,8 +198,8 @@ def json_safe(value, depth: int = 0):
     if isinstance(value, SkippedLightningObject):
         return None
     if isinstance(value, dict):
-        items = ((str(k), json_safe(v, depth + 1)) for k, v in value.items() if not isinstance(v, SkippedLightningObject))
-        return dict(items)
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()
+                if not isinstance(v, SkippedLightningObject)}
     if isinstance(value, (set, frozenset)):
         return sorted((json_safe(v, depth + 1) for v in value), key=repr)
     if isinstance(value, (list, tuple)):
@@ -415,8 +415,8 @@ def input_scaling(preprocess_source: str | None, scaling: list[str] | tuple[str,
         raise UsageProblem("give either --preprocess (galtools' arcsinh scaling) or --scaling (the model's own)"
                            if scaling else "no input scaling given",
                            "--scaling for the scaling the model was trained with, "
-                           f"{SCALING_EXAMPLE.removeprefix('e.g. ')} (or --scaling identity); --preprocess JSON|CUTOUTS "
-                           "for galtools' own")
+                           f"{SCALING_EXAMPLE.removeprefix('e.g. ')} (or --scaling identity); "
+                           "--preprocess JSON|CUTOUTS for galtools' own")
     if scaling:
         try:
             return Scaling.parse(scaling, bands)
