@@ -8,6 +8,11 @@ parameters are fitted once on a sample of raw cutouts, stored with the trained m
 (``encoder.onnx`` metadata ``galtools.preprocess``) and applied unchanged by ``gal-embed``: the two code paths
 (numpy for ONNX Runtime, torch for training) use the same float32 formula, checked against each other in the tests.
 
+An imported model (``gal-train import --scaling``) keeps instead the input scaling it was trained with: a chain of
+per-band steps (``Scaling``, kind ``scaling``): ``linear`` y = x * scale + offset, ``clip`` y = min(max(x, lo), hi),
+``arcsinh`` y = asinh(x / scale), ``log`` y = log_base(x + offset), ``identity`` (no step).  It is stored in the
+same metadata key and applied the same way (``Preprocess.from_json`` reads either kind).
+
 This module imports only numpy, so that the no-torch tools can use it.
 """
 from __future__ import annotations
@@ -93,12 +98,14 @@ class Preprocess:
                           sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Preprocess":
+    def from_json(cls, text: str) -> "Preprocess | Scaling":
         try:
             spec = json.loads(text)
         except (TypeError, ValueError) as exc:
             raise BadData(f"preprocessing parameters are not valid JSON: {exc}",
                           "re-export the model with gal-train export") from None
+        if isinstance(spec, dict) and spec.get("kind") == SCALING_KIND:
+            return Scaling.from_json(text)          # an imported model's own scaling: the same interface
         if not isinstance(spec, dict) or spec.get("kind") != KIND:
             raise BadData(f"preprocessing parameters are not of kind {KIND!r}",
                           "re-export the model with gal-train export")
@@ -153,6 +160,160 @@ class Preprocess:
         import torch
 
         return tuple(torch.from_numpy(c).to(device) for c in self._columns())
+
+
+SCALING_KIND = "scaling"
+SCALING_VERSION = 1
+# step -> {parameter: default}; every parameter is one value for all bands or one per band
+SCALING_STEPS = {
+    "identity": {},
+    "linear": {"scale": 1.0, "offset": 0.0},
+    "clip": {"lo": -np.inf, "hi": np.inf},
+    "arcsinh": {"scale": 1.0},
+    "log": {"offset": 0.0, "base": np.e},
+}
+SCALING_EXAMPLE = "e.g. --scaling clip:lo=0 --scaling log:offset=1e-3 --scaling linear:scale=0.5,0.6,0.7:offset=-1"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """An imported model's own input scaling: ``steps`` applied in order, each (name, ((parameter, per-band
+    values), ...)) with every parameter spelled out (defaults filled in)."""
+
+    bands: tuple[str, ...]
+    steps: tuple[tuple[str, tuple[tuple[str, tuple[float, ...]], ...]], ...]
+
+    @classmethod
+    def build(cls, bands, steps) -> "Scaling":
+        """From ``[(name, {parameter: value or per-band values})]``: checked, defaults filled in, one value per band."""
+        bands = tuple(str(b) for b in bands)
+        built = []
+        for name, given in steps:
+            if name not in SCALING_STEPS:
+                raise BadData(f"scaling step {name!r} is not one of {', '.join(SCALING_STEPS)}", SCALING_EXAMPLE)
+            defaults = SCALING_STEPS[name]
+            unknown = [k for k in given if k not in defaults]
+            if unknown:
+                raise BadData(f"scaling step {name} has no parameter {', '.join(unknown)} "
+                              f"(it takes {', '.join(defaults) or 'none'})", SCALING_EXAMPLE)
+            if name == "identity":
+                continue
+            params = []
+            for key, default in defaults.items():
+                values = given.get(key, default)
+                values = [values] if np.isscalar(values) else list(values)
+                try:
+                    values = [float(v) for v in values]
+                except (TypeError, ValueError):
+                    raise BadData(f"scaling step {name}: {key}={values} is not a number or list of numbers",
+                                  SCALING_EXAMPLE) from None
+                if len(values) == 1:
+                    values = values * len(bands)
+                if len(values) != len(bands):
+                    raise BadData(f"scaling step {name}: {key} has {len(values)} values for {len(bands)} bands "
+                                  f"({','.join(bands)})", "give one value for all bands or one per band")
+                params.append((key, tuple(values)))
+            cls._check_step(name, dict(params))
+            built.append((name, tuple(params)))
+        return cls(bands, tuple(built))
+
+    @staticmethod
+    def _check_step(name: str, params: dict) -> None:
+        finite = {k: v for k, v in params.items() if not (name == "clip")}
+        if any(not np.isfinite(x) for values in finite.values() for x in values):
+            raise BadData(f"scaling step {name} needs finite parameters, got {params}", SCALING_EXAMPLE)
+        if name == "clip" and any(np.isnan(x) for values in params.values() for x in values):
+            raise BadData("scaling step clip: lo and hi must be numbers", SCALING_EXAMPLE)
+        if name == "clip" and any(lo > hi for lo, hi in zip(params["lo"], params["hi"])):
+            raise BadData(f"scaling step clip has lo above hi ({params['lo']} > {params['hi']})", SCALING_EXAMPLE)
+        if name == "arcsinh" and any(s <= 0 for s in params["scale"]):
+            raise BadData("scaling step arcsinh needs a positive scale", SCALING_EXAMPLE)
+        if name == "log" and any(b <= 0 or b == 1 for b in params["base"]):
+            raise BadData("scaling step log needs a positive base other than 1", SCALING_EXAMPLE)
+
+    @classmethod
+    def parse(cls, specs, bands) -> "Scaling":
+        """From ``--scaling`` texts, one step each: ``NAME[:PARAM=V[,V...]]...`` (one value for all bands, or one
+        per band in the model's band order)."""
+        steps = []
+        for text in specs:
+            name, *items = [part.strip() for part in str(text).strip().split(":")]
+            given = {}
+            for item in items:
+                key, sep, values = item.partition("=")
+                if not sep or not key.strip() or not values.strip():
+                    raise BadData(f"--scaling {text!r}: {item!r} is not PARAM=VALUE[,VALUE...]", SCALING_EXAMPLE)
+                if key.strip() in given:
+                    raise BadData(f"--scaling {text!r} gives {key.strip()} twice", SCALING_EXAMPLE)
+                given[key.strip()] = [v.strip() for v in values.split(",")]
+            steps.append((name.lower(), given))
+        if not steps:
+            raise BadData("no scaling steps given", SCALING_EXAMPLE)
+        return cls.build(bands, steps)
+
+    # -- storage --------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"kind": SCALING_KIND, "version": SCALING_VERSION, "bands": list(self.bands),
+                           "steps": [{"op": name, **{k: [_json_number(x) for x in v] for k, v in params}}
+                                     for name, params in self.steps]}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Scaling":
+        spec = json.loads(text)
+        if spec.get("version") != SCALING_VERSION:
+            raise BadData(f"scaling format version {spec.get('version')} is not {SCALING_VERSION}",
+                          "upgrade galtools or re-import the model")
+        try:
+            steps = [(step["op"], {k: [float(x) for x in v] for k, v in step.items() if k != "op"})
+                     for step in spec["steps"]]
+            return cls.build(spec["bands"], steps)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BadData(f"scaling parameters are incomplete: {exc}", "re-import the model") from None
+
+    def describe(self) -> str:
+        return " then ".join(name for name, _ in self.steps) or "identity"
+
+    band_indices = Preprocess.band_indices
+
+    # -- application ----------------------------------------------------------------------------------------
+    def _column(self, values):
+        return np.asarray(values, dtype=np.float32)[None, :, None, None]
+
+    def _apply(self, x, column, minimum, maximum, asinh, log):
+        """The steps in order, with one array library's functions (numpy or torch: the same float32 formulas)."""
+        for name, params in self.steps:
+            p = {k: column(v) for k, v in params}
+            if name == "linear":
+                x = x * p["scale"] + p["offset"]
+            elif name == "clip":
+                x = minimum(maximum(x, p["lo"]), p["hi"])
+            elif name == "arcsinh":
+                x = asinh(x / p["scale"])
+            elif name == "log":
+                x = log(x + p["offset"]) / log(p["base"])
+        return x
+
+    def apply_numpy(self, x_nbhw) -> np.ndarray:
+        """float32 (n, bands, H, W) -> float32, each step in float32 (used by gal-embed before ONNX Runtime)."""
+        x = np.asarray(x_nbhw, dtype=np.float32)
+        _check_images(x, len(self.bands), what="images to preprocess")
+        with np.errstate(divide="ignore", invalid="ignore"):   # a log of non-positive values: caught as non-finite
+            x = self._apply(x, self._column, np.minimum, np.maximum, np.arcsinh, np.log)
+        return x.astype(np.float32, copy=False)
+
+    def apply_torch(self, x_nbhw):
+        """The same steps on a torch tensor, on its device."""
+        import torch
+
+        _check_images(x_nbhw, len(self.bands), what="images to preprocess")
+        x = x_nbhw.to(torch.float32)
+        column = lambda values: torch.from_numpy(self._column(values)).to(x.device)  # noqa: E731
+        return self._apply(x, column, torch.minimum, torch.maximum, torch.asinh, torch.log)
+
+
+def _json_number(x: float):
+    """Infinite clip bounds as JSON can hold them (plain JSON has no Infinity)."""
+    return x if np.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
 def _check_images(images, n_bands: int, what: str) -> None:

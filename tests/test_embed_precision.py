@@ -86,7 +86,8 @@ def test_int8_passes_on_a_trained_encoder_and_is_cached(run_dir, table, tmp_path
 
     import onnx
 
-    quantized = [p for p in (tmp_path / "cache" / "onnx").iterdir() if ".int8-" in p.name and ".opt-" not in p.name]
+    quantized = [p for p in (tmp_path / "cache" / "onnx").iterdir()
+                 if ".int8-" in p.name and ".opt-" not in p.name and p.suffix == ".onnx"]
     assert len(quantized) == 1
     assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(quantized[0])).graph.node}
     stamp = quantized[0].stat().st_mtime_ns
@@ -208,12 +209,12 @@ def test_a_damaged_optimised_graph_is_made_again(run_dir, table, tmp_path):  # n
     env = {"GALTOOLS_CACHE_DIR": str(cache)}
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
     assert embed(table, "--model", model, "-o", first, env_extra=env).returncode == 0
-    optimised = [p for p in (cache / "onnx").iterdir() if ".opt-" in p.name]
+    optimised = [p for p in (cache / "onnx").iterdir() if ".opt-" in p.name and p.suffix == ".onnx"]
     assert len(optimised) == 1
     optimised[0].write_bytes(b"not a model")
     result = embed(table, "--model", model, "-o", second, env_extra=env)
     assert result.returncode == 0, result.stderr.decode()
-    assert "does not load" in result.stderr.decode()
+    assert "is not the file its record describes" in result.stderr.decode()
     assert optimised[0].stat().st_size > 1000
     np.testing.assert_allclose(embeddings(read(str(second))), embeddings(read(str(first))), rtol=0, atol=1e-5)
 
@@ -238,3 +239,138 @@ def test_cpu_description_reads_model_and_vector_extensions(tmp_path):
     assert "amx_int8" in int8_hint(dict(cpu, arch="x86_64")) and "--precision auto" in int8_hint(cpu)
     assert int8_hint({"model": "old", "arch": "x86_64", "flags": ["avx2", "fma"]}) is None
     assert "i8mm" in int8_hint(arm)
+
+
+# ------------------------------------------------------------------------------------- the cache keyed by content
+
+def test_int8_is_the_same_whatever_ran_before_and_records_its_calibration(run_dir, table, tmp_path):  # noqa: F811
+    """Table B embedded in int8 after table A (whose calibration is cached) equals table B in a fresh cache; the
+    output names the calibration sample, whose checksum is recomputed here from B's first cutouts."""
+    import hashlib
+
+    from galtools.embed.model import file_sha256
+    from galtools.preprocess import Preprocess
+    from galtools.train.export import read_metadata
+
+    model = str(run_dir / "encoder.onnx")
+    other = write_table(cutout_table(images=galaxy_cutouts(N_ROWS, 5, 48, 48, seed=8)),
+                        str(tmp_path / "other.parquet"), bands="u,g,r,i,z")
+    shared, fresh = {"GALTOOLS_CACHE_DIR": str(tmp_path / "shared")}, {"GALTOOLS_CACHE_DIR": str(tmp_path / "fresh")}
+    a, b_after_a, b_fresh = (tmp_path / f"{n}.parquet" for n in ("a", "b_after_a", "b_fresh"))
+    for source, out, env in ((table, a, shared), (other, b_after_a, shared), (other, b_fresh, fresh)):
+        result = embed(source, "--model", model, "-o", out, "--precision", "int8", "-q", env_extra=env)
+        assert result.returncode == 0, result.stderr.decode()
+    np.testing.assert_array_equal(embeddings(read(str(b_after_a))), embeddings(read(str(b_fresh))))
+    recorded = {n: json.loads(_metadata(p)["galtools.embed.calibration"]) for n, p in
+                (("a", a), ("b_after_a", b_after_a), ("b_fresh", b_fresh))}
+    assert recorded["b_after_a"] == recorded["b_fresh"] and recorded["a"]["sha256"] != recorded["b_fresh"]["sha256"]
+
+    metadata = read_metadata(model)                          # the calibration sample, recomputed
+    preprocess = Preprocess.from_json(metadata["galtools.preprocess"])
+    size = int(metadata["galtools.input_size"])
+    from galtools.io import images_of
+
+    images = images_of(read(other))[:256, :, 8:8 + size, 8:8 + size]
+    sample = np.ascontiguousarray(preprocess.apply_numpy(images)[::2], dtype=np.float32)
+    digest = hashlib.sha256(f"float32{list(sample.shape)}".encode())
+    digest.update(sample.tobytes())
+    assert recorded["b_fresh"] == {"rule": "every other cutout of the first 256 of the input, preprocessed",
+                                   "rows": 128, "sha256": digest.hexdigest()}
+    assert _metadata(b_fresh)["galtools.model_sha256"] == file_sha256(model)
+
+
+def _only(folder, *fragments):
+    found = [p for p in folder.iterdir() if p.suffix == ".onnx" and all(f in p.name for f in fragments)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path):
+    """A cache in which another model's optimised fp32 graph (with its record) and another model's fp16 conversion
+    (without) lie under this model's names; the embeddings of both models from it and of this one from a fresh
+    cache."""
+    import shutil
+
+    from galtools.embed.model import file_sha256
+
+    model = str(run_dir / "encoder.onnx")
+    mine, theirs = file_sha256(model), file_sha256(fragile_model)
+    cache = tmp_path / "cache"
+    env, fresh = {"GALTOOLS_CACHE_DIR": str(cache)}, {"GALTOOLS_CACHE_DIR": str(tmp_path / "fresh")}
+    reference = {}
+    for precision in ("fp32", "fp16"):
+        for who, env_now in ((model, env), (fragile_model, env), (model, fresh)):
+            out = tmp_path / f"{precision}-{len(reference)}.parquet"
+            result = embed(table, "--model", who, "-o", out, "--precision", precision, "-q", env_extra=env_now)
+            assert result.returncode == 0, result.stderr.decode()
+            reference[(precision, who, env_now is fresh)] = embeddings(read(str(out)))
+    onnx_dir = cache / "onnx"
+    swapped = {"fp32": (_only(onnx_dir, theirs, ".fp32.opt-"), _only(onnx_dir, mine, ".fp32.opt-"), True),
+               "fp16": (_only(onnx_dir, theirs, ".fp16-v1.onnx"), _only(onnx_dir, mine, ".fp16-v1.onnx"), False)}
+    for source, target, with_record in swapped.values():
+        shutil.copyfile(source, target)
+        if with_record and os.path.exists(str(source) + ".json"):
+            shutil.copyfile(str(source) + ".json", str(target) + ".json")
+    return model, mine, env, reference, {p: target for p, (_, target, _) in swapped.items()}
+
+
+def _assert_this_models(out, model, mine, reference, precision, other):
+    """``out`` holds this model's embeddings (as from an empty cache), not the other model's."""
+    got = embeddings(read(str(out)))
+    np.testing.assert_allclose(got, reference[(precision, model, True)], rtol=0, atol=1e-5)
+    assert np.abs(reference[(precision, other, False)].mean() - got.mean()) > 1e-3   # the other really differs
+    assert _metadata(out)["galtools.model_sha256"] == mine
+
+
+def test_a_cached_graph_copied_under_another_models_key_is_not_used(run_dir, fragile_model, table,  # noqa: F811
+                                                                     tmp_path):
+    """Another model's optimised graph (with its record) and another model's fp16 conversion (without) put under
+    this model's names: neither runs; the embeddings are this model's, as from an empty cache."""
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path)
+    for precision, target in targets.items():
+        out = tmp_path / f"after-{precision}.parquet"
+        result = embed(table, "--model", model, "-o", out, "--precision", precision, env_extra=env)
+        err = result.stderr.decode()
+        assert result.returncode == 0, err
+        _assert_this_models(out, model, mine, reference, precision, fragile_model)
+        assert f"model {target}" in err and "not used" in err
+        # made again and recorded: the next run uses it without a word
+        again = embed(table, "--model", model, "-o", tmp_path / f"again-{precision}.parquet", "--precision",
+                      precision, env_extra=env)
+        assert again.returncode == 0 and "not used" not in again.stderr.decode()
+
+
+READ_ONLY_SHIM = """
+import errno, os, tempfile
+_mkstemp, _folder = tempfile.mkstemp, os.environ["GALTOOLS_TEST_READ_ONLY"]
+def mkstemp(*args, dir=None, **kwargs):   # every file galtools writes in its cache starts as such a temporary
+    if dir is not None and os.path.abspath(dir).startswith(_folder):
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+    return _mkstemp(*args, dir=dir, **kwargs)
+tempfile.mkstemp = mkstemp
+"""
+
+
+def test_a_read_only_cache_holding_another_models_graphs_changes_nothing(run_dir, fragile_model, table,  # noqa: F811
+                                                                          tmp_path):
+    """The same swapped cache, read-only (its folder's mode, and for root, who writes regardless, a shim that
+    refuses to create files in it): the files cannot be replaced, and still never run."""
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path)
+    onnx_dir = tmp_path / "cache" / "onnx"
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(READ_ONLY_SHIM)
+    env = dict(env, PYTHONPATH=f"{shim}{os.pathsep}{ROOT}", GALTOOLS_TEST_READ_ONLY=str(onnx_dir))
+    before = {p.name: p.read_bytes() for p in onnx_dir.iterdir()}
+    os.chmod(onnx_dir, 0o555)
+    try:
+        for precision in targets:
+            out = tmp_path / f"read-only-{precision}.parquet"
+            result = embed(table, "--model", model, "-o", out, "--precision", precision, env_extra=env)
+            err = result.stderr.decode()
+            assert result.returncode == 0, err
+            assert "not used" in err
+            _assert_this_models(out, model, mine, reference, precision, fragile_model)
+    finally:
+        os.chmod(onnx_dir, 0o755)
+    assert {p.name: p.read_bytes() for p in onnx_dir.iterdir()} == before

@@ -320,3 +320,222 @@ def test_a_torchscript_archive_is_refused_before_torch_reads_it(tmp_path):
     torch.jit.trace(nn.Linear(2, 2), torch.zeros(1, 2)).save(path)
     with pytest.raises(BadData, match="TorchScript archive"):
         read_checkpoint(path)
+
+
+# ------------------------------------------------------------------ non-finite weights, plain values, one-line refusals
+
+def _one_line_error(result, *needles):
+    err = result.stderr.decode()
+    assert result.returncode == 65, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("gal-train: error: "), err
+    assert "Warning" not in err and "matches torch" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, preprocess_table):
+    model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=8), 8)
+    table_path, _ = preprocess_table
+    out = tmp_path / "x.onnx"
+    for bad in (float("nan"), float("inf")):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["layer2.0.conv1.weight"][0, 0, 0, 0] = bad
+        path = str(tmp_path / "bad.pt")
+        torch.save(state, path)
+        result = run("import", path, "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
+                     "--preprocess", table_path, "-o", str(out))
+        _one_line_error(result, "NaN or infinite", "stages.1.0.conv1.weight")
+        assert not out.exists()
+
+
+def _gal_train_checkpoint(path, bad_value=None):
+    """A checkpoint as gal-train writes it (tiny encoder), optionally with one weight replaced."""
+    from galtools.models import build_encoder
+    from galtools.preprocess import Preprocess
+    from galtools.train import checkpoint
+    from galtools.train.config import TrainConfig
+
+    config = TrainConfig(arch="tiny", crop=SIZE)
+    backbone = build_encoder("tiny", 3, width=1.0)
+    state = {f"encoder_q.backbone.{k}": v.clone() for k, v in backbone.state_dict().items()}
+    if bad_value is not None:
+        first = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)
+        state[first].view(-1)[0] = bad_value
+    preprocess = Preprocess(tuple(BANDS), (1.0,) * 3, (0.0,) * 3, (1.0,) * 3)
+    checkpoint.save(str(path), {"config": config.to_json(), "bands": BANDS, "preprocess": preprocess.to_json(),
+                                "augment": "", "model": state, "step": 3})
+
+
+def test_gal_train_export_refuses_nan_weights(tmp_path):
+    good, bad, out = tmp_path / "good.pt", tmp_path / "bad.pt", tmp_path / "e.onnx"
+    _gal_train_checkpoint(good)
+    result = run("export", str(good), "-o", str(out))
+    assert result.returncode == 0 and out.exists(), result.stderr.decode()    # the same checkpoint, finite
+    out.unlink()
+    _gal_train_checkpoint(bad, float("nan"))
+    _one_line_error(run("export", str(bad), "-o", str(out)), "NaN or infinite", "RUN/checkpoints")
+    assert not out.exists()
+
+
+def test_gal_embed_refuses_a_model_that_gives_nan_embeddings(tmp_path, preprocess_table):
+    """An encoder.onnx whose weights were damaged after export: gal-embed names the model and the first object,
+    exit 65, and leaves no output."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=8), 9)
+    checkpoint, good = str(tmp_path / "m.pt"), str(tmp_path / "good.onnx")
+    torch.save(model.state_dict(), checkpoint)
+    table_path, _ = preprocess_table
+    result = run("import", checkpoint, "--arch", "resnet18", "--bands", ",".join(BANDS), "--input-size", SIZE,
+                 "--preprocess", table_path, "-o", good)
+    assert result.returncode == 0, result.stderr.decode()
+    graph = onnx.load(good)
+    weight = next(t for t in graph.graph.initializer if t.name.endswith("stages.3.1.conv2.weight_bias"))
+    values = numpy_helper.to_array(weight).copy()
+    values[:] = np.nan                           # the last convolution's (batch-norm folded) bias
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    damaged = str(tmp_path / "damaged.onnx")
+    onnx.save(graph, damaged)
+
+    env = dict(os.environ, PYTHONPATH=ROOT, GALTOOLS_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "emb.parquet"
+    assert run_tool("gal-embed", table_path, "--model", good, "-o", str(out), env=env).returncode == 0
+    out.unlink()
+    result = run_tool("gal-embed", table_path, "--model", damaged, "-o", str(out), env=env)
+    err = result.stderr.decode()
+    assert result.returncode == 65, err
+    assert len(err.strip().splitlines()) == 1 and "damaged.onnx" in err and "NaN or infinite embeddings" in err
+    assert "object_id 0" in err
+    assert not out.exists()
+
+
+def test_hyper_parameters_with_dates_and_numpy_values_import_as_json(tmp_path, lightning_like_modules,
+                                                                      preprocess_table):
+    import datetime
+    import json
+
+    from galtools.train.export import read_metadata
+
+    model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=8), 10)
+    extra = {"started": datetime.date(2021, 3, 1), "saved": datetime.datetime(2021, 3, 2, 12, 30),
+             "lr_np": np.float64(0.03), "steps_np": np.int64(300), "half": np.float32(0.5), "flag": np.bool_(True),
+             "mean": np.array([0.1, 0.2, 0.3], dtype=np.float32), "patience": datetime.timedelta(minutes=2)}
+    checkpoint = str(tmp_path / "dated.ckpt")
+    torch.save(lightning_checkpoint(model, model, lightning_like_modules, extra), checkpoint)
+    out = str(tmp_path / "dated.onnx")
+    table_path, _ = preprocess_table
+    result = run("import", checkpoint, "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
+                 "--preprocess", table_path, "-o", out)
+    assert result.returncode == 0, result.stderr.decode()
+    recorded = json.loads(read_metadata(out)["galtools.train_config"])["hyper_parameters"]
+    assert recorded["started"] == "2021-03-01" and recorded["saved"] == "2021-03-02T12:30:00"
+    assert recorded["lr_np"] == 0.03 and recorded["steps_np"] == 300 and recorded["half"] == 0.5
+    assert recorded["flag"] is True and recorded["patience"] == 120.0 and recorded["log_dir"] == "/runs/moco"
+    assert recorded["mean"] == pytest.approx([0.1, 0.2, 0.3]) and recorded["lr"] == 0.03
+    assert "state" not in recorded or recorded["state"] is None          # a Lightning object: dropped
+
+    # numpy objects are read as numbers only: an array of Python objects is still refused, nothing runs
+    marker = tmp_path / "executed"
+    evil = str(tmp_path / "evil.ckpt")
+    torch.save(lightning_checkpoint(model, model, lightning_like_modules,
+                                    {"values": np.array([Payload(marker), 1], dtype=object)}), evil)
+    result = run("import", evil, "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
+                 "--preprocess", table_path, "-o", str(tmp_path / "evil.onnx"))
+    _one_line_error(result, "refused")
+    assert not marker.exists()
+
+
+def test_raw_pickles_and_torchscript_are_one_line_for_export_and_import(tmp_path, preprocess_table):
+    import pickle
+
+    scripted = str(tmp_path / "scripted.pt")
+    torch.jit.trace(nn.Linear(2, 2), torch.zeros(1, 2)).save(scripted)
+    raw = tmp_path / "weights.pkl"
+    raw.write_bytes(pickle.dumps({"conv1.weight": np.zeros((8, 3, 7, 7), np.float32)}, protocol=4))
+    table_path, _ = preprocess_table
+    out = str(tmp_path / "x.onnx")
+    for path, what in ((scripted, "TorchScript archive"), (str(raw), "plain pickle")):
+        _one_line_error(run("export", path, "-o", out), what, "gal-train import")
+        _one_line_error(run("import", path, "--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE,
+                            "--preprocess", table_path, "-o", out), what, "torch.save")
+        assert not os.path.exists(out)
+
+
+# ------------------------------------------------------------------ the model's own input scaling (--scaling)
+
+def _reference_scaling(kind, x):
+    """Each scaling written here with numpy, in the model's band order g,r,z (independent of galtools)."""
+    x = x.astype(np.float64)
+    per_band = lambda values: np.asarray(values, dtype=np.float64)[None, :, None, None]  # noqa: E731
+    if kind == "identity":
+        y = x
+    elif kind == "linear":
+        y = x * per_band([0.5, 2.0, 1.5]) + per_band([0.1, -0.2, 0.0])
+    elif kind == "clip":
+        y = np.clip(x, -1.0, 1.5)
+    elif kind == "arcsinh":
+        y = np.arcsinh(x / per_band([0.3, 0.5, 0.7]))
+    elif kind == "log":
+        y = np.log10(np.clip(x, -0.9, None) + 1.0)
+    elif kind == "chain":
+        y = 3.0 * np.log(np.clip(x, -0.5, 2.0) + 0.75) - 0.25
+    return y.astype(np.float32)
+
+
+SCALING_OPTIONS = {
+    "identity": ["--scaling", "identity"],
+    "linear": ["--scaling", "linear:scale=0.5,2,1.5:offset=0.1,-0.2,0"],
+    "clip": ["--scaling", "clip:lo=-1:hi=1.5"],
+    "arcsinh": ["--scaling", "arcsinh:scale=0.3,0.5,0.7"],
+    "log": ["--scaling", "clip:lo=-0.9", "--scaling", "log:offset=1:base=10"],
+    "chain": ["--scaling", "clip:lo=-0.5:hi=2", "--scaling", "log:offset=0.75", "--scaling",
+              "linear:scale=3:offset=-0.25"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(SCALING_OPTIONS))
+def test_import_carries_the_models_own_scaling_to_gal_embed(tmp_path, preprocess_table, kind):
+    """gal-embed of raw pixels through an imported model equals torch's model applied to the scaling it was
+    trained with, to 1e-4."""
+    import json
+
+    from galtools.train.export import read_metadata
+
+    model = randomised(TvResNet(TvBasicBlock, (2, 2, 2, 2), in_chans=3, width=8), 11)
+    checkpoint, out = str(tmp_path / "own.pt"), str(tmp_path / "own.onnx")
+    torch.save(model.state_dict(), checkpoint)
+    result = run("import", checkpoint, "--arch", "resnet18", "--bands", ",".join(BANDS), "--input-size", SIZE,
+                 *SCALING_OPTIONS[kind], "-o", out)
+    assert result.returncode == 0, result.stderr.decode()
+    recorded = json.loads(read_metadata(out)["galtools.preprocess"])
+    assert recorded["kind"] == "scaling" and recorded["bands"] == BANDS
+
+    table_path, images = preprocess_table                    # raw pixels, planes z,r,g, 36x36
+    embedded = str(tmp_path / "emb.parquet")
+    env = dict(os.environ, PYTHONPATH=ROOT, GALTOOLS_CACHE_DIR=str(tmp_path / "cache"))
+    embed_run = run_tool("gal-embed", table_path, "--model", out, "-o", embedded, env=env)
+    assert embed_run.returncode == 0, embed_run.stderr.decode()
+    vectors = np.stack(pq.read_table(embedded).column("embedding").to_numpy(zero_copy_only=False))
+    crop = np.ascontiguousarray(images[:, [2, 1, 0], 2:2 + SIZE, 2:2 + SIZE])
+    with torch.no_grad():
+        reference = model.features(torch.from_numpy(_reference_scaling(kind, crop))).numpy()
+        unscaled = model.features(torch.from_numpy(crop)).numpy()
+    np.testing.assert_allclose(vectors, reference, rtol=1e-4, atol=1e-4)
+    if kind != "identity":
+        assert np.abs(vectors - unscaled).max() > 1e-2     # the scaling really changes what the model sees
+
+
+def test_scaling_options_are_checked_before_the_checkpoint_is_read(tmp_path, preprocess_table):
+    table_path, _ = preprocess_table
+    missing = str(tmp_path / "never-read.pt")
+    common = ["--arch", "resnet18", "--bands", "g,r,z", "--input-size", SIZE, "-o", str(tmp_path / "x.onnx")]
+    for options, needle in (([], "--scaling"), (["--preprocess", table_path, "--scaling", "identity"], "either"),
+                            (["--scaling", "linear:scale=1,2"], "2 values for 3 bands"),
+                            (["--scaling", "gamma:k=2"], "not one of"),
+                            (["--scaling", "clip:lo=2:hi=1"], "lo above hi")):
+        result = run("import", missing, *common, *options)
+        err = result.stderr.decode()
+        assert result.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, (options, err)

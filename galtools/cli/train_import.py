@@ -6,7 +6,8 @@ import click
 from galtools.cli.common import log, subcommand
 
 EXAMPLE = """gal-train import moco_resnet50.ckpt --arch resnet50 --bands g,r,z --input-size 152 --preprocess ls.fits -o encoder.onnx
-gal-train import resnet18.pt --arch resnet18 --bands g,r,i --input-size 64 --preprocess pre.json --pixscale 0.396 -o enc.onnx"""
+gal-train import resnet18.pt --arch resnet18 --bands g,r,i --input-size 64 --preprocess pre.json --pixscale 0.396 -o enc.onnx
+gal-train import zoo.pt --arch resnet50 --bands g,r,z --input-size 224 --scaling clip:lo=0 --scaling log:offset=1 -o z.onnx"""
 
 
 def add_import_command(group: click.Group) -> None:
@@ -19,8 +20,14 @@ def add_import_command(group: click.Group) -> None:
                   help="The bands of the model's input planes, in order.")
     @click.option("--input-size", type=click.IntRange(8), required=True, metavar="S",
                   help="The cutout size in pixels the model was trained at (gal-embed centre-crops to it).")
-    @click.option("--preprocess", required=True, metavar="JSON|CUTOUTS",
-                  help="galtools preprocessing parameters (a JSON file), or a cutout table to fit them on.")
+    @click.option("--preprocess", default=None, metavar="JSON|CUTOUTS",
+                  help="galtools' arcsinh preprocessing: its parameters (a JSON file), or a cutout table to fit them "
+                  "on. Or give --scaling.")
+    @click.option("--scaling", multiple=True, metavar="STEP",
+                  help="The model's own input scaling, one step per option, applied in order: "
+                  "linear:scale=S:offset=O (x*S+O), clip:lo=L:hi=H, arcsinh:scale=S (asinh(x/S)), "
+                  "log:offset=O:base=B (log_B(x+O), B default e), or identity. Each value: one for all bands or "
+                  "one per band (B1,B2,...). Recorded in the ONNX file; gal-embed applies exactly it.")
     @click.option("--keep-head", is_flag=True, help="Keep the projection 'fc' (the embedding is its output) "
                   "instead of dropping it (the embedding is the pooled backbone).")
     @click.option("--prefix", default=None, metavar="PREFIX",
@@ -29,13 +36,15 @@ def add_import_command(group: click.Group) -> None:
                   help="Pixel scale (arcsec) the model was trained at; gal-embed compares tables with it.")
     @click.option("--flux-unit", default=None, help="Pixel unit the model was trained on; gal-embed compares it.")
     @click.option("--overwrite", is_flag=True, help="Replace ONNX if it exists.")
-    def import_(checkpoint, output, arch, bands, input_size, preprocess, keep_head, prefix, pixscale, flux_unit,
-                overwrite):
+    def import_(checkpoint, output, arch, bands, input_size, preprocess, scaling, keep_head, prefix, pixscale,
+                flux_unit, overwrite):
         """Convert a published PyTorch ResNet CHECKPOINT into an encoder.onnx for gal-embed.
 
         CHECKPOINT holds a torchvision-style ResNet: a plain state dict or a Lightning checkpoint, with or without
         the prefixes encoder_q. (MoCo's query encoder is taken over encoder_k.), module. or model.  The projection
         'fc' is dropped unless --keep-head; ONNX Runtime is checked against torch to 1e-4 before the file is kept.
+        The input scaling gal-embed applies to raw pixels is the model's own (--scaling steps) or galtools' arcsinh
+        preprocessing (--preprocess); exactly one of them.
 
         Nothing in the checkpoint is run: tensors are read with torch's weights-only loader, or an unpickler
         that accepts only tensor storage and plain containers; any other object is refused (exit 65).
@@ -44,7 +53,8 @@ def add_import_command(group: click.Group) -> None:
 
         names = [b.strip() for b in bands.split(",") if b.strip()]
         result = import_checkpoint(checkpoint, output, arch, names, input_size, preprocess, keep_head=keep_head,
-                                   prefix=prefix, pixscale=pixscale, flux_unit=flux_unit, overwrite=overwrite)
+                                   prefix=prefix, pixscale=pixscale, flux_unit=flux_unit, overwrite=overwrite,
+                                   scaling=list(scaling))
         log.info(f"wrote {output}: {arch} under '{result['prefix']}', {result['embedding_dim']}-d embedding"
-                 f"{' (fc dropped)' if result['dropped_head'] else ''}, ONNX Runtime matches torch to "
-                 f"{result['parity']:.1e}")
+                 f"{' (fc dropped)' if result['dropped_head'] else ''}, input scaling: {result['scaling']}, "
+                 f"ONNX Runtime matches torch to {result['parity']:.1e}")

@@ -49,6 +49,7 @@ class Encoder:
     pending: object = None           # a PrecisionChoice still to be made on the table's first cutouts
     parity: object = None            # the precision.Parity it passed, for int8/bf16
     auto: dict | None = None         # what --precision auto measured (or found cached)
+    calibration: dict | None = None  # int8: the cutouts its activation ranges were calibrated on (rule, checksum)
 
     def precision_metadata(self) -> dict:
         """Output metadata naming the precision used and, for int8/bf16, its parity figures."""
@@ -59,6 +60,9 @@ class Encoder:
             metadata["galtools.embed.parity"] = self.parity.to_json()
         if self.auto is not None:
             metadata["galtools.embed.auto"] = json.dumps(self.auto, separators=(",", ":"), sort_keys=True)
+        if self.precision == "int8" and self.calibration is not None:
+            metadata["galtools.embed.calibration"] = json.dumps(self.calibration, separators=(",", ":"),
+                                                                sort_keys=True)
         return metadata
 
     @property
@@ -101,19 +105,22 @@ def _input_shape_of(path: str, sha256: str, threads: int) -> tuple[int, int, int
     return len(info.bands), info.input_size, info.input_size
 
 
-def _optimized(source, sha256: str, cache_dir: str, precision: str) -> str | None:
-    """Where the CPU's optimised graph of a model file is cached (none for a conversion held in memory)."""
+def _optimized(source, sha256: str, cache_dir: str, precision: str, calibration: str | None = None):
+    """The cache entry of the CPU's optimised graph of a model file (none for a conversion held in memory)."""
     if not isinstance(source, str):
         return None
-    tag = {"fp16": precisions.CONVERSION_TAG, "int8": precisions.int8_tag()}.get(precision, precision)
-    return precisions.optimized_path(sha256, cache_dir, tag)
+    if precision == "int8":
+        tag = precisions.int8_cache_tag(calibration)
+    else:
+        tag = {"fp16": precisions.CONVERSION_TAG}.get(precision, precision)
+    return precisions.optimized_entry(sha256, cache_dir, tag, calibration)
 
 
-def _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256=""):
+def _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256="", calibration=None):
     config = {precisions.BF16_CONFIG: "1"} if precision == "bf16" else None
+    optimized = _optimized(source, sha256, cache_dir, precision, calibration) if sha256 else None
     return create_session(source, device, threads, cache_dir, settings.batch_size, input_shape,
-                          precision == "fp16", settings.verbose, config=config,
-                          optimized=_optimized(source, sha256, cache_dir, precision) if sha256 else None)
+                          precision == "fp16", settings.verbose, config=config, optimized=optimized)
 
 
 def load_encoder(path: str, settings: EmbedSettings) -> Encoder:
@@ -149,8 +156,9 @@ def load_encoder(path: str, settings: EmbedSettings) -> Encoder:
     input_shape = _input_shape_of(path, sha256, threads) if device.kind == "tensorrt" else (1, 1, 1)
 
     def open_as(precision, target, sample=None):
-        make = lambda: _candidate_source(path, sha256, target, precision, cache_dir, sample)  # noqa: E731
-        return _open(make, path, sha256, target, threads, cache_dir, settings, input_shape, precision)
+        calibration = precisions.calibration_checksum(sample) if precision == "int8" else None
+        make = lambda: _candidate_source(path, sha256, target, precision, cache_dir, sample, calibration)  # noqa: E731
+        return _open(make, path, sha256, target, threads, cache_dir, settings, input_shape, precision, calibration)
 
     try:
         session = open_as(first, device)
@@ -176,23 +184,24 @@ def load_encoder(path: str, settings: EmbedSettings) -> Encoder:
     return encoder
 
 
-def _candidate_source(path, sha256, device, precision, cache_dir, sample):
+def _candidate_source(path, sha256, device, precision, cache_dir, sample, calibration=None):
     if precision == "int8":
-        return precisions.int8_model(path, sha256, sample, cache_dir, log=_log)
+        return precisions.int8_model(path, sha256, sample, cache_dir, log=_log, calibration_sha256=calibration)
     if precision == "bf16":
         return path                   # the fp32 graph; the session computes its products in bf16
     return _model_source(path, sha256, device, precision, cache_dir)
 
 
-def _open(make_source, path, sha256, device, threads, cache_dir, settings, input_shape, precision):
-    """A session on ``make_source()``; a cached file (a conversion, an optimised graph) that no longer loads (another
-    ONNX Runtime, a damaged disk) is made again."""
+def _open(make_source, path, sha256, device, threads, cache_dir, settings, input_shape, precision, calibration=None):
+    """A session on ``make_source()``; a cached file (a conversion, an optimised graph) that matches its record but
+    no longer loads (another ONNX Runtime) is made again."""
     source = make_source()
     try:
-        return _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256)
+        return _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256, calibration)
     except BadData:
+        optimized = _optimized(source, sha256, cache_dir, precision, calibration) if device.kind == "cpu" else None
         cached = [source if isinstance(source, str) and source != path else None,
-                  _optimized(source, sha256, cache_dir, precision) if device.kind == "cpu" else None]
+                  optimized.path if optimized is not None else None]
         stale = [p for p in cached if p and os.path.isfile(p)]
         if not stale:
             raise
@@ -200,7 +209,7 @@ def _open(make_source, path, sha256, device, threads, cache_dir, settings, input
             _log.warning(f"the cached model {name} does not load; making it again")
             os.unlink(name)
         source = make_source()
-        return _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256)
+        return _session(source, device, threads, cache_dir, settings, input_shape, precision, sha256, calibration)
 
 
 def _embed_all(session, sample: np.ndarray, batch_size: int) -> np.ndarray:
@@ -273,9 +282,12 @@ class PrecisionChoice:
         source = f"the first {len(sample)} cutouts of {table_name}"
         reference = _embed_all(encoder.session, sample, batch)
         tried = {}
+        calibration = sample[::2]                              # int8: calibrated on every other cutout
+        encoder.calibration = {"rule": precisions.CALIBRATION_RULE, "rows": len(calibration),
+                               "sha256": precisions.calibration_checksum(calibration)}
         for precision in self.candidates:
             try:
-                session = self.open_as(precision, sample[::2])   # int8: calibrated on every other cutout
+                session = self.open_as(precision, calibration)
             except GalError as exc:
                 if explicit:
                     raise

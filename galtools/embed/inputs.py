@@ -135,5 +135,6 @@ def check_finite(finite_rows: np.ndarray, object_ids) -> None:
         return
     bad = np.nonzero(~finite_rows)[0]
     ids = [str(object_ids[i]) for i in bad[:5]] if object_ids is not None else [f"row {i}" for i in bad[:5]]
-    raise BadData(f"{len(bad)} cutout(s) in a batch hold NaN or infinite pixels (object_id {', '.join(ids)}"
+    raise BadData(f"{len(bad)} cutout(s) in a batch hold NaN or infinite pixels, or values the model's input scaling "
+                  f"makes so (object_id {', '.join(ids)}"
                   f"{', ...' if len(bad) > 5 else ''})", FILL_HINT)

@@ -5,8 +5,10 @@ fp16   a float16 copy of the graph (ONNX Runtime's converter, ``onnxruntime.tran
        ``onnx`` package), made once and cached by the model's sha256; the input ``image`` and output ``embedding``
        stay float32 (Cast nodes at the edges).  It pays on GPUs; a CPU computes it slowly.
 int8   ONNX Runtime's static quantization (QDQ: int8 weights per output channel, uint8 activations whose ranges are
-       calibrated on the first cutouts of the input table), made once and cached like fp16.  It pays on CPUs with
-       VNNI or AMX int8 instructions.
+       calibrated on every other cutout of the first ``SAMPLE_ROWS`` of the input table, after preprocessing), made
+       once per model and calibration sample and cached like fp16.  The sample's checksum is part of the cache key
+       and is recorded in the output (``galtools.embed.calibration``), so the same command on the same input gives
+       the same int8 model whatever ran before.  It pays on CPUs with VNNI or AMX int8 instructions.
 bf16   the fp32 graph with bfloat16 matrix products, where the CPU and ONNX Runtime have such kernels (ONNX Runtime's
        ARM64 fastmath GEMM on CPUs with BF16); refused elsewhere (exit 69).
 auto   the fastest, measured on this machine, of fp32 and the lower precisions that pass the parity check; the
@@ -18,7 +20,9 @@ share of each cutout's 10 nearest neighbours by cosine among the sample that bot
 ``OVERLAP_FLOOR``.  A precision that fails is refused (``PrecisionRefused``, exit 65); under auto it is skipped.
 
 Converted models live in ``$GALTOOLS_CACHE_DIR/onnx`` (default ``~/.cache/galtools``), written atomically, so that
-the array tasks of one Slurm job convert at most once each and never read half a file.
+the array tasks of one Slurm job convert at most once each and never read half a file.  Each has a record of what it
+was made from (galtools.embed.cache): a file that does not match its record, the model's sha256 or the calibration
+sample is never used, but made again.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from galtools.embed.cache import CacheEntry, write_atomically
 from galtools.errors import BadData, GalError
 
 CACHE_ENV = "GALTOOLS_CACHE_DIR"
@@ -65,28 +70,6 @@ def cached_path(sha256: str, folder: str, tag: str = CONVERSION_TAG) -> str:
     return os.path.join(folder, "onnx", f"{sha256}.{tag}.onnx")
 
 
-def _store(target: str, data: bytes, log, what: str):
-    """Write ``data`` to ``target`` atomically; the bytes themselves when the cache cannot be written (a read-only
-    home on a cluster): the run still works, it just converts again next time."""
-    tmp = None
-    try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".conv-", suffix=".tmp", dir=os.path.dirname(target))
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)   # atomic: array tasks converting at once each write a whole file, last one wins
-    except OSError as exc:
-        if log:
-            log.warning(f"cannot cache the {what} model in {os.path.dirname(target)} ({exc.strerror}); "
-                        f"set {CACHE_ENV} to a writable folder to convert only once")
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        return data
-    if log:
-        log.info(f"converted the model to {what}, cached as {target}")
-    return target
-
-
 def _load_onnx(model_bytes: bytes, path_for_messages: str, precision: str):
     try:
         import onnx
@@ -117,14 +100,12 @@ def fp16_model(model_path: str, sha256: str, folder: str | None = None, log=None
     """A path to the cached fp16 model of ``model_path`` (made now if needed), or its bytes when the cache cannot
     be written."""
     folder = cache_dir() if folder is None else folder
-    target = cached_path(sha256, folder)
-    if os.path.isfile(target):
-        if log:
-            log.debug(f"using the cached fp16 model {target}")
-        return target
+    entry = CacheEntry(cached_path(sha256, folder), sha256, CONVERSION_TAG)
+    if entry.usable(log, "fp16"):
+        return entry.path
     with open(model_path, "rb") as handle:
         converted = convert_to_fp16(handle.read(), model_path)
-    return _store(target, converted, log, "fp16")
+    return entry.store(converted, log, "fp16")
 
 
 # ------------------------------------------------------------------------------------------------------------ int8
@@ -168,21 +149,37 @@ def quantize_int8(model_bytes: bytes, sample: np.ndarray, path_for_messages: str
             return handle.read()
 
 
-def int8_model(model_path: str, sha256: str, sample: np.ndarray, folder: str | None = None, log=None):
-    """A path to the cached int8 model of ``model_path`` (calibrated on ``sample`` now if there is none yet), or its
+CALIBRATION_RULE = f"every other cutout of the first {SAMPLE_ROWS} of the input, preprocessed"
+
+
+def calibration_checksum(sample: np.ndarray) -> str:
+    """sha256 of the calibration cutouts (float32, C order, their shape included): what an int8 model is keyed by."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    digest = hashlib.sha256(f"float32{list(sample.shape)}".encode())
+    digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
+def int8_cache_tag(calibration_sha256: str, cpu=None) -> str:
+    """The int8 conversion's name in the cache: the CPU's variant and the calibration sample."""
+    return f"{int8_tag(cpu)}.cal-{calibration_sha256[:16]}"
+
+
+def int8_model(model_path: str, sha256: str, sample: np.ndarray, folder: str | None = None, log=None,
+               calibration_sha256: str | None = None):
+    """A path to the cached int8 model of ``model_path`` calibrated on ``sample`` (made now if there is none), or its
     bytes when the cache cannot be written."""
     folder = cache_dir() if folder is None else folder
+    calibration = calibration_sha256 or calibration_checksum(sample)
     tag = int8_tag()
-    target = cached_path(sha256, folder, tag)
-    if os.path.isfile(target):
-        if log:
-            log.debug(f"using the cached int8 model {target}")
-        return target
+    entry = CacheEntry(cached_path(sha256, folder, int8_cache_tag(calibration)), sha256, tag, calibration)
+    if entry.usable(log, "int8"):
+        return entry.path
     if log:
         log.info(f"quantizing the model to int8, calibrated on {len(sample)} cutouts (once; then cached)")
     with open(model_path, "rb") as handle:
         converted = quantize_int8(handle.read(), sample, model_path, reduce_range=tag.endswith("-r7"))
-    return _store(target, converted, log, "int8")
+    return entry.store(converted, log, "int8")
 
 
 INT8_FAST = ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp")   # int8 dot products in hardware
@@ -243,9 +240,11 @@ def cpu_key(cpu=None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def optimized_path(sha256: str, folder: str, precision_tag: str) -> str:
-    """Where ONNX Runtime's optimised graph of a model (layouts and fusions for this CPU) is kept."""
-    return os.path.join(folder, "onnx", f"{sha256}.{precision_tag}.opt-{cpu_key()}.onnx")
+def optimized_entry(sha256: str, folder: str, precision_tag: str, calibration_sha256: str | None = None) -> CacheEntry:
+    """Where ONNX Runtime's optimised graph of a model (layouts and fusions for this CPU) is kept, and what it must
+    have been made from."""
+    kind = f"{precision_tag}.opt-{cpu_key()}"
+    return CacheEntry(os.path.join(folder, "onnx", f"{sha256}.{kind}.onnx"), sha256, kind, calibration_sha256)
 
 
 # ------------------------------------------------------------------------------------------------------------ parity
@@ -331,7 +330,9 @@ def read_auto_choice(path: str) -> dict | None:
 
 def write_auto_choice(path: str, choice: dict, log=None) -> None:
     data = json.dumps(choice, indent=1, sort_keys=True).encode()
-    stored = _store(path, data, None, "auto")
-    if log and isinstance(stored, bytes):
-        log.debug(f"cannot cache the --precision auto choice in {os.path.dirname(path)}; it is measured again "
-                  "next time")
+    try:
+        write_atomically(path, data)
+    except OSError:
+        if log:
+            log.debug(f"cannot cache the --precision auto choice in {os.path.dirname(path)}; it is measured again "
+                      "next time")

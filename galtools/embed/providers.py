@@ -141,20 +141,21 @@ def session_options(threads: int, on_gpu: bool, verbose: bool, config: dict | No
     return options
 
 
-def _optimized_graph(model, options, optimized: str | None):
-    """ONNX Runtime's optimised graph of ``model`` for this CPU (layouts, fusions) is kept at ``optimized``: a later
-    session loads it with the optimisers off.  Returns (what to load, the temporary file the optimised graph is
-    written to now, or None)."""
+def _optimized_graph(model, options, optimized):
+    """ONNX Runtime's optimised graph of ``model`` for this CPU (layouts, fusions) is kept as the cache entry
+    ``optimized`` (galtools.embed.cache.CacheEntry): a later session loads it with the optimisers off, once it is
+    checked against its record.  Returns (what to load, the temporary file the optimised graph is written to now,
+    or None)."""
     import onnxruntime as ort
 
-    if not optimized:
+    if optimized is None:
         return model, None
-    if os.path.isfile(optimized):
+    if optimized.usable():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return optimized, None
+        return optimized.path, None
     try:
-        os.makedirs(os.path.dirname(optimized), exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".opt-", suffix=".tmp.onnx", dir=os.path.dirname(optimized))
+        os.makedirs(os.path.dirname(optimized.path), exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=".opt-", suffix=".tmp.onnx", dir=os.path.dirname(optimized.path))
         os.close(handle)
     except OSError:   # a read-only cache: optimise in memory, every time
         return model, None
@@ -162,11 +163,27 @@ def _optimized_graph(model, options, optimized: str | None):
     return model, tmp
 
 
+def _keep_optimized(saving: str, optimized, loaded: bool) -> None:
+    """The optimised graph ONNX Runtime wrote to ``saving`` becomes the cache entry, with its record; the record is
+    written first, so that a reader never finds the new file under an old record that it would accept."""
+    from galtools.embed.model import file_sha256
+
+    with contextlib.suppress(OSError):
+        if loaded and os.path.getsize(saving) > 0:
+            optimized.record(file_sha256(saving))
+            os.replace(saving, optimized.path)   # atomic: concurrent array tasks each write a whole file
+        else:
+            os.unlink(saving)
+    with contextlib.suppress(OSError):
+        os.unlink(saving)
+
+
 def create_session(model, device: Device, threads: int, cache_dir: str, batch_size: int,
                    input_shape: tuple[int, int, int], fp16: bool, verbose: bool = False, config: dict | None = None,
-                   optimized: str | None = None):
+                   optimized=None):
     """An InferenceSession on ``device`` (``model``: a path or serialized bytes), checked to really use it.
-    ``config``: session configuration entries; ``optimized``: where the CPU's optimised graph is cached (CPU only).
+    ``config``: session configuration entries; ``optimized``: the cache entry (galtools.embed.cache.CacheEntry) of
+    the CPU's optimised graph (CPU only).
 
     Raises DeviceUnavailable (69) with ONNX Runtime's own reason when a GPU provider was asked for and did not start,
     BadData (65) when the model itself cannot be loaded.
@@ -194,11 +211,7 @@ def create_session(model, device: Device, threads: int, cache_dir: str, batch_si
         except Exception as exc:   # ONNX Runtime raises its own exception types for every failure
             session, error = None, exc
     if saving is not None:
-        with contextlib.suppress(OSError):
-            if error is None and os.path.getsize(saving) > 0:
-                os.replace(saving, optimized)   # atomic: concurrent array tasks each write a whole file
-            else:
-                os.unlink(saving)
+        _keep_optimized(saving, optimized, error is None)
     if verbose and log_text[0].strip():
         import sys
 

@@ -75,6 +75,22 @@ def fixed_batches(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.R
         yield merged.to_batches(max_chunksize=size)[0]
 
 
+def check_finite_embeddings(values: np.ndarray, carried: pa.RecordBatch, model_name: str, dtype: str,
+                            rows_before: int) -> None:
+    """A model that gives NaN or infinite embeddings for finite inputs (damaged or diverged weights) is refused,
+    naming the first row: NaN vectors compare as nobody's neighbour and would poison every later step."""
+    finite = np.isfinite(values).all(axis=1)
+    if finite.all():
+        return
+    first = int(np.argmin(finite))
+    who = (f"object_id {carried.column('object_id')[first].as_py()}" if "object_id" in carried.schema.names
+           else f"row {rows_before + first}")
+    beyond = " or beyond float16's range" if dtype == "float16" else ""
+    raise BadData(f"{model_name} gives NaN or infinite embeddings{beyond} for {int((~finite).sum())} of "
+                  f"{len(finite)} finite cutouts in a batch (first: {who})",
+                  "the model is damaged (check its weights) or, with --dtype float16, write float32")
+
+
 def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 256, on_rows=None,
                 on_batch=None, strict: bool = False, band_map: dict | None = None) -> EmbedStats:
     """Embed every row of ``table`` (a galtools.io Table) with ``encoder`` into ``out`` (a sink: an open Output, or
@@ -131,7 +147,9 @@ def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 2
         if embedding.shape != (carried.num_rows, dim):
             raise BadData(f"the model returned embeddings of shape {embedding.shape} for {carried.num_rows} cutouts, "
                           f"its metadata promises {dim} dimensions", "re-export the model with gal-train export")
-        column = vector_column(embedding.astype(np_dtype, copy=False))
+        values = embedding.astype(np_dtype, copy=False)
+        check_finite_embeddings(values, carried, encoder.info.path, dtype, stats.rows)
+        column = vector_column(values)
         out.write(pa.RecordBatch.from_arrays([*carried.columns, column], names=schema.names))
         stats.rows += carried.num_rows
         if on_rows is not None:

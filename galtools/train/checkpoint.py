@@ -7,6 +7,7 @@ MoCo queue and its pointer), the optimizer and scheduler, the step, the RNG stat
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -31,6 +32,63 @@ def save(path: str, state: dict) -> None:
                           "check free space and permissions") from None
 
 
+# torch.save's legacy (not zip) format starts with this number, pickled.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _first_pickled_value(head: bytes):
+    """The first value a pickle stream pushes (after its protocol and frame opcodes), or None."""
+    import io
+    import pickletools
+
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if opcode.name not in ("PROTO", "FRAME"):
+                return arg
+    except (ValueError, EOFError):
+        return None
+    return None
+
+
+def file_kind(path: str) -> str:
+    """What a would-be checkpoint is, from its first bytes: 'torchscript' (a zip archive holding code),
+    'torch' (a zip archive torch.save wrote), 'legacy' (torch.save's old format), 'pickle' (a plain pickle, which
+    torch.load cannot read: it lacks torch.save's magic number), or 'other'."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in names):
+            return "torchscript"
+        return "torch"
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    if head[:1] != b"\x80":
+        return "other"
+    return "legacy" if _first_pickled_value(head) == _LEGACY_MAGIC else "pickle"
+
+
+def refuse_unreadable_kind(path: str, kind: str, hint: str) -> None:
+    """One line for the files torch.load would answer with warnings and a long message: TorchScript and plain
+    pickles."""
+    if kind == "torchscript":
+        raise BadData(f"{path}: is a TorchScript archive (a program, not weights), refused", hint)
+    if kind == "pickle":
+        raise BadData(f"{path}: is a plain pickle, not a file written by torch.save, refused", hint)
+
+
+@contextlib.contextmanager
+def warnings_silenced():
+    """torch.load's warnings (pickle protocols, TorchScript dispatch) are not the user's business: galtools says
+    in one line what is wrong with a file."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def load(path: str) -> dict:
     import pickle
 
@@ -38,8 +96,11 @@ def load(path: str) -> dict:
 
     if not os.path.isfile(path):
         raise InputMissing(f"{path}: no such checkpoint", "give RUN/last.pt or a file in RUN/checkpoints/")
+    refuse_unreadable_kind(path, file_kind(path), "give RUN/last.pt or a file in RUN/checkpoints/; a published "
+                           "model's state_dict, saved with torch.save, goes through 'gal-train import'")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings_silenced():
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise BadData(f"{path}: not a readable gal-train checkpoint ({brief(exc)})",
                       "give a checkpoint written by gal-train") from None

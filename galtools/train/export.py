@@ -117,8 +117,22 @@ def _parity_inputs(in_chans: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.standard_normal((n, in_chans, size, size), dtype=np.float32) for n in PARITY_BATCHES]
 
 
+def check_finite_weights(model, source: str, hint: str) -> None:
+    """NaN or infinite weights (a diverged run, a damaged file) would give NaN embeddings: refused, naming the first
+    tensor that holds them."""
+    import torch
+
+    bad = [(name, int((~torch.isfinite(t)).sum())) for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        total = sum(n for _, n in bad)
+        raise BadData(f"{source}: {total} weight(s) in {len(bad)} tensor(s) are NaN or infinite "
+                      f"(first: {bad[0][0]})", hint)
+
+
 def check_parity(onnx_path: str, reference, inputs: list[np.ndarray]) -> float:
-    """Largest |ORT - torch| / (1 + |torch|) over the inputs; raises BadData beyond the tolerance."""
+    """Largest |ORT - torch| / (1 + |torch|) over the inputs; raises BadData beyond the tolerance, and when either
+    side gives a value that is not finite (NaN passes no comparison, so it is looked for, not compared)."""
     import onnxruntime as ort
     import torch
 
@@ -131,6 +145,10 @@ def check_parity(onnx_path: str, reference, inputs: list[np.ndarray]) -> float:
         if got.shape != expected.shape:
             raise BadData(f"the exported model gives shape {got.shape} for a batch of {len(x)}, torch {expected.shape}",
                           "report this: the export is broken for this architecture")
+        if not (np.isfinite(expected).all() and np.isfinite(got).all()):
+            raise BadData(f"the model gives NaN or infinite embeddings for finite inputs (torch: "
+                          f"{int((~np.isfinite(expected)).sum())}, ONNX Runtime: {int((~np.isfinite(got)).sum())} "
+                          "values); encoder.onnx was not written", "check the checkpoint's weights")
         worst = max(worst, float(np.max(np.abs(got - expected) / (1.0 + np.abs(expected)))))
     if not worst <= PARITY_TOLERANCE:
         raise BadData(f"ONNX Runtime and torch disagree by {worst:.2e} (tolerance {PARITY_TOLERANCE:g}); "
@@ -185,6 +203,8 @@ def export_checkpoint(checkpoint_path: str, out_path: str, overwrite: bool = Fal
     bands = list(state["bands"])
     backbone = build_encoder(config.arch, len(bands), width=config.width, pool=config.pool)
     backbone.load_state_dict(ckpt.backbone_state(state["model"]))
+    check_finite_weights(backbone, checkpoint_path, "the run diverged; export an earlier checkpoint from "
+                         "RUN/checkpoints/ and train again with a lower --lr")
     metadata = encoder_metadata(bands, config.crop, state["preprocess"], backbone.num_features, config.arch,
                                 state["config"], state["augment"])
     worst = export_encoder(backbone, out_path, metadata, config.crop, overwrite=overwrite, tta=tta)

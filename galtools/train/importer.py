@@ -7,13 +7,14 @@ Accepted: plain state dicts, ``{"state_dict": ...}`` / ``{"model": ...}`` wrappe
 
 Reading never runs code from the file.  ``torch.load(weights_only=True)`` first; when that refuses a global (a
 Lightning checkpoint's hyper-parameter container), an unpickler that knows only tensor storage, plain containers,
-a few plain values (paths, dates) and hyper-parameter containers (read as plain dicts) reads it; other objects of
-Lightning's own classes read as inert placeholders (nothing of Lightning is imported or called); anything else is
-refused with the name of what the file asks for.  TorchScript archives (code) are refused outright.
+a few plain values (paths, dates, numpy numbers and arrays of numbers) and hyper-parameter containers (read as plain
+dicts) reads it; other objects of Lightning's own classes read as inert placeholders (nothing of Lightning is
+imported or called); anything else is refused with the name of what the file asks for.  TorchScript archives (code)
+and plain pickles (not written by torch.save) are refused outright, in one line.  The hyper-parameters are kept, as
+JSON (``json_safe``), in the encoder's ``galtools.train_config``; NaN or infinite weights are refused.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,6 @@ import os
 import pickle
 import re
 import types
-import zipfile
 
 import numpy as np
 
@@ -48,6 +48,8 @@ _PLAIN_VALUES = {("pathlib", "PosixPath"): "PurePosixPath", ("pathlib", "PurePos
                  ("pathlib", "WindowsPath"): "PureWindowsPath", ("pathlib", "PureWindowsPath"): "PureWindowsPath",
                  ("datetime", "datetime"): None, ("datetime", "date"): None, ("datetime", "timedelta"): None,
                  ("torch", "Size"): None, ("torch", "device"): None}
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+_TEXT_ENCODINGS = ("latin1", "latin-1", "utf-8", "utf8", "ascii")   # how pickle protocol 2 stores bytes
 _TENSOR_REBUILDERS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
                       ("torch._utils", "_rebuild_parameter")}
 
@@ -108,6 +110,11 @@ class RestrictedUnpickler(pickle.Unpickler):
             target = _PLAIN_VALUES[(module, name)]
             home = {"pathlib": pathlib, "datetime": datetime, "torch": torch}[module]
             return getattr(home, target or name)
+        numpy_value = _numpy_value(module, name)
+        if numpy_value is not None:
+            return numpy_value
+        if (module, name) == ("_codecs", "encode"):
+            return _encode_text
         if module.split(".")[0] in _LIGHTNING_PACKAGES:
             return SkippedLightningObject
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -115,27 +122,108 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise RefusedGlobal(module, name)
 
 
+def _encode_text(text, encoding="utf-8"):
+    """What pickle protocol 2 calls to rebuild bytes (dates, numpy scalars hold theirs so): text to bytes only."""
+    import codecs
+
+    if not isinstance(text, str) or encoding.lower() not in _TEXT_ENCODINGS:
+        raise RefusedGlobal("_codecs", f"encode({type(text).__name__}, {encoding!r})")
+    return codecs.encode(text, encoding)
+
+
+def _numpy_value(module: str, name: str):
+    """numpy scalars, dtypes and arrays of numbers (hyper-parameters saved from numpy): their constructors only;
+    an array or scalar of Python objects is refused (its items would be arbitrary objects)."""
+    if module == "numpy" and name in ("dtype", "ndarray"):
+        return getattr(np, name)      # as the argument of _reconstruct below (an ndarray call alone runs nothing)
+    if module not in _NUMPY_MODULES or name not in ("scalar", "_reconstruct"):
+        return None
+    if name == "scalar":
+        def scalar(dtype, data=None):
+            if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+                raise RefusedGlobal(module, "scalar of Python objects")
+            return np.frombuffer(data, dtype=dtype, count=1)[0]
+        return scalar
+
+    def reconstruct(cls, shape, dtype_char):
+        if cls is not np.ndarray:
+            raise RefusedGlobal(module, f"_reconstruct of {getattr(cls, '__name__', cls)}")
+        return _NumericArray(shape, dtype_char)
+    return reconstruct
+
+
+class _NumericArray(np.ndarray):
+    """An ndarray rebuilt from a pickle, refusing a state of Python objects (numbers only)."""
+
+    def __new__(cls, shape, dtype_char):
+        return np.ndarray.__new__(cls, shape, dtype_char)
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)
+                and not state[2].hasobject and isinstance(state[4], bytes)):
+            raise RefusedGlobal("numpy", "ndarray of Python objects")
+        super().__setstate__(state)
+
+
+def json_safe(value, depth: int = 0):
+    """A hyper-parameter as JSON can hold it: dates as ISO text, numpy and 0-d torch numbers as numbers, paths as
+    text, sets as sorted lists, small arrays as lists (larger ones by their shape); skipped Lightning objects drop."""
+    import datetime
+    import pathlib
+
+    if depth > 20:
+        return None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if np.isfinite(value) else repr(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, np.generic):
+        return json_safe(value.item(), depth + 1)
+    if isinstance(value, np.dtype):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    if hasattr(value, "detach") and hasattr(value, "shape"):    # a torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist(), depth + 1) if value.size <= 64 else f"array of shape {list(value.shape)}"
+    if isinstance(value, SkippedLightningObject):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()
+                if not isinstance(v, SkippedLightningObject)}
+    if isinstance(value, (set, frozenset)):
+        return sorted((json_safe(v, depth + 1) for v in value), key=repr)
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    return repr(value)[:200]
+
+
 _RESTRICTED_PICKLE = types.SimpleNamespace(Unpickler=RestrictedUnpickler,
                                            load=lambda f, **kw: RestrictedUnpickler(f, **kw).load(),
                                            __name__="galtools_restricted_pickle")
-
-
-def _refuse_torchscript(path: str) -> None:
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist()):
-                raise BadData(f"{path}: is a TorchScript archive (a program, not weights)", REFUSED_HINT)
 
 
 def read_checkpoint(path: str):
     """The checkpoint's contents, read without running anything it holds."""
     import torch
 
+    from galtools.train.checkpoint import file_kind, refuse_unreadable_kind, warnings_silenced
+
     if not os.path.isfile(path):
         raise InputMissing(f"{path}: no such checkpoint", "check the path")
-    _refuse_torchscript(path)
+    refuse_unreadable_kind(path, file_kind(path), "save the weights alone with torch.save(model.state_dict(), PATH)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings_silenced():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         _log.debug(f"{path}: weights_only load refused ({' '.join(str(exc).split())[:160]}); "
                    "reading with galtools' restricted unpickler")
@@ -151,15 +239,6 @@ def read_checkpoint(path: str):
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
         raise BadData(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())[:120]})",
                       "give a file written by torch.save") from None
-
-
-@contextlib.contextmanager
-def warnings_silenced():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _is_tensor_dict(obj) -> bool:
@@ -327,17 +406,41 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def input_scaling(preprocess_source: str | None, scaling: list[str] | tuple[str, ...] | None, bands: list[str]):
+    """What gal-embed applies to raw pixels before the model: galtools' arcsinh preprocessing (``--preprocess``, a
+    JSON file or cutouts to fit it on), or the model's own scaling (``--scaling`` steps); exactly one of them."""
+    from galtools.preprocess import SCALING_EXAMPLE, Scaling
+
+    if bool(preprocess_source) == bool(scaling):
+        raise UsageProblem("give either --preprocess (galtools' arcsinh scaling) or --scaling (the model's own)"
+                           if scaling else "no input scaling given",
+                           "--scaling for the scaling the model was trained with, "
+                           f"{SCALING_EXAMPLE.removeprefix('e.g. ')} (or --scaling identity); "
+                           "--preprocess JSON|CUTOUTS for galtools' own")
+    if scaling:
+        try:
+            return Scaling.parse(scaling, bands)
+        except BadData as exc:
+            raise UsageProblem(exc.what, exc.hint) from None
+    return load_preprocess(preprocess_source, bands)
+
+
 def import_checkpoint(checkpoint_path: str, out_path: str, arch: str, bands: list[str], input_size: int,
-                      preprocess_source: str, keep_head: bool = False, prefix: str | None = None,
-                      pixscale: float | None = None, flux_unit: str | None = None, overwrite: bool = False) -> dict:
-    """Write ``checkpoint_path``'s ResNet as an encoder.onnx that gal-embed reads; returns a summary."""
+                      preprocess_source: str | None, keep_head: bool = False, prefix: str | None = None,
+                      pixscale: float | None = None, flux_unit: str | None = None, overwrite: bool = False,
+                      scaling: list[str] | None = None) -> dict:
+    """Write ``checkpoint_path``'s ResNet as an encoder.onnx that gal-embed reads; returns a summary.
+    ``scaling``: the model's own input scaling (``Scaling.parse`` steps) instead of ``preprocess_source``."""
     from galtools.io import check_output_path
-    from galtools.train.export import encoder_metadata, export_encoder
+    from galtools.train.export import check_finite_weights, encoder_metadata, export_encoder
 
     check_output_path(out_path, overwrite)
+    # a usage problem before reading a large checkpoint; cutouts to fit on are read after it is found good
+    preprocess = input_scaling(preprocess_source, scaling, bands) if scaling or not preprocess_source else None
     if input_size < 8:
         raise UsageProblem(f"--input-size {input_size} is too small for a ResNet", "give the size it was trained at")
-    state = state_dict_of(read_checkpoint(checkpoint_path), checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
+    state = state_dict_of(checkpoint, checkpoint_path)
     chosen = find_prefix(state, prefix, checkpoint_path)
     backbone_state, head = torchvision_to_galtools(state, chosen)
     backbone = build_backbone(arch, backbone_state, checkpoint_path)
@@ -345,9 +448,14 @@ def import_checkpoint(checkpoint_path: str, out_path: str, arch: str, bands: lis
         raise BadData(f"{checkpoint_path}: the ResNet takes {backbone.in_chans} bands but --bands names {len(bands)} "
                       f"({','.join(bands)})", f"name {backbone.in_chans} bands, in the order the model was trained on")
     model = _with_head(backbone, head, checkpoint_path) if keep_head else backbone
-    preprocess = load_preprocess(preprocess_source, bands)
+    check_finite_weights(model, checkpoint_path, "the checkpoint is damaged or its training diverged; "
+                         "import another one")
+    if preprocess is None:
+        preprocess = load_preprocess(preprocess_source, bands)
     provenance = {"imported_from": os.path.basename(checkpoint_path), "sha256": file_sha256(checkpoint_path),
                   "prefix": chosen, "arch": arch, "keep_head": keep_head}
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("hyper_parameters"), dict):
+        provenance["hyper_parameters"] = json_safe(checkpoint["hyper_parameters"])
     metadata = encoder_metadata(bands, input_size, preprocess.to_json(), model.num_features, arch,
                                 json.dumps(provenance, sort_keys=True), "")
     if pixscale is not None:
@@ -356,4 +464,5 @@ def import_checkpoint(checkpoint_path: str, out_path: str, arch: str, bands: lis
         metadata["galtools.flux_unit"] = flux_unit
     parity = export_encoder(model, out_path, metadata, input_size, overwrite=overwrite)
     return {"path": out_path, "prefix": chosen, "embedding_dim": model.num_features, "parity": parity,
+            "scaling": preprocess.describe() if scaling else "galtools arcsinh preprocessing",
             "dropped_head": bool(head) and not keep_head, "metadata": metadata}
