@@ -50,9 +50,10 @@ STARTS = (1, 5, 10)
 ROUNDS = 3
 PER_ROUND = 20
 ARMS = ("ours", "random", "similarity", "iforest", "probe")
-GRID = [dict(half_labels=5.0, similarity_share=0.75, explore=1.0), dict(half_labels=2.0, similarity_share=0.75, explore=1.0),
-        dict(half_labels=20.0, similarity_share=0.75, explore=1.0), dict(half_labels=5.0, similarity_share=1.0, explore=1.0),
-        dict(half_labels=5.0, similarity_share=0.5, explore=1.0), dict(half_labels=5.0, similarity_share=0.75, explore=0.0)]
+GRID = [dict(half_labels=5.0, similarity_share=0.75, explore=1.0),      # the first is the default of gal-ood rank
+        dict(half_labels=20.0, similarity_share=0.75, explore=1.0), dict(half_labels=5.0, similarity_share=1.0,
+                                                                        explore=1.0),
+        dict(half_labels=5.0, similarity_share=0.75, explore=0.0)]
 
 
 def read_embeddings(path: str, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -167,55 +168,82 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, log=print) -> dict:
+def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, log=print, done=None) -> dict:
+    """Runs grouped by (prevalence, start); the 1%-from-5 cells first (the goal), each run appended to ``done``
+    (a JSON-lines file) as it ends, so an interrupted benchmark keeps what it measured and resumes."""
     ids, vectors, columns = read_embeddings(path, ("anomaly_kind",))
     kinds = columns["anomaly_kind"]
     wanted_kinds = kinds_wanted or sorted(k for k in set(kinds.tolist()) if k != "none")
-    results = {}
-    for prevalence in prevalences:
+    cells = sorted(((p, s) for p in prevalences for s in starts), key=lambda c: (c != (0.01, 5), -c[0], c[1]))
+    results, priors, finished = {}, {}, _finished(done)
+    for prevalence, start in cells:
         for kind in wanted_kinds:
             for seed in seeds:
+                key = f"sim {kind} {prevalence} {start} {seed} {json.dumps(config, sort_keys=True)}"
+                if key in finished:
+                    results.setdefault((prevalence, start), []).append(finished[key])
+                    continue
                 rows, truth = subsample(kinds, kind, prevalence, seed)
                 x = vectors[rows]
-                prior = prior_scores(x, RankSettings(seed=seed))
-                for start in starts:
-                    started = time.perf_counter()
-                    run = one_run(x, truth, start, seed, config, prior)
-                    run.update(kind=kind, seed=seed, prevalence=prevalence, start=start, n=len(rows))
-                    results.setdefault((prevalence, start), []).append(run)
-                    log(f"sim {kind} p={prevalence} start={start} seed={seed}: ours AUPRC {run['ours']['auprc']:.3f} "
-                        f"sim {run['similarity']['auprc']:.3f} probe {run['probe']['auprc']:.3f} iforest "
-                        f"{run['iforest']['auprc']:.3f} ({time.perf_counter() - started:.1f} s)")
+                if (kind, prevalence, seed) not in priors:
+                    priors = {(kind, prevalence, seed): prior_scores(x, RankSettings(seed=seed))}
+                started = time.perf_counter()
+                run = one_run(x, truth, start, seed, config, priors[(kind, prevalence, seed)])
+                run.update(kind=kind, seed=seed, prevalence=prevalence, start=start, n=len(rows), key=key)
+                results.setdefault((prevalence, start), []).append(run)
+                _keep(done, run)
+                log(f"sim {kind} p={prevalence} start={start} seed={seed}: ours AUPRC {run['ours']['auprc']:.3f} "
+                    f"sim {run['similarity']['auprc']:.3f} probe {run['probe']['auprc']:.3f} iforest "
+                    f"{run['iforest']['auprc']:.3f} ({time.perf_counter() - started:.1f} s)")
     return results
 
 
-def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print) -> dict:
+def _finished(done) -> dict:
+    if not done or not os.path.exists(done):
+        return {}
+    with open(done) as handle:
+        return {run["key"]: run for run in map(json.loads, handle) if "key" in run}
+
+
+def _keep(done, run) -> None:
+    if done:
+        with open(done, "a") as handle:
+            handle.write(json.dumps(run) + "\n")
+
+
+def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -> dict:
     ids, vectors, _ = read_embeddings(path, ())
     labels = {}
     with open(os.path.join(gz1, "labels.csv"), newline="") as handle:
         for row in csv.DictReader(handle):
             labels[int(row["objid"])] = row["gz1_label"]
     names = np.array([labels.get(int(i), "") for i in ids])
-    results = {}
+    results, finished = {}, _finished(done)
     for wanted in ("merger", "edge_on"):
         truth = names == wanted
         for seed in seeds:
-            prior = prior_scores(vectors, RankSettings(seed=seed))
+            prior = None
             for start in starts:
+                key = f"gz1 {wanted} {start} {seed} {json.dumps(config, sort_keys=True)}"
+                if key in finished:
+                    results.setdefault((wanted, start), []).append(finished[key])
+                    continue
+                prior = prior if prior is not None else prior_scores(vectors, RankSettings(seed=seed))
                 run = one_run(vectors, truth, start, seed, config, prior)
-                run.update(kind=wanted, seed=seed, start=start, n=len(ids))
+                run.update(kind=wanted, seed=seed, start=start, n=len(ids), key=key)
                 results.setdefault((wanted, start), []).append(run)
+                _keep(done, run)
                 log(f"gz1 {wanted} start={start} seed={seed}: ours AUPRC {run['ours']['auprc']:.3f} "
                     f"sim {run['similarity']['auprc']:.3f} probe {run['probe']['auprc']:.3f} iforest "
                     f"{run['iforest']['auprc']:.3f}")
     return results
 
 
-def tune(path: str, log=print) -> tuple[dict, list]:
+def tune(path: str, log=print, done=None) -> tuple[dict, list]:
     """The 'auto' settings with the best mean AUPRC on the tuning table (1%, 5 starting positives, seed 0)."""
     scores = []
     for config in GRID:
-        runs = sim_runs(path, (0.01,), (5,), (0,), config, log=lambda *_: None)[(0.01, 5)]
+        runs = sim_runs(path, (0.01,), (5,), (0,), config, log=lambda *_: None, done=done)[(0.01, 5)]
         mean = float(np.mean([r["ours"]["auprc"] for r in runs]))
         scores.append({**config, "auprc": mean})
         log(f"tune {config}: mean AUPRC {mean:.3f}")
@@ -249,7 +277,7 @@ def main() -> None:
     parser.add_argument("--gz1", help="the Galaxy Zoo 1 folder (labels.csv)")
     parser.add_argument("--pixel-pca", action="store_true", help="--sim-tune and --sim-test are cutout tables: "
                         "embed them by pixel PCA (the fallback when no trained encoder is at hand)")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per gal-sim kind and prevalence")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per gal-sim kind and prevalence")
     parser.add_argument("--gz1-seeds", type=int, default=5)
     parser.add_argument("--note", default="", help="how the embeddings were made (goes into the rows)")
     parser.add_argument("--json", default=os.path.join(HERE, ".work-discovery", "result.json"))
@@ -263,18 +291,19 @@ def main() -> None:
                 setattr(args, name, pixel_pca(path, os.path.splitext(path)[0] + "-pixelpca.parquet"))
     config = dict(GRID[0])
     result = {"note": args.note, "grid": None}
+    done = os.path.splitext(args.json)[0] + "-runs.jsonl"
     if args.sim_tune:
-        config, result["grid"] = tune(args.sim_tune)
+        config, result["grid"] = tune(args.sim_tune, done=done.replace("-runs", "-tuning"))
     result["config"] = config
     print(f"auto settings: {config}", flush=True)
     report = {}
     if args.sim_test:
-        grouped = sim_runs(args.sim_test, (0.01, 0.001), STARTS, tuple(range(1, args.seeds + 1)), config)
+        grouped = sim_runs(args.sim_test, (0.01, 0.001), STARTS, tuple(range(1, args.seeds + 1)), config, done=done)
         report["sim"] = {f"{p} {s}": summarise(r) for (p, s), r in grouped.items()}
         result["sim_lines"] = table_lines("gal-sim test table (all anomaly kinds; wanted prevalence, start)",
                                           {(f"{p:.1%}", s): r for (p, s), r in grouped.items()})
     if args.gz1_emb:
-        grouped = gz1_runs(args.gz1_emb, args.gz1, STARTS, tuple(range(1, args.gz1_seeds + 1)), config)
+        grouped = gz1_runs(args.gz1_emb, args.gz1, STARTS, tuple(range(1, args.gz1_seeds + 1)), config, done=done)
         report["gz1"] = {f"{k} {s}": summarise(r) for (k, s), r in grouped.items()}
         result["gz1_lines"] = table_lines("Galaxy Zoo 1 (1,500 SDSS galaxies)", grouped)
     result["report"] = report
