@@ -5,13 +5,14 @@
 Protocol (the same for every data set): a table of normal objects plus one wanted class at a given prevalence;
 start from 1, 5 or 10 known positives (no negatives), then 3 rounds in which ``rank_vectors`` proposes 20
 unlabelled objects (``--propose 20``) and the oracle labels them (yes if of the wanted class).  After the last round
-the final ranking is scored on the objects still unlabelled (the pool): AUPRC (average precision), precision@100,
-and precision and recall in the top 1% of the pool.  Beside it, with the same data:
+the final list is scored over every object but the starting positives (given, not found): the objects labelled
+yes first, then the unlabelled ones by score, the noes last (what a person ends with): AUPRC (average precision),
+precision@100, and precision and recall in the top 1%.  Beside it, with the same data:
 
-- random order (AUPRC = the prevalence of the pool, up to noise);
+- random order (AUPRC = the prevalence, up to noise);
 - similarity alone: its own loop (each round the 20 unlabelled objects most similar to a positive are labelled),
   ranked by similarity to the nearest positive;
-- isolation forest alone (no labels), on our pool;
+- isolation forest alone (no labels);
 - the supervised probe: a class-balanced logistic regression on the same labels as ours (labelled rows only).
 
 gal-sim: each anomaly kind in turn is the wanted class, at 1% and 0.1% of the table (all normal objects kept, the
@@ -101,7 +102,8 @@ def metrics(score: np.ndarray, truth: np.ndarray, pool: np.ndarray) -> dict:
     hits = t[order]
     return {"auprc": average_precision(s, t) if 0 < t.sum() < len(t) else float("nan"),
             "p100": float(hits[:100].mean()), "p_top1": float(hits[:top1].mean()),
-            "r_top1": float(hits[:top1].sum() / max(t.sum(), 1)), "pool_prevalence": float(t.mean())}
+            "r_top1": float(hits[:top1].sum() / max(t.sum(), 1)), "pool_prevalence": float(t.mean()),
+            "wanted": int(t.sum())}
 
 
 def loop(x, truth, start, settings: RankSettings, prior, rng_seed):
@@ -117,29 +119,38 @@ def loop(x, truth, start, settings: RankSettings, prior, rng_seed):
     return np.array(positives), np.array(negatives, np.int64), final
 
 
+def with_labels(score: np.ndarray, positives, negatives) -> np.ndarray:
+    """The list a person ends with: the objects labelled yes first, then the rest by score, the noes last."""
+    score = score.astype(np.float64).copy()
+    score[positives] = np.inf
+    score[negatives] = -np.inf
+    return score
+
+
 def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
+    """Every arm scored over all objects but the starting positives (given, not found); an arm that labelled
+    objects (ours, similarity's own loop, the probe on our labels) lists its yeses first and its noes last."""
     rng = np.random.default_rng(seed)
     start = rng.choice(np.flatnonzero(truth), n_start, replace=False)
     if prior is None:
         prior = prior_scores(x, RankSettings(seed=seed))
+    judged = np.ones(len(x), bool)
+    judged[start] = False
     ours = RankSettings(method="auto", propose=PER_ROUND, seed=seed, **config)
     pos, neg, final = loop(x, truth, start, ours, prior, seed)
-    pool = np.ones(len(x), bool)
-    pool[pos] = pool[neg] = False
-    result = {"ours": metrics(final.score, truth, pool), "labels": int(len(pos) + len(neg)),
+    result = {"ours": metrics(with_labels(final.score, pos, neg), truth, judged), "labels": int(len(pos) + len(neg)),
               "found": int(len(pos) - n_start)}
-    result["random"] = metrics(rng.random(len(x)), truth, pool)
-    result["iforest"] = metrics(prior, truth, pool)
+    result["random"] = metrics(rng.random(len(x)), truth, judged)
+    result["iforest"] = metrics(prior, truth, judged)
     if len(neg):
         probe = rank_vectors(x, pos, neg, RankSettings(method="linear", members=0, seed=seed))
-        result["probe"] = metrics(probe.score, truth, pool)
+        result["probe"] = metrics(with_labels(probe.score, pos, neg), truth, judged)
     else:
         result["probe"] = {k: float("nan") for k in result["ours"]}
     s_pos, s_neg, s_final = loop(x, truth, start, RankSettings(method="similarity", propose=PER_ROUND, seed=seed),
                                  prior, seed)
-    s_pool = np.ones(len(x), bool)
-    s_pool[s_pos] = s_pool[s_neg] = False
-    result["similarity"] = metrics(s_final.score, truth, s_pool)
+    result["similarity"] = metrics(with_labels(s_final.score, s_pos, s_neg), truth, judged)
+    result["similarity_found"] = int(len(s_pos) - n_start)
     return result
 
 
@@ -164,6 +175,8 @@ def summarise(runs: list[dict]) -> dict:
     out["prevalence"] = float(np.mean([r["ours"]["pool_prevalence"] for r in runs]))
     out["labels"] = float(np.mean([r["labels"] for r in runs]))
     out["found"] = float(np.mean([r["found"] for r in runs]))
+    out["wanted"] = float(np.mean([r["ours"]["wanted"] for r in runs]))
+    out["similarity_found"] = float(np.mean([r.get("similarity_found", np.nan) for r in runs]))
     out["runs"] = len(runs)
     return out
 
@@ -257,12 +270,13 @@ def cell(summary: dict, arm: str, key: str) -> str:
 
 
 def table_lines(title: str, grouped: dict) -> list[str]:
-    lines = [f"**{title}**", "", "| wanted, start | prevalence | labels | found | runs | metric | ours | similarity | "
+    lines = [f"**{title}**", "", "| wanted, start | prevalence | labels | found (of) | runs | metric | ours | similarity | "
              "probe | iforest | random |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, runs in grouped.items():
         s = summarise(runs)
         for metric in ("auprc", "p_top1", "p100"):
-            lines.append(f"| {key[0]}, {key[1]} | {s['prevalence']:.4f} | {s['labels']:.0f} | {s['found']:.1f} | "
+            lines.append(f"| {key[0]}, {key[1]} | {s['prevalence']:.4f} | {s['labels']:.0f} | "
+                         f"{s['found']:.1f} ({s['wanted']:.0f}) | "
                          f"{s['runs']} | {metric} | " + " | ".join(cell(s, a, metric) for a in
                                                                   ("ours", "similarity", "probe", "iforest", "random"))
                          + " |")
@@ -331,8 +345,10 @@ def record(result: dict, config: dict) -> None:
             base = "; ".join(f"{a} AUPRC {cell(s, a, 'auprc')}, P@top1% {cell(s, a, 'p_top1')}"
                              for a in ("similarity", "probe", "iforest", "random"))
             best_base = max(s[a]["auprc"][0] for a in ("similarity", "probe", "iforest", "random"))
-            append_row(f"discovery loop ({title}; {key}: prevalence / class, start positives; pool prevalence "
-                       f"{s['prevalence']:.4f}, {s['labels']:.0f} labels in all, {s['runs']} runs; {setting}); "
+            append_row(f"discovery loop ({title}; {key}: prevalence / class, start positives; prevalence "
+                       f"{s['prevalence']:.4f}, {s['labels']:.0f} labels in all, {s['found']:.1f} of {s['wanted']:.0f} "
+                       f"found by the loop ({s['similarity_found']:.1f} by similarity's), {s['runs']} runs; "
+                       f"{setting}); "
                        f"{machine()}", ours, base, f"{s['ours']['auprc'][0] / max(best_base, 1e-9):.2f}x best")
 
 
