@@ -339,14 +339,14 @@ function addMarkButtons(tile, id) {
     button.className = "mark-" + mark;
     button.textContent = text;
     button.title = title;
-    button.addEventListener("click", (event) => { event.stopPropagation(); mark_(id, mark); });
+    button.addEventListener("click", (event) => { event.stopPropagation(); sendMark(id, mark); });
     row.appendChild(button);
   }
   tile.appendChild(row);
   showMark(tile, state.marks[String(id)]);
 }
 
-async function mark_(id, mark) {
+async function sendMark(id, mark) {
   showError("");
   try {
     const response = await fetch("/api/label", { method: "POST", headers: { "Content-Type": "application/json" },
