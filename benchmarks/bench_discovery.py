@@ -181,7 +181,8 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, log=print, done=None) -> dict:
+def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, log=print, done=None,
+             kept_only: bool = False) -> dict:
     """Runs grouped by (prevalence, start); the 1%-from-5 cells first (the goal), each run appended to ``done``
     (a JSON-lines file) as it ends, so an interrupted benchmark keeps what it measured and resumes."""
     ids, vectors, columns = read_embeddings(path, ("anomaly_kind",))
@@ -195,6 +196,8 @@ def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, l
                 key = f"sim {kind} {prevalence} {start} {seed} {json.dumps(config, sort_keys=True)}"
                 if key in finished:
                     results.setdefault((prevalence, start), []).append(finished[key])
+                    continue
+                if kept_only:
                     continue
                 rows, truth = subsample(kinds, kind, prevalence, seed)
                 x = vectors[rows]
@@ -291,11 +294,14 @@ def main() -> None:
     parser.add_argument("--gz1", help="the Galaxy Zoo 1 folder (labels.csv)")
     parser.add_argument("--pixel-pca", action="store_true", help="--sim-tune and --sim-test are cutout tables: "
                         "embed them by pixel PCA (the fallback when no trained encoder is at hand)")
+    parser.add_argument("--prevalences", default="0.01,0.001", help="gal-sim: prevalences of the wanted kind")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per gal-sim kind and prevalence")
     parser.add_argument("--gz1-seeds", type=int, default=5)
     parser.add_argument("--note", default="", help="how the embeddings were made (goes into the rows)")
     parser.add_argument("--json", default=os.path.join(HERE, ".work-discovery", "result.json"))
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--kept-only", action="store_true", help="gal-sim: report the runs kept so far (in the "
+                        "runs file beside --json), computing none")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.pixel_pca:
@@ -312,7 +318,8 @@ def main() -> None:
     print(f"auto settings: {config}", flush=True)
     report = {}
     if args.sim_test:
-        grouped = sim_runs(args.sim_test, (0.01, 0.001), STARTS, tuple(range(1, args.seeds + 1)), config, done=done)
+        grouped = sim_runs(args.sim_test, tuple(float(p) for p in args.prevalences.split(",")), STARTS, tuple(range(1, args.seeds + 1)), config, done=done,
+                           kept_only=args.kept_only)
         report["sim"] = {f"{p} {s}": summarise(r) for (p, s), r in grouped.items()}
         result["sim_lines"] = table_lines("gal-sim test table (all anomaly kinds; wanted prevalence, start)",
                                           {(f"{p:.1%}", s): r for (p, s), r in grouped.items()})
