@@ -214,15 +214,28 @@ def test_killed_ranking_leaves_the_labels_and_no_output(tmp_path):
     assert not (tmp_path / "ranked.parquet").exists()
 
 
+NO_TORCH = ("import sys\nclass NoTorch:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+            "sys.meta_path.insert(0, NoTorch())\n")
+
+
+def test_rank_never_imports_torch(tmp_path):
+    vectors, truth = planted(10, background=200)
+    emb = write_emb(tmp_path / "emb.parquet", vectors, truth)
+    labels = write_labels(tmp_path / "labels.csv", [(FIRST_ID + 200, 1, "")])
+    code = NO_TORCH + ("from galtools.cli.ood import main\nsys.argv = ['gal-ood'] + sys.argv[1:]\nmain()")
+    result = subprocess.run([sys.executable, "-c", code, "rank", emb, "--labels", labels, "--propose", "3", "-q"],
+                            capture_output=True, env=tool_env())
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(result.stdout.decode().splitlines()) == 4
+
+
 # ---------------------------------------------------------------------------------------------------- gal-view
 
 class Viewer:
     def __init__(self, *args):
         # torch blocked by an import hook (scipy's array-API checks trip over a None in sys.modules)
-        code = ("import sys\nclass NoTorch:\n    def find_spec(self, name, path=None, target=None):\n"
-                "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
-                "sys.meta_path.insert(0, NoTorch())\nfrom galtools.cli.view import main\n"
-                "sys.argv = ['gal-view'] + sys.argv[1:]; main()")
+        code = NO_TORCH + "from galtools.cli.view import main\nsys.argv = ['gal-view'] + sys.argv[1:]; main()"
         self.process = subprocess.Popen([sys.executable, "-c", code, *[str(a) for a in args]],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tool_env())
         line = self.process.stdout.readline().decode().strip()
