@@ -45,6 +45,13 @@ def write_emb(path, vectors, truth) -> str:
                                  "embedding": vector_column(vectors)}), str(path), **ENCODER)
 
 
+def write_cutouts(path, count: int) -> str:
+    """Small cutouts with the ids of ``write_emb``'s table (for --montage and gal-view)."""
+    cutouts = make_cutouts(n=count, bands=3, size=8)
+    cutouts = cutouts.set_column(0, "object_id", pa.array(np.arange(FIRST_ID, FIRST_ID + count)))
+    return write_table(cutouts, str(path))
+
+
 def write_labels(path, rows, header="object_id,label,time") -> str:
     with open(path, "w") as handle:
         handle.write(header + "\n" + "".join(",".join(map(str, row)) + "\n" for row in rows))
@@ -125,9 +132,7 @@ def test_propose_prints_the_next_and_draws_them(tmp_path):
     emb = write_emb(tmp_path / "emb.parquet", vectors, truth)
     wanted = FIRST_ID + np.flatnonzero(truth)
     labels = write_labels(tmp_path / "labels.csv", [(i, "yes", "") for i in wanted[:2]])
-    cutouts = make_cutouts(n=len(vectors), bands=3, size=8)
-    cutouts = cutouts.set_column(0, "object_id", pa.array(np.arange(FIRST_ID, FIRST_ID + len(vectors))))
-    images = write_table(cutouts, str(tmp_path / "cutouts.parquet"))
+    images = write_cutouts(tmp_path / "cutouts.parquet", len(vectors))
     out = tmp_path / "ranked.parquet"
     montage = tmp_path / "next.png"
     run_tool("gal-ood", "rank", emb, "--labels", labels, "--propose", 6, "--montage", montage, "--images", images,
@@ -265,9 +270,7 @@ def test_gal_view_marks_survive_sigkill_and_steer_the_ranking(tmp_path):
     pytest.importorskip("uvicorn")
     vectors, truth = planted(8, background=300)
     emb = write_emb(tmp_path / "emb.parquet", vectors, truth)
-    cutouts = make_cutouts(n=len(vectors), bands=3, size=8)
-    cutouts = cutouts.set_column(0, "object_id", pa.array(np.arange(FIRST_ID, FIRST_ID + len(vectors))))
-    images = write_table(cutouts, str(tmp_path / "cutouts.arrow"))
+    images = write_cutouts(tmp_path / "cutouts.arrow", len(vectors))
     labels = tmp_path / "marks.csv"
     wanted = (FIRST_ID + np.flatnonzero(truth)).tolist()
     viewer = Viewer(emb, "--images", images, "--labels", labels)
@@ -306,9 +309,7 @@ def test_gal_view_marks_survive_sigkill_and_steer_the_ranking(tmp_path):
 def test_gal_view_refuses_a_bad_labels_file_at_the_start(tmp_path):
     vectors, truth = planted(9, background=100)
     emb = write_emb(tmp_path / "emb.parquet", vectors, truth)
-    cutouts = make_cutouts(n=len(vectors), bands=3, size=8)
-    cutouts = cutouts.set_column(0, "object_id", pa.array(np.arange(FIRST_ID, FIRST_ID + len(vectors))))
-    images = write_table(cutouts, str(tmp_path / "cutouts.arrow"))
+    images = write_cutouts(tmp_path / "cutouts.arrow", len(vectors))
     labels = write_labels(tmp_path / "labels.csv", [(42, 1, "")])
     result = run_tool("gal-view", emb, "--images", images, "--labels", labels)
     assert result.returncode == 65 and "not in the embeddings shown" in result.stderr.decode()

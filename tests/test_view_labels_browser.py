@@ -2,21 +2,15 @@
 "Label these next" panel refreshes (skipped without chromium and chromedriver, as the other browser test)."""
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
-
-from test_ood_rank import FIRST_ID, Viewer, planted, write_emb
+from test_ood_rank import Viewer, planted, write_cutouts, write_emb
 from test_view_browser import WAIT_S, _browser, By, WebDriverWait  # skips here without selenium
-from conftest import make_cutouts, write_table
 from galtools.ood.labels import read_labels
 
 
 def test_the_buttons_write_marks_and_refresh_the_proposals(tmp_path):
     vectors, truth = planted(11, background=200)
     emb = write_emb(tmp_path / "emb.parquet", vectors, truth)
-    cutouts = make_cutouts(n=len(vectors), bands=3, size=8)
-    cutouts = cutouts.set_column(0, "object_id", pa.array(np.arange(FIRST_ID, FIRST_ID + len(vectors))))
-    images = write_table(cutouts, str(tmp_path / "cutouts.arrow"))
+    images = write_cutouts(tmp_path / "cutouts.arrow", len(vectors))
     labels = tmp_path / "marks.csv"
     driver = _browser(tmp_path)
     server = Viewer(emb, "--images", images, "--labels", labels)
