@@ -5,8 +5,8 @@ import json
 
 import click
 
-from galtools.cli.common import (galtools_group, input_argument, log, output_options, progress_bar, seed_option,
-                                 shard_option, subcommand)
+from galtools.cli.common import (galtools_group, input_argument, log, output_options, prepare_output, progress_bar,
+                                 seed_option, shard_option, subcommand)
 from galtools.cli.heads_options import check_outputs, draw, model_option, model_output, report_options, score_prologue
 
 EXAMPLE = """gal-ood fit labelled-emb.parquet -k 10 -o ood.model
@@ -40,6 +40,7 @@ def cli():
                                        calibrated on held-out reference rows
     gal-ood score TARGET --model M     ood_score (a percentile of the reference), trusted, nearest reference
     gal-ood eval SCORED                AUROC / average precision / TPR at 5% FPR; the trust curve of an error
+    gal-ood rank EMB --labels LABELS   rank objects like the labelled positives; --propose the next to label
 
     Objects far from every labelled one get predictions that should not be trusted; the same scores rank
     anomalies. Scoring needs numpy (and faiss-cpu for --search flat/ivf/hnsw); fitting gmm/iforest needs
@@ -117,12 +118,7 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
 
     if not 0 < coverage < 1:
         raise UsageProblem(f"--coverage must be between 0 and 1, got {coverage}")
-    if montage and not images:
-        raise UsageProblem("--montage needs --images", "the cutout table holding the pictures")
-    if montage:
-        top = top or DEFAULT_MONTAGE_COUNT
-    if output is None:
-        output = None if top else "-"
+    top, output = _montage_count(montage, images, top, output)
     head, writing = score_prologue(model_path, TOOL, KINDS, output, fmt, overwrite, shard, pictures=[montage],
                                    source=target)
     counts = {}
@@ -141,6 +137,20 @@ def score(target, model_path, coverage, top, show_columns, montage, images, shar
         _print_top(strangest, show_columns, to_stderr=output == "-")   # stdout may carry the scored table
     if montage:
         _draw_montage(strangest, images, montage)
+
+
+def _montage_count(montage, images, count, output):
+    """(how many objects are listed or drawn, the output): --montage needs --images and draws 16 unless told;
+    a list without -o goes to the terminal instead of a table on stdout."""
+    from galtools.errors import UsageProblem
+
+    if montage and not images:
+        raise UsageProblem("--montage needs --images", "the cutout table holding the pictures")
+    if montage:
+        count = count or DEFAULT_MONTAGE_COUNT
+    if output is None:
+        output = None if count else "-"
+    return count, output
 
 
 def _print_top(strangest, show_columns, to_stderr=False):
@@ -211,6 +221,96 @@ def evaluate(scored, truth, error_column, score_column, bins, fpr, as_json, plot
             parts.append(format_trust(report["trust"], error_column, score_column))
         click.echo("\n\n".join(parts))
     draw(plot, lambda temporary: plot_evaluation(arrays, report, temporary, score_column, error_column, threshold))
+
+
+# -------------------------------------------------------------------------------------------------------- rank
+
+RANK_EXAMPLE = """gal-ood rank emb.parquet --labels labels.csv -o ranked.parquet
+gal-ood rank emb.parquet --labels labels.csv --propose 20 --montage next.png --images cutouts.arrow
+echo "1234,1,$(date -u +%FT%T)" >> labels.csv   # a yes; then rank again"""
+PROPOSED_COLUMNS = ("object_id", "score", "spread", "nearest_positive_id", "nearest_positive_similarity")
+
+
+@subcommand(cli, "rank", example=RANK_EXAMPLE)
+@input_argument("emb")
+@click.option("--labels", "labels_path", required=True, metavar="LABELS",
+              help="Table (CSV, Parquet, ...) of object_id, label (1/0, yes/no) and optionally time.")
+@click.option("--method", type=click.Choice(["auto", "similarity", "linear", "prior"]), default="auto",
+              show_default=True, help="auto: similarity + linear model + isolation-forest prior, weighted by the "
+              "number of positives; or one of them alone (linear alone needs labelled negatives).")
+@click.option("--propose", type=click.IntRange(0), default=0, metavar="N",
+              help="Propose the N unlabelled objects to label next (column 'proposed': 1..N); printed as a table "
+                   "when -o is not given.")
+@click.option("--explore", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Acquisition: score + EXPLORE x the spread of an ensemble of linear models (0: the best "
+                   "scores only).")
+@click.option("--montage", metavar="PNG", help="Draw the proposed objects (--propose N, default 16) from --images.")
+@click.option("--images", metavar="CUTOUTS", help="Cutout table holding the pictures for --montage.")
+@seed_option
+@output_options(default=None)
+def rank(emb, labels_path, method, propose, explore, montage, images, seed, output, fmt, overwrite):
+    """Rank every object of EMB (an embedding table) by how likely it is to be what the positive LABELS are.
+
+    Writes one row per object, best first: score, rank (1 = best), proposed (1..N: the order in which to label
+    the next ones; null for the others), label (as labelled, null if not), nearest_positive_id and
+    nearest_positive_similarity (cosine: why the object ranks where it does), the parts of the score (linear,
+    prior, spread) and EMB's plain columns.
+
+    \b
+    LABELS is a log that a person, a script or 'gal-view --labels' appends to: one object may be labelled
+    again; the label with the latest time counts, and two different labels without a later time are refused.
+    Unknown object_ids, labels other than 1/0 yes/no true/false, and no positive label (unless --method prior)
+    exit 65.
+
+    With a handful of positives the score leans on similarity to them and on how unusual an object is; as labels
+    grow, on the linear model. The linear model takes unlabelled objects as negatives, so positives alone work.
+    EMB is held in memory (N x D x 4 bytes). Needs scikit-learn.
+    """
+    from galtools.io import display_name, open_table
+    from galtools.ood.labels import read_labels
+    from galtools.ood.rank import RankSettings, rank_table
+
+    propose, output = _montage_count(montage, images, propose, output)
+    settings = RankSettings(method=method, propose=propose, explore=explore, seed=seed or 0).validate()
+    writing = prepare_output(output or "-", fmt, overwrite, pictures=[montage], slurm=False,
+                             table=output is not None)
+    labels = read_labels(labels_path, display_name(labels_path))
+    name = display_name(emb)
+    with open_table(emb) as table:
+        if writing.table:
+            with writing.open(metadata=table.metadata, seed=seed) as out:
+                summary = rank_table(table, labels, out, settings, name)
+        else:
+            from galtools.io import CollectingSink
+
+            out = CollectingSink()
+            summary = rank_table(table, labels, out, settings, name)
+            _print_proposed(out.table(), to_stderr=False)
+    log.info(f"{summary['objects']} objects ranked ({method}) from {summary['positives']} positive and "
+             f"{summary['negatives']} negative labels; {summary['proposed']} proposed")
+    if montage:
+        _draw_proposed(summary, images, montage)
+
+
+def _print_proposed(ranked, to_stderr=False):
+    import pyarrow.compute as pc
+
+    from galtools.ood.score import format_top
+
+    proposed = ranked.filter(pc.is_valid(ranked.column("proposed")))
+    proposed = proposed.take(pc.sort_indices(proposed, sort_keys=[("proposed", "ascending")]))
+    click.echo(format_top(proposed, PROPOSED_COLUMNS), err=to_stderr)
+
+
+def _draw_proposed(summary, images, path):
+    from galtools.errors import BadData
+    from galtools.ood.montage import draw_objects
+
+    ids = summary["proposed_ids"]
+    if not ids:
+        raise BadData("nothing to draw: every object is labelled already", "label another table")
+    captions = [f"{i}\nnext #{n}" for n, i in enumerate(ids, start=1)]
+    draw_objects(images, ids, captions, path, title=f"the {len(ids)} objects to label next, in order")
 
 
 main = cli

@@ -37,15 +37,20 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--filter", "expression", metavar="EXPR", help='--export: only neighbors matching EXPR, e.g. '
               '\'z_true < 0.1 and morph_class == "disk"\'.')
 @click.option("--overwrite", is_flag=True, help="--export: replace FOLDER if it exists.")
+@click.option("--labels", "labels_path", metavar="LABELS", help="Mark objects interesting or not: each mark is "
+              "appended to this table (CSV or Parquet of object_id,label,time; created if absent) at once, and the "
+              "objects to label next ('gal-ood rank') are shown.")
 def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, open_browser, export_folder, queries,
-        least, expression, overwrite):
+        least, expression, overwrite, labels_path):
     """Look at the representation in a browser: type or click a galaxy to see its nearest neighbors (or least
     similar ones), pan and zoom the 2-D map (pictures appear when zoomed in; a click is a search), and restrict
     both with a filter on any column, whose selection downloads as a CSV of object_ids.
 
     EMB is an embedding table from gal-embed (held in memory, as gal-knn holds it); CUTOUTS is read one row at a
     time and never whole. The URL is printed on stdout. Ctrl-C or SIGTERM stops the server (exit 0). Nothing is
-    written, and no request reaches a file other than these tables.
+    written, and no request reaches a file other than these tables, except with --labels: each mark (the
+    "interesting" / "not" buttons under a picture) is written to LABELS before it is acknowledged (a new file
+    renamed over the old, so killing the server loses no mark), and the page shows the objects to label next.
 
     \b
     Filters: comparisons (== != < <= > >=) of columns with numbers, "quoted text" or true/false, joined
@@ -53,13 +58,15 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
 
     \b
     Exit codes: 0 stopped by Ctrl-C/SIGTERM, or export written; 1 the export folder exists (use
-    --overwrite); 2 bad option, filter or port in use; 65 bad table, unknown query id or stale index;
-    66 a table is missing; 74 cannot write the export.
+    --overwrite); 2 bad option, filter or port in use; 65 bad table, unknown query id, stale index or bad
+    --labels file; 66 a table is missing; 74 cannot write the export or the labels.
     """
     from galtools.errors import UsageProblem
 
     if bool(export_folder) != bool(queries):
         raise UsageProblem("--export FOLDER and --queries FILE go together", "give both, or neither to serve")
+    if export_folder and labels_path:
+        raise UsageProblem("--labels marks objects in the browser", "serve without --export to label")
     if not export_folder and (least or expression or overwrite):
         raise UsageProblem("--least, --filter and --overwrite apply to --export",
                            "in the browser, use the page's controls")
@@ -100,7 +107,12 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
             tiles = export_site(catalogue, query_ids, export_folder, k, least, expression, overwrite)
             log.info(f"wrote {export_folder}: {len(query_ids)} queries, {tiles} pictures")
             return
-        _serve(catalogue, host, port, k, open_browser)
+        labelling = None
+        if labels_path:
+            from galtools.view.labelling import Labelling
+
+            labelling = Labelling(labels_path, catalogue)
+        _serve(catalogue, host, port, k, open_browser, labelling)
 
 
 def _require_server_packages() -> None:
@@ -113,13 +125,13 @@ def _require_server_packages() -> None:
         raise UsageProblem(f"gal-view's server needs {' and '.join(missing)}", "pip install 'galtools[view]'")
 
 
-def _serve(catalogue, host, port, k, open_browser) -> None:
+def _serve(catalogue, host, port, k, open_browser, labelling=None) -> None:
     from galtools.view.server import allowed_hosts_for, bind, make_app, serve
 
     if host not in LOOPBACK:
         log.warning(f"listening on {host}: anyone who can reach this machine can browse these tables "
                     "(there is no password)")
-    app = make_app(catalogue, default_k=k, allowed_hosts=allowed_hosts_for(host))
+    app = make_app(catalogue, default_k=k, allowed_hosts=allowed_hosts_for(host), labelling=labelling)
     sock = bind(host, port)
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{sock.getsockname()[1]}/"

@@ -1,6 +1,6 @@
 """The gal-view web server: a Starlette application over a :class:`Catalogue`, served by uvicorn.
 
-Routes (all GET; nothing writes):
+Routes (all GET, and nothing writes, except the marks of ``--labels``):
 
     /                        the page (HTML, CSS and JavaScript shipped in the package)
     /static/NAME             one of the page's own files, looked up by name in memory (never on disk)
@@ -9,6 +9,9 @@ Routes (all GET; nothing writes):
     /api/search              neighbours: ?id=ID (repeatable, or several separated by spaces/commas)&k=&least=&filter=
     /api/tile                a cutout as PNG: ?id=ID
     /api/selection.csv       the object_ids the filter keeps, as CSV: ?filter=
+    /api/label               (POST, JSON {"id": ID, "label": "yes"|"no"}; only with --labels) one mark, on disk
+                             before the answer
+    /api/rank                (only with --labels) the next objects to label: ?n=20
 
 Errors are JSON ``{"error": "..."}`` under /api (400 for a bad request or filter, 404 for an unknown id or path)
 and a short HTML page elsewhere; the server keeps serving after each.
@@ -69,8 +72,9 @@ def split_ids(values: list[str]) -> list[str]:
     return [part for value in values for part in ID_SEPARATORS.split(value) if part]
 
 
-def make_app(catalogue, default_k: int = 10, allowed_hosts: list[str] | None = None):
-    """The Starlette application serving ``catalogue``."""
+def make_app(catalogue, default_k: int = 10, allowed_hosts: list[str] | None = None, labelling=None):
+    """The Starlette application serving ``catalogue`` (and, with ``labelling``, a
+    :class:`galtools.view.labelling.Labelling`, the marks and the ranking)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
@@ -95,7 +99,8 @@ def make_app(catalogue, default_k: int = 10, allowed_hosts: list[str] | None = N
         return Response(found[0], media_type=found[1], headers=headers({"Cache-Control": "no-cache"}))
 
     def info(request: Request):
-        return JSONResponse({**catalogue.info(), "default_k": default_k}, headers=headers())
+        return JSONResponse({**catalogue.info(), "default_k": default_k,
+                             "labels": labelling.path if labelling is not None else None}, headers=headers())
 
     def points(request: Request):
         query = request.query_params
@@ -159,9 +164,42 @@ def make_app(catalogue, default_k: int = 10, allowed_hosts: list[str] | None = N
     routes = [Route("/", page), Route("/static/{name}", static), Route("/api/info", info),
               Route("/api/points", points), Route("/api/search", search), Route("/api/tile", tile),
               Route("/api/selection.csv", selection)]
+    if labelling is not None:
+        routes += labelling_routes(labelling, headers)
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])]
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={GalError: gal_error, HTTPException: http_error, Exception: internal_error})
+
+
+def labelling_routes(labelling, headers) -> list:
+    """POST /api/label (a mark, written before the answer) and GET /api/rank (the next to label)."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def label(request: Request):
+        # JSON only: a cross-site form cannot send it without the browser asking first (CORS), so no other page
+        # can write marks through a user's browser
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise GalError("a mark is sent as JSON", 'POST {"id": ..., "label": "yes"} as application/json')
+        try:
+            body = await request.json()
+        except ValueError:
+            raise GalError("the mark is not valid JSON", '{"id": ..., "label": "yes"}') from None
+        if not isinstance(body, dict) or "id" not in body or "label" not in body:
+            raise GalError("a mark needs an id and a label", '{"id": ..., "label": "yes"}')
+        done = await run_in_threadpool(labelling.mark, str(body["id"]), body["label"])
+        return JSONResponse(done, headers=headers())
+
+    def rank(request: Request):
+        try:
+            count = int(request.query_params.get("n", 20))
+        except ValueError:
+            raise GalError(f"n={request.query_params.get('n')!r} is not a number", "ask for n=20, say") from None
+        return JSONResponse(labelling.ranking(count), headers=headers())
+
+    return [Route("/api/label", label, methods=["POST"]), Route("/api/rank", rank)]
 
 
 def _csv_cell(value) -> str:

@@ -58,6 +58,7 @@ function card(item, isQuery) {
     tile.appendChild(div);
   }
   tile.addEventListener("click", () => { $("ids").value = String(item.id); search([String(item.id)]); });
+  if (state.info && state.info.labels) { addMarkButtons(tile, item.id); }
   return tile;
 }
 
@@ -313,8 +314,69 @@ async function start() {
     }
     if (info.label) { $("colour").value = info.label; state.colour = info.label; }
     await loadPoints(false);
+    if (info.labels) { $("discovery").hidden = false; await loadProposals(); }
     document.body.dataset.ready = "1";
   } catch (error) { showError(error.message); }
+}
+
+// ------------------------------------------------------------------------------- marks and the next to label
+
+state.marks = {};
+
+function showMark(tile, mark) {
+  tile.classList.toggle("marked-yes", mark === "yes");
+  tile.classList.toggle("marked-no", mark === "no");
+}
+
+function addMarkButtons(tile, id) {
+  const row = document.createElement("div");
+  row.className = "marks";
+  for (const [mark, text, title] of [["yes", "interesting", "more like this"], ["no", "not", "not wanted"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "mark-" + mark;
+    button.textContent = text;
+    button.title = title;
+    button.addEventListener("click", (event) => { event.stopPropagation(); sendMark(id, mark); });
+    row.appendChild(button);
+  }
+  tile.appendChild(row);
+  showMark(tile, state.marks[String(id)]);
+}
+
+async function sendMark(id, mark) {
+  showError("");
+  try {
+    const response = await fetch("/api/label", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                 body: JSON.stringify({ id: String(id), label: mark }) });
+    const body = await response.json();
+    if (!response.ok) { throw new Error(body.error || `HTTP ${response.status}`); }
+    state.marks[String(id)] = mark;
+    document.querySelectorAll(".tile").forEach((tile) => {
+      if (tile.dataset.id === String(id)) { showMark(tile, mark); }
+    });
+    await loadProposals();
+  } catch (error) { showError(error.message); }
+}
+
+async function loadProposals() {
+  const body = await api("/api/rank", { n: 20 });
+  state.marks = body.marks;
+  $("label-counts").textContent = `(${body.positives} interesting, ${body.negatives} not, in ${body.labels}; ` +
+    (body.method === "prior" ? "no interesting one yet: the most unusual first)" : "ranked like the interesting ones)");
+  const grid = $("proposals");
+  grid.replaceChildren();
+  for (const item of body.proposed) {
+    const tile = card(item, false);
+    if (item.nearest_positive_id !== undefined) {
+      const why = document.createElement("div");
+      why.className = "muted";
+      why.textContent = `like ${item.nearest_positive_id} (${item.nearest_positive_similarity.toFixed(3)})`;
+      tile.insertBefore(why, tile.querySelector(".marks"));
+    }
+    grid.appendChild(tile);
+  }
+  document.body.dataset.proposals = String(Date.now());
 }
 
 // Where a galaxy is drawn on the map canvas (CSS pixels from its top-left corner), or null when not shown:

@@ -1,0 +1,363 @@
+"""How fast does the discovery loop of 'gal-ood rank' find a rare class, with an oracle labelling its proposals?
+
+    python benchmarks/bench_discovery.py --sim-tune TUNE-EMB --sim-test TEST-EMB --gz1-emb GZ1-EMB --gz1 DATA/gz1-sdss
+
+Protocol (the same for every data set): a table of normal objects plus one wanted class at a given prevalence;
+start from 1, 5 or 10 known positives (no negatives), then 3 rounds in which ``rank_vectors`` proposes 20
+unlabelled objects (``--propose 20``) and the oracle labels them (yes if of the wanted class).  After the last round
+the final list is scored over every object but the starting positives (given, not found): the objects labelled
+yes first, then the unlabelled ones by score, the noes last (what a person ends with): AUPRC (average precision),
+precision@100, and precision and recall in the top 1%.  Beside it, with the same data:
+
+- random order (AUPRC = the prevalence, up to noise);
+- similarity alone: its own loop (each round the 20 unlabelled objects most similar to a positive are labelled),
+  ranked by similarity to the nearest positive;
+- isolation forest alone (no labels);
+- the supervised probe: a class-balanced logistic regression on the same labels as ours (labelled rows only).
+
+gal-sim: each anomaly kind in turn is the wanted class, at 1% and 0.1% of the table (all normal objects kept, the
+kind's objects subsampled by seed); the other anomaly kinds are left out.  The settings of 'auto' (half_labels,
+similarity_share, explore) are chosen on a *tuning* table (another gal-sim seed, 1% prevalence, 5 starting
+positives) and reported on the *test* table, never tuned on.  Galaxy Zoo 1 (real SDSS): mergers and edge-on
+galaxies as the wanted class, all 1,500 galaxies kept (their natural prevalence).
+
+Embeddings: from an encoder trained by gal-train on each data set (unlabelled), embedded by gal-embed; the
+command that made them is given in --note.  Rows go to benchmarks/RESULTS.md (``--no-record`` to skip) and the
+whole result to --json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from galtools.io import open_table, vectors_of  # noqa: E402
+from galtools.ood.metrics import average_precision  # noqa: E402
+from galtools.ood.rank import RankSettings, prior_scores, rank_vectors, unit  # noqa: E402
+
+STARTS = (1, 5, 10)
+ROUNDS = 3
+PER_ROUND = 20
+ARMS = ("ours", "random", "similarity", "iforest", "probe")
+GRID = [dict(half_labels=5.0, similarity_share=0.75, explore=1.0),      # the first is the default of gal-ood rank
+        dict(half_labels=20.0, similarity_share=0.75, explore=1.0), dict(half_labels=5.0, similarity_share=1.0,
+                                                                        explore=1.0),
+        dict(half_labels=5.0, similarity_share=0.75, explore=0.0)]
+
+
+def read_embeddings(path: str, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict]:
+    with open_table(path) as table:
+        data = table.read_all(columns=["object_id", "embedding", *[c for c in columns if c in table.schema.names]])
+    ids = data.column("object_id").to_numpy()
+    vectors = unit(vectors_of(data.combine_chunks().to_batches()[0]))
+    return ids, vectors, {c: np.asarray(data.column(c).to_pylist()) for c in columns if c in data.column_names}
+
+
+def pixel_pca(cutouts: str, out: str, components: int = 64, crop: int = 32, seed: int = 0) -> str:
+    """The stated fallback representation: principal components of the centre crop's pixels (asinh-scaled per
+    band), fitted on up to 5,000 cutouts, written as an embedding table with the cutouts' plain columns."""
+    import pyarrow as pa
+
+    from galtools.io import images_of, open_output, vector_column
+
+    if os.path.exists(out):
+        return out
+    blocks, carried = [], []
+    with open_table(cutouts) as table:
+        keep = [f.name for f in table.schema if f.name in ("object_id", "anomaly_kind", "is_anomaly")]
+        for batch in table.iter_batches(batch_size=1024):
+            images = images_of(batch)
+            top = (images.shape[-1] - crop) // 2
+            pixels = np.arcsinh(images[..., top:top + crop, top:top + crop] / 0.05).reshape(len(images), -1)
+            blocks.append(pixels.astype(np.float32))
+            carried.append(pa.Table.from_batches([batch.select(keep)]))
+    pixels = np.concatenate(blocks)
+    rng = np.random.default_rng(seed)
+    sample = pixels[rng.choice(len(pixels), min(5000, len(pixels)), replace=False)]
+    mean = sample.mean(axis=0)
+    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    x = ((pixels - mean) @ vt[:components].T).astype(np.float32)
+    data = pa.concat_tables(carried).append_column("embedding", vector_column(x))
+    with open_output(out, metadata={"galtools.model_sha256": "pixel-pca"}, tool="bench_discovery") as handle:
+        handle.write(data)
+    return out
+
+
+def metrics(score: np.ndarray, truth: np.ndarray, pool: np.ndarray) -> dict:
+    s, t = score[pool], truth[pool]
+    order = np.lexsort((np.arange(len(s)), -s))
+    top1 = max(1, int(np.ceil(0.01 * len(s))))
+    hits = t[order]
+    return {"auprc": average_precision(s, t) if 0 < t.sum() < len(t) else float("nan"),
+            "p100": float(hits[:100].mean()), "p_top1": float(hits[:top1].mean()),
+            "r_top1": float(hits[:top1].sum() / max(t.sum(), 1)), "pool_prevalence": float(t.mean()),
+            "wanted": int(t.sum())}
+
+
+def loop(x, truth, start, settings: RankSettings, prior, rng_seed):
+    """Labels after the rounds (positives, negatives) and the final ranking, for one method's own proposals."""
+    positives = list(start)
+    negatives: list[int] = []
+    for _ in range(ROUNDS):
+        ranking = rank_vectors(x, np.array(positives), np.array(negatives, np.int64), settings, prior=prior)
+        for row in ranking.proposed:
+            (positives if truth[row] else negatives).append(int(row))
+    final = rank_vectors(x, np.array(positives), np.array(negatives, np.int64),
+                         RankSettings(**{**settings.__dict__, "propose": 0}), prior=prior)
+    return np.array(positives), np.array(negatives, np.int64), final
+
+
+def with_labels(score: np.ndarray, positives, negatives) -> np.ndarray:
+    """The list a person ends with: the objects labelled yes first, then the rest by score, the noes last."""
+    score = score.astype(np.float64).copy()
+    score[positives] = np.inf
+    score[negatives] = -np.inf
+    return score
+
+
+def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
+    """Every arm scored over all objects but the starting positives (given, not found); an arm that labelled
+    objects (ours, similarity's own loop, the probe on our labels) lists its yeses first and its noes last."""
+    rng = np.random.default_rng(seed)
+    start = rng.choice(np.flatnonzero(truth), n_start, replace=False)
+    if prior is None:
+        prior = prior_scores(x, RankSettings(seed=seed))
+    judged = np.ones(len(x), bool)
+    judged[start] = False
+    ours = RankSettings(method="auto", propose=PER_ROUND, seed=seed, **config)
+    pos, neg, final = loop(x, truth, start, ours, prior, seed)
+    result = {"ours": metrics(with_labels(final.score, pos, neg), truth, judged), "labels": int(len(pos) + len(neg)),
+              "found": int(len(pos) - n_start)}
+    result["random"] = metrics(rng.random(len(x)), truth, judged)
+    result["iforest"] = metrics(prior, truth, judged)
+    if len(neg):
+        probe = rank_vectors(x, pos, neg, RankSettings(method="linear", members=0, seed=seed))
+        result["probe"] = metrics(with_labels(probe.score, pos, neg), truth, judged)
+    else:
+        result["probe"] = {k: float("nan") for k in result["ours"]}
+    s_pos, s_neg, s_final = loop(x, truth, start, RankSettings(method="similarity", propose=PER_ROUND, seed=seed),
+                                 prior, seed)
+    result["similarity"] = metrics(with_labels(s_final.score, s_pos, s_neg), truth, judged)
+    result["similarity_found"] = int(len(s_pos) - n_start)
+    return result
+
+
+def subsample(kinds: np.ndarray, wanted: str, prevalence: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a table with every normal object and the ``wanted`` kind at ``prevalence``; the truth of them."""
+    normal = np.flatnonzero(kinds == "none")
+    of_kind = np.flatnonzero(kinds == wanted)
+    count = max(int(round(prevalence * len(normal) / (1 - prevalence))), max(STARTS) + 1)
+    chosen = np.random.default_rng(seed).choice(of_kind, min(count, len(of_kind)), replace=False)
+    rows = np.sort(np.concatenate([normal, chosen]))
+    return rows, np.isin(rows, chosen)
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {}
+    for arm in ARMS:
+        out[arm] = {}
+        for key in ("auprc", "p100", "p_top1", "r_top1"):
+            values = np.array([r[arm][key] for r in runs], float)
+            values = values[np.isfinite(values)]
+            out[arm][key] = (float(values.mean()), float(values.std())) if len(values) else (float("nan"),) * 2
+    out["prevalence"] = float(np.mean([r["ours"]["pool_prevalence"] for r in runs]))
+    out["labels"] = float(np.mean([r["labels"] for r in runs]))
+    out["found"] = float(np.mean([r["found"] for r in runs]))
+    out["wanted"] = float(np.mean([r["ours"]["wanted"] for r in runs]))
+    out["similarity_found"] = float(np.mean([r.get("similarity_found", np.nan) for r in runs]))
+    out["runs"] = len(runs)
+    return out
+
+
+def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, log=print, done=None,
+             kept_only: bool = False) -> dict:
+    """Runs grouped by (prevalence, start); the 1%-from-5 cells first (the goal), each run appended to ``done``
+    (a JSON-lines file) as it ends, so an interrupted benchmark keeps what it measured and resumes."""
+    ids, vectors, columns = read_embeddings(path, ("anomaly_kind",))
+    kinds = columns["anomaly_kind"]
+    wanted_kinds = kinds_wanted or sorted(k for k in set(kinds.tolist()) if k != "none")
+    cells = sorted(((p, s) for p in prevalences for s in starts), key=lambda c: (c != (0.01, 5), -c[0], c[1]))
+    results, priors, finished = {}, {}, _finished(done)
+    for prevalence, start in cells:
+        for kind in wanted_kinds:
+            for seed in seeds:
+                key = f"sim {kind} {prevalence} {start} {seed} {json.dumps(config, sort_keys=True)}"
+                if key in finished:
+                    results.setdefault((prevalence, start), []).append(finished[key])
+                    continue
+                if kept_only:
+                    continue
+                rows, truth = subsample(kinds, kind, prevalence, seed)
+                x = vectors[rows]
+                if (kind, prevalence, seed) not in priors:
+                    priors = {(kind, prevalence, seed): prior_scores(x, RankSettings(seed=seed))}
+                started = time.perf_counter()
+                run = one_run(x, truth, start, seed, config, priors[(kind, prevalence, seed)])
+                run.update(kind=kind, seed=seed, prevalence=prevalence, start=start, n=len(rows), key=key)
+                results.setdefault((prevalence, start), []).append(run)
+                _keep(done, run)
+                log(f"sim {kind} p={prevalence} start={start} seed={seed}: ours AUPRC {run['ours']['auprc']:.3f} "
+                    f"sim {run['similarity']['auprc']:.3f} probe {run['probe']['auprc']:.3f} iforest "
+                    f"{run['iforest']['auprc']:.3f} ({time.perf_counter() - started:.1f} s)")
+    return results
+
+
+def _finished(done) -> dict:
+    if not done or not os.path.exists(done):
+        return {}
+    with open(done) as handle:
+        return {run["key"]: run for run in map(json.loads, handle) if "key" in run}
+
+
+def _keep(done, run) -> None:
+    if done:
+        with open(done, "a") as handle:
+            handle.write(json.dumps(run) + "\n")
+
+
+def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -> dict:
+    ids, vectors, _ = read_embeddings(path, ())
+    labels = {}
+    with open(os.path.join(gz1, "labels.csv"), newline="") as handle:
+        for row in csv.DictReader(handle):
+            labels[int(row["objid"])] = row["gz1_label"]
+    names = np.array([labels.get(int(i), "") for i in ids])
+    results, finished = {}, _finished(done)
+    for wanted in ("merger", "edge_on"):
+        truth = names == wanted
+        for seed in seeds:
+            prior = None
+            for start in starts:
+                key = f"gz1 {wanted} {start} {seed} {json.dumps(config, sort_keys=True)}"
+                if key in finished:
+                    results.setdefault((wanted, start), []).append(finished[key])
+                    continue
+                prior = prior if prior is not None else prior_scores(vectors, RankSettings(seed=seed))
+                run = one_run(vectors, truth, start, seed, config, prior)
+                run.update(kind=wanted, seed=seed, start=start, n=len(ids), key=key)
+                results.setdefault((wanted, start), []).append(run)
+                _keep(done, run)
+                log(f"gz1 {wanted} start={start} seed={seed}: ours AUPRC {run['ours']['auprc']:.3f} "
+                    f"sim {run['similarity']['auprc']:.3f} probe {run['probe']['auprc']:.3f} iforest "
+                    f"{run['iforest']['auprc']:.3f}")
+    return results
+
+
+def tune(path: str, log=print, done=None) -> tuple[dict, list]:
+    """The 'auto' settings with the best mean AUPRC on the tuning table (1%, 5 starting positives, seed 0)."""
+    scores = []
+    for config in GRID:
+        runs = sim_runs(path, (0.01,), (5,), (0,), config, log=lambda *_: None, done=done)[(0.01, 5)]
+        mean = float(np.mean([r["ours"]["auprc"] for r in runs]))
+        scores.append({**config, "auprc": mean})
+        log(f"tune {config}: mean AUPRC {mean:.3f}")
+    best = max(scores, key=lambda s: s["auprc"])
+    return {k: best[k] for k in GRID[0]}, scores
+
+
+def cell(summary: dict, arm: str, key: str) -> str:
+    mean, spread = summary[arm][key]
+    return f"{mean:.3f}±{spread:.3f}"
+
+
+def table_lines(title: str, grouped: dict) -> list[str]:
+    lines = [f"**{title}**", "", "| wanted, start | prevalence | labels | found (of) | runs | metric | ours | similarity | "
+             "probe | iforest | random |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, runs in grouped.items():
+        s = summarise(runs)
+        for metric in ("auprc", "p_top1", "p100"):
+            lines.append(f"| {key[0]}, {key[1]} | {s['prevalence']:.4f} | {s['labels']:.0f} | "
+                         f"{s['found']:.1f} ({s['wanted']:.0f}) | "
+                         f"{s['runs']} | {metric} | " + " | ".join(cell(s, a, metric) for a in
+                                                                  ("ours", "similarity", "probe", "iforest", "random"))
+                         + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sim-tune", help="gal-embed table of the gal-sim tuning table (with anomaly_kind)")
+    parser.add_argument("--sim-test", help="gal-embed table of the gal-sim test table (another seed)")
+    parser.add_argument("--gz1-emb", help="gal-embed table of the packed Galaxy Zoo 1 galaxies")
+    parser.add_argument("--gz1", help="the Galaxy Zoo 1 folder (labels.csv)")
+    parser.add_argument("--pixel-pca", action="store_true", help="--sim-tune and --sim-test are cutout tables: "
+                        "embed them by pixel PCA (the fallback when no trained encoder is at hand)")
+    parser.add_argument("--prevalences", default="0.01,0.001", help="gal-sim: prevalences of the wanted kind")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per gal-sim kind and prevalence")
+    parser.add_argument("--gz1-seeds", type=int, default=5)
+    parser.add_argument("--note", default="", help="how the embeddings were made (goes into the rows)")
+    parser.add_argument("--json", default=os.path.join(HERE, ".work-discovery", "result.json"))
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--kept-only", action="store_true", help="gal-sim: report the runs kept so far (in the "
+                        "runs file beside --json), computing none")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if args.pixel_pca:
+        for name in ("sim_tune", "sim_test"):
+            if getattr(args, name):
+                path = getattr(args, name)
+                setattr(args, name, pixel_pca(path, os.path.splitext(path)[0] + "-pixelpca.parquet"))
+    config = dict(GRID[0])
+    result = {"note": args.note, "grid": None}
+    done = os.path.splitext(args.json)[0] + "-runs.jsonl"
+    if args.sim_tune:
+        config, result["grid"] = tune(args.sim_tune, done=done.replace("-runs", "-tuning"))
+    result["config"] = config
+    print(f"auto settings: {config}", flush=True)
+    report = {}
+    if args.sim_test:
+        grouped = sim_runs(args.sim_test, tuple(float(p) for p in args.prevalences.split(",")), STARTS, tuple(range(1, args.seeds + 1)), config, done=done,
+                           kept_only=args.kept_only)
+        report["sim"] = {f"{p} {s}": summarise(r) for (p, s), r in grouped.items()}
+        result["sim_lines"] = table_lines("gal-sim test table (all anomaly kinds; wanted prevalence, start)",
+                                          {(f"{p:.1%}", s): r for (p, s), r in grouped.items()})
+    if args.gz1_emb:
+        grouped = gz1_runs(args.gz1_emb, args.gz1, STARTS, tuple(range(1, args.gz1_seeds + 1)), config, done=done)
+        report["gz1"] = {f"{k} {s}": summarise(r) for (k, s), r in grouped.items()}
+        result["gz1_lines"] = table_lines("Galaxy Zoo 1 (1,500 SDSS galaxies)", grouped)
+    result["report"] = report
+    result["seconds"] = time.perf_counter() - started
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as handle:
+        json.dump(result, handle, indent=1)
+    for key in ("sim_lines", "gz1_lines"):
+        if key in result:
+            print("\n".join(result[key]))
+    if not args.no_record:
+        record(result, config)
+
+
+def record(result: dict, config: dict) -> None:
+    from _record import machine, record as append_row
+
+    setting = (f"auto settings chosen on the tuning table: half_labels {config['half_labels']}, similarity_share "
+               f"{config['similarity_share']}, explore {config['explore']}; {result['note']}")
+    for part, title in (("sim", "gal-sim test table, mean over the 7 anomaly kinds x seeds"),
+                        ("gz1", "Galaxy Zoo 1, merger and edge_on, x seeds")):
+        for key, s in result["report"].get(part, {}).items():
+            ours = f"ours AUPRC {cell(s, 'ours', 'auprc')}, P@top1% {cell(s, 'ours', 'p_top1')}, " \
+                   f"P@100 {cell(s, 'ours', 'p100')}, R@top1% {cell(s, 'ours', 'r_top1')}"
+            base = "; ".join(f"{a} AUPRC {cell(s, a, 'auprc')}, P@top1% {cell(s, a, 'p_top1')}"
+                             for a in ("similarity", "probe", "iforest", "random"))
+            best_base = max(s[a]["auprc"][0] for a in ("similarity", "probe", "iforest", "random"))
+            append_row(f"discovery loop ({title}; {key}: prevalence / class, start positives; prevalence "
+                       f"{s['prevalence']:.4f}, {s['labels']:.0f} labels in all, {s['found']:.1f} of {s['wanted']:.0f} "
+                       f"found by the loop ({s['similarity_found']:.1f} by similarity's), {s['runs']} runs; "
+                       f"{setting}); "
+                       f"{machine()}", ours, base, f"{s['ours']['auprc'][0] / max(best_base, 1e-9):.2f}x best")
+
+
+if __name__ == "__main__":
+    main()
