@@ -204,19 +204,26 @@ def test_bad_labels_are_one_line_and_exit_65(tmp_path):
 
 
 def test_killed_ranking_leaves_the_labels_and_no_output(tmp_path):
-    vectors, truth = planted(7, background=40000, planted_count=20)
-    emb = write_emb(tmp_path / "emb.parquet", vectors, truth)
-    labels = write_labels(tmp_path / "labels.csv", [(FIRST_ID + 40000, 1, "2026-12-07T05:00:00")])
+    """gal-ood rank reading its embeddings from a pipe, killed (SIGKILL) while half of them have arrived: it is
+    certainly mid-run, whatever the machine's speed. The labels file is untouched and no output is left."""
+    vectors, truth = planted(7, background=4000, planted_count=20)
+    emb = write_emb(tmp_path / "emb.arrows", vectors, truth)
+    stream = open(emb, "rb").read()
+    labels = write_labels(tmp_path / "labels.csv", [(FIRST_ID + 4000, 1, "2026-12-07T05:00:00")])
     before = open(labels, "rb").read()
-    process = subprocess.Popen(tool_command("gal-ood") + ["rank", emb, "--labels", labels, "-o",
-                                                          str(tmp_path / "ranked.parquet")],
-                               env=tool_env(), stderr=subprocess.PIPE)
-    time.sleep(2.5)
-    assert process.poll() is None, process.stderr.read().decode()   # still ranking
+    out = tmp_path / "ranked.parquet"
+    process = subprocess.Popen(tool_command("gal-ood") + ["rank", "-", "--labels", labels, "-o", str(out)],
+                               env=tool_env(), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(stream[: len(stream) // 2])
+    process.stdin.flush()
+    time.sleep(1.0)
+    assert process.poll() is None, process.stderr.read().decode()   # still waiting for the rest of its input
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+    process.stdin.close()
     assert open(labels, "rb").read() == before
-    assert not (tmp_path / "ranked.parquet").exists()
+    # no output (SIGKILL cannot be caught: a hidden temporary file may stay, never the output's name)
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == ["emb.arrows", "labels.csv"]
 
 
 NO_TORCH = ("import sys\nclass NoTorch:\n    def find_spec(self, name, path=None, target=None):\n"
