@@ -182,6 +182,8 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
+    if kind == "ivfpq":   # polysemous codes serve Hamming filtering, which gal-knn does not use: training them
+        faiss.downcast_index(ivf).do_polysemous_training = False   # would take 10x longer
     started = time.perf_counter()
     index.train(vectors)
     log.debug(f"trained {factory} on {train_size} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
@@ -235,7 +237,7 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
     trained = train_scale(table, kind, **train)
     count, dim = trained.meta["count"], trained.meta["dim"]
     with _atomic_path(refine_path(out_path)) as tmp_refine:
-        refine = np.lib.format.open_memmap(tmp_refine, mode="w+", dtype=np.float16, shape=(count, dim))
+        refine = _empty_npy(tmp_refine, count, dim)
         started = time.perf_counter()
         add_rows(trained.index, table, 0, count, refine)
         refine.flush()
@@ -449,15 +451,12 @@ class ScaleIndex:
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, wanted: int):
         """Exact inner products with the float16 vectors of the candidates (read from the memory-mapped file)."""
-        found = rows >= 0
-        unique, inverse = np.unique(rows[found], return_inverse=True)
-        vectors = np.asarray(self.refine[unique], dtype=np.float32)          # sorted rows: sequential reads
-        owner = np.nonzero(found)[0]
-        exact = np.full(rows.shape, -np.inf, dtype=np.float32)
-        exact[found] = np.einsum("ij,ij->i", queries[owner], vectors[inverse])
+        unique, inverse = np.unique(rows, return_inverse=True)
+        vectors = np.asarray(self.refine[np.maximum(unique, 0)], dtype=np.float32)   # sorted rows: forward reads
+        exact = np.einsum("ij,ij->i", np.repeat(queries, rows.shape[1], 0), vectors[inverse.ravel()])
+        exact = np.where(rows.ravel() >= 0, exact, -np.inf).reshape(rows.shape).astype(np.float32)
         order = np.argsort(-exact, axis=1, kind="stable")[:, :wanted]
-        best_rows = np.take_along_axis(np.where(found, rows, -1), order, 1)
-        return np.take_along_axis(exact, order, 1), best_rows
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
 
 
 def open_scale(path) -> ScaleIndex:
@@ -537,11 +536,14 @@ def _read_json(path, what, fmt: str, maker: str) -> dict:
     return meta
 
 
-def _empty_npy(path, count: int, dim: int) -> None:
-    """A float16 (count, dim) .npy whose rows are filled later: sparse until written, so it costs no disk yet."""
+def _empty_npy(path, count: int, dim: int) -> np.memmap:
+    """A float16 (count, dim) .npy whose rows are filled later, its blocks allocated now: a full disk fails here
+    (OSError, then exit 74), not as a crash when a row is written through the memory map."""
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(count, dim))
     array.flush()
-    del array
+    with open(path, "r+b") as handle:
+        os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
+    return array
 
 
 def _free_bytes(folder) -> int | None:
