@@ -153,7 +153,8 @@ def exact_reference(table_path: str, n: int, queries: int, k: int = 10):
 def build(kind: str, table: str, n: int, nlist: int, shards: int) -> tuple[str, list[tuple[str, float, float]]]:
     """Build one kind; returns its path and (stage, seconds, peak RSS MiB) per stage."""
     out = os.path.join(WORK, f"{kind}-{n}.faiss")
-    for leftover in [p for p in os.listdir(WORK) if p.startswith(f"{kind}-{n}") or p.startswith(f"trained-{n}")]:
+    mine = (f"{kind}-{n}.",) + ((f"trained-{n}.",) if kind == "ivfpq" else ())
+    for leftover in [p for p in os.listdir(WORK) if p.startswith(mine)]:
         os.remove(os.path.join(WORK, leftover))
     stages = []
     if kind == "ivfpq":
@@ -204,6 +205,7 @@ class Direct:
         folder = os.path.dirname(path)
         refine_file = os.path.join(folder, meta["refine_file"]) if meta.get("refine_file") else path + ".refine.npy"
         self.vectors = np.load(refine_file, mmap_mode="r") if os.path.exists(refine_file) else None
+        self.center = np.asarray(meta.get("refine_center", np.zeros(meta["dim"])), dtype=np.float32)
 
     def search(self, queries, k):
         import numpy as np
@@ -214,7 +216,8 @@ class Direct:
         unique, inverse = np.unique(rows, return_inverse=True)
         vectors = np.asarray(self.vectors[np.maximum(unique, 0)], dtype=np.float32)
         scores = np.einsum("ij,ij->i", np.repeat(queries, rows.shape[1], 0), vectors[inverse.ravel()])
-        scores = np.where(rows.ravel() >= 0, scores, -np.inf).reshape(rows.shape)
+        scores = scores.reshape(rows.shape) + (queries @ self.center)[:, None]
+        scores = np.where(rows >= 0, scores, -np.inf)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(rows, order, 1)
 

@@ -41,7 +41,7 @@ def scale_options(func):
                         help="ivfpq/ivfsq8: rows sampled for training (default max(40 nlist, 10240)).")(func)
     func = click.option("--refine", type=click.IntRange(0), default=None, metavar="K",
                         help="ivfpq/ivfsq8: candidates re-scored from the float16 vectors by default (ivfpq 200, "
-                             "ivfsq8 0).")(func)
+                             "ivfsq8 50).")(func)
     return click.option("--pq", "pq_m", type=click.IntRange(1), default=None,
                         help="ivfpq: bytes of code per vector (default D/4).")(func)
 

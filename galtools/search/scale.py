@@ -38,7 +38,7 @@ log = logging.getLogger("galtools")
 SCALE_KINDS = ("ivfpq", "ivfsq8")
 PART_FORMAT = "galtools.faiss-part/1"
 TRAINED_FORMAT = "galtools.faiss-trained/1"
-DEFAULT_REFINE = {"ivfpq": 200, "ivfsq8": 0}   # candidates re-scored from the float16 vectors (0: none)
+DEFAULT_REFINE = {"ivfpq": 200, "ivfsq8": 50}  # candidates re-scored from the float16 vectors (0: none)
 FINGERPRINT_ROWS = 256
 ADD_BLOCK = 65536                              # rows encoded (and written to the refine file) at a time
 
@@ -192,15 +192,20 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
     meta = {"format": TRAINED_FORMAT, "kind": kind, "metric": "cosine", "dim": dim, "count": count,
             "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "train_size": int(train_size),
                        "seed": seed, "refine": refine},
+            "refine_center": [float(v) for v in vectors.mean(axis=0, dtype=np.float64)],
             "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get("galtools.model_sha256"),
             "id_type": str(ids.type)}
     return Trained(index, meta)
 
 
-def add_rows(index, table, start: int, stop: int, refine_out: np.ndarray | None) -> None:
-    """Encode rows [start, stop) of the table into ``index`` (ids = row numbers), writing their float16 unit vectors
-    to ``refine_out`` (indexed by row) on the way."""
-    from galtools.io import Shard, open_table, vectors_of  # noqa: F401  (Shard: the caller's bounds)
+def add_rows(index, table, start: int, stop: int, refine_out: np.ndarray | None, center: np.ndarray) -> None:
+    """Encode rows [start, stop) of the table into ``index`` (ids = row numbers), writing their unit vectors less
+    ``center`` in float16 to ``refine_out`` (indexed by row) on the way.
+
+    Embeddings share a large common direction (the mean of unit gal-embed vectors has length ~0.95), so float16 of
+    the vectors themselves rounds away the small differences that order close neighbors; float16 of what is left
+    after the mean keeps them (q.x = q.(x - c) + q.c, and q.c is the same for every candidate of a query)."""
+    from galtools.io import vectors_of
     from galtools.search.table import EMBEDDING
 
     row = start
@@ -208,7 +213,7 @@ def add_rows(index, table, start: int, stop: int, refine_out: np.ndarray | None)
         block = _unit_checked(np.asarray(vectors_of(batch, EMBEDDING), dtype=np.float32), row, table.name)
         index.add_with_ids(block, np.arange(row, row + len(block), dtype=np.int64))
         if refine_out is not None:
-            refine_out[row: row + len(block)] = block.astype(np.float16)
+            refine_out[row: row + len(block)] = (block - center).astype(np.float16)
         row += len(block)
     if row != stop:
         raise BadData(f"{table.name}: read {row - start} rows where {stop - start} were expected",
@@ -239,7 +244,7 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
     with _atomic_path(refine_path(out_path)) as tmp_refine:
         refine = _empty_npy(tmp_refine, count, dim)
         started = time.perf_counter()
-        add_rows(trained.index, table, 0, count, refine)
+        add_rows(trained.index, table, 0, count, refine, _center(trained.meta))
         refine.flush()
         del refine
         log.debug(f"added {count} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
@@ -247,6 +252,10 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
     meta = _final_meta(trained.meta, source=source, parts=1)
     _write_json(f"{out_path}.json", meta)
     return meta
+
+
+def _center(meta: dict) -> np.ndarray:
+    return np.asarray(meta["refine_center"], dtype=np.float32)
 
 
 def _final_meta(trained_meta: dict, **extra) -> dict:
@@ -299,7 +308,7 @@ def add_part(table, trained_path, shard, overwrite: bool = False) -> str:
         raise BadData(f"{refine_path(trained_path)} holds {refine.shape} vectors, not {meta['count']} x {meta['dim']}",
                       "rerun gal-knn index-train --overwrite")
     try:
-        add_rows(index, table, start, stop, refine)
+        add_rows(index, table, start, stop, refine, _center(meta))
         refine.flush()
     except OSError as exc:
         raise write_failure(exc, str(refine_path(trained_path))) from None
@@ -394,11 +403,13 @@ class ScaleIndex:
         refine = os.path.join(folder, meta["refine_file"]) if meta.get("refine_file") else str(refine_path(path))
         if not os.path.exists(refine):
             raise InputMissing(f"the refine vectors {refine} of index {path} are missing", "rebuild the index")
-        self.refine = np.load(refine, mmap_mode="r")
-        if self.refine.shape != (meta["count"], meta["dim"]):
-            raise BadData(f"{refine} holds {self.refine.shape} vectors, the index {meta['count']} x {meta['dim']}",
+        self.exact = np.load(refine, mmap_mode="r")   # unit vectors less the center, float16
+        self.center = _center(meta)
+        if self.exact.shape != (meta["count"], meta["dim"]):
+            raise BadData(f"{refine} holds {self.exact.shape} vectors, the index {meta['count']} x {meta['dim']}",
                           "rebuild the index")
 
+    refine: int | None = None   # candidates re-scored, when the command line chose (else the sidecar's)
     kind = property(lambda self: self.meta["kind"])
     params = property(lambda self: self.meta["params"])
 
@@ -414,7 +425,7 @@ class ScaleIndex:
 
     def vectors(self, rows) -> np.ndarray:
         """Unit vectors of rows (float16 rounded): the queries of a search by id, from the refine file."""
-        return np.asarray(self.refine[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        return np.asarray(self.exact[np.asarray(rows, dtype=np.int64)], dtype=np.float32) + self.center
 
     def search(self, queries: np.ndarray, k: int, *, exclude=None, largest: bool = True, normalized: bool = False,
                nprobe: int | None = None, refine: int | None = None, **_ignored) -> TopK:
@@ -422,17 +433,10 @@ class ScaleIndex:
         Rows not found are -1 with score -inf; equal scores keep FAISS's (row) order."""
         import faiss
 
-        from galtools.search.exact import check_candidates
-        from galtools.search.faiss_index import _drop_excluded
+        from galtools.search.faiss_index import finish_results, signed_queries
 
-        check_candidates(k, self.meta["count"], exclude is not None, "index")
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.meta["dim"]:
-            raise BadData(f"query dimension {queries.shape[1]} differs from the index's {self.meta['dim']}",
-                          "embed the query with the same model as the table")
-        unit = queries if normalized else unit_rows(queries)
-        signed = np.ascontiguousarray(unit if largest else -unit)
-        wanted = k + (1 if exclude is not None else 0)
+        signed, wanted = signed_queries(queries, k, self.meta, exclude, normalized, largest)
+        refine = self.refine if refine is None else refine
         refine = self.params.get("refine", 0) if refine is None else refine
         ivf = faiss.extract_index_ivf(self.index)
         ivf.nprobe = min(nprobe or self.params["nprobe"], ivf.nlist)
@@ -442,19 +446,16 @@ class ScaleIndex:
             scores, rows = self._rescore(signed, rows, wanted)
         else:
             scores, rows = scores[:, :wanted], rows[:, :wanted]
-        if exclude is not None:
-            rows, scores = _drop_excluded(rows, scores, np.asarray(exclude, dtype=np.int64), k)
-        if not largest:
-            scores = -scores
-        scores = np.where(rows >= 0, scores, -np.inf if largest else np.inf).astype(np.float32)
+        rows, scores = finish_results(rows, scores, exclude, k, largest)
         return TopK(indices=rows.astype(np.int64), scores=scores)
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, wanted: int):
         """Exact inner products with the float16 vectors of the candidates (read from the memory-mapped file)."""
         unique, inverse = np.unique(rows, return_inverse=True)
-        vectors = np.asarray(self.refine[np.maximum(unique, 0)], dtype=np.float32)   # sorted rows: forward reads
+        vectors = np.asarray(self.exact[np.maximum(unique, 0)], dtype=np.float32)   # sorted rows: forward reads
         exact = np.einsum("ij,ij->i", np.repeat(queries, rows.shape[1], 0), vectors[inverse.ravel()])
-        exact = np.where(rows.ravel() >= 0, exact, -np.inf).reshape(rows.shape).astype(np.float32)
+        exact = exact.reshape(rows.shape) + (queries @ self.center)[:, None]
+        exact = np.where(rows >= 0, exact, -np.inf).astype(np.float32)
         order = np.argsort(-exact, axis=1, kind="stable")[:, :wanted]
         return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
 
