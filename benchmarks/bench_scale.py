@@ -262,12 +262,19 @@ def search_measures(path: str, table: str, rows, truth, k: int = 10) -> dict:
     batch_ours = statistics.median(_timed(lambda: ours.search(queries, k, normalized=True)) for _ in range(3))
     batch_direct = statistics.median(_timed(lambda: direct.search(queries, k)) for _ in range(3))
     sweep = {}
-    for nprobe in (16, 32, 64, 128):   # recall against time per query as nprobe grows
+    for nprobe in (8, 16, 32, 64):   # recall against time per query as nprobe grows
         seconds = _timed(lambda: ours.search(queries, k, exclude=rows, normalized=True, nprobe=nprobe))
         got = ours.search(queries, k, exclude=rows, normalized=True, nprobe=nprobe).indices
         sweep[nprobe] = (float(np.mean([np.intersect1d(t, f[f >= 0]).size / k for t, f in zip(truth, got)])),
                          seconds / len(queries) * 1e3)
-    return {"sweep": sweep, "recall": recall, "recall_direct": recall_direct, "p50": ours_lat[0], "p99": ours_lat[1],
+    refines = {}
+    if meta["params"].get("refine"):
+        for refine in (0, 50, 200, 1000, 3000):   # recall against time per query as more candidates are re-scored
+            seconds = _timed(lambda: ours.search(queries, k, exclude=rows, normalized=True, refine=refine))
+            got = ours.search(queries, k, exclude=rows, normalized=True, refine=refine).indices
+            refines[refine] = (float(np.mean([np.intersect1d(t, f[f >= 0]).size / k for t, f in zip(truth, got)])),
+                               seconds / len(queries) * 1e3)
+    return {"sweep": sweep, "refines": refines, "recall": recall, "recall_direct": recall_direct, "p50": ours_lat[0], "p99": ours_lat[1],
             "p50_direct": direct_lat[0], "p99_direct": direct_lat[1], "batch": batch_ours,
             "batch_direct": batch_direct, "code_bytes": _code_bytes(direct.index)}
 
@@ -343,7 +350,9 @@ def record_rows(args, rows_out, exact_seconds):
                   f"thread p50 {m['p50']:.2f} ms p99 {m['p99']:.2f} ms; batch of {args.queries} {m['batch']:.2f} s "
                   f"(overhead {overhead:+.1%}); CLI --query {m['query_wall']:.1f} s/{m['query_rss']:.0f} MiB peak, "
                   f"--all {m['all_rate']:.0f} rows/s/{m['all_rss']:.0f} MiB peak; recall@10/ms per query at nprobe "
-                  + " ".join(f"{p}: {r:.3f}/{t:.2f}" for p, (r, t) in m["sweep"].items()) + f"; {m['load']}")
+                  + " ".join(f"{p}: {r:.3f}/{t:.2f}" for p, (r, t) in m["sweep"].items())
+                  + ("; at refine " + " ".join(f"{p}: {r:.3f}/{t:.2f}" for p, (r, t) in m["refines"].items())
+                     if m["refines"] else "") + f"; {m['load']}")
         baseline = (f"FAISS direct, same file and re-scoring: recall@10 {m['recall_direct']:.3f}, p50 "
                     f"{m['p50_direct']:.2f} ms p99 {m['p99_direct']:.2f} ms, batch {m['batch_direct']:.2f} s; exact "
                     f"reference by streaming brute force {exact_seconds:.0f} s")

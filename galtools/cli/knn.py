@@ -40,7 +40,7 @@ def scale_options(func):
     func = click.option("--train-size", type=click.IntRange(1), default=None,
                         help="ivfpq/ivfsq8: rows sampled for training (default max(40 nlist, 10240)).")(func)
     func = click.option("--refine", type=click.IntRange(0), default=None, metavar="K",
-                        help="ivfpq/ivfsq8: candidates re-scored from the float16 vectors by default (ivfpq 200, "
+                        help="ivfpq/ivfsq8: candidates re-scored from the float16 vectors by default (ivfpq 1000, "
                              "ivfsq8 50).")(func)
     return click.option("--pq", "pq_m", type=click.IntRange(1), default=None,
                         help="ivfpq: bytes of code per vector (default D/4).")(func)
@@ -223,7 +223,7 @@ def _write(writing, blocks, base, query_columns, observers, settings, measure_on
                       help="Index file (default: EMB with .faiss instead of its extension); the sidecar is FAISS.json.")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="IVF: number of lists (default ~4 sqrt(N)).")
 @click.option("--nprobe", type=click.IntRange(1), default=None,
-              help="IVF: lists visited by default (default max(8, nlist/16)).")
+              help="IVF: lists visited by default (default max(8, nlist/16); ivfpq, ivfsq8: max(8, nlist/64)).")
 @click.option("--m", "hnsw_m", type=click.IntRange(2), default=32, show_default=True, help="HNSW: links per node.")
 @click.option("--ef-construction", type=click.IntRange(1), default=200, show_default=True, help="HNSW: build breadth.")
 @click.option("--ef", type=click.IntRange(1), default=128, show_default=True, help="HNSW: default search breadth.")
@@ -295,7 +295,7 @@ def _print_recall(table, index, k, sample, seed):
 @model_output_options("TRAINED", required=True, help="The trained, empty index (+ TRAINED.json and "
                       "TRAINED.refine.npy, which the index-add tasks fill by row).")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="Number of lists (default ~4 sqrt(N)).")
-@click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists visited by default (default max(8, nlist/16)).")
+@click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists visited by default (default max(8, nlist/64)).")
 @scale_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training sample and k-means.")
 def index_train(emb, kind, output, overwrite, nlist, nprobe, pq_m, refine, train_size, seed):

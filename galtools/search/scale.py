@@ -38,8 +38,9 @@ log = logging.getLogger("galtools")
 SCALE_KINDS = ("ivfpq", "ivfsq8")
 PART_FORMAT = "galtools.faiss-part/1"
 TRAINED_FORMAT = "galtools.faiss-trained/1"
-DEFAULT_REFINE = {"ivfpq": 200, "ivfsq8": 50}  # candidates re-scored from the float16 vectors (0: none)
-FINGERPRINT_ROWS = 256
+DEFAULT_REFINE = {"ivfpq": 1000, "ivfsq8": 50}  # candidates re-scored from the float16 vectors (0: none)
+FINGERPRINT_ROWS = 16                          # rows whose vectors the fingerprint reads: each costs a row group
+RESCORE_ROWS = 65536                           # candidate vectors gathered at a time (32 MiB as float32)
 ADD_BLOCK = 65536                              # rows encoded (and written to the refine file) at a time
 
 
@@ -187,7 +188,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
     started = time.perf_counter()
     index.train(vectors)
     log.debug(f"trained {factory} on {train_size} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
-    nprobe = min(nlist, nprobe or max(8, nlist // 16))
+    nprobe = min(nlist, nprobe or max(8, nlist // 64))
     refine = DEFAULT_REFINE[kind] if refine is None else refine
     meta = {"format": TRAINED_FORMAT, "kind": kind, "metric": "cosine", "dim": dim, "count": count,
             "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "train_size": int(train_size),
@@ -450,14 +451,22 @@ class ScaleIndex:
         return TopK(indices=rows.astype(np.int64), scores=scores)
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, wanted: int):
-        """Exact inner products with the float16 vectors of the candidates (read from the memory-mapped file)."""
-        unique, inverse = np.unique(rows, return_inverse=True)
-        vectors = np.asarray(self.exact[np.maximum(unique, 0)], dtype=np.float32)   # sorted rows: forward reads
-        exact = np.einsum("ij,ij->i", np.repeat(queries, rows.shape[1], 0), vectors[inverse.ravel()])
-        exact = exact.reshape(rows.shape) + (queries @ self.center)[:, None]
-        exact = np.where(rows >= 0, exact, -np.inf).astype(np.float32)
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :wanted]
-        return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
+        """Exact inner products with the float16 vectors of the candidates, read from the memory-mapped file (sorted
+        rows: forward reads) for RESCORE_ROWS candidates at a time, so memory stays bounded however many queries."""
+        per_chunk = max(1, RESCORE_ROWS // rows.shape[1])
+        scores = np.empty((len(rows), wanted), dtype=np.float32)
+        best = np.empty((len(rows), wanted), dtype=np.int64)
+        offsets = queries @ self.center          # q.c: the part of q.x the stored vectors leave out
+        for start in range(0, len(rows), per_chunk):
+            chunk, q = rows[start: start + per_chunk], queries[start: start + per_chunk]
+            unique, inverse = np.unique(chunk, return_inverse=True)
+            vectors = np.asarray(self.exact[np.maximum(unique, 0)], dtype=np.float32)[inverse.reshape(chunk.shape)]
+            exact = np.einsum("qd,qkd->qk", q, vectors) + offsets[start: start + per_chunk, None]
+            exact = np.where(chunk >= 0, exact, -np.inf).astype(np.float32)
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :wanted]
+            scores[start: start + per_chunk] = np.take_along_axis(exact, order, 1)
+            best[start: start + per_chunk] = np.take_along_axis(chunk, order, 1)
+        return scores, best
 
 
 def open_scale(path) -> ScaleIndex:
