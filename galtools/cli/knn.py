@@ -31,7 +31,7 @@ INDEX_EXAMPLE = """gal-knn index emb.parquet --kind ivf --recall          # writ
 gal-knn index emb.parquet --kind hnsw --m 32 --ef 128 -o hnsw.faiss --recall
 gal-knn index emb.parquet --kind ivfpq --recall        # + emb.faiss.refine.npy (float16 vectors)"""
 
-TRAIN_EXAMPLE = """gal-knn index-train emb.parquet --kind ivfpq -o trained.faiss
+TRAIN_EXAMPLE = """gal-knn index-train emb.parquet --kind ivfsq8 -o trained.faiss
 sbatch --array=0-15 --wrap 'gal-knn index-add emb.parquet --trained trained.faiss'
 gal-knn index-merge trained.faiss trained.part-*.faiss -o emb.faiss"""
 
@@ -290,8 +290,9 @@ def _print_recall(table, index, k, sample, seed):
 
 @subcommand(cli, "index-train", example=TRAIN_EXAMPLE)
 @input_argument("emb")
-@click.option("--kind", type=click.Choice(["ivfpq", "ivfsq8"]), default="ivfpq", show_default=True,
-              help="ivfpq: product-quantised codes re-scored from float16 vectors; ivfsq8: 8-bit codes.")
+@click.option("--kind", type=click.Choice(["ivfpq", "ivfsq8"]), default="ivfsq8", show_default=True,
+              help="ivfsq8: 8-bit codes, D + 8 bytes a vector; ivfpq: product-quantised codes, D/4 + 8 bytes, with "
+                   "lower recall on dense embeddings (see the README's table). Both re-score from float16 vectors.")
 @model_output_options("TRAINED", required=True, help="The trained, empty index (+ TRAINED.json and "
                       "TRAINED.refine.npy, which the index-add tasks fill by row).")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="Number of lists (default ~4 sqrt(N)).")

@@ -293,6 +293,9 @@ def add_part(table, trained_path, shard, overwrite: bool = False) -> str:
     index, meta = load_trained(trained_path)
     out = part_path(trained_path, shard)
     if os.path.exists(f"{out}.json") and os.path.exists(out) and not overwrite:
+        done = _read_json(f"{out}.json", out, PART_FORMAT, "gal-knn index-add")
+        if done.get("build_id") != meta["build_id"]:
+            raise GalError(f"{out} exists from another index-train", "pass --overwrite to replace it")
         log.info(f"{out} is already complete: kept")
         return out
     dim = _check_embedding_table(table)
