@@ -214,3 +214,40 @@ def test_search_through_a_compressed_index_imports_no_torch_and_reports_memory(b
                             cwd=ROOT, env=tool_env())
     assert result.returncode == 0, result.stderr.decode()
     assert "RSS" in result.stderr.decode() and "MiB" in result.stderr.decode()
+
+
+def test_query_image_and_montage_through_a_compressed_index(tmp_path):
+    """New cutouts embedded on the fly, searched through ivfsq8 (every list visited, float16 re-scoring): the
+    neighbors of a float64 brute force, and a montage whose labels come from the table read by row."""
+    from test_knn_embed import BANDS, DIM, SIZE, brute_force, embed_by_formula, linear_encoder, neighbours
+    from conftest import write_table
+    from galtools.io import tensor_column
+    from galtools.preprocess import Preprocess
+
+    rng = np.random.default_rng(11)
+    images = rng.gamma(2.0, 1.0, (150, 3, 12, 12)).astype(np.float32)
+    images[75:] += images[:75] * 0.5
+    preprocess = Preprocess.fit(images, BANDS)
+    weights = rng.standard_normal((3 * SIZE * SIZE, DIM)).astype(np.float32)
+    model = linear_encoder(tmp_path / "encoder.onnx", weights, preprocess)
+    ids = np.arange(900, 1050, dtype=np.int64)
+    cutouts = write_table(pa.table({"object_id": pa.array(ids), "morph": pa.array([f"m{i % 3}" for i in range(150)]),
+                                    "image": tensor_column(images)}), str(tmp_path / "cutouts.parquet"))
+    emb = tmp_path / "emb.parquet"
+    run_tool("gal-embed", cutouts, "--model", model, "--device", "cpu", "-o", emb, check=True)
+    run_tool("gal-knn", "index", emb, "--kind", "ivfsq8", "--nlist", 3, "-o", tmp_path / "sq.faiss", check=True)
+    new_images = (images[[3, 40]] * rng.uniform(0.9, 1.1, (2, 3, 1, 1))).astype(np.float32)
+    new_path = write_table(pa.table({"object_id": pa.array(["new-a", "new-b"]), "image": tensor_column(new_images)}),
+                           str(tmp_path / "new.parquet"))
+    png = tmp_path / "m.png"
+    result = run_tool("gal-knn", emb, "--index", tmp_path / "sq.faiss", "--query-image", new_path, "--model", model,
+                      "-k", 4, "-o", "-", "--montage", png, "--images", cutouts, "--label", "morph", check=True)
+    _, got = neighbours(result.stdout)
+    want = brute_force(embed_by_formula(new_images, weights, preprocess),
+                       embed_by_formula(images, weights, preprocess), ids, 4)
+    for query, ws in zip(["new-a", "new-b"], want):
+        mine = {g[1]: g[2] for g in got if g[0] == query}
+        assert len(set(mine) & {w[0] for w in ws}) >= 3, (mine, ws)          # float16 may swap a near tie
+        np.testing.assert_allclose([mine[w[0]] for w in ws if w[0] in mine],
+                                   [w[1] for w in ws if w[0] in mine], atol=2e-3)
+    assert png.exists() and png.stat().st_size > 0
