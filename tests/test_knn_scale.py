@@ -88,10 +88,9 @@ def test_compressed_kinds_reach_their_recall_on_several_seeds(tmp_path, kind, fl
     assert sizes[""] < 10_000 * (32 + 8 + 16)              # codes (8 or 32 B) + ids (8 B) + lists, not 128 B vectors
 
 
-def _sharded(tmp_path, path, shards=3, seed=0, name="trained"):
+def _sharded(tmp_path, path, shards=3, seed=0, name="trained", kind=("--kind", "ivfpq", "--pq", 8)):
     trained = tmp_path / f"{name}.faiss"
-    run_tool("gal-knn", "index-train", path, "--kind", "ivfpq", "--nlist", 64, "--pq", 8, "--seed", seed,
-             "-o", trained, check=True)
+    run_tool("gal-knn", "index-train", path, *kind, "--nlist", 64, "--seed", seed, "-o", trained, check=True)
     for shard in range(shards):
         run_tool("gal-knn", "index-add", path, "--trained", trained, "--shard", f"{shard}/{shards}", check=True)
     return trained, [tmp_path / f"{name}.part-{i}-of-{shards}.faiss" for i in range(shards)]
@@ -137,6 +136,16 @@ def test_sharded_build_equals_one_process_and_searches_from_disk(built):
     assert [t[:3] for t in as_tuples(by_id)] == [t[:3] for t in want]
     labels = dict(zip(table.column("object_id").to_pylist(), table.column("label").to_pylist()))
     assert by_id.column("query_label").to_pylist() == [labels[q] for q in by_id.column("query_id").to_pylist()]
+
+
+def test_sharded_ivfsq8_equals_one_process(tmp_path):
+    path = write_in_row_groups(clustered(n=3000, seed=8), tmp_path / "emb.parquet")
+    trained, parts = _sharded(tmp_path, path, shards=2, kind=("--kind", "ivfsq8"))
+    run_tool("gal-knn", "index-merge", trained, *parts, "-o", tmp_path / "merged.faiss", check=True)
+    run_tool("gal-knn", "index", path, "--kind", "ivfsq8", "--nlist", 64, "-o", tmp_path / "one.faiss", check=True)
+    a, b = (read_neighbours(run_tool("gal-knn", path, "--index", tmp_path / f"{n}.faiss", "--all", "-k", 4, "-o",
+                                     "-", check=True).stdout) for n in ("merged", "one"))
+    assert a.num_rows == 4 * 3000 and a.equals(b)
 
 
 def test_merge_refuses_missing_repeated_and_foreign_parts(built, tmp_path):
