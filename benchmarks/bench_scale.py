@@ -173,7 +173,7 @@ def build(kind: str, table: str, n: int, nlist: int, shards: int) -> tuple[str, 
         stages.append(("merge", wall, rss))
     else:
         wall, rss, _ = run(["galtools.cli.knn", "index", table, "--kind", kind, "--nlist", str(nlist), "-o", out])
-        stages.append(("build", wall, rss))
+        stages.append(("one process", wall, rss))
     return out, stages
 
 
