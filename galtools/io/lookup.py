@@ -129,6 +129,32 @@ def ids_in_type(ids, id_type: pa.DataType) -> tuple[pa.Array, list]:
     return pa.array(numbers, type=id_type), impossible
 
 
+def take_rows(table, rows, columns=None) -> pa.Table:
+    """Rows of an open, unsharded table by row number, in the order asked (repeats allowed). Only the Parquet row
+    groups or Arrow record batches (memory-mapped) that hold a wanted row are read, and of them only ``columns``:
+    the few neighbors of a query cost a few row groups, never the whole table."""
+    rows = np.asarray(rows, dtype=np.int64)
+    names = list(table.schema.names) if columns is None else [c for c in table.schema.names if c in columns]
+    schema = pa.schema([table.schema.field(c) for c in names])
+    wanted = np.unique(rows)
+    if wanted.size and (wanted[0] < 0 or table.total_rows is None or wanted[-1] >= table.total_rows):
+        raise BadData(f"{table.name}: row {int(wanted[-1] if wanted[0] >= 0 else wanted[0])} is outside its "
+                      f"{table.total_rows} rows", "give the table the index was built from")
+    pieces, offset = [], 0
+    for part in table.parts:
+        starts = getattr(part, "_starts", None) or [0, part.num_rows]   # row groups or record batches
+        for group in range(len(starts) - 1):
+            lo, hi = np.searchsorted(wanted, [offset + starts[group], offset + starts[group + 1]])
+            if lo == hi:
+                continue
+            first, last = int(wanted[lo]) - offset, int(wanted[hi - 1]) - offset + 1
+            read = pa.Table.from_batches(list(part.iter_range(first, last, last - first, names)), schema=schema)
+            pieces.append(read.take(pa.array(wanted[lo:hi] - offset - first)))
+        offset += part.num_rows
+    whole = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    return whole.take(pa.array(np.searchsorted(wanted, rows), type=pa.int64()))
+
+
 def images_by_id(source: str, ids, columns=(), what: str | None = None) -> FoundImages:
     """The images of ``ids`` (and the values of ``columns`` present in the table) read from a cutout table in
     bounded batches, stopping once every id is found. Ids are matched in the table's id type (``"12"`` finds 12).

@@ -95,6 +95,7 @@ def vectors_of(data, column: str = EMBEDDING) -> np.ndarray:
         raise BadData(f"column '{column}' is {col.type}, not a fixed-size vector",
                       "give an embedding table made by gal-embed")
     width = col.type.list_size
-    values = col.flatten() if col.offset or col.null_count else col.values
+    # a slice (offset, or fewer rows than its buffer holds) or nulls: flatten() copies only the rows in view
+    values = col.flatten() if col.offset or col.null_count or len(col.values) != len(col) * width else col.values
     out = values.to_numpy(zero_copy_only=False).reshape(len(col), width)
     return out.astype(np.float32, copy=False)

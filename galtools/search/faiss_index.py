@@ -192,23 +192,10 @@ class FaissIndex:
         make the cut at the k-th place is FAISS's choice.  ``largest=False`` searches with the negated query,
         whose nearest unit vectors are exactly the least similar ones.
         """
-        from galtools.search.exact import check_candidates
-
-        check_candidates(k, self.meta["count"], exclude is not None, "index")
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.meta["dim"]:
-            raise BadData(f"query dimension {queries.shape[1]} differs from the index's {self.meta['dim']}",
-                          "embed the query with the same model as the table")
-        unit = queries if normalized else unit_rows(queries)
-        signed = np.ascontiguousarray(unit if largest else -unit)
-        wanted = k + (1 if exclude is not None else 0)
+        signed, wanted = signed_queries(queries, k, self.meta, exclude, normalized, largest)
         self._set_search_params(nprobe, ef, wanted)
         scores, rows = self.index.search(signed, wanted)
-        if exclude is not None:
-            rows, scores = _drop_excluded(rows, scores, np.asarray(exclude, dtype=np.int64), k)
-        if not largest:
-            scores = -scores
-        scores = np.where(rows >= 0, scores, -np.inf if largest else np.inf).astype(np.float32)
+        rows, scores = finish_results(rows, scores, exclude, k, largest)
         if tie_rank is not None:
             rows, scores = _order_ties(rows, scores, tie_rank, largest)
         return TopK(indices=rows.astype(np.int64), scores=scores)
@@ -233,6 +220,29 @@ class FaissIndex:
             ivf.nprobe = min(nprobe or self.params["nprobe"], ivf.nlist)
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = max(ef or self.params["ef_search"], wanted)
+
+
+def signed_queries(queries, k: int, meta: dict, exclude, normalized: bool, largest: bool):
+    """Checked unit queries (negated for the least similar: their nearest unit vectors are the least similar ones)
+    and how many results to ask the index for (one more when the query's own row is to be dropped)."""
+    from galtools.search.exact import check_candidates
+
+    check_candidates(k, meta["count"], exclude is not None, "index")
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if queries.shape[1] != meta["dim"]:
+        raise BadData(f"query dimension {queries.shape[1]} differs from the index's {meta['dim']}",
+                      "embed the query with the same model as the table")
+    unit = queries if normalized else unit_rows(queries)
+    return np.ascontiguousarray(unit if largest else -unit), k + (1 if exclude is not None else 0)
+
+
+def finish_results(rows, scores, exclude, k: int, largest: bool):
+    """k results per query from the index's: the excluded row dropped, the sign undone, missing rows at -inf."""
+    if exclude is not None:
+        rows, scores = _drop_excluded(rows, scores, np.asarray(exclude, dtype=np.int64), k)
+    if not largest:
+        scores = -scores
+    return rows, np.where(rows >= 0, scores, -np.inf if largest else np.inf).astype(np.float32)
 
 
 def _drop_excluded(rows: np.ndarray, scores: np.ndarray, exclude: np.ndarray, k: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pyarrow as pa
 
 from galtools.errors import UsageProblem
 from galtools.search.show import format_cell
@@ -43,7 +44,7 @@ def draw_neighbor_montage(kept, base, plan, images_source: str, label: str | Non
         if not label:
             return ""
         if row is not None and label in base.carried.column_names:
-            return format_cell(base.carried.column(label)[int(row)].as_py())
+            return format_cell(base.carried_rows(pa.array([int(row)]), [label]).column(label)[0].as_py())
         if from_cutouts is not None:
             return format_cell(from_cutouts.get(object_id))
         return ""

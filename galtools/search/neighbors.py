@@ -32,9 +32,10 @@ def _with_query_columns(batch: pa.RecordBatch, base, query_rows, columns, k_of_q
     take = pa.array(np.repeat(np.asarray(query_rows, dtype=np.int64), k_of_query), type=pa.int64())
     names, arrays = batch.schema.names, batch.columns
     new_names, new_arrays = names[:1], arrays[:1]
+    carried = base.carried_rows(take, columns)
     for column in columns:
         new_names.append(QUERY_PREFIX + column)
-        new_arrays.append(base.carried.column(column).take(take).combine_chunks())
+        new_arrays.append(carried.column(column).combine_chunks())
     return pa.RecordBatch.from_arrays(new_arrays + arrays[1:], names=new_names + names[1:])
 
 

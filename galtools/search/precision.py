@@ -20,7 +20,7 @@ class PrecisionAtK:
         if label not in base.carried.column_names:
             raise UsageProblem(f"--label {label}: not a column of the embedding table",
                                f"choose among {', '.join(base.carried.column_names) or 'none: it carries no columns'}")
-        column = base.carried.column(label).combine_chunks()
+        column = base.carried_column(label)
         if pa.types.is_floating(column.type):
             raise UsageProblem(f"--label {label} holds floats, not classes", "give a column of class labels")
         encoded = pc.dictionary_encode(column.cast(pa.string()) if not pa.types.is_dictionary(column.type)

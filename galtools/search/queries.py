@@ -46,6 +46,29 @@ def load_index(path: str, base):
     return index
 
 
+def load_for_index(source: str, index_path: str):
+    """(base, index) for a search through an index. A compressed index (ivfpq, ivfsq8) leaves the table on disk:
+    its ids are read, its vectors and columns only by row; the other kinds check the whole table's checksum."""
+    from galtools.errors import UsageProblem
+    from galtools.search.scale import is_scale_sidecar, open_scale, read_sidecar
+
+    meta = read_sidecar(index_path)
+    if meta is None or not is_scale_sidecar(meta):
+        base = load_base(source, checksum=True, keep_vectors=False)
+        return base, load_index(index_path, base)
+    if source == "-":
+        raise UsageProblem(f"index {index_path} reads the table by row: it cannot be stdin", "give EMB as a file")
+    from galtools.io import check_unique_ids, display_name, open_table
+    from galtools.search.table import row_read_embeddings
+
+    base = row_read_embeddings(open_table(source), display_name(source))
+    check_unique_ids(base.ids, base.name)
+    index = open_scale(index_path)
+    index.check_matches(fingerprint=base.checksum, model_sha256=base.model_sha256, count=base.count, dim=base.dim,
+                        name=f"index {index_path}")
+    return base, index
+
+
 def vectors_of_rows(base, index, rows) -> np.ndarray:
     """Unit vectors of base rows: from the table in memory, or from the index when only it holds them."""
     if base.vectors is not None:
@@ -152,16 +175,25 @@ def search_blocks(base, plan: QueryPlan, k: int, least: bool = False, index=None
         if track is not None:
             searched = track(searched, -(-len(rows) // QUERY_BLOCK))
         for block_rows, topk in searched:
+            if index is not None:
+                log.debug(f"searched rows {block_rows.start}-{block_rows.stop - 1}, RSS {_rss_mib():.0f} MiB")
             yield Block(base.ids.slice(block_rows.start, len(block_rows)),
                         np.arange(block_rows.start, block_rows.stop, dtype=np.int64), topk)
         return
     if index is not None:
         topk = index.search(plan.vectors, k, exclude=plan.exclude, largest=largest, normalized=True, nprobe=nprobe,
                             ef=ef, tie_rank=base.tie_rank)
+        log.debug(f"searched {len(plan.ids)} queries, RSS {_rss_mib():.0f} MiB")
     else:
         topk = exact_topk(plan.vectors, base.vectors, k, tie_rank=base.tie_rank, exclude=plan.exclude,
                           largest=largest, normalized=True, device=device, check_base=False)  # checked on loading
     yield Block(plan.ids, plan.rows, topk)
+
+
+def _rss_mib() -> float:
+    from galtools.search.scale import rss_mib
+
+    return rss_mib()
 
 
 def _index_blocks(base, rows, index, k, largest, exclude_self, nprobe, ef):

@@ -84,6 +84,53 @@ class EmbeddingSet:
             raise _unknown_id(wanted[int(missing[0])].as_py(), self, missing.size - 1)
         return rows.to_numpy(zero_copy_only=False).astype(np.int64)
 
+    def carried_rows(self, take: pa.Array, columns=None) -> pa.Table:
+        """The carried columns (all, or ``columns``) of base rows ``take``."""
+        carried = self.carried if columns is None else self.carried.select(list(columns))
+        return carried.take(take)
+
+    def carried_column(self, name: str) -> pa.Array:
+        """One carried column, whole."""
+        return self.carried.column(name).combine_chunks()
+
+
+@dataclass
+class RowReadEmbeddings(EmbeddingSet):
+    """An embedding table searched through a compressed index: ids in memory, vectors and carried columns read by
+    row from the open table (Parquet row groups or memory-mapped Arrow batches) only for the rows wanted.
+    ``carried`` is empty: it names the columns."""
+
+    table: object = None
+
+    @property
+    def tie_rank(self):
+        """None: equal similarities keep the index's order (by row), no sort of every id."""
+        return None
+
+    def carried_rows(self, take: pa.Array, columns=None) -> pa.Table:
+        from galtools.io.lookup import take_rows
+
+        names = self.carried.column_names if columns is None else list(columns)
+        return take_rows(self.table, take.to_numpy(zero_copy_only=False), names)
+
+    def carried_column(self, name: str) -> pa.Array:
+        return self.table.read_all(columns=[name]).column(name).combine_chunks()
+
+    def close(self) -> None:
+        self.table.close()
+
+
+def row_read_embeddings(table, name: str) -> RowReadEmbeddings:
+    """The ids of an embedding table (in memory) and a fingerprint of it, its other columns left in the file."""
+    from galtools.search.scale import _check_embedding_table, read_ids_column, table_fingerprint
+
+    dim = _check_embedding_table(table)
+    ids = read_ids_column(table)
+    columns = [c for c in table.schema.names if c not in NOT_CARRIED and c != OBJECT_ID]
+    carried = pa.schema([table.schema.field(c) for c in columns]).empty_table()
+    return RowReadEmbeddings(name=name, ids=ids, vectors=None, carried=carried, metadata=dict(table.metadata),
+                             dim=dim, checksum=table_fingerprint(table, ids), table=table)
+
 
 def _unknown_id(value, table: EmbeddingSet, others: int = 0) -> BadData:
     more = f" (and {others} more requested ids)" if others else ""
@@ -198,8 +245,9 @@ def neighbor_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_miss
         "neighbor_id": pc.take(base.ids, take),
         "similarity": pa.array(scores, type=pa.float32()),
     }
-    for column in base.carried.column_names:
-        columns[f"neighbor_{column}"] = pc.take(base.carried.column(column), take).combine_chunks()
+    carried = base.carried_rows(take)
+    for column in carried.column_names:
+        columns[f"neighbor_{column}"] = carried.column(column).combine_chunks()
     columns["query_id"] = columns["query_id"].combine_chunks() if isinstance(columns["query_id"], pa.ChunkedArray) \
         else columns["query_id"]
     return pa.RecordBatch.from_pydict(columns)
