@@ -57,8 +57,8 @@ def cpu_threads() -> int:
     otherwise) and torch's CPU threads are the CPUs this process may use (affinity, Slurm's --cpus-per-task) less
     one, which makes the next batch's views (at least one thread), or an explicit OMP_NUM_THREADS.  Measured with
     the small preset on 2 shared cores: 1 thread made 80-100 images/s in bf16, 2 threads 21-23 (cause not
-    established: barriers waiting on a busy neighbour, or AMX state switched with the threads).  Once torch is imported (a library caller's process) its settings are kept.
-    Returns torch's threads."""
+    established: barriers waiting on a busy neighbour, or AMX state switched with the threads).  Once torch is
+    imported (a library caller's process) its settings are kept.  Returns torch's threads."""
     from galtools.embed.providers import cpu_allocation
 
     fresh = "torch" not in sys.modules
