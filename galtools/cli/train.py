@@ -85,7 +85,8 @@ def _positive(ctx, param, value):
               "(0: 8 for MoCo on one process; under DDP the keys are shuffled across processes instead).")
 @device_option
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on a GPU, fp32 on CPU.")
+              help="auto: bf16 autocast on a GPU, and on a CPU with bf16 units (AMX, AVX-512 BF16); fp32 "
+                   "elsewhere. The run records what ran; encoder.onnx is fp32 either way.")
 @click.option("--channels-last/--no-channels-last", default=None, help="Memory format (default: on a GPU).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoders.")
 @click.option("--deterministic", is_flag=True, help="Deterministic algorithms only (exact resume on CPU).")

@@ -366,6 +366,25 @@ class BatchLoader:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+def ahead(items, prepare, background: bool = True):
+    """``(item, prepare(item))`` for each of ``items``, with ``prepare`` of the next item running in a background
+    thread while the caller works on the current one (torch and numpy release the GIL in their kernels: on a CPU
+    the next batch's augmentations overlap the training step).  ``background=False``: in the caller's thread."""
+    if not background:
+        for item in items:
+            yield item, prepare(item)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="gal-train-views") as pool:
+        pending = None
+        for item in items:
+            future = pool.submit(prepare, item)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (item, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
 def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
     """The central size x size pixels (gal-embed's crop: first pixel (H - size) // 2)."""
     height, width = images.shape[-2:]

@@ -22,7 +22,7 @@ from galtools.train import checkpoint as ckpt
 from galtools.train import monitor, runtime
 from galtools.train.config import (AUTO_OPS, AUTO_QUEUE, DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig, auto_ops,
                                    auto_queue_size)
-from galtools.train.data import BatchLoader, CutoutData, centre_crop
+from galtools.train.data import BatchLoader, CutoutData, ahead, centre_crop
 
 ENCODER = "encoder.onnx"
 STOP_AFTER = -1   # stop_signal value of a planned stop (--stop-after)
@@ -153,9 +153,10 @@ class Trainer:
             self.log.info(message)
 
     def run(self) -> dict:
+        config = self.config
+        self.threads = runtime.cpu_threads()      # before torch starts its thread pool
         import torch
 
-        config = self.config
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.rt = runtime.setup(config.device)
@@ -430,7 +431,8 @@ class Trainer:
         else:
             _collective(lambda: None, rt)
         cuda = rt.device.type == "cuda"
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+        config.precision = runtime.resolve_precision(config.precision, rt.device)   # recorded resolved
+        self.bf16 = config.precision == "bf16"
         self.channels_last = cuda if config.channels_last is None else config.channels_last
         self.model = self._build_model()
         self.optimizer, self.scheduler = self._build_optimizer(self.model)
@@ -446,7 +448,8 @@ class Trainer:
         self.info(f"training {config.arch} ({config.method}) on {self.data.num_rows} cutouts "
                   f"{self.data.image_shape} from {len(config.inputs)} table(s), {rt.world} process(es) on "
                   f"{rt.device}: steps {start_step}..{self.total_steps}, {self.steps_per_epoch} per epoch, "
-                  f"batch {config.batch_size}, lr {config.scaled_lr:g}")
+                  f"batch {config.batch_size}, lr {config.scaled_lr:g}, {config.precision}"
+                  + ("" if cuda else f", {self.threads} thread(s)"))
         previous_handlers = self._install_signals()
         result = {"steps": self.total_steps, "start_step": start_step, "is_main": rt.is_main}
         try:
@@ -492,8 +495,8 @@ class Trainer:
         step = start_step
         progress = self.progress if rt.is_main else NullProgress
         with progress(self.total_steps - start_step, "training") as bar:
-            for batch in loader:
-                views = self._views(batch)
+            # On a CPU the next batch's views are made while this step runs (on a GPU its kernels queue anyway).
+            for batch, views in ahead(loader, self._views, background=rt.device.type == "cpu"):
                 with self._autocast():
                     loss, accuracy = model(views[0], views[1], step_seed(config.seed, batch.step))
                 self.optimizer.zero_grad(set_to_none=True)
