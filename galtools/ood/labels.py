@@ -19,6 +19,7 @@ new one, never a torn one.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -82,10 +83,8 @@ def _time_key(value, where: str):
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
     text = str(value).strip()
-    try:
+    with contextlib.suppress(ValueError):   # a number of seconds
         return float(text)
-    except ValueError:
-        pass
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -9,6 +9,7 @@ the CPU affinity, waiting without spinning (``cpu_threads``: before torch is imp
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -25,14 +26,11 @@ PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo); empty where there is no such file."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                name, _, value = line.partition(":")
-                if name.strip() == "flags":
-                    return set(value.split())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            name, _, value = line.partition(":")
+            if name.strip() == "flags":
+                return set(value.split())
     return set()
 
 
