@@ -209,3 +209,17 @@ def test_an_empty_table_is_written_with_its_columns(tmp_path, suffix):
         out.write(empty)
     with open_table(path) as back:
         assert back.num_rows == 0 and back.image_shape == (2, 4, 4)
+
+
+def test_an_empty_table_of_cutouts_writes_to_fits_and_keeps_its_columns(tmp_path):
+    """No rows, but an image column of numpy's tensor type (which carries a permutation pyarrow cannot make an
+    empty column of): the FITS file is written, and gal-info reads its columns and image shape back."""
+    empty = make_cutouts(4).slice(0, 0)
+    path = write_table(empty, str(tmp_path / "empty.fits"))
+    result = run_tool("gal-info", path, "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    info = json.loads(result.stdout)
+    assert info["rows"] == 0, info
+    with open_table(path) as table:
+        assert table.num_rows == 0 and table.image_shape == (3, 16, 16)
+        assert table.schema.names == empty.schema.names

@@ -318,9 +318,8 @@ class FitsWriter:
                 fits[0].write_key("GTSHAPE", ",".join(str(n) for n in self._image_shape), "image shape of an empty table")
             if self._catalog_batches:
                 table = pa.Table.from_batches(self._catalog_batches)
-            elif self._schema is not None:
-                table = self._schema.empty_table()
-                table = table.drop_columns([IMAGE]) if IMAGE in table.column_names else table
+            elif self._schema is not None:   # (pyarrow cannot make an empty tensor column with a permutation)
+                table = pa.schema([f for f in self._schema if f.name != IMAGE]).empty_table()
             else:
                 table = None
             if table is not None and table.num_columns:
