@@ -209,8 +209,11 @@ def test_model_file_records_the_fit_and_predicts_without_torch(fitted):
         meta = json.loads(str(data["__galtools__"]))
         assert sorted(data.files) == ["__galtools__", "b0", "training_id_fingerprints", "w0"]
         assert data["w0"].shape == (16, 180)
-        # the object_ids of the 5000 rows with a redshift (training and validation), integers as themselves
-        assert data["training_id_fingerprints"].tolist() == list(range(7000, 12000))
+        # the (object_id, redshift) pairs of the 5000 rows with a redshift (training and validation)
+        from galtools.io.ids import labelled_fingerprints
+
+        want = np.unique(labelled_fingerprints(pa.array(np.arange(7000, 12000)), fitted["z"][:5000]))
+        assert np.array_equal(data["training_id_fingerprints"], want)
     assert meta["tool"] == "gal-photoz" and meta["kind"] == "photoz-linear"
     assert meta["seed"] == 3 and meta["settings"]["seed"] == 3
     assert meta["model_sha256"] == ENCODER and meta["embedding_dim"] == 16
@@ -244,6 +247,13 @@ def test_eval_warns_when_it_scores_rows_the_model_was_fitted_on(fitted, tmp_path
     run_tool("gal-photoz", "predict", held_out, "--model", fitted["model"], "-o", pred, check=True)
     report, err = evaluate(pred, "z_true")
     assert report["n"] == 1000 and report["n_fitted_on"] == 0 and err == ""
+    # other objects under the same ids (two gal-sim runs number their objects alike): not the fitted rows
+    x, z, _ = synthetic_embeddings(6000, seed=11)
+    others = write_table(embedding_table(x, z), str(tmp_path / "others.parquet"), **{"galtools.model_sha256": ENCODER})
+    pred = tmp_path / "others-pred.parquet"
+    run_tool("gal-photoz", "predict", others, "--model", fitted["model"], "-o", pred, check=True)
+    report, err = evaluate(pred, "z_spec")
+    assert report["n"] == 6000 and report["n_fitted_on"] == 0 and err == ""
 
 
 @pytest.mark.slow

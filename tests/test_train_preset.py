@@ -108,7 +108,7 @@ def test_export_tta_8_embeds_the_mean_over_turns_and_mirror_images_of_a_gem_pool
     from galtools.train.checkpoint import backbone_state
     from galtools.train.data import centre_crop
 
-    from galtools.heads.network import load_checkpoint
+    from galtools.finetune import load_checkpoint
 
     run = tmp_path / "run"
     # trained with --pool gem: the generalised mean of the last feature maps, recorded and re-exported

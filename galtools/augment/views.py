@@ -15,7 +15,7 @@ class ViewPlan:
         from galtools.augment import AugmentPipeline
         from galtools.errors import BadData, UsageProblem
         from galtools.io import PIXSCALE
-        from galtools.train.runtime import resolve_device
+        from galtools.device import torch_device as resolve_device
 
         bands_count, height, width = table.require_images()
         if min(height, width) < size:

@@ -58,7 +58,7 @@ def image_arms(rows: LabelledRows, cutouts: np.ndarray, source, network, setting
     from dataclasses import replace
 
     from galtools.heads.baselines import pca_sizes, pixel_pca_features, random_encoder_features
-    from galtools.heads.network import LabelledCutouts, train_network
+    from galtools.finetune import LabelledCutouts, train_network
 
     def probe_on(x):
         features = rows.with_features(x)

@@ -182,7 +182,7 @@ def curve(emb, label_options, training, network, curve):
     images = _network_inputs(emb, network, training) if network["images"] or network["checkpoint"] else None
     rows = read_labelled(emb, spec, with_ids=images is not None)
     if images is not None:
-        from galtools.heads.network import cutouts_for, load_checkpoint
+        from galtools.finetune import cutouts_for, load_checkpoint
 
         source = load_checkpoint(network["checkpoint"])
         images = (cutouts_for(network["images"], rows.ids, source.bands), source, images)
@@ -195,7 +195,7 @@ def _network_inputs(emb, network, training):
     """The NetworkSettings of the curve's network arms (after checking --images and --checkpoint)."""
     from galtools.classify.fit import ClassifySettings
     from galtools.errors import UsageProblem
-    from galtools.heads.network import DEFAULT_AUGMENT, NETWORK_DEFAULTS, NetworkSettings
+    from galtools.finetune import DEFAULT_AUGMENT, NETWORK_DEFAULTS, NetworkSettings
 
     if not (network["images"] and network["checkpoint"]):
         raise UsageProblem("the curve on cutouts needs both --images and --checkpoint", "give both, or neither")

@@ -233,7 +233,7 @@ def curve(emb, z_options, training, network, curve):
     arms = probe_arms(x, z, settings, model_sha256)
     if images:
         from galtools.photoz.curve import baseline_arms, network_arms
-        from galtools.heads.network import LabelledCutouts, cutouts_for, load_checkpoint
+        from galtools.finetune import LabelledCutouts, cutouts_for, load_checkpoint
 
         source = load_checkpoint(checkpoint)
         data = LabelledCutouts(cutouts_for(images, ids, source.bands), z, ids)

@@ -85,3 +85,12 @@ def id_fingerprints(ids) -> np.ndarray:
         return ids.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
     return np.array([0 if v is None else int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(),
                                                         "little") for v in ids.to_pylist()], dtype=np.uint64)
+
+
+def labelled_fingerprints(ids, labels) -> np.ndarray:
+    """A uint64 fingerprint per (object_id, label) pair: an object_id's fingerprint (id_fingerprints) mixed with
+    its label rounded to float32, so that two tables that reuse the same ids for other objects (two gal-sim runs)
+    do not match, while the same object with the same label does, whatever float width holds the label."""
+    bits = np.ascontiguousarray(np.asarray(labels, dtype=np.float64).astype(np.float32)).view(np.uint32)
+    mixed = bits.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return id_fingerprints(ids) ^ (mixed ^ (mixed >> np.uint64(29)))

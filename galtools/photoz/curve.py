@@ -62,7 +62,7 @@ def baseline_arms(data, source, dim: int, settings: FitSettings) -> list[Arm]:
 def network_arms(data, source, settings, methods=("finetune", "scratch")) -> list[Arm]:
     """The encoder of ``source`` fine-tuned, and the same network from scratch, on the labelled cutouts ``data``
     (in the order of the labelled rows)."""
-    from galtools.heads.network import NetworkSettings
+    from galtools.finetune import NetworkSettings
     from galtools.photoz.bins import summarise_pdf
     from galtools.photoz.finetune import train_redshift_network
 

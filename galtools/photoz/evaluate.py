@@ -27,7 +27,8 @@ def evaluate_table(source: str, truth: str, pred_column: str = "z_phot", mag_col
                       z_edges=np.linspace(0.0, zmax, z_bins + 1), mag_bins=mag_bins)
     if mag_column:
         report["magnitude_column"] = mag_column
-    fitted = _fitted_rows(source, metadata, np.isfinite(arrays["pred_column"]) & np.isfinite(arrays["truth"]))
+    fitted = _fitted_rows(source, metadata, np.isfinite(arrays["pred_column"]) & np.isfinite(arrays["truth"]),
+                          arrays["truth"])
     if fitted is not None:
         report["n_fitted_on"] = fitted
     if fitted:
@@ -37,7 +38,7 @@ def evaluate_table(source: str, truth: str, pred_column: str = "z_phot", mag_col
     return arrays, report, zmax
 
 
-def _fitted_rows(source: str, metadata: dict, evaluated: np.ndarray) -> int | None:
+def _fitted_rows(source: str, metadata: dict, evaluated: np.ndarray, truth: np.ndarray) -> int | None:
     """How many evaluated rows the predicting model was fitted on (None: that cannot be told)."""
     from galtools.io import open_table
     from galtools.io.ids import OBJECT_ID
@@ -49,7 +50,7 @@ def _fitted_rows(source: str, metadata: dict, evaluated: np.ndarray) -> int | No
         if OBJECT_ID not in table.schema.names:
             return None
         ids = table.read_all(columns=[OBJECT_ID]).column(OBJECT_ID).combine_chunks()
-    return fitted_rows(metadata, ids.filter(pa.array(evaluated)))
+    return fitted_rows(metadata, ids.filter(pa.array(evaluated)), truth[evaluated])
 
 
 def evaluate(z_phot: np.ndarray, z_spec: np.ndarray, magnitude: np.ndarray | None = None,

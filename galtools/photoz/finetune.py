@@ -2,7 +2,7 @@
 
 Hayat et al. (2021) compare three ways to get redshifts from images: a linear probe on the frozen self-supervised
 representation (``fit``), the pre-trained encoder fine-tuned end to end with a small learning rate, and the same
-network trained from random weights (the supervised baseline).  The training is galtools.heads.network's (the
+network trained from random weights (the supervised baseline).  The training is galtools.finetune's (the
 checkpoint's encoder, augmented views, the one stopping rule); what is photo-z's own is here: the labelled
 cutouts read with their redshifts, the redshift bins as targets, and the model file.
 
@@ -20,7 +20,7 @@ from dataclasses import asdict
 import numpy as np
 
 from galtools.errors import UsageProblem
-from galtools.heads.network import (DEFAULT_AUGMENT, NETWORK_DEFAULTS, PROBE_DEFAULTS, EncoderSource,
+from galtools.finetune import (DEFAULT_AUGMENT, NETWORK_DEFAULTS, PROBE_DEFAULTS, EncoderSource,
                                     LabelledCutouts, NetworkSettings, cutouts_for, train_network)
 from galtools.heads.source import require_columns
 from galtools.heads.train import export_head
@@ -124,7 +124,7 @@ def export_network(network, settings: NetworkSettings, record: dict, z_column: s
 def fit_network(labels: str, images: str, checkpoint: str, z_column: str, settings: NetworkSettings) -> PhotozModel:
     """gal-photoz fit --finetune/--from-scratch: the network of ``checkpoint`` trained on the cutouts of ``images``
     labelled by ``labels``' ``z_column``, as a model file that carries its encoder."""
-    from galtools.heads.network import load_checkpoint
+    from galtools.finetune import load_checkpoint
 
     source = load_checkpoint(checkpoint)
     data = read_labelled_cutouts(labels, images, z_column, source.bands, settings.fit.n_bins)

@@ -14,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from galtools.errors import BadData, UsageProblem
 from galtools.heads.rows import InMemoryRows, StreamedRows, read_labelled, validation_split
@@ -188,17 +189,21 @@ def _fit_streamed(path, name, z, z_column, dim, model_sha256, settings, progress
 
 
 def training_fingerprints(path: str, z_column: str) -> np.ndarray | None:
-    """The sorted fingerprints (galtools.io.ids.id_fingerprints) of the object_ids of the rows of ``path`` with a
-    redshift: the rows a fit on it sees (training and validation). None for stdin or a table without ids."""
-    from galtools.io.ids import OBJECT_ID, id_fingerprints
+    """The sorted fingerprints (galtools.io.ids.labelled_fingerprints) of the (object_id, redshift) pairs of the
+    rows of ``path`` with a redshift: the rows a fit on it sees (training and validation). None for stdin or a
+    table without ids."""
+    from galtools.io.ids import OBJECT_ID, labelled_fingerprints
 
     if path == "-":
         return None
     with open_table(path) as table:
         if OBJECT_ID not in table.schema.names or z_column not in table.schema.names:
             return None
-        parts = [id_fingerprints(batch.column(OBJECT_ID))[np.isfinite(labels_of(batch, z_column))]
-                 for batch in table.iter_batches(columns=[OBJECT_ID, z_column])]
+        parts = []
+        for batch in table.iter_batches(columns=[OBJECT_ID, z_column]):
+            labels = labels_of(batch, z_column)
+            labelled = np.isfinite(labels)
+            parts.append(labelled_fingerprints(batch.column(OBJECT_ID).filter(pa.array(labelled)), labels[labelled]))
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
 
 

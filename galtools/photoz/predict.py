@@ -80,10 +80,11 @@ def training_ids_sha256(fingerprints) -> str:
     return hashlib.sha256(np.ascontiguousarray(fingerprints, dtype="<u8").tobytes()).hexdigest()
 
 
-def fitted_rows(metadata: dict, ids) -> int | None:
-    """How many of ``ids`` (object_ids of predicted rows) the model that predicted them was fitted on: the model
-    file named in the predictions' metadata, when it is still there with the same training rows; else None."""
-    from galtools.io.ids import id_fingerprints
+def fitted_rows(metadata: dict, ids, redshifts) -> int | None:
+    """How many of the rows (``ids`` and their true ``redshifts``) the model that predicted them was fitted on, with
+    these redshifts as its labels: the model file named in the predictions' metadata, when it is still there with
+    the same training rows; else None."""
+    from galtools.io.ids import labelled_fingerprints
     from galtools.photoz.model import TRAINING_IDS
 
     try:
@@ -100,7 +101,7 @@ def fitted_rows(metadata: dict, ids) -> int | None:
         return None
     if fingerprints is None or training_ids_sha256(fingerprints) != expected:
         return None
-    return int(np.isin(id_fingerprints(ids), fingerprints).sum())
+    return int(np.isin(labelled_fingerprints(ids, redshifts), fingerprints).sum())
 
 
 def _predict_cutouts(table, name, model, head, task, output, fmt, overwrite, seed, progress, encoder_path,
