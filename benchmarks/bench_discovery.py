@@ -208,10 +208,15 @@ def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, l
                 run.update(kind=kind, seed=seed, prevalence=prevalence, start=start, n=len(rows), key=key)
                 results.setdefault((prevalence, start), []).append(run)
                 _keep(done, run)
-                log(f"sim {kind} p={prevalence} start={start} seed={seed}: ours AUPRC {run['ours']['auprc']:.3f} "
-                    f"sim {run['similarity']['auprc']:.3f} probe {run['probe']['auprc']:.3f} iforest "
-                    f"{run['iforest']['auprc']:.3f} ({time.perf_counter() - started:.1f} s)")
+                log(f"sim {kind} p={prevalence} start={start} seed={seed}: {_auprcs(run)} "
+                    f"({time.perf_counter() - started:.1f} s)")
     return results
+
+
+def _auprcs(run: dict) -> str:
+    """One run's AUPRC by method, for the progress log."""
+    return " ".join(f"{name} {run[arm]['auprc']:.3f}" for name, arm in
+                    (("ours AUPRC", "ours"), ("sim", "similarity"), ("probe", "probe"), ("iforest", "iforest")))
 
 
 def _finished(done) -> dict:
@@ -249,9 +254,7 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
                 run.update(kind=wanted, seed=seed, start=start, n=len(ids), key=key)
                 results.setdefault((wanted, start), []).append(run)
                 _keep(done, run)
-                log(f"gz1 {wanted} start={start} seed={seed}: ours AUPRC {run['ours']['auprc']:.3f} "
-                    f"sim {run['similarity']['auprc']:.3f} probe {run['probe']['auprc']:.3f} iforest "
-                    f"{run['iforest']['auprc']:.3f}")
+                log(f"gz1 {wanted} start={start} seed={seed}: {_auprcs(run)}")
     return results
 
 
