@@ -45,16 +45,16 @@ sys.path.insert(0, HERE)
 
 from galtools.io import open_table, vectors_of  # noqa: E402
 from galtools.ood.metrics import average_precision  # noqa: E402
-from galtools.ood.rank import RankSettings, prior_scores, rank_vectors, unit  # noqa: E402
+from galtools.ood.rank import KnnGraph, RankSettings, prior_scores, rank_vectors, unit  # noqa: E402
 
 STARTS = (1, 5, 10)
 ROUNDS = 3
 PER_ROUND = 20
 ARMS = ("ours", "random", "similarity", "iforest", "probe")
-GRID = [dict(half_labels=5.0, similarity_share=0.75, explore=1.0),      # the first is the default of gal-ood rank
-        dict(half_labels=20.0, similarity_share=0.75, explore=1.0), dict(half_labels=5.0, similarity_share=1.0,
-                                                                        explore=1.0),
-        dict(half_labels=5.0, similarity_share=0.75, explore=0.0)]
+BASE = dict(half_labels=5.0, similarity_share=0.75, explore=1.0, graph_share=0.0)   # the defaults of gal-ood rank
+GRID = [BASE, {**BASE, "explore": 0.0}, {**BASE, "graph_share": 0.25}, {**BASE, "graph_share": 0.5},
+        {**BASE, "graph_share": 0.75}, {**BASE, "graph_share": 0.5, "explore": 0.0}]
+TUNE_SEEDS = (0, 1)
 
 
 def read_embeddings(path: str, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -106,16 +106,17 @@ def metrics(score: np.ndarray, truth: np.ndarray, pool: np.ndarray) -> dict:
             "wanted": int(t.sum())}
 
 
-def loop(x, truth, start, settings: RankSettings, prior, rng_seed):
+def loop(x, truth, start, settings: RankSettings, prior, graph=None):
     """Labels after the rounds (positives, negatives) and the final ranking, for one method's own proposals."""
     positives = list(start)
     negatives: list[int] = []
     for _ in range(ROUNDS):
-        ranking = rank_vectors(x, np.array(positives), np.array(negatives, np.int64), settings, prior=prior)
+        ranking = rank_vectors(x, np.array(positives), np.array(negatives, np.int64), settings, prior=prior,
+                               graph=graph)
         for row in ranking.proposed:
             (positives if truth[row] else negatives).append(int(row))
     final = rank_vectors(x, np.array(positives), np.array(negatives, np.int64),
-                         RankSettings(**{**settings.__dict__, "propose": 0}), prior=prior)
+                         RankSettings(**{**settings.__dict__, "propose": 0}), prior=prior, graph=graph)
     return np.array(positives), np.array(negatives, np.int64), final
 
 
@@ -127,7 +128,7 @@ def with_labels(score: np.ndarray, positives, negatives) -> np.ndarray:
     return score
 
 
-def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
+def one_run(x, truth, n_start, seed, config: dict, prior=None, graph=None) -> dict:
     """Every arm scored over all objects but the starting positives (given, not found); an arm that labelled
     objects (ours, similarity's own loop, the probe on our labels) lists its yeses first and its noes last."""
     rng = np.random.default_rng(seed)
@@ -137,7 +138,9 @@ def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
     judged = np.ones(len(x), bool)
     judged[start] = False
     ours = RankSettings(method="auto", propose=PER_ROUND, seed=seed, **config)
-    pos, neg, final = loop(x, truth, start, ours, prior, seed)
+    if ours.graph_share and graph is None and len(x) <= ours.graph_rows:
+        graph = KnnGraph.build(x, np.arange(len(x)), ours.neighbours)
+    pos, neg, final = loop(x, truth, start, ours, prior, graph)
     result = {"ours": metrics(with_labels(final.score, pos, neg), truth, judged), "labels": int(len(pos) + len(neg)),
               "found": int(len(pos) - n_start)}
     result["random"] = metrics(rng.random(len(x)), truth, judged)
@@ -148,7 +151,7 @@ def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
     else:
         result["probe"] = {k: float("nan") for k in result["ours"]}
     s_pos, s_neg, s_final = loop(x, truth, start, RankSettings(method="similarity", propose=PER_ROUND, seed=seed),
-                                 prior, seed)
+                                 prior)
     result["similarity"] = metrics(with_labels(s_final.score, s_pos, s_neg), truth, judged)
     result["similarity_found"] = int(len(s_pos) - n_start)
     return result
@@ -202,15 +205,26 @@ def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, l
                 rows, truth = subsample(kinds, kind, prevalence, seed)
                 x = vectors[rows]
                 if (kind, prevalence, seed) not in priors:
-                    priors = {(kind, prevalence, seed): prior_scores(x, RankSettings(seed=seed))}
+                    priors, graphs = {(kind, prevalence, seed): prior_scores(x, RankSettings(seed=seed))}, {}
                 started = time.perf_counter()
-                run = one_run(x, truth, start, seed, config, priors[(kind, prevalence, seed)])
+                run = one_run(x, truth, start, seed, config, priors[(kind, prevalence, seed)],
+                              graph_of(x, config, graphs))
                 run.update(kind=kind, seed=seed, prevalence=prevalence, start=start, n=len(rows), key=key)
                 results.setdefault((prevalence, start), []).append(run)
                 _keep(done, run)
                 log(f"sim {kind} p={prevalence} start={start} seed={seed}: {_auprcs(run)} "
                     f"({time.perf_counter() - started:.1f} s)")
     return results
+
+
+def graph_of(x, config: dict, cache: dict):
+    """The kNN graph of every row that the settings ask for (None when they use none), built once per table."""
+    settings = RankSettings(**config)
+    if not settings.graph_share or len(x) > settings.graph_rows:
+        return None
+    if settings.neighbours not in cache:
+        cache[settings.neighbours] = KnnGraph.build(x, np.arange(len(x)), settings.neighbours)
+    return cache[settings.neighbours]
 
 
 def _auprcs(run: dict) -> str:
@@ -239,7 +253,7 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
         for row in csv.DictReader(handle):
             labels[int(row["objid"])] = row["gz1_label"]
     names = np.array([labels.get(int(i), "") for i in ids])
-    results, finished = {}, _finished(done)
+    results, finished, graphs = {}, _finished(done), {}
     for wanted in ("merger", "edge_on"):
         truth = names == wanted
         for seed in seeds:
@@ -250,7 +264,7 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
                     results.setdefault((wanted, start), []).append(finished[key])
                     continue
                 prior = prior if prior is not None else prior_scores(vectors, RankSettings(seed=seed))
-                run = one_run(vectors, truth, start, seed, config, prior)
+                run = one_run(vectors, truth, start, seed, config, prior, graph_of(vectors, config, graphs))
                 run.update(kind=wanted, seed=seed, start=start, n=len(ids), key=key)
                 results.setdefault((wanted, start), []).append(run)
                 _keep(done, run)
@@ -259,15 +273,15 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
 
 
 def tune(path: str, log=print, done=None) -> tuple[dict, list]:
-    """The 'auto' settings with the best mean AUPRC on the tuning table (1%, 5 starting positives, seed 0)."""
+    """The 'auto' settings with the best mean AUPRC on the tuning table (1%, 5 starting positives, TUNE_SEEDS)."""
     scores = []
     for config in GRID:
-        runs = sim_runs(path, (0.01,), (5,), (0,), config, log=lambda *_: None, done=done)[(0.01, 5)]
+        runs = sim_runs(path, (0.01,), (5,), TUNE_SEEDS, config, log=lambda *_: None, done=done)[(0.01, 5)]
         mean = float(np.mean([r["ours"]["auprc"] for r in runs]))
         scores.append({**config, "auprc": mean})
         log(f"tune {config}: mean AUPRC {mean:.3f}")
     best = max(scores, key=lambda s: s["auprc"])
-    return {k: best[k] for k in GRID[0]}, scores
+    return {k: best[k] for k in BASE}, scores
 
 
 def cell(summary: dict, arm: str, key: str) -> str:
@@ -312,7 +326,7 @@ def main() -> None:
             if getattr(args, name):
                 path = getattr(args, name)
                 setattr(args, name, pixel_pca(path, os.path.splitext(path)[0] + "-pixelpca.parquet"))
-    config = dict(GRID[0])
+    config = dict(BASE)
     result = {"note": args.note, "grid": None}
     done = os.path.splitext(args.json)[0] + "-runs.jsonl"
     if args.sim_tune:
@@ -345,8 +359,8 @@ def main() -> None:
 def record(result: dict, config: dict) -> None:
     from _record import machine, record as append_row
 
-    setting = (f"auto settings chosen on the tuning table: half_labels {config['half_labels']}, similarity_share "
-               f"{config['similarity_share']}, explore {config['explore']}; {result['note']}")
+    setting = ("auto settings chosen on the tuning table: " + ", ".join(f"{k} {v}" for k, v in config.items())
+               + f"; {result['note']}")
     for part, title in (("sim", "gal-sim test table, mean over the 7 anomaly kinds x seeds"),
                         ("gz1", "Galaxy Zoo 1, merger and edge_on, x seeds")):
         for key, s in result["report"].get(part, {}).items():

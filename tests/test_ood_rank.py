@@ -322,3 +322,35 @@ def test_gal_view_refuses_a_bad_labels_file_at_the_start(tmp_path):
     assert result.returncode == 65 and "not in the embeddings shown" in result.stderr.decode()
     result = run_tool("gal-view", emb, "--images", images, "--labels", tmp_path / "no" / "labels.csv")
     assert result.returncode == 74 and "no folder" in result.stderr.decode()
+
+
+def test_label_spreading_equals_a_dense_numpy_reference():
+    """The kNN graph and label spreading against a dense numpy version written from the formulas: cosine
+    neighbours by argsort, weights max(W, W^T), S = D^-1/2 W D^-1/2, F <- alpha S F + (1 - alpha) Y."""
+    from galtools.ood.rank import KnnGraph, spread_labels
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(80, DIM)).astype(np.float32)
+    rows = np.arange(3, 80, dtype=np.int64)       # a graph over part of the table: positions are within rows
+    positives, negatives = np.array([5, 40]), np.array([2, 9, 77])     # 2 lies outside the graph: left out
+    k, alpha = 6, 0.8
+    graph = KnnGraph.build(vectors, rows, k)
+    unit = vectors[rows] / np.linalg.norm(vectors[rows], axis=1, keepdims=True)
+    similarity = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    assert (graph.neighbours == nearest).mean() > 0.99          # float32 ties aside
+    weights = np.zeros_like(similarity)
+    for i, row in enumerate(graph.neighbours):
+        weights[i, row] = np.clip(similarity[i, row], 1e-6, None)
+    weights = np.maximum(weights, weights.T)
+    scale = 1 / np.sqrt(weights.sum(axis=1))
+    s = scale[:, None] * weights * scale[None, :]
+    seeds = np.zeros((len(rows), 2))
+    seeds[[positives[0] - 3, positives[1] - 3], 0] = 0.5
+    seeds[[9 - 3, 77 - 3], 1] = 0.5
+    mass = seeds.copy()
+    for _ in range(30):
+        mass = alpha * s @ mass + (1 - alpha) * seeds
+    np.testing.assert_allclose(spread_labels(graph, positives, negatives, alpha), mass[:, 0] - mass[:, 1],
+                               rtol=1e-5, atol=1e-9)
