@@ -227,6 +227,26 @@ def graph_of(x, config: dict, cache: dict):
     return cache[settings.neighbours]
 
 
+def ceiling(path: str, prevalence: float = 0.01, seed: int = 1, folds: int = 5) -> dict:
+    """What the embeddings carry about each kind, whatever the ranking method: AUPRC of a class-balanced logistic
+    regression given *every* label (``folds``-fold cross-validated), on the table with the kind at
+    ``prevalence``.  A diagnostic on the test table (nothing is chosen by it)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    _, vectors, columns = read_embeddings(path, ("anomaly_kind",))
+    kinds = columns["anomaly_kind"]
+    out = {}
+    for kind in sorted(k for k in set(kinds.tolist()) if k != "none"):
+        rows, truth = subsample(kinds, kind, prevalence, seed)
+        score = cross_val_predict(LogisticRegression(max_iter=500, class_weight="balanced"), vectors[rows], truth,
+                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                  method="decision_function")
+        out[kind] = {"auprc": average_precision(score, truth), "wanted": int(truth.sum()),
+                     "prevalence": float(truth.mean())}
+    return out
+
+
 def _auprcs(run: dict) -> str:
     """One run's AUPRC by method, for the progress log."""
     return " ".join(f"{name} {run[arm]['auprc']:.3f}" for name, arm in
@@ -316,6 +336,8 @@ def main() -> None:
     parser.add_argument("--gz1-seeds", type=int, default=5)
     parser.add_argument("--note", default="", help="how the embeddings were made (goes into the rows)")
     parser.add_argument("--json", default=os.path.join(HERE, ".work-discovery", "result.json"))
+    parser.add_argument("--ceiling", action="store_true", help="also: per kind of the gal-sim test table, the AUPRC "
+                        "of a probe given every label (5-fold), i.e. what the embeddings carry at all")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--kept-only", action="store_true", help="gal-sim: report the runs kept so far (in the "
                         "runs file beside --json), computing none")
@@ -340,6 +362,15 @@ def main() -> None:
         report["sim"] = {f"{p} {s}": summarise(r) for (p, s), r in grouped.items()}
         result["sim_lines"] = table_lines("gal-sim test table (all anomaly kinds; wanted prevalence, start)",
                                           {(f"{p:.1%}", s): r for (p, s), r in grouped.items()})
+        for (p, s), runs in grouped.items():
+            by_kind: dict = {}
+            for run in runs:
+                by_kind.setdefault((f"{run['kind']} {p:.1%}", s), []).append(run)
+            result["sim_lines"] += ["", *table_lines(f"by kind, {p:.1%}, start {s}", by_kind)]
+    if args.sim_test and args.ceiling:
+        result["ceiling"] = ceiling(args.sim_test)
+        print("every-label probe, 5-fold, 1%: " + ", ".join(f"{k} {v['auprc']:.3f}" for k, v in
+                                                            result["ceiling"].items()), flush=True)
     if args.gz1_emb:
         grouped = gz1_runs(args.gz1_emb, args.gz1, STARTS, tuple(range(1, args.gz1_seeds + 1)), config, done=done)
         report["gz1"] = {f"{k} {s}": summarise(r) for (k, s), r in grouped.items()}
@@ -374,6 +405,17 @@ def record(result: dict, config: dict) -> None:
                        f"found by the loop ({s['similarity_found']:.1f} by similarity's), {s['runs']} runs; "
                        f"{setting}); "
                        f"{machine()}", ours, base, f"{s['ours']['auprc'][0] / max(best_base, 1e-9):.2f}x best")
+    if result.get("grid"):
+        append_row(f"discovery tuning grid (gal-sim tuning table, 1%, 5 start positives, 7 kinds x seeds "
+                   f"{','.join(map(str, TUNE_SEEDS))}; {result['note']}); {machine()}",
+                   "; ".join(f"{' '.join(f'{k} {g[k]}' for k in BASE if g[k] != BASE[k]) or 'defaults'}: AUPRC "
+                             f"{g['auprc']:.3f}" for g in result["grid"]), "-", f"chosen: {config}")
+    if result.get("ceiling"):
+        c = result["ceiling"]
+        append_row(f"discovery ceiling: probe given every label, 5-fold, gal-sim test table with each kind at 1% "
+                   f"(~{np.mean([v['wanted'] for v in c.values()]):.0f} wanted); {result['note']}; {machine()}",
+                   ", ".join(f"{k} AUPRC {v['auprc']:.3f}" for k, v in c.items()),
+                   f"prevalence {np.mean([v['prevalence'] for v in c.values()]):.4f}", "-")
 
 
 if __name__ == "__main__":

@@ -354,3 +354,38 @@ def test_label_spreading_equals_a_dense_numpy_reference():
         mass = alpha * s @ mass + (1 - alpha) * seeds
     np.testing.assert_allclose(spread_labels(graph, positives, negatives, alpha), mass[:, 0] - mass[:, 1],
                                rtol=1e-5, atol=1e-9)
+
+
+def arc(seed: int, background: int = 400, count: int = 40):
+    """The broad clusters of ``planted`` and a wanted class strung along an arc of 270 degrees: its ends are far
+    apart (dissimilar) but joined by near neighbours all the way."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, DIM)) * 3
+    normal = centres[rng.integers(0, 6, background)] + rng.normal(size=(background, DIM))
+    theta = np.linspace(0, 1.5 * np.pi, count)
+    plane = np.linalg.qr(rng.normal(size=(DIM, 2)))[0]
+    wanted = 6 * (np.cos(theta)[:, None] * plane[:, 0] + np.sin(theta)[:, None] * plane[:, 1])
+    wanted += 0.3 * rng.normal(size=(count, DIM))
+    return np.concatenate([normal, wanted]).astype(np.float32), np.r_[np.zeros(background, bool), np.ones(count, bool)]
+
+
+def test_label_spreading_follows_a_class_along_its_neighbours():
+    """From 3 positives at one end of the arc, the mix with label spreading ranks the rest of the arc better than
+    the mix without it (AUPRC gains of 0.15-0.26 over seeds 1-4 when measured; floor: +0.08 on average and a gain
+    in each)."""
+    from galtools.ood.metrics import average_precision
+    from galtools.ood.rank import RankSettings, rank_vectors
+
+    gains = []
+    for seed in (1, 2, 3, 4):
+        vectors, truth = arc(seed)
+        positives = np.flatnonzero(truth)[:3]
+        rest = np.ones(len(truth), bool)
+        rest[positives] = False
+        auprc = []
+        for share in (0.0, 0.75):
+            settings = RankSettings(graph_share=share, members=0, trees=50, seed=seed)
+            score = rank_vectors(vectors, positives, np.empty(0, np.int64), settings).score
+            auprc.append(average_precision(score[rest], truth[rest]))
+        gains.append(auprc[1] - auprc[0])
+    assert min(gains) > 0 and np.mean(gains) >= 0.08, gains
