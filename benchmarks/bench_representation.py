@@ -539,9 +539,9 @@ def heldout_main(args, work: str) -> None:
     if not args.recipe:
         raise SystemExit("--heldout needs at least one --recipe NAME=FLAGS")
     load = os.getloadavg()[0]
+    os.makedirs(os.path.join(work, "heldout"), exist_ok=True)
     result = heldout_part(args, work)
     result.update(cpu=cpu_model(), threads=args.threads, load_average=[load, os.getloadavg()[0]])
-    os.makedirs(os.path.join(work, "heldout"), exist_ok=True)
     with open(os.path.join(work, "heldout", f"result-{args.steps}.json"), "w") as handle:
         json.dump(result, handle, indent=1)
     from _record import record
