@@ -51,7 +51,7 @@ STARTS = (1, 5, 10)
 ROUNDS = 3
 PER_ROUND = 20
 ARMS = ("ours", "random", "similarity", "iforest", "probe")
-BASE = dict(half_labels=5.0, similarity_share=0.75, explore=1.0, graph_share=0.0)   # the defaults of gal-ood rank
+BASE = dict(half_labels=5.0, similarity_share=0.75, explore=1.0, graph_share=0.0)   # the grid's reference point
 GRID = [BASE, {**BASE, "explore": 0.0}, {**BASE, "half_labels": 20.0}, {**BASE, "half_labels": 50.0},
         {**BASE, "half_labels": 50.0, "explore": 0.0}, {**BASE, "graph_share": 0.5}]
 TUNE_SEEDS = (0, 1)

@@ -10,14 +10,20 @@ Components (each a number per object, larger = more likely wanted):
   positive and no negative; a labelled negative weighs ``NEGATIVE_WEIGHT`` unlabelled ones;
 - ``prior``: an isolation forest (Liu et al. 2008) on a PCA projection: how unusual an object is, without labels.
 
-``auto`` standardises the three over all objects and mixes them: with P positives the linear model gets the
+- ``graph``: label spreading (Zhou et al. 2004) from the labelled rows over the k-nearest-neighbour graph of the
+  objects (the graph of every object up to ``graph_rows``, else of the labelled and the best-scored others): an
+  object joined to positives through chains of near neighbours scores high even when it is far from each of them.
+
+``auto`` standardises the first three over all objects and mixes them: with P positives the linear model gets the
 weight P / (P + half_labels), the rest goes to similarity (share ``similarity_share``) and the prior.  So a
-handful of labels leans on similarity and the prior, and more labels on the linear model.
+handful of labels leans on similarity and the prior, and more labels on the linear model.  That mix, standardised,
+then shares the score with label spreading (``graph_share``).
 
 The acquisition rule proposes the next objects to label: the unlabelled objects with the highest
 score + explore x spread, where the spread is the standard deviation of the score over an ensemble of linear
 models fitted on bootstrap resamples of the labels (an upper confidence bound: high score, or uncertain).  The
-defaults were chosen on gal-sim mocks of one seed (benchmarks/bench_discovery.py); results are reported on others.
+defaults were chosen on a gal-sim table of one seed (benchmarks/bench_discovery.py); results are reported on
+another seed and on real galaxies.
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ class RankSettings:
     trees: int = 200
     pca: int = 32
     c: float = 1.0                 # inverse L2 strength of the logistic regression (weights averaging 1)
-    graph_share: float = 0.0       # share of the score from label spreading on the kNN graph (0: off)
+    graph_share: float = 0.5       # share of the score from label spreading on the kNN graph (0: off)
     neighbours: int = 15           # k of the kNN graph
     alpha: float = 0.9             # label spreading: weight of the neighbours against the labels
     graph_rows: int = 50000        # the graph covers the labelled rows and the best-scored others, up to this many
