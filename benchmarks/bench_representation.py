@@ -4,6 +4,8 @@ on real galaxies (Galaxy Zoo 1 classes of SDSS gri composites) and on gal-sim mo
     python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss                       # the `small` preset
     python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss --name try-simclr \\
         --train-flags "--preset small --method simclr" --parts gz1 --no-record          # rank a recipe quickly
+    python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss --heldout --steps 300 --seeds 0,1,2 \\
+        --recipe "small=--preset small" --recipe "crop32=--preset small --crop 32"    # select on some, report on others
 
 DATA/gz1-sdss holds labels.csv (objid, gz1_label, file) and images/.  The commands run as a user runs them
 (subprocesses): gal-pack, gal-sim, gal-train, gal-embed, gal-photoz curve.  numpy does what no tool does yet, the
@@ -26,6 +28,12 @@ Photo-z (``--parts photoz``): gal-sim mocks, the same recipe trained on them (``
 ``gal-photoz curve --images --checkpoint``: the linear probe, fine-tuning and the same network from scratch (all
 stopped by validation patience), and the training median, at the same nested label counts; the probe is also run
 on PCA-64 and random-weight embeddings of the mocks.
+
+Held-out discipline (``--heldout``): every --recipe is trained with each of --seeds on all the galaxies (no labels);
+the recipe with the best mean precision@10 on folds 0-2 of the fixed split (then probe accuracy) is *selected*, and
+every recipe is *reported* on folds 3-4, which the selection never saw: probe (5-fold within those galaxies) and
+precision@10 (neighbours among those galaxies only), mean and spread over the seeds, beside raw-pixel PCA-64 on the
+same galaxies.  Only the reported numbers of the selected recipe are to be quoted.
 
 The training budget is a number of steps (``--steps``), the same for every recipe; its wall time is reported.
 Rows go to benchmarks/RESULTS.md (``--no-record`` to skip) and the whole result to WORK/NAME/result.json.
