@@ -416,7 +416,7 @@ def record(result: dict, config: dict) -> None:
     if result.get("grid"):
         append_row(f"discovery tuning grid (gal-sim tuning table, {TUNE_PREVALENCE:.0%}, 5 start positives, 7 kinds x seeds "
                    f"{','.join(map(str, TUNE_SEEDS))}; {result['note']}); {machine()}",
-                   "; ".join(f"{' '.join(f'{k} {g[k]}' for k in BASE if g[k] != BASE[k]) or 'defaults'}: AUPRC "
+                   "; ".join(f"{' '.join(f'{k} {g[k]}' for k in BASE if g[k] != BASE[k]) or 'reference'}: AUPRC "
                              f"{g['auprc']:.3f}" for g in result["grid"]), "-", f"chosen: {config}")
     if result.get("ceiling"):
         c = result["ceiling"]
