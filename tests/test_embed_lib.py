@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import ROOT
-from galtools.embed.inputs import InputPlan, Preparer, centre_crop_start, check_finite
+from galtools.embed.inputs import InputPlan, Preparer, check_finite
 from galtools.embed.pipeline import Pipeline
 from galtools.embed.providers import Device, captured_output, cpu_allocation, failure_reason
 from galtools.embed.table import fixed_batches
@@ -152,13 +152,6 @@ def _preprocess(bands):
 
     rng = np.random.default_rng(0)
     return Preprocess.fit(rng.normal(size=(10, len(bands), 16, 16)).astype(np.float32) * 3, bands)
-
-
-@pytest.mark.parametrize("size_in", [32, 33, 40, 41, 64, 107])
-def test_centre_crop_is_the_augment_pipelines(size_in):
-    from galtools.augment.ops import centre_crop_start as augment_start
-
-    assert centre_crop_start(size_in, 32) == augment_start(size_in, 32)
 
 
 def test_plan_selects_bands_by_name_and_crops_the_centre():
