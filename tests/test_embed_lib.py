@@ -14,24 +14,38 @@ import pytest
 from conftest import ROOT
 from galtools.embed.inputs import InputPlan, Preparer, check_finite
 from galtools.embed.pipeline import Pipeline
-from galtools.embed.providers import Device, captured_output, cpu_allocation, failure_reason
+from galtools.device import Device
+from galtools.embed.providers import KINDS, captured_output, cpu_allocation, failure_reason
 from galtools.embed.table import fixed_batches
 from galtools.errors import BadData, UsageProblem
 
 
 # ------------------------------------------------------------------------------------------------ devices, threads
 
-@pytest.mark.parametrize("text, kind, index", [("auto", "auto", 0), ("cpu", "cpu", 0), ("cuda", "cuda", 0),
-                                               ("cuda:3", "cuda", 3), ("GPU:1", "cuda", 1), ("tensorrt:2", "tensorrt", 2)])
-def test_device_parse(text, kind, index):
-    device = Device.parse(text)
-    assert (device.kind, device.index) == (kind, index)
+@pytest.mark.parametrize("text, kind, index, gpu", [("auto", "auto", None, 0), ("cpu", "cpu", None, 0),
+                                                    ("cuda", "cuda", None, 0), ("cuda:3", "cuda", 3, 3),
+                                                    ("GPU:1", "cuda", 1, 1), ("tensorrt:2", "tensorrt", 2, 2)])
+def test_device_parse(text, kind, index, gpu):
+    device = Device.parse(text, KINDS)
+    assert (device.kind, device.index, device.gpu) == (kind, index, gpu)
+    assert str(device) == text.lower().replace("gpu", "cuda")   # messages name the device as it was asked for
 
 
 @pytest.mark.parametrize("text", ["tpu", "cuda:x", "cpu:1", "cuda:-1", ""])
 def test_device_parse_refuses(text):
     with pytest.raises(UsageProblem):
-        Device.parse(text)
+        Device.parse(text, KINDS)
+
+
+def test_gal_embed_and_torch_tools_share_one_device_type():
+    """gal-embed's devices are galtools.device's (with TensorRT added), not a type of its own."""
+    import galtools.device
+    from galtools.embed import encoder, providers
+
+    assert encoder.Device is providers.Device is galtools.device.Device
+    assert not hasattr(galtools.device, "DeviceSpec")
+    with pytest.raises(UsageProblem):
+        Device.parse("tensorrt")          # torch's tools have no TensorRT
 
 
 def test_cpu_allocation_is_the_affinity_capped_by_slurm():
