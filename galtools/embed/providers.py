@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from galtools.device import Device
 from galtools.errors import BadData, DeviceUnavailable
+from galtools.io.files import put_in_place, temporary_beside
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -140,8 +141,7 @@ def _optimized_graph(model, options, optimized):
         return optimized.path, None
     try:
         os.makedirs(os.path.dirname(optimized.path), exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".opt-", suffix=".tmp.onnx", dir=os.path.dirname(optimized.path))
-        os.close(handle)
+        tmp = temporary_beside(optimized.path, ".onnx")
     except OSError:   # a read-only cache: optimise in memory, every time
         return model, None
     options.optimized_model_filepath = tmp
@@ -156,7 +156,7 @@ def _keep_optimized(saving: str, optimized, loaded: bool) -> None:
     with contextlib.suppress(OSError):
         if loaded and os.path.getsize(saving) > 0:
             optimized.record(file_sha256(saving))
-            os.replace(saving, optimized.path)   # atomic: concurrent array tasks each write a whole file
+            put_in_place(saving, optimized.path)   # atomic: concurrent array tasks each write a whole file
         else:
             os.unlink(saving)
     with contextlib.suppress(OSError):
