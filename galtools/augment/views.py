@@ -90,9 +90,11 @@ def psf_columns(pattern, bands, names):
 
 def views_metadata(table, plan, views) -> dict:
     """The input's metadata with the canonical spec and the number of views."""
+    from galtools.io import meta
+
     metadata = dict(table.metadata)
-    metadata["galtools.augment"] = plan.pipe.spec
-    metadata["galtools.augment_views"] = str(views)
+    metadata[meta.AUGMENT] = plan.pipe.spec
+    metadata[meta.AUGMENT_VIEWS] = str(views)
     return metadata
 
 

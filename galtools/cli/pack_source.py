@@ -30,14 +30,14 @@ def is_cutout_table(source: str, read_opts=None) -> bool:
 
 
 def convert(source, out, options, report, shard, read_opts=None, stamp_pixscale=None):
-    from galtools.io import BANDS, open_table
+    from galtools.io import BANDS, HISTORY, open_table
     from galtools.pack import convert_batches, converted_metadata, converted_schema
 
     with open_table(source, shard=shard, options=read_opts) as table:
         table.require_images()
         out.expect_schema(converted_schema(table, options))   # no rows in, an empty table out
-        out.metadata.update({k: v for k, v in table.metadata.items() if k != "galtools.history"})
-        out.metadata["galtools.history"] = _merged_history(table.metadata, out.metadata)
+        out.metadata.update({k: v for k, v in table.metadata.items() if k != HISTORY})
+        out.metadata[HISTORY] = _merged_history(table.metadata, out.metadata)
         if options.bands:
             out.metadata[BANDS] = ",".join(options.bands)
         out.metadata.update(converted_metadata(table, options, stamp_pixscale))

@@ -19,6 +19,7 @@ from galtools.embed.providers import (CPU, CUDA, DEVICE_HINT, KINDS, TENSORRT, c
                                       cuda_device_count)
 from galtools.embed.runner import make_runner
 from galtools.errors import BadData, DeviceUnavailable, GalError, UsageProblem
+from galtools.io import meta
 
 _log = logging.getLogger("galtools")
 
@@ -54,15 +55,15 @@ class Encoder:
 
     def precision_metadata(self) -> dict:
         """Output metadata naming the precision used and, for int8/bf16, its parity figures."""
-        metadata = {"galtools.embed.precision": self.precision}
+        metadata = {meta.EMBED_PRECISION: self.precision}
         if self.requested and self.requested != self.precision:
-            metadata["galtools.embed.precision_requested"] = self.requested
+            metadata[meta.EMBED_PRECISION_REQUESTED] = self.requested
         if self.parity is not None:
-            metadata["galtools.embed.parity"] = self.parity.to_json()
+            metadata[meta.EMBED_PARITY] = self.parity.to_json()
         if self.auto is not None:
-            metadata["galtools.embed.auto"] = json.dumps(self.auto, separators=(",", ":"), sort_keys=True)
+            metadata[meta.EMBED_AUTO] = json.dumps(self.auto, separators=(",", ":"), sort_keys=True)
         if self.precision == "int8" and self.calibration is not None:
-            metadata["galtools.embed.calibration"] = json.dumps(self.calibration, separators=(",", ":"),
+            metadata[meta.EMBED_CALIBRATION] = json.dumps(self.calibration, separators=(",", ":"),
                                                                 sort_keys=True)
         return metadata
 

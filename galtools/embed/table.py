@@ -14,6 +14,7 @@ from galtools.embed.inputs import InputPlan, Preparer, check_finite
 from galtools.embed.pipeline import Pipeline
 from galtools.errors import BadData, UsageProblem
 from galtools.io import BANDS, EMBEDDING, IMAGE, MODEL_SHA256, images_of, vector_column
+from galtools.io import meta
 
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
@@ -41,13 +42,13 @@ def output_metadata(table_metadata: dict, encoder, input_name: str) -> dict:
     metadata = dict(table_metadata)
     metadata.update({
         MODEL_SHA256: info.sha256,
-        "galtools.model": os.path.basename(info.path),
-        "galtools.model_arch": info.arch,
-        "galtools.embedding_dim": str(info.embedding_dim),
+        meta.MODEL: os.path.basename(info.path),
+        meta.MODEL_ARCH: info.arch,
+        meta.EMBEDDING_DIM: str(info.embedding_dim),
         BANDS: ",".join(info.bands),          # the bands the embedding was made from
-        "galtools.embed.input": input_name,
-        "galtools.embed.precision": encoder.precision,
-        "galtools.embed.provider": encoder.provider,
+        meta.EMBED_INPUT: input_name,
+        meta.EMBED_PRECISION: encoder.precision,
+        meta.EMBED_PROVIDER: encoder.provider,
     })
     if hasattr(encoder, "precision_metadata"):
         metadata.update(encoder.precision_metadata())

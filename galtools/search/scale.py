@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from galtools.errors import BadData, GalError, InputMissing, OutputError, UsageProblem
 from galtools.io.files import atomic_file, is_no_space, mount_point, write_failure
+from galtools.io.meta import MODEL_SHA256
 from galtools.search.exact import TopK, unit_rows
 
 log = logging.getLogger("galtools")
@@ -194,7 +195,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
             "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "train_size": int(train_size),
                        "seed": seed, "refine": refine},
             "refine_center": [float(v) for v in vectors.mean(axis=0, dtype=np.float64)],
-            "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get("galtools.model_sha256"),
+            "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get(MODEL_SHA256),
             "id_type": str(ids.type)}
     return Trained(index, meta)
 
