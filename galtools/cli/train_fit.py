@@ -6,7 +6,7 @@ import click
 
 from galtools.cli.common import device_option, log, progress_bar, seed_option, subcommand
 from galtools.train.config import (AUTO_OPS_FLUX, DEFAULT_EPOCHS, DEFAULT_SPEC, DISPLAY_OPS, METHODS, OPTION_OF, POOLS,
-                                   PRESET_PURPOSES, PRESETS, REFERENCE_BATCH, TrainConfig, option_name)
+                                   PRESET_PURPOSES, PRESETS, REFERENCE_BATCH, TrainConfig, preset_settings)
 
 DEFAULTS = TrainConfig.defaults()
 
@@ -19,14 +19,7 @@ def _positive(ctx, param, value):
 
 def preset_help() -> str:
     """--preset's help: each preset's purpose and the options in which it differs from their defaults."""
-    def shown(value) -> str:
-        return f"{value:g}" if isinstance(value, float) else str(value)
-
-    described = []
-    for name, settings in PRESETS.items():
-        changed = " ".join(f"{option_name(key)} {shown(value)}" for key, value in settings.items()
-                           if value != DEFAULTS.get(key))
-        described.append(f"{name} ({PRESET_PURPOSES[name]}): {changed}")
+    described = [f"{name} ({PRESET_PURPOSES[name]}): {' '.join(preset_settings(name))}" for name in PRESETS]
     return ("Settings that go together, each the options' defaults but for those it names; options given as well "
             "override them one by one. " + "; ".join(described) + ". The run records the resolved settings.")
 
@@ -45,8 +38,8 @@ def add_fit_command(group: click.Group) -> None:
                   help="Encoder: resnet50-hayat (7x7 stride-1 stem, no max-pool, for 64x64), resnet18/34/50[-hayat], tiny.")
     @click.option("--width", type=float, default=DEFAULTS["width"], show_default=True, help="Channel width multiplier.")
     @click.option("--pool", type=click.Choice(list(POOLS)), default=DEFAULTS["pool"], show_default=True,
-                  help="Global pooling of the last feature maps into the representation: the mean (the paper's), the "
-                       "generalised mean (mean of x^3)^(1/3), or the maximum.")
+                  help="Global pooling of the last feature maps into the representation: the mean (Hayat et al.'s), "
+                       "the generalised mean (mean of x^3)^(1/3), or the maximum.")
     @click.option("--crop", type=int, default=DEFAULTS["crop"], show_default=True, help="Size S of the SxS views the encoder sees "
                   "(the augmentations' output size; gal-embed centre-crops to it).")
     @click.option("--ops", default=DEFAULTS["ops"], metavar="SPEC", help=f"Augmentations (gal-augment's spec); "

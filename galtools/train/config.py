@@ -60,6 +60,23 @@ def option_name(key: str) -> str:
     return "--" + OPTION_OF.get(key, key).replace("_", "-")
 
 
+def preset_settings(name: str) -> list[str]:
+    """The options that preset ``name`` sets to other values than their defaults, as ``--option value``."""
+    defaults = TrainConfig.defaults()
+
+    def shown(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return [f"{option_name(key)} {shown(value)}" for key, value in PRESETS[name].items() if value != defaults.get(key)]
+
+
+def preset_table() -> str:
+    """The presets as the Markdown table of docs/training.md (checked against it by the tests)."""
+    rows = ["| preset | for | settings (where they differ from the defaults) |", "| --- | --- | --- |"]
+    rows += [f"| `{name}` | {PRESET_PURPOSES[name]} | `{' '.join(preset_settings(name))}` |" for name in PRESETS]
+    return "\n".join(rows)
+
+
 def auto_queue_size(available: int, batch_size: int) -> int:
     """--queue-size 0: a quarter of the training cutouts in whole batches (at least one batch, at most 4,096)."""
     return max(batch_size, min(4096, (available // 4) // batch_size * batch_size))
