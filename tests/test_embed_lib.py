@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import ROOT
-from galtools.embed.inputs import InputPlan, Preparer, check_finite
+from galtools.embed.inputs import NONFINITE_PIXELS, InputPlan, Preparer
 from galtools.embed.pipeline import Pipeline
 from galtools.device import Device
 from galtools.embed.providers import KINDS, captured_output, cpu_allocation, failure_reason
@@ -198,11 +198,16 @@ def test_parallel_preparation_is_bitwise_the_serial_one():
 
 
 def test_non_finite_pixels_name_the_objects():
+    from galtools.io.tensor import check_finite
+
     with pytest.raises(BadData, match="object_id 12"):
-        check_finite(np.array([True, True, False, True]), [10, 11, 12, 13])
+        check_finite(np.array([True, True, False, True]), NONFINITE_PIXELS, [10, 11, 12, 13])
     with pytest.raises(BadData, match="row 0"):
-        check_finite(np.array([False]), None)
-    check_finite(np.ones(3, bool), None)
+        check_finite(np.array([False]), NONFINITE_PIXELS, None)
+    check_finite(np.ones(3, bool), NONFINITE_PIXELS, None)
+    with pytest.raises(BadData) as caught:
+        check_finite(np.array([False] * 7 + [True]), "rows hold NaN", list("abcdefgh"), "drop them")
+    assert caught.value.one_line() == "7 rows hold NaN (object_id a, b, c, d, e, ...) (drop them)"
 
 
 # ------------------------------------------------------------------------------------------------ memory

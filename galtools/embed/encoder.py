@@ -255,8 +255,9 @@ class PrecisionChoice:
 
     def settle(self, batches: Iterator, preparer, table_name: str) -> Iterator:
         """Take the first cutouts of ``batches`` (record batches), decide, and give back all the batches."""
-        from galtools.embed.inputs import check_finite
+        from galtools.embed.inputs import FILL_HINT, NONFINITE_PIXELS
         from galtools.io import images_of
+        from galtools.io.tensor import check_finite
 
         held, rows = [], 0
         for batch in batches:
@@ -269,7 +270,7 @@ class PrecisionChoice:
             images, finite = preparer(images_of(batch))
             if not finite.all():
                 ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
-                check_finite(finite, ids)
+                check_finite(finite, NONFINITE_PIXELS, ids, FILL_HINT)
             prepared.append(images)
         self.decide(np.concatenate(prepared)[:precisions.SAMPLE_ROWS] if prepared else None, table_name)
         self.encoder.pending = None

@@ -122,14 +122,8 @@ class Preparer:
             self._pool.shutdown(wait=True)
 
 
-def check_finite(finite_rows: np.ndarray, object_ids) -> None:
-    """NaN or infinite pixels would give NaN embeddings without a word: refuse them, naming the first objects.
-    (``finite_rows`` comes from the preprocessed values, which are finite exactly when the pixels are, short of
-    fluxes near float32's overflow.)"""
-    if finite_rows.all():
-        return
-    bad = np.nonzero(~finite_rows)[0]
-    ids = [str(object_ids[i]) for i in bad[:5]] if object_ids is not None else [f"row {i}" for i in bad[:5]]
-    raise BadData(f"{len(bad)} cutout(s) in a batch hold NaN or infinite pixels, or values the model's input scaling "
-                  f"makes so (object_id {', '.join(ids)}"
-                  f"{', ...' if len(bad) > 5 else ''})", FILL_HINT)
+# NaN or infinite pixels would give NaN embeddings without a word: galtools.io's check_finite refuses them, naming
+# the first objects (the flags come from the preprocessed values, finite exactly when the pixels are, short of
+# fluxes near float32's overflow).
+NONFINITE_PIXELS = ("cutout(s) in a batch hold NaN or infinite pixels, or values the model's input scaling makes "
+                    "so")

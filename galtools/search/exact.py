@@ -31,6 +31,7 @@ import numpy as np
 
 from galtools.device import cuda_available, parse_device, torch_device
 from galtools.errors import BadData, UsageProblem
+from galtools.io.tensor import check_finite, finite_rows
 
 DEFAULT_BLOCK_BYTES = 128 * 2**20  # one similarity tile; the rest of the working memory is O(queries x k)
 DEFAULT_QUERY_BLOCK = 2048         # queries per tile in all-rows search
@@ -38,6 +39,7 @@ GPU_WORTH_IT_FLOPS = 5e9           # below this much work, importing torch costs
 _NO_ROW = np.iinfo(np.int64).max   # tie key of an empty slot: sorts after every real row
 _PAIR_CHUNK_VALUES = 2**21         # float64 values per chunk of the fixed-order sums (16 MB)
 FLOAT32_UNIT = 2.0**-24            # unit roundoff of a float32 product or sum
+NONFINITE_HINT = "drop or re-embed those rows"
 
 
 def fixed_order_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -84,14 +86,6 @@ def unit_rows(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         raise BadData(f"{zero.size} embedding(s) are all zeros (first at row {int(zero[0])}); cosine similarity "
                       "is undefined for them", "drop those rows or re-embed them")
     return np.divide(vectors, norms[:, None], out=out)
-
-
-def check_finite(vectors: np.ndarray, what: str = "embeddings") -> None:
-    """BadData naming the first bad row when any value is NaN or infinite."""
-    bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if bad_rows.size:
-        raise BadData(f"{what} hold NaN or infinite values in {bad_rows.size} row(s) (first at row {int(bad_rows[0])})",
-                      "drop or re-embed those rows")
 
 
 def tie_ranks(ids: Sequence | np.ndarray | None, n: int) -> np.ndarray:
@@ -340,9 +334,9 @@ def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, *, base_ids=None, 
     if metric not in ("cosine", "ip"):
         raise UsageProblem(f"unknown metric {metric!r}", "use cosine or ip")
     _check_k(k, base.shape[0], exclude is not None)
-    check_finite(queries, "query embeddings")
+    check_finite(finite_rows(queries), "query embedding(s) hold NaN or infinite values", hint=NONFINITE_HINT)
     if check_base:
-        check_finite(base, "embeddings")
+        check_finite(finite_rows(base), "embedding(s) hold NaN or infinite values", hint=NONFINITE_HINT)
     if tie_rank is None:
         tie_rank = tie_ranks(base_ids, base.shape[0])
     if exclude is not None:
@@ -383,7 +377,7 @@ def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_i
         tie_rank = tie_ranks(base_ids, base.shape[0])
     normalize = metric == "cosine" and not normalized
     if check_base:
-        check_finite(base, "embeddings")
+        check_finite(finite_rows(base), "embedding(s) hold NaN or infinite values", hint=NONFINITE_HINT)
     engine = _tile_engine(base, normalize, device, 2.0 * len(rows) * base.size)
     scorer = _PairScorer(base, cosine=normalize)
     base_norm = 1 + 1e-6 if normalize else _max_norm(base)
