@@ -18,11 +18,12 @@ memory or streamed from a large table (``fit_rows``, ``fit_table``), the probe a
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from galtools.errors import BadData, UsageProblem
+from galtools.heads.format import LinearModel, StackedLinear, load_head, save_head
 from galtools.heads.curve import Arm, format_curve, make_split, plot_curve, run_curve
 from galtools.heads.rows import (InMemoryRows, LabelledRows, StreamedRows, read_labelled, validation_split)
 from galtools.heads.source import check_finite_rows, open_embeddings
@@ -116,8 +117,16 @@ class HeadTask:
         return {}
 
     def model(self, linear, rows: LabelledRows, info: dict, model_sha256: str | None, encoder_onnx=None):
-        """The task's model of the fitted layers (``encoder_onnx``: the trained encoder, for a network)."""
-        raise NotImplementedError
+        """The task's model of the fitted layers (``encoder_onnx``: the trained encoder, for a network). By default
+        a HeadModel whose file records ``model_task(rows)``."""
+        if encoder_onnx is not None:
+            raise NotImplementedError(f"{self.tool} model files carry no encoder")
+        kind = f"{self.name}-{'linear' if linear.depth == 1 else 'mlp'}"
+        return HeadModel(linear, self.tool, kind, self.model_task(rows), model_sha256, info)
+
+    def model_task(self, rows: LabelledRows) -> dict:
+        """What the default model file records under ``task`` (e.g. the classes)."""
+        return {}
 
     def finish(self, model, path: str) -> None:
         """What the task records in a fitted model before it is saved (``path``: the labelled table)."""
@@ -148,6 +157,35 @@ class HeadTask:
 
     def plot_curve(self, rows: list[dict], path: str) -> None:
         plot_curve(rows, path, list(self.curve_panels), (self.floor_method,), self.curve_ylim)
+
+
+@dataclass
+class HeadModel(LinearModel):
+    """A fitted head of a task without a model class of its own: its layers, its file's ``task`` keys, the record
+    of the fit. ``predict_pdf`` needs numpy only."""
+
+    linear: StackedLinear
+    tool: str
+    kind: str
+    task: dict = field(default_factory=dict)
+    model_sha256: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def predict_pdf(self, x: np.ndarray) -> np.ndarray:
+        return self.linear.probabilities(x)
+
+    def save(self, path: str, overwrite: bool = False) -> dict:
+        return save_head(path, {}, tool=self.tool, kind=self.kind, embedding_dim=self.embedding_dim,
+                         model_sha256=self.model_sha256, linear=self.linear, task=self.task, info=self.info,
+                         overwrite=overwrite)
+
+    @classmethod
+    def from_head(cls, head) -> "HeadModel":
+        return cls(head.linear(), head.meta["tool"], head.kind, head.task, head.model_sha256, head.info)
+
+    @classmethod
+    def load(cls, path: str, tool: str, kinds: tuple[str, ...] | None = None) -> "HeadModel":
+        return cls.from_head(load_head(path, tool, kinds))
 
 
 @dataclass
