@@ -170,3 +170,32 @@ def test_a_third_task_checks_its_labels(tables, tmp_path):
     unlabelled = write_table(bad.drop_columns([LABEL]), str(tmp_path / "none.parquet"))
     with pytest.raises(BadData, match=f"no '{LABEL}' column"):
         fit_table(MergerTask(), unlabelled, TrainSettings())
+
+
+@pytest.mark.slow
+def test_both_tools_report_in_one_shape_and_keep_their_old_keys(tables, tmp_path):
+    """gal-photoz eval and gal-classify eval --json: the shared keys (task, n, n_skipped) beside each one's own."""
+    import json
+
+    from conftest import run_tool
+
+    with open_table(tables["train"]) as table:
+        data = table.read_all()
+    flags = np.asarray(data.column(LABEL).cast(pa.float64()).to_numpy(zero_copy_only=False))
+    z = np.where(np.isnan(flags), np.nan, 0.05 + 0.2 * np.nan_to_num(flags))
+    data = data.append_column("z_spec", pa.array(z)).append_column("morph", pa.array(
+        np.where(np.isnan(flags), None, np.where(flags == 1, "merger", "single")).tolist(), pa.string()))
+    emb = write_table(data, str(tmp_path / "emb.parquet"))
+    reports = {}
+    for tool, fit in (("gal-photoz", ["--bins", "8", "--zmax", "0.4"]), ("gal-classify", ["--label", "morph"])):
+        model, pred = tmp_path / f"{tool}.model", tmp_path / f"{tool}.parquet"
+        run_tool(tool, "fit", emb, *fit, "--max-epochs", "3", "-o", model, check=True)
+        run_tool(tool, "predict", emb, "--model", model, "-o", pred, check=True)
+        reports[tool] = json.loads(run_tool(tool, "eval", pred, "--json", check=True).stdout)
+    unlabelled = int(np.isnan(flags).sum())
+    assert reports["gal-photoz"]["task"] == "photoz" and reports["gal-classify"]["task"] == "classify"
+    for report in reports.values():
+        assert report["n"] == len(flags) - unlabelled and report["n_skipped"] == unlabelled
+    assert {"bias", "sigma_mad", "eta", "by_z"} <= set(reports["gal-photoz"])
+    assert {"accuracy", "balanced_accuracy", "n_no_label", "n_other_class"} <= set(reports["gal-classify"])
+    assert reports["gal-classify"]["n_no_label"] == unlabelled

@@ -26,8 +26,8 @@ from galtools.errors import BadData, UsageProblem
 from galtools.heads.format import LinearModel, StackedLinear, load_head, save_head
 from galtools.heads.curve import Arm, format_curve, make_split, plot_curve, run_curve
 from galtools.heads.rows import (InMemoryRows, LabelledRows, StreamedRows, read_labelled, validation_split)
-from galtools.heads.source import check_finite_rows, open_embeddings
-from galtools.io import EMBEDDING, open_table, vectors_of
+from galtools.heads.source import OBJECT_ID, check_finite_rows, open_embeddings, require_columns
+from galtools.io import EMBEDDING, display_name, open_table, vectors_of
 
 log = logging.getLogger("galtools")
 
@@ -216,12 +216,8 @@ def read_rows(task: HeadTask, source, with_ids: bool = False) -> LabelledRows:
 
 def read_labels(task: HeadTask, path: str) -> LabelledRows:
     """object_ids and labels of the rows of any table (embeddings or cutouts) that have a label (no features)."""
-    from galtools.io import display_name
-
     name = display_name(path)
     with open_table(path) as table:
-        from galtools.heads.source import OBJECT_ID, require_columns
-
         require_columns(table.schema, [OBJECT_ID], name, "give a table from gal-sim, gal-pack or gal-embed")
         task.check_columns(table.schema, name)
         x, labels, ids, n_rows = read_labelled(table, task.label_columns, lambda b: task.labels_of(b, name),
