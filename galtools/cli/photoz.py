@@ -45,7 +45,7 @@ def fit(emb, z_options, training, mode, network, output, overwrite):
     redshift column); the model file then carries the trained encoder, and 'gal-photoz predict CUTOUTS' runs it.
     """
     from galtools.finetune.task import fit_command
-    from galtools.photoz.task import settings_of
+    from galtools.photoz.fit import settings_of
 
     fit_command(settings_of, emb, output, overwrite, {**z_options, "stream": mode["stream"]}, training, network,
                 mode["finetune"], mode["from_scratch"])
@@ -120,7 +120,7 @@ def curve(emb, z_options, training, network, curve):
     --batch-size and --lr apply to the probes; the networks use 64 and 1e-3. Every arm stops by the same rule;
     'stopped' says whether by patience or at --max-epochs (not converged). Labelled rows are held in memory.
     """
-    from galtools.photoz.task import settings_of
+    from galtools.photoz.fit import settings_of
 
     run_curve(settings_of, emb, z_options, training, network, curve)
 

@@ -45,7 +45,7 @@ class HeadTask:
     curve_metrics: tuple = ()    # the curve's columns: (key, title, format spec)
     curve_panels: tuple = ()     # the curve's plot: (key, axis label)
     curve_ylim = None
-    streams = False              # fit_table may re-read a large table per pass (targets must be class indices)
+    streams = False              # fit_table may re-read a large table per pass (its targets: class indices)
 
     # ---------------------------------------------------------------------------------------------------- labels
     @property

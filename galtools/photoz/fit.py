@@ -90,8 +90,18 @@ def bin_labels(z: np.ndarray, bins: RedshiftBins, z_column: str, clip_labels: bo
     return y, above, below
 
 
+def settings_of(z_options: dict, training: dict, on_images: bool = False, probe: bool = True):
+    """(the photo-z task, its FitSettings) from the command line's redshift and training options."""
+    from galtools.photoz.task import PhotozTask
+
+    settings = fit_settings(training, z_options, on_images, probe)
+    return PhotozTask(z_options["z_column"], settings), settings
+
+
 def fit_settings(training: dict, z_options: dict, on_images: bool = False, probe: bool = True) -> FitSettings:
-    """FitSettings from the command line's training and redshift options (see galtools.finetune.resolve_training)."""
+    """FitSettings from the command line's training and redshift options: --batch-size and --lr default to the
+    probe's or, ``on_images``, the network's values (``probe`` False: the network's whatever was given; see
+    galtools.finetune.resolve_training)."""
     from galtools.finetune import resolve_training
 
     return FitSettings(**resolve_training(training, on_images, probe), n_bins=z_options["bins"],

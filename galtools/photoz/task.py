@@ -114,13 +114,3 @@ class PhotozTask(HeadTask):
 
         arrays, zmax, _ = evaluation.data
         plot_report(arrays["pred_column"], arrays["truth"], evaluation.report, path, zmax)
-
-
-def settings_of(z_options: dict, training: dict, on_images: bool = False,
-                probe: bool = True) -> tuple[PhotozTask, FitSettings]:
-    """The task and settings from the command line's redshift and training options (--batch-size and --lr default
-    to the probe's or, ``on_images``, the network's values; ``probe`` False: the network's whatever was given)."""
-    from galtools.photoz.fit import fit_settings
-
-    settings = fit_settings(training, z_options, on_images, probe)
-    return PhotozTask(z_options["z_column"], settings), settings
