@@ -115,8 +115,8 @@ def curve(emb, z_options, training, network, curve):
 
     With --images and --checkpoint, also the baselines on the same subsets and test set: the same probe on the
     pixels (PCA fitted without labels, its number of components chosen by validation loss) and on the encoder with
-    random weights, the encoder fine-tuned end to end and the same network trained from scratch: the experiment
-    of Hayat et al. (2021), fig. 5.
+    random weights, the encoder fine-tuned end to end and the same network trained from scratch: the label-efficiency
+    experiment of Hayat et al. 2021.
     --batch-size and --lr apply to the probes; the networks use 64 and 1e-3. Every arm stops by the same rule;
     'stopped' says whether by patience or at --max-epochs (not converged). Labelled rows are held in memory.
     """

@@ -37,8 +37,8 @@ def z_options():
             click.option("--clip-labels", is_flag=True, help="Put labels at or above --zmax in the last bin, "
                          "however many there are (with a warning)."),
             click.option("--label-smoothing", type=float, default=0.0, show_default=True, metavar="BINS",
-                         help="Spread each label over a Gaussian of this many bins (0: one-hot, as the paper); "
-                              "with few labels per bin, 2 tells the head that nearby redshifts are nearly right.")]
+                         help="Spread each label over a Gaussian of this many bins (0: one-hot, as Hayat et al. "
+                              "2021). With a few thousand labels, 2 helps (docs/heads.md).")]
 
 
 training = training_options(batch_size=None, lr=None, batch_help="Rows per step (default: 512 for the probe, 64 on "
