@@ -68,8 +68,6 @@ scale_options = options(
 scale_options.__doc__ = "The options of the compressed kinds (ivfpq, ivfsq8)."
 
 
-def reference_index_option(func):
-    """gal-ood score --reference-index: the reference searched through a compressed gal-knn index."""
-    return click.option("--reference-index", metavar="FAISS", help="knn models: find the reference neighbors through "
-                        "this ivfpq/ivfsq8 index of the reference table (gal-knn index REFERENCE), reading the "
-                        "reference by row instead of from the model.")(func)
+def reference_index_option(help: str):
+    """--reference-index FAISS of gal-ood fit and score: a reference searched through a compressed gal-knn index."""
+    return click.option("--reference-index", metavar="FAISS", help=help)
