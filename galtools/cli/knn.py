@@ -77,14 +77,14 @@ def search(emb, query_ids, queries_file, query_image, model, all_rows, k, least,
                                 index_path, nprobe, ef, refine, montage, images, label, output)
     measure_only = bool(precision_k) and output == "-"   # stdout carries the JSON: no table
     writing = prepare_output(output, fmt, overwrite, shard, pictures=[montage], slurm=all_rows, terminal="dash",
-                             table=not measure_only)
+                             table=not measure_only, source=emb if all_rows else None)
     base, index = ks.open_base(emb, index_path, refine)
     query_columns = nb.check_query_columns(base, query_columns)
     if query_image:
         plan = q.embed_queries(base, query_image, model, device, writing.shard, keep_images=MONTAGE_ROWS)
     else:
         wanted = list(query_ids) + (read_ids(queries_file, what=f"--queries {queries_file}") if queries_file else [])
-        plan = q.plan_queries(base, index, wanted, all_rows, writing.shard, include_self)
+        plan = ks.plan(base, index, emb, writing, wanted, all_rows, include_self)
     checkpoint = ks.checkpoint_for(writing, plan, index, measure_only)
     blocks = q.search_blocks(base, plan, k, least, index, nprobe, ef, device,
                              track=lambda items, total: progress(items, total=total, description="searching"),
@@ -96,7 +96,7 @@ def search(emb, query_ids, queries_file, query_image, model, all_rows, k, least,
 
         observers.append(PrecisionAtK(base, label, precision_k))
     settings = {"k": k, "least": least, "exact": index is None, "index": index_path, "nprobe": nprobe, "ef": ef,
-                "shard": str(writing.shard) if writing.shard else None}
+                "shard": str(writing.shard) if writing.shard and not writing.catalogue else None}  # a catalogue is one
     ks.write_table(writing, blocks, base, query_columns, observers, settings, measure_only)
     if checkpoint is not None:
         checkpoint.clear()   # the table is complete

@@ -22,6 +22,19 @@ def open_base(emb: str, index_path: str | None, refine: int | None):
     return base, index
 
 
+def plan(base, index, emb: str, writing, wanted, all_rows: bool, include_self: bool):
+    """The queries: those of cli/knn's options; over all rows into a HATS catalogue, the rows of the partitions
+    this task writes (one partition is one shard)."""
+    from galtools.search import queries as q
+
+    if all_rows and writing.catalogue:
+        from galtools.io.hats import Layout
+
+        start, stop = Layout(emb).row_bounds(writing.shard)
+        return q.QueryPlan(all_rows=range(start, stop), exclude=not include_self)
+    return q.plan_queries(base, index, wanted, all_rows, writing.shard, include_self)
+
+
 def checkpoint_for(writing, plan, index, measure_only: bool):
     """Where ``--all`` through a compressed index keeps its finished batches: OUTPUT.checkpoint/ beside a table
     file (a rerun after a crash continues from it), else nowhere."""
@@ -75,7 +88,8 @@ def check_search_options(query_ids, queries_file, query_image, model, all_rows, 
 
 
 def write_table(writing, blocks, base, query_columns, observers, settings, measure_only):
-    """Write the neighbor table (or show it on a terminal, or only measure: no table)."""
+    """Write the neighbor table (or show it on a terminal, or only measure: no table); into a HATS catalogue, one
+    row per object (galtools.search.objects)."""
     import json
 
     from galtools.search import neighbors as nb
@@ -92,5 +106,10 @@ def write_table(writing, blocks, base, query_columns, observers, settings, measu
     metadata = dict(base.metadata)
     metadata["galtools.knn"] = json.dumps(settings, separators=(",", ":"))
     with writing.open(metadata) as out:
-        written = nb.write_neighbors(blocks, base, out, query_columns, observers)
-    log.debug(f"wrote {written} neighbors to {writing.name}")
+        if writing.catalogue:
+            from galtools.search.objects import write_objects
+
+            written = write_objects(blocks, base, out, settings["k"], observers)
+        else:
+            written = nb.write_neighbors(blocks, base, out, query_columns, observers)
+    log.debug(f"wrote {written} rows to {writing.name}")
