@@ -36,12 +36,6 @@ def objects_schema(base, k: int) -> pa.Schema:
 
 def write_objects(blocks, base, sink, k: int, observers=()) -> int:
     """Write one row per query of every block to ``sink``; each observer's ``add(block)`` sees each block."""
-    sink.expect_schema(objects_schema(base, k))
-    written = 0
-    for block in blocks:
-        for observer in observers:
-            observer.add(block)
-        batch = object_batch(block, base, k)
-        sink.write(batch)
-        written += batch.num_rows
-    return written
+    from galtools.search.neighbors import write_blocks
+
+    return write_blocks(blocks, sink, objects_schema(base, k), lambda block: object_batch(block, base, k), observers)
