@@ -7,7 +7,8 @@ The vectors are bench_scale.py's (a Gaussian mixture fitted to gal-embed's embed
 benchmarks/.work-scale/). Per kind, one `gal-knn index` of the table, then the rows of `--shard 0/S` as queries,
 each arm its own process with OMP_NUM_THREADS=1, peak RSS its own (/usr/bin/time):
   gal-knn EMB --index X --all --shard 0/S -o OUT      (by inverted list, finished batches kept for a rerun)
-  the same rows searched 2,048 at a time through ScaleIndex.search (what --all did before: the baseline),
+  the same rows searched 2,048 at a time through ScaleIndex.search (what --all did before: the baseline; the
+  table opened as gal-knn opens it, no output written),
 and whether the two give the same neighbor ids (they should: same codes, same scanner, same re-scoring).
 """
 from __future__ import annotations
@@ -24,8 +25,8 @@ from bench_scale import ROOT, WORK, load_text, run, sample_table  # noqa: E402
 
 BLOCKS = """
 import sys, time, numpy as np
-from galtools.search.scale import open_scale
-index = open_scale(sys.argv[1]); start, stop = int(sys.argv[2]), int(sys.argv[3])
+from galtools.search.queries import load_for_index
+base, index = load_for_index(sys.argv[5], sys.argv[1]); start, stop = int(sys.argv[2]), int(sys.argv[3])
 found = []
 began = time.perf_counter()
 for first in range(start, stop, 2048):
@@ -74,7 +75,7 @@ def main():
         wall, rss, _ = run(["galtools.cli.knn", table, "--index", index, "--all", "-k", "10", "--shard",
                             f"0/{args.shards}", "-o", out, "--overwrite"])
         blocks_out = os.path.join(WORK, f"all-{kind}-blocks.npy")
-        base_wall, base_rss, printed = run_code(BLOCKS, [index, "0", str(stop), blocks_out])
+        base_wall, base_rss, printed = run_code(BLOCKS, [index, "0", str(stop), blocks_out, table])
         import numpy as np
         import pyarrow.parquet as pq
 
