@@ -90,10 +90,16 @@ def test_all_in_shards_through_a_merged_on_disk_index(tmp_path):
              "-o", merged, check=True)
     ids = table.column("object_id").to_pylist()
     want, want_sims = _query_by_query(path, merged, ids, tmp_path)
+    # a checkpoint left by a run with other settings (another -k) is not resumed from: its batches are not these
+    stale = tmp_path / "nb-0-of-2.parquet.checkpoint"
+    stale.mkdir()
+    (stale / "state.json").write_text('{"k": 99}')
+    np.savez(stale / "batch-000000000000.npz", rows=np.zeros((5, 10), np.int64), scores=np.zeros((5, 10), np.float32))
     for shard in range(2):
         env = dict(tool_env(), SLURM_ARRAY_TASK_ID=str(shard), SLURM_ARRAY_TASK_COUNT="2")
-        run_tool("gal-knn", path, "--index", merged, "--all", "--buffer", 1, "-o", tmp_path / "nb-{shard}.parquet",
-                 env=env, check=True)
+        done = run_tool("gal-knn", path, "--index", merged, "--all", "--buffer", 1, "-o",
+                        tmp_path / "nb-{shard}.parquet", env=env, check=True)
+        assert ("holds a run with other settings" in done.stderr.decode()) == (shard == 0)
     parts = [read_neighbours(tmp_path / f"nb-{i}-of-2.parquet") for i in range(2)]
     got, got_sims = _by_query(pa.concat_tables(parts))
     assert got == want
