@@ -84,4 +84,4 @@ def test_a_sharded_array_through_a_compressed_index(survey, embedded):  # noqa: 
     ids.write_text("\n".join(str(i) for i in lists) + "\n")
     assert lists == neighbor_lists(long_table(embedded, "--index", index, "--queries", ids))
     opens_and_matches_itself(out, survey)
-    assert not [p for p in os.listdir(survey["tmp"]) if p.endswith(".checkpoint")]
+    assert not [p for p in os.listdir(survey["tmp"]) if ".checkpoint" in p]   # each task's, removed when done

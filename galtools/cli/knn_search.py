@@ -37,19 +37,21 @@ def plan(base, index, emb: str, writing, wanted, all_rows: bool, include_self: b
 
 def checkpoint_for(writing, plan, index, measure_only: bool):
     """Where ``--all`` through a compressed index keeps its finished batches: OUTPUT.checkpoint/ beside a table
-    file (a rerun after a crash continues from it), else nowhere."""
+    file, FOLDER.checkpoint-I-of-N/ beside a HATS catalogue (a rerun after a crash continues from it); else
+    nowhere."""
     from galtools.search.scale import ScaleIndex
+
+    from galtools.search.batch import Checkpoint
 
     if plan.all_rows is None or not isinstance(index, ScaleIndex) or measure_only or not writing.table:
         return None
-    if writing.path == "-" or getattr(writing, "catalogue", False):
-        return None
+    if writing.catalogue:   # one folder for every task: a checkpoint beside it for each task
+        shard = f"-{writing.shard.index}-of-{writing.shard.count}" if writing.shard else ""
+        return Checkpoint(f"{writing.path.rstrip('/')}.checkpoint{shard}")
     from galtools.io.output import output_kind
 
-    if output_kind(writing.path) != "file":
+    if writing.path == "-" or output_kind(writing.path) != "file":
         return None
-    from galtools.search.batch import Checkpoint
-
     return Checkpoint(f"{writing.path}.checkpoint")
 
 
