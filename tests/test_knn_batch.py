@@ -76,6 +76,7 @@ def test_all_by_inverted_list_equals_query_by_query_and_resumes_after_sigkill(tm
     assert hits / (300 * 10) > 0.9
 
 
+@pytest.mark.slow
 def test_all_in_shards_through_a_merged_on_disk_index(tmp_path):
     """A sharded build (index-train, 2 x index-add, index-merge: lists on disk), then --all in 2 Slurm-style
     shards each with its own checkpoint: together exactly the query-by-query result; --least too."""
