@@ -183,7 +183,7 @@ class ImageNetwork:
     def centre_views(self, raw: np.ndarray):
         import torch
 
-        from galtools.train.data import centre_crop
+        from galtools.preprocess import centre_crop
 
         return torch.from_numpy(np.ascontiguousarray(centre_crop(raw, self.crop))).to(self.device)
 

@@ -8,13 +8,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from galtools.io import meta
 from galtools.heads.apply import Task, apply_table
 from galtools.ood.model import OodModel
 
 log = logging.getLogger("galtools")
 
 SCORE_COLUMNS = ("ood_score", "ood_raw", "trusted", "nearest_reference_id", "nearest_reference_distance")
-OOD_KEY = "galtools.ood"
+OOD_KEY = meta.OOD
 CUTOUTS_HINT = "embed the cutouts first: gal-embed CUTOUTS --model encoder.onnx | gal-ood score - ..."
 
 
