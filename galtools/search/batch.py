@@ -109,7 +109,7 @@ class Checkpoint:
 
     def start(self, settings: dict) -> int:
         """Keep the batches of an earlier run with the same settings (their number is returned), else start empty."""
-        from galtools.io.files import write_failure
+        from galtools.io.files import write_bytes, write_failure
 
         state = self.folder / STATE
         try:
@@ -125,7 +125,7 @@ class Checkpoint:
                 log.warning(f"{self.folder} holds a run with other settings: starting again")
                 shutil.rmtree(self.folder)
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(state, json.dumps(settings, indent=1).encode())
+            write_bytes(str(state), json.dumps(settings, indent=1).encode(), durable=True)
         except OSError as exc:
             raise write_failure(exc, str(self.folder)) from None
         return 0
@@ -144,30 +144,17 @@ class Checkpoint:
     def save(self, first_row: int, topk: TopK) -> None:
         import io
 
-        from galtools.io.files import write_failure
+        from galtools.io.files import write_bytes, write_failure
 
         buffer = io.BytesIO()
         np.savez(buffer, rows=topk.indices, scores=topk.scores)
         try:
-            _write_atomic(self._path(first_row), buffer.getvalue())
+            write_bytes(str(self._path(first_row)), buffer.getvalue(), durable=True)
         except OSError as exc:
             raise write_failure(exc, str(self.folder)) from None
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def effective_refine(index, refine: int | None) -> int:
