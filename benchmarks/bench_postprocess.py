@@ -210,7 +210,7 @@ def main() -> None:
                           f"probe {arm[k]['probe']:.3f}" for k in variants), flush=True)
     base = result["arms"]["PCA-64"]
     for name, arm in result["arms"].items():
-        for key, ref in (("raw", "raw"), ("post", "post"), ("default", "post")):
+        for key, ref in (("raw", "raw"), ("post", "post"), ("default", "default")):
             d = arm[key]["hits"] - base[ref]["hits"]
             arm[f"vs_pca_{key}"] = {"p10": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))),
                                     "probe": arm[key]["probe"] - base[ref]["probe"]}
@@ -252,7 +252,7 @@ def record_rows(result: dict) -> None:
                f"0-2, reported on folds 3-4 only ({result['reported_objects']} labelled galaxies, queries and "
                f"neighbours among them; probe trained on folds 0-2); whitening fitted on all packed galaxies' "
                f"embeddings, no labels; {name}; load avg {start:.1f}->{end:.1f} (bench_postprocess.py)",
-               measured, baseline, "vs PCA-64 (raw vs raw, chosen vs chosen, default vs PCA chosen): " + ratio)
+               measured, baseline, "vs PCA-64 (raw vs raw, chosen vs chosen, default vs default): " + ratio)
 
 
 if __name__ == "__main__":

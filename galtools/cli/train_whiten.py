@@ -19,7 +19,7 @@ def add_whiten_command(group: click.Group) -> None:
     @model_output_options("ONNX", help="The whitened encoder.onnx to write.")
     @click.option("--dim", type=click.IntRange(1), default=None, metavar="D",
                   help="Keep the D leading principal directions (default: all, nothing is lost).")
-    @click.option("--shrink", type=click.FloatRange(0), default=3.0, show_default=True,
+    @click.option("--shrink", type=click.FloatRange(0), default=3.0, show_default=True, metavar="S",
                   help="Added to every eigenvalue, in units of their mean: 0 is full whitening (noise directions "
                        "grow as much as signal), larger tends to plain centring.")
     @device_option
