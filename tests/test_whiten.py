@@ -120,3 +120,22 @@ def test_refusals_are_one_line_with_their_exit_codes(world):
 
     assert stored_whitening(str(out))[2]["encoder_sha256"] == json.loads(
         json.dumps(stored_whitening(str(once))[2]))["encoder_sha256"]
+
+
+def test_the_fit_keeps_only_sums_and_matches_numpy_whatever_the_batching():
+    """Moments over uneven batches of vectors far from the origin: np.cov and np.mean of all rows at once, to 1e-9
+    relative (float64); the fitted matrix whitens them to diag(lambda / (lambda + s mean(lambda)))."""
+    from galtools.embed.whiten import Moments, fit
+
+    rng = np.random.default_rng(3)
+    x = 1e3 + rng.normal(size=(500, 12)) @ rng.normal(size=(12, 12))
+    moments = Moments()
+    for lo, hi in ((0, 7), (7, 300), (300, 301), (301, 500)):
+        moments.add(x[lo:hi])
+    mean, covariance = moments.mean_and_covariance()
+    assert np.allclose(mean, x.mean(axis=0), rtol=1e-12)
+    assert np.allclose(covariance, np.cov(x, rowvar=False), rtol=1e-9, atol=1e-9)
+    fitted = fit(moments, dim=5, shrink=2.0)
+    values = np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1]
+    assert np.allclose(np.cov(fitted.apply(x), rowvar=False), np.diag(values[:5] / (values[:5] + 2 * values.mean())),
+                       atol=1e-9)
