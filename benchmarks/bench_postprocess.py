@@ -3,8 +3,8 @@
     python benchmarks/bench_postprocess.py --gz1 DATA/gz1-sdss --table gz1.parquet --runs RUN_A/ RUN_B/
 
 Each RUN/ is a gal-train run folder on the packed Galaxy Zoo 1 table (the one bench_representation.py packs):
-RUN/encoder.onnx, RUN/emb.parquet (gal-embed of the table; made when missing) and RUN/last.pt (for the projection
-head's output).  The galaxies are split into 5 folds by a hash of the object id (bench_representation.fold_of);
+RUN/encoder.onnx (embedded into WORK/LABEL/emb.parquet, LABEL the name of RUN's parent folder) and RUN/last.pt
+(for the projection head's output).  The galaxies are split into 5 folds by a hash of the object id (bench_representation.fold_of);
 folds 0-2 are the *selection* folds and folds 3-4 the *reported* folds.
 
 - Candidates (all fitted without labels): none; centring; PCA whitening x -> (x - mean) V_d diag(lambda + a *
@@ -16,7 +16,9 @@ folds 0-2 are the *selection* folds and folds 3-4 the *reported* folds.
   both in folds 0-2), separately for every representation (learned and raw-pixel PCA-64 get the same search).
 - Reported: precision@10 among the reported folds' galaxies only (overall, edge-on, mergers), and the probe
   trained on the selection folds' labels (L2 strength by inner cross-validation there) scored on the reported
-  folds.  SE: standard error of the mean over queries of the paired difference against PCA-64 (a guide; queries
+  folds.  Beside the chosen candidate, gal-train whiten's default (every dimension, shrink 3) for every
+  representation, and for the learned encoders the same made by the tools (gal-train whiten, then gal-embed).
+  SE: standard error of the mean over queries of the paired difference against PCA-64 (a guide; queries
   share neighbours).
 """
 from __future__ import annotations
