@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData, GalError, InputMissing, OutputError, UsageProblem
-from galtools.io.files import is_no_space, mount_point, write_failure
+from galtools.io.files import atomic_file, is_no_space, mount_point, write_failure
+from galtools.io.meta import MODEL_SHA256
 from galtools.search.exact import TopK, unit_rows
 
 log = logging.getLogger("galtools")
@@ -194,7 +195,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
             "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "train_size": int(train_size),
                        "seed": seed, "refine": refine},
             "refine_center": [float(v) for v in vectors.mean(axis=0, dtype=np.float64)],
-            "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get("galtools.model_sha256"),
+            "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get(MODEL_SHA256),
             "id_type": str(ids.type)}
     return Trained(index, meta)
 
@@ -507,22 +508,16 @@ def _refuse_existing(paths, overwrite: bool) -> None:
 
 @contextmanager
 def _atomic_path(path):
-    """A temporary path beside ``path`` renamed onto it when the block succeeds, removed when it fails; a full disk
-    is OutputError (74) naming the file system."""
+    """galtools.io's atomic_file, with a failed FAISS write (a RuntimeError quoting errno's text) on a full disk
+    also OutputError (74) naming the file system."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield str(temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise write_failure(exc, str(path)) from None
-    except RuntimeError as exc:          # FAISS reports a failed write as a RuntimeError quoting errno's text
+        with atomic_file(str(path)) as temporary:
+            yield temporary
+    except RuntimeError as exc:
         if is_no_space(OSError(None, str(exc)), str(path.parent)) or "No space left" in str(exc):
             raise write_failure(OSError(28, "No space left on device"), str(path)) from None
         raise
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _atomic(path, write) -> None:
