@@ -149,6 +149,13 @@ class Layout:
         """The files a shard reads: the same whole files as Table(shard_by_files=True)."""
         return shard.bounds(len(self.files)) if shard is not None else (0, len(self.files))
 
+    def row_bounds(self, shard) -> tuple[int, int]:
+        """The rows (of the whole table, in open_table's order) of the files a shard reads: what a command that
+        searches every row writes into those partitions."""
+        first, last = self.bounds(shard)
+        counts = [_file_rows(os.path.join(self.root, DATASET, relative)) for relative, _, _ in self.files[:last]]
+        return sum(counts[:first]), sum(counts)
+
     def healpix_order(self) -> list[int]:
         """File indices in HEALPix order (each pixel at the deepest order, then the file name), as HATS lists them."""
         deepest = max(order for _, order, _ in self.files)

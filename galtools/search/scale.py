@@ -433,9 +433,10 @@ class ScaleIndex:
         return np.asarray(self.exact[np.asarray(rows, dtype=np.int64)], dtype=np.float32) + self.center
 
     def search(self, queries: np.ndarray, k: int, *, exclude=None, largest: bool = True, normalized: bool = False,
-               nprobe: int | None = None, refine: int | None = None, **_ignored) -> TopK:
+               nprobe: int | None = None, refine: int | None = None, scan=None, **_ignored) -> TopK:
         """Top k by the codes, then (``refine`` > 0) the best ``refine`` candidates re-scored from the float16 vectors.
-        Rows not found are -1 with score -inf; equal scores keep FAISS's (row) order."""
+        Rows not found are -1 with score -inf; equal scores keep FAISS's (row) order. ``scan(index, queries, n)``,
+        if given, finds the n candidates instead of ``index.search`` (galtools.search.batch: by inverted list)."""
         import faiss
 
         from galtools.search.faiss_index import finish_results, signed_queries
@@ -446,7 +447,7 @@ class ScaleIndex:
         ivf = faiss.extract_index_ivf(self.index)
         ivf.nprobe = min(nprobe or self.params["nprobe"], ivf.nlist)
         candidates = min(max(refine, wanted), self.meta["count"])
-        scores, rows = self.index.search(signed, candidates)
+        scores, rows = (scan or _search_codes)(self.index, signed, candidates)
         if refine:
             scores, rows = self._rescore(signed, rows, wanted)
         else:
@@ -471,6 +472,10 @@ class ScaleIndex:
             scores[start: start + per_chunk] = np.take_along_axis(exact, order, 1)
             best[start: start + per_chunk] = np.take_along_axis(chunk, order, 1)
         return scores, best
+
+
+def _search_codes(index, queries: np.ndarray, candidates: int):
+    return index.search(queries, candidates)
 
 
 def open_scale(path) -> ScaleIndex:
