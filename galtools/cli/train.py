@@ -27,6 +27,7 @@ def cli():
     gal-train CUTOUTS... --out RUN/     train; 'gal-train fit --help' lists every option
     gal-train export CHECKPOINT -o F    write a checkpoint's encoder as ONNX
     gal-train import CHECKPOINT -o F    convert a published PyTorch ResNet checkpoint to encoder.onnx
+    gal-train whiten RUN/ CUTOUTS -o F  append a label-free whitening of the embeddings (for search)
 
     RUN/ receives checkpoints (RUN/last.pt, RUN/checkpoints/), metrics.jsonl, training.png and encoder.onnx.
     Exit 75 means "stopped on SIGTERM/SIGUSR1/SIGHUP with a checkpoint written: run again with --resume".
@@ -57,6 +58,10 @@ from galtools.cli.train_import import add_import_command  # noqa: E402  (its own
 
 add_fit_command(cli)
 add_import_command(cli)
+
+from galtools.cli.train_whiten import add_whiten_command  # noqa: E402  (its own module: 'gal-train whiten')
+
+add_whiten_command(cli)
 
 main = cli
 
