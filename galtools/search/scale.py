@@ -437,6 +437,7 @@ class ScaleIndex:
         if not os.path.exists(refine):
             raise InputMissing(f"the refine vectors {refine} of index {path} are missing", "rebuild the index")
         self.exact = np.load(refine, mmap_mode="r")   # (list, unit vector less its centroid in float16) by row
+        _read_randomly(self.exact)
         if self.exact.shape != (meta["count"],) or self.exact.dtype != refine_dtype(meta["dim"]):
             raise BadData(f"{refine} does not hold the index's {meta['count']} refine records of dimension "
                           f"{meta['dim']}", "rebuild the index")
@@ -587,6 +588,16 @@ def _empty_npy(path, count: int, dim: int) -> np.memmap:
     with open(path, "r+b") as handle:
         os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
     return array
+
+
+def _read_randomly(array: np.memmap) -> None:
+    """Tell the kernel that the rows of a memory-mapped file are read at random: a file larger than the page cache
+    then costs one page per candidate read, not the 128 kB read around each one by default."""
+    import mmap
+
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
 
 
 def _free_bytes(folder) -> int | None:
