@@ -40,7 +40,7 @@ def scale_options(func):
     func = click.option("--train-size", type=click.IntRange(1), default=None,
                         help="ivfpq/ivfsq8: rows sampled for training (default max(40 nlist, 10240)).")(func)
     func = click.option("--refine", type=click.IntRange(0), default=None, metavar="K",
-                        help="ivfpq/ivfsq8: candidates re-scored from the float16 vectors by default (ivfpq 1000, "
+                        help="ivfpq/ivfsq8: candidates re-scored from the float16 vectors by default (ivfpq 200, "
                              "ivfsq8 50).")(func)
     return click.option("--pq", "pq_m", type=click.IntRange(1), default=None,
                         help="ivfpq: bytes of code per vector (default D/4).")(func)
@@ -218,7 +218,7 @@ def _write(writing, blocks, base, query_columns, observers, settings, measure_on
               show_default=True,
               help="flat: exact, N x D x 4 bytes; ivf: inverted lists, fast to build; hnsw: graph, fastest queries, "
                    "about N x (4D + 8M) bytes; ivfpq: product-quantised codes, D/4 + 8 bytes, re-scored from float16 "
-                   "vectors in FILE.refine.npy (2D bytes, on disk); ivfsq8: 8-bit codes, D + 8 bytes.")
+                   "vectors in FILE.refine.npy (2D + 4 bytes, on disk); ivfsq8: 8-bit codes, D + 8 bytes.")
 @model_output_options("FAISS", required=False,
                       help="Index file (default: EMB with .faiss instead of its extension); the sidecar is FAISS.json.")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="IVF: number of lists (default ~4 sqrt(N)).")
@@ -291,8 +291,8 @@ def _print_recall(table, index, k, sample, seed):
 @subcommand(cli, "index-train", example=TRAIN_EXAMPLE)
 @input_argument("emb")
 @click.option("--kind", type=click.Choice(["ivfpq", "ivfsq8"]), default="ivfsq8", show_default=True,
-              help="ivfsq8: 8-bit codes, D + 8 bytes a vector; ivfpq: product-quantised codes, D/4 + 8 bytes, with "
-                   "lower recall on dense embeddings (see docs/search.md). Both re-score from float16 vectors.")
+              help="ivfsq8: 8-bit codes, D + 8 bytes a vector; ivfpq: product-quantised codes, D/4 + 8 bytes a vector "
+                   "(see docs/search.md). Both re-score from float16 vectors.")
 @model_output_options("TRAINED", required=True, help="The trained, empty index (+ TRAINED.json and "
                       "TRAINED.refine.npy, which the index-add tasks fill by row).")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="Number of lists (default ~4 sqrt(N)).")
