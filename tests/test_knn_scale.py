@@ -311,3 +311,12 @@ def test_query_image_and_montage_through_a_compressed_index(tmp_path):
         np.testing.assert_allclose([mine[w[0]] for w in ws if w[0] in mine],
                                    [w[1] for w in ws if w[0] in mine], atol=2e-3)
     assert png.exists() and png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("ids", [np.r_[np.arange(1999), 17], np.array([f"g{i}" for i in range(1999)] + ["g17"])])
+def test_repeated_ids_are_refused_before_training(tmp_path, ids):
+    """Integer ids are checked by sorting, others by Arrow: both name the repeated id (exit 65), nothing written."""
+    path = write_in_row_groups(clustered(n=2000, seed=4, ids=ids), tmp_path / "emb.parquet")
+    result = run_tool("gal-knn", "index", path, "--kind", "ivfsq8", "--nlist", 16, "-o", tmp_path / "x.faiss")
+    assert_clean_error(result, 65, "17")
+    assert not any(p.name.startswith(("x.faiss", ".x.faiss")) for p in tmp_path.iterdir())
