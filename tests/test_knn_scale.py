@@ -84,8 +84,59 @@ def test_compressed_kinds_reach_their_recall_on_several_seeds(tmp_path, kind, fl
             assert f"({kind}, IVF64," in printed and abs(float(printed.split("=")[1].split()[0]) - recall) < 0.05, \
                 (printed, recall)
     sizes = {name: os.path.getsize(tmp_path / f"{kind}0.faiss{name}") for name in ("", ".refine.npy")}
-    assert sizes[".refine.npy"] == 128 + 10_000 * 32 * 2   # float16 rows, one .npy header
+    header = 192                                          # the .npy header of the record type
+    assert sizes[".refine.npy"] == header + 10_000 * (4 + 32 * 2)   # per row: its list (int32), its float16 residual
     assert sizes[""] < 10_000 * (32 + 8 + 16)              # codes (8 or 32 B) + ids (8 B) + lists, not 128 B vectors
+
+
+def near_embeddings(n=20_000, dim=128, seed=0, centres=40, local=24):
+    """Unit vectors like gal-embed's: a large common direction (mean length ~0.94) and clusters of local dimension 24,
+    so a row's 10 nearest neighbors lie within 1 - cos ~ 0.02 of it and close to each other."""
+    rng = np.random.default_rng(seed)
+    common = rng.standard_normal(dim)
+    means = 3 * common / np.linalg.norm(common) + 0.08 * rng.standard_normal((centres, dim))
+    spread = 0.012 * rng.standard_normal((centres, local, dim))
+    label = rng.integers(0, centres, n)
+    vectors = means[label] + np.einsum("nk,nkd->nd", rng.standard_normal((n, local)), spread[label])
+    vectors += 0.003 * rng.standard_normal((n, dim))
+    return pa.table({"object_id": pa.array(np.arange(n, dtype=np.int64)), "embedding": vector_column(vectors.astype(np.float32))})
+
+
+@pytest.mark.slow
+def test_pq_codes_order_close_neighbors_with_and_without_refine(tmp_path):
+    """Close neighbors on a common direction, 32-byte codes of 128-d vectors: recall@10 of 200 queries against a
+    float64 brute force on two seeds, by the codes alone (--refine 0; measured 0.81-0.82 on four seeds, where inner-product codes
+    of the same size gave 0.42-0.43) and with the default re-scoring (measured 0.998-1.000)."""
+    for seed in (0, 1):
+        table = near_embeddings(seed=seed)
+        path = write_in_row_groups(table, tmp_path / f"near{seed}.parquet", rows_per_group=5000)
+        index = tmp_path / f"near{seed}.faiss"
+        run_tool("gal-knn", "index", path, "--kind", "ivfpq", "--nlist", 64, "--nprobe", 16, "--seed", seed,
+                 "-o", index, check=True)
+        rows = np.random.default_rng(seed + 20).choice(table.num_rows, 200, replace=False)
+        truth = exact_neighbors(table, rows)
+        args = sum([["--query", str(r)] for r in rows], [])
+        for refine, floor in (("0", 0.70), (None, 0.95)):
+            extra = ["--refine", refine] if refine else []
+            result = run_tool("gal-knn", path, "--index", index, "-k", 10, "-o", "-", *extra, *args, check=True)
+            got = neighbors_by_query(result, table.column("object_id").to_numpy())
+            recall = np.mean([len(set(got[r]) & set(t)) / 10 for r, t in zip(rows, truth)])
+            assert recall >= floor, (seed, refine, recall)
+            if refine:   # the codes' distances come back as cosine similarities
+                sims = read_neighbours(result.stdout).column("similarity").to_numpy()
+                assert 0.9 < np.median(sims) < 1.0, np.median(sims)
+
+
+def test_an_index_of_the_older_inner_product_format_is_refused(built):
+    """An index whose sidecar predates the L2 codes and residual refine records: exit 65 asking for a rebuild."""
+    tmp_path, path, _, _, _ = built
+    old = tmp_path / "old.faiss"
+    for suffix in ("", ".refine.npy"):
+        os.link(tmp_path / f"one.faiss{suffix}", f"{old}{suffix}")
+    meta = json.loads((tmp_path / "one.faiss.json").read_text())
+    meta.pop("scale_version")
+    (tmp_path / "old.faiss.json").write_text(json.dumps(meta))
+    assert_clean_error(run_tool("gal-knn", path, "--index", old, "--query", 100_001), 65, "older galtools", "rebuild")
 
 
 def _sharded(tmp_path, path, shards=3, seed=0, name="trained", kind=("--kind", "ivfpq", "--pq", 8)):
@@ -260,3 +311,12 @@ def test_query_image_and_montage_through_a_compressed_index(tmp_path):
         np.testing.assert_allclose([mine[w[0]] for w in ws if w[0] in mine],
                                    [w[1] for w in ws if w[0] in mine], atol=2e-3)
     assert png.exists() and png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("ids", [np.r_[np.arange(1999), 17], np.array([f"g{i}" for i in range(1999)] + ["g17"])])
+def test_repeated_ids_are_refused_before_training(tmp_path, ids):
+    """Integer ids are checked by sorting, others by Arrow: both name the repeated id (exit 65), nothing written."""
+    path = write_in_row_groups(clustered(n=2000, seed=4, ids=ids), tmp_path / "emb.parquet")
+    result = run_tool("gal-knn", "index", path, "--kind", "ivfsq8", "--nlist", 16, "-o", tmp_path / "x.faiss")
+    assert_clean_error(result, 65, "17")
+    assert not any(p.name.startswith(("x.faiss", ".x.faiss")) for p in tmp_path.iterdir())

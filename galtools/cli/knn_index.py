@@ -34,7 +34,7 @@ def add_commands(group: click.Group) -> None:
               show_default=True,
               help="flat: exact, N x D x 4 bytes; ivf: inverted lists, fast to build; hnsw: graph, fastest queries, "
                    "about N x (4D + 8M) bytes; ivfpq: product-quantised codes, D/4 + 8 bytes, re-scored from float16 "
-                   "vectors in FILE.refine.npy (2D bytes, on disk); ivfsq8: 8-bit codes, D + 8 bytes.")
+                   "vectors in FILE.refine.npy (2D + 4 bytes, on disk); ivfsq8: 8-bit codes, D + 8 bytes.")
 @model_output_options("FAISS", required=False,
                       help="Index file (default: EMB with .faiss instead of its extension); the sidecar is FAISS.json.")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="IVF: number of lists (default ~4 sqrt(N)).")

@@ -60,7 +60,7 @@ scale_options = options(
     click.option("--pq", "pq_m", type=click.IntRange(1), default=None,
                  help="ivfpq: bytes of code per vector (default D/4)."),
     click.option("--refine", type=click.IntRange(0), default=None, metavar="K",
-                 help="ivfpq/ivfsq8: candidates re-scored from the float16 vectors by default (ivfpq 1000, "
+                 help="ivfpq/ivfsq8: candidates re-scored from the float16 vectors by default (ivfpq 200, "
                       "ivfsq8 50)."),
     click.option("--train-size", type=click.IntRange(1), default=None,
                  help="ivfpq/ivfsq8: rows sampled for training (default max(40 nlist, 10240))."),

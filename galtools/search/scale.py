@@ -8,8 +8,14 @@
     merge_parts("trained.faiss", ["trained.part-00-of-16.faiss", ...], "emb.faiss")                          # lists merged on disk
 
 The codes live in the FAISS file (memory-mapped when searched; after a merge, in FILE.faiss.ivfdata); the exact
-vectors, unit length and float16, in a separate ``.npy`` file, rows in table order, memory-mapped and read only for
-the few hundred candidates each query re-scores (``refine``), and for the vectors of queries given by id. FAISS ids
+vectors in a separate ``.npy`` file, rows in table order, memory-mapped and read only for the few hundred candidates
+each query re-scores (``refine``), and for the vectors of queries given by id. Each of its records is the row's
+coarse list (int32) and the row's unit vector less that list's centroid in float16 (see :func:`add_rows`).
+
+The codes are searched by L2 distance between unit vectors, which orders as cosine (|q - x|^2 = 2 - 2 q.x):
+FAISS's product quantiser encodes x - c as r', and the error of |q - c - r'|^2 shrinks with the distance from q
+to x, where the error of the inner product q.(c + r') does not; on embeddings whose neighbors are close
+(1 - cos ~ 0.002) inner-product codes gave recall@10 of 0.12 where L2 codes give 0.8 from the same bytes. FAISS ids
 are the table's row numbers. The sidecar (JSON, as for every gal-knn index) records a fingerprint of the table
 (its row count, ids and the vectors of rows spread over it) so that a search of another table is refused (65)
 without reading the table's vectors.
@@ -37,9 +43,10 @@ from galtools.search.exact import TopK, unit_rows
 log = logging.getLogger("galtools")
 
 SCALE_KINDS = ("ivfpq", "ivfsq8")
-PART_FORMAT = "galtools.faiss-part/1"
-TRAINED_FORMAT = "galtools.faiss-trained/1"
-DEFAULT_REFINE = {"ivfpq": 1000, "ivfsq8": 50}  # candidates re-scored from the float16 vectors (0: none)
+PART_FORMAT = "galtools.faiss-part/2"
+TRAINED_FORMAT = "galtools.faiss-trained/2"
+SCALE_VERSION = 2          # L2 codes + (list, float16 residual) refine records; 1 (inner-product codes) is refused
+DEFAULT_REFINE = {"ivfpq": 200, "ivfsq8": 50}  # candidates re-scored from the float16 vectors (0: none)
 FINGERPRINT_ROWS = 16                          # rows whose vectors the fingerprint reads: each costs a row group
 RESCORE_ROWS = 65536                           # candidate vectors gathered at a time (32 MiB as float32)
 ADD_BLOCK = 65536                              # rows encoded (and written to the refine file) at a time
@@ -170,9 +177,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
         raise UsageProblem(f"unknown compressed kind {kind!r}", f"use one of {', '.join(SCALE_KINDS)}")
     dim = _check_embedding_table(table)
     ids = read_ids_column(table)
-    from galtools.io import check_unique_ids
-
-    check_unique_ids(ids, table.name)
+    _check_unique(ids, table.name)
     count = len(ids)
     nlist = nlist or default_nlist(count)
     if nlist > count:
@@ -181,7 +186,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
     train_size = min(count, train_size or default_train_size(nlist, count))
     sample = np.sort(np.random.default_rng(seed).choice(count, train_size, replace=False))
     vectors = _unit_checked(_embedding_rows(table, sample), 0, table.name)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)     # L2 of unit vectors: cosine's order
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = seed
     if kind == "ivfpq":   # polysemous codes serve Hamming filtering, which gal-knn does not use: training them
@@ -191,31 +196,65 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
     log.debug(f"trained {factory} on {train_size} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
     nprobe = min(nlist, nprobe or max(8, nlist // 64))
     refine = DEFAULT_REFINE[kind] if refine is None else refine
-    meta = {"format": TRAINED_FORMAT, "kind": kind, "metric": "cosine", "dim": dim, "count": count,
+    meta = {"format": TRAINED_FORMAT, "kind": kind, "metric": "cosine", "scale_version": SCALE_VERSION,
+            "dim": dim, "count": count,
             "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "train_size": int(train_size),
                        "seed": seed, "refine": refine},
-            "refine_center": [float(v) for v in vectors.mean(axis=0, dtype=np.float64)],
             "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get(MODEL_SHA256),
             "id_type": str(ids.type)}
     return Trained(index, meta)
 
 
-def add_rows(index, table, start: int, stop: int, refine_out: np.ndarray | None, center: np.ndarray) -> None:
-    """Encode rows [start, stop) of the table into ``index`` (ids = row numbers), writing their unit vectors less
-    ``center`` in float16 to ``refine_out`` (indexed by row) on the way.
+def refine_dtype(dim: int) -> np.dtype:
+    """A refine record: the row's coarse list and its unit vector less that list's centroid, in float16."""
+    return np.dtype([("list", "<i4"), ("residual", "<f2", (dim,))])
 
-    Embeddings share a large common direction (the mean of unit gal-embed vectors has length ~0.95), so float16 of
-    the vectors themselves rounds away the small differences that order close neighbors; float16 of what is left
-    after the mean keeps them (q.x = q.(x - c) + q.c, and q.c is the same for every candidate of a query)."""
+
+def centroids_of(index) -> np.ndarray:
+    """The coarse centroids (nlist x dim, float32) of an IVF index."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def _check_unique(ids: pa.Array, name: str) -> None:
+    """Repeated object_ids are refused (65). Integer ids are checked by sorting a copy (8 bytes a row; Arrow's
+    value_counts took 90 bytes a row, 9 GB at 10^8 rows); others, and the message, by check_unique_ids."""
+    from galtools.io import check_unique_ids
+
+    if pa.types.is_integer(ids.type):
+        values = np.sort(ids.to_numpy(zero_copy_only=False))
+        if not (values[1:] == values[:-1]).any():
+            return
+    check_unique_ids(ids, name)
+
+
+def add_rows(index, table, start: int, stop: int, refine_out: np.ndarray | None) -> None:
+    """Encode rows [start, stop) of the table into ``index`` (ids = row numbers), writing their refine records to
+    ``refine_out`` (indexed by row) on the way: each row's list and its unit vector less the list's centroid.
+
+    The rows are assigned to their lists once (FAISS's own assignment, given to ``add_preassigned``). float16 keeps
+    11 bits of each component: of the vector itself that rounds away the differences that order close neighbors
+    (recall@10 0.94 at 10^6 rows), of what is left after the centroid (|x - c| ~ 0.1) it keeps them (0.997; float32
+    0.999), and q.x = q.c + q.(x - c) with c exact."""
+    import faiss
+    from faiss.contrib.ivf_tools import add_preassigned
+
     from galtools.io import vectors_of
     from galtools.search.table import EMBEDDING
 
+    ivf = faiss.extract_index_ivf(index)
+    centroids = centroids_of(index)
     row = start
     for batch in _iter_rows(table, start, stop):
         block = _unit_checked(np.asarray(vectors_of(batch, EMBEDDING), dtype=np.float32), row, table.name)
-        index.add_with_ids(block, np.arange(row, row + len(block), dtype=np.int64))
+        lists = ivf.quantizer.assign(block, 1)[:, 0]
+        ids = np.arange(row, row + len(block), dtype=np.int64)   # held here: add_preassigned keeps only a pointer
+        add_preassigned(ivf, block, np.ascontiguousarray(lists), ids)
         if refine_out is not None:
-            refine_out[row: row + len(block)] = (block - center).astype(np.float16)
+            refine_out["list"][row: row + len(block)] = lists
+            refine_out["residual"][row: row + len(block)] = (block - centroids[lists]).astype(np.float16)
         row += len(block)
     if row != stop:
         raise BadData(f"{table.name}: read {row - start} rows where {stop - start} were expected",
@@ -246,7 +285,7 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
     with _atomic_path(refine_path(out_path)) as tmp_refine:
         refine = _empty_npy(tmp_refine, count, dim)
         started = time.perf_counter()
-        add_rows(trained.index, table, 0, count, refine, _center(trained.meta))
+        add_rows(trained.index, table, 0, count, refine)
         refine.flush()
         del refine
         log.debug(f"added {count} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
@@ -254,10 +293,6 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
     meta = _final_meta(trained.meta, source=source, parts=1)
     _write_json(f"{out_path}.json", meta)
     return meta
-
-
-def _center(meta: dict) -> np.ndarray:
-    return np.asarray(meta["refine_center"], dtype=np.float32)
 
 
 def _final_meta(trained_meta: dict, **extra) -> dict:
@@ -309,11 +344,11 @@ def add_part(table, trained_path, shard, overwrite: bool = False) -> str:
         raise BadData(f"{trained_path} differs from the file its sidecar describes", "rerun gal-knn index-train")
     start, stop = shard.bounds(meta["count"])
     refine = np.load(refine_path(trained_path), mmap_mode="r+")
-    if refine.shape != (meta["count"], meta["dim"]):
-        raise BadData(f"{refine_path(trained_path)} holds {refine.shape} vectors, not {meta['count']} x {meta['dim']}",
-                      "rerun gal-knn index-train --overwrite")
+    if refine.shape != (meta["count"],) or refine.dtype != refine_dtype(meta["dim"]):
+        raise BadData(f"{refine_path(trained_path)} does not hold {meta['count']} refine records of dimension "
+                      f"{meta['dim']}", "rerun gal-knn index-train --overwrite")
     try:
-        add_rows(index, table, start, stop, refine, _center(meta))
+        add_rows(index, table, start, stop, refine)
         refine.flush()
     except OSError as exc:
         raise write_failure(exc, str(refine_path(trained_path))) from None
@@ -398,6 +433,10 @@ class ScaleIndex:
         import faiss
 
         self.path, self.meta = str(path), meta
+        if meta.get("scale_version") != SCALE_VERSION:
+            raise BadData(f"index {path} was made by an older galtools (inner-product codes, which order close "
+                          f"neighbors poorly)", f"rebuild it: gal-knn index EMB --kind {meta.get('kind')} -o {path} "
+                          f"--overwrite, or index-train/-add/-merge again")
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR if meta.get("ondisk") else faiss.IO_FLAG_MMAP
         with _quiet_stdout():   # FAISS prints where it found the on-disk lists on stdout
             self.index = faiss.read_index(self.path, flags)
@@ -408,11 +447,12 @@ class ScaleIndex:
         refine = os.path.join(folder, meta["refine_file"]) if meta.get("refine_file") else str(refine_path(path))
         if not os.path.exists(refine):
             raise InputMissing(f"the refine vectors {refine} of index {path} are missing", "rebuild the index")
-        self.exact = np.load(refine, mmap_mode="r")   # unit vectors less the center, float16
-        self.center = _center(meta)
-        if self.exact.shape != (meta["count"], meta["dim"]):
-            raise BadData(f"{refine} holds {self.exact.shape} vectors, the index {meta['count']} x {meta['dim']}",
-                          "rebuild the index")
+        self.exact = np.load(refine, mmap_mode="r")   # (list, unit vector less its centroid in float16) by row
+        _read_randomly(self.exact)
+        if self.exact.shape != (meta["count"],) or self.exact.dtype != refine_dtype(meta["dim"]):
+            raise BadData(f"{refine} does not hold the index's {meta['count']} refine records of dimension "
+                          f"{meta['dim']}", "rebuild the index")
+        self.centroids = centroids_of(self.index)
 
     refine: int | None = None   # candidates re-scored, when the command line chose (else the sidecar's)
     kind = property(lambda self: self.meta["kind"])
@@ -429,8 +469,9 @@ class ScaleIndex:
                           f"{self.meta['fingerprint'][:12]}, the table has {count} with {fingerprint[:12]}", hint)
 
     def vectors(self, rows) -> np.ndarray:
-        """Unit vectors of rows (float16 rounded): the queries of a search by id, from the refine file."""
-        return np.asarray(self.exact[np.asarray(rows, dtype=np.int64)], dtype=np.float32) + self.center
+        """Unit vectors of rows (centroid + float16 residual): the queries of a search by id, from the refine file."""
+        records = self.exact[np.asarray(rows, dtype=np.int64)]
+        return self.centroids[records["list"]] + records["residual"].astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int, *, exclude=None, largest: bool = True, normalized: bool = False,
                nprobe: int | None = None, refine: int | None = None, scan=None, **_ignored) -> TopK:
@@ -450,23 +491,23 @@ class ScaleIndex:
         scores, rows = (scan or _search_codes)(self.index, signed, candidates)
         if refine:
             scores, rows = self._rescore(signed, rows, wanted)
-        else:
-            scores, rows = scores[:, :wanted], rows[:, :wanted]
+        else:   # squared L2 between unit vectors: 2 - 2 cos
+            scores, rows = 1 - scores[:, :wanted] / 2, rows[:, :wanted]
         rows, scores = finish_results(rows, scores, exclude, k, largest)
         return TopK(indices=rows.astype(np.int64), scores=scores)
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, wanted: int):
-        """Exact inner products with the float16 vectors of the candidates, read from the memory-mapped file (sorted
-        rows: forward reads) for RESCORE_ROWS candidates at a time, so memory stays bounded however many queries."""
+        """Inner products with the candidates' vectors (centroid + float16 residual), read from the memory-mapped file
+        (sorted rows: forward reads) for RESCORE_ROWS candidates at a time, so memory stays bounded however many
+        queries."""
         per_chunk = max(1, RESCORE_ROWS // rows.shape[1])
         scores = np.empty((len(rows), wanted), dtype=np.float32)
         best = np.empty((len(rows), wanted), dtype=np.int64)
-        offsets = queries @ self.center          # q.c: the part of q.x the stored vectors leave out
         for start in range(0, len(rows), per_chunk):
             chunk, q = rows[start: start + per_chunk], queries[start: start + per_chunk]
             unique, inverse = np.unique(chunk, return_inverse=True)
-            vectors = np.asarray(self.exact[np.maximum(unique, 0)], dtype=np.float32)[inverse.reshape(chunk.shape)]
-            exact = np.einsum("qd,qkd->qk", q, vectors) + offsets[start: start + per_chunk, None]
+            vectors = self.vectors(np.maximum(unique, 0))[inverse.reshape(chunk.shape)]
+            exact = np.einsum("qd,qkd->qk", q, vectors)
             exact = np.where(chunk >= 0, exact, -np.inf).astype(np.float32)
             order = np.argsort(-exact, axis=1, kind="stable")[:, :wanted]
             scores[start: start + per_chunk] = np.take_along_axis(exact, order, 1)
@@ -550,13 +591,23 @@ def _read_json(path, what, fmt: str, maker: str) -> dict:
 
 
 def _empty_npy(path, count: int, dim: int) -> np.memmap:
-    """A float16 (count, dim) .npy whose rows are filled later, its blocks allocated now: a full disk fails here
-    (OSError, then exit 74), not as a crash when a row is written through the memory map."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(count, dim))
+    """A .npy of ``count`` refine records whose rows are filled later, its blocks allocated now: a full disk fails
+    here (OSError, then exit 74), not as a crash when a row is written through the memory map."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=refine_dtype(dim), shape=(count,))
     array.flush()
     with open(path, "r+b") as handle:
         os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
     return array
+
+
+def _read_randomly(array: np.memmap) -> None:
+    """Tell the kernel that the rows of a memory-mapped file are read at random: a file larger than the page cache
+    then costs one page per candidate read, not the 128 kB read around each one by default."""
+    import mmap
+
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
 
 
 def _free_bytes(folder) -> int | None:
