@@ -54,20 +54,20 @@ def galaxies(tmp_path_factory):
 def _run(galaxies, out, precision, monkeypatch, flags, steps=3, lr=0.03):
     """A short in-process run with the CPU's flags mocked; returns the dtypes of the first convolution's outputs
     during training steps."""
-    from galtools.train import TrainConfig, loop
+    from galtools.train import TrainConfig, build, loop
 
     monkeypatch.setattr(runtime, "cpu_flags", lambda path="/proc/cpuinfo": set(flags))
     dtypes = []
-    build = loop.Trainer._build_model
+    build_model = build.build_model
 
-    def build_and_watch(self):
-        model = build(self)
+    def build_and_watch(*args, **kwargs):
+        model = build_model(*args, **kwargs)
         conv = next(m for m in model.encoder_q.modules() if isinstance(m, torch.nn.Conv2d))
         conv.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype)
                                    if module.training else None)
         return model
 
-    monkeypatch.setattr(loop.Trainer, "_build_model", build_and_watch)
+    monkeypatch.setattr(build, "build_model", build_and_watch)
     config = TrainConfig(inputs=[galaxies], out=str(out), arch="tiny", width=0.5, crop=16, steps=steps,
                          batch_size=16, queue_size=32, key_momentum=0.9, ops="rotate,jitter:max_shift=2",
                          log_every=1, device="cpu", loader_threads=1, precision=precision, lr=lr)
