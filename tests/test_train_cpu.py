@@ -147,6 +147,23 @@ def test_threads_follow_the_affinity_or_omp_num_threads_and_wait_passively():
     assert child["threads"] == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_gal_train_sets_its_threads_before_torch_starts(galaxies, tmp_path):
+    """The command as a user runs it (OMP_NUM_THREADS unset): its log names torch's threads (the affinity less one)
+    and the passive waiting that torch started with.  When something imported torch before the threads were set,
+    two gal-train runs on two cores each spun two OpenMP threads and slowed each other about tenfold."""
+    cpus = set(sorted(os.sched_getaffinity(0))[:2])
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                             "KMP_BLOCKTIME", "SLURM_CPUS_PER_TASK")}
+    env["PYTHONPATH"] = ROOT
+    done = subprocess.run([sys.executable, "-m", "galtools.cli.train", galaxies, "--out", str(tmp_path / "run"),
+                           "--arch", "tiny", "--width", "0.5", "--crop", "16", "--steps", "1", "--batch-size", "16",
+                           "--queue-size", "32", "--device", "cpu", "--no-export"], env=env, capture_output=True,
+                          text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    assert done.returncode == 0, done.stderr
+    assert f", {max(1, len(cpus) - 1)} thread(s), OMP_WAIT_POLICY=PASSIVE" in done.stderr, done.stderr
+
+
 # -- views made ahead -------------------------------------------------------------------------------------------
 def test_ahead_prepares_the_next_item_while_the_current_one_is_used():
     started = {i: threading.Event() for i in range(4)}
