@@ -1,4 +1,4 @@
-"""The layers of the README's architecture, checked by import-linter against pyproject.toml's contract: a module
+"""The layers of docs/architecture.md, checked by import-linter against pyproject.toml's contract: a module
 imports only from the layers below its own (commands -> tools -> fine-tuning -> heads, search, train -> embed,
 augment, sim, ssl -> io, models, preprocess -> errors)."""
 from __future__ import annotations

@@ -292,7 +292,7 @@ def _print_recall(table, index, k, sample, seed):
 @input_argument("emb")
 @click.option("--kind", type=click.Choice(["ivfpq", "ivfsq8"]), default="ivfsq8", show_default=True,
               help="ivfsq8: 8-bit codes, D + 8 bytes a vector; ivfpq: product-quantised codes, D/4 + 8 bytes, with "
-                   "lower recall on dense embeddings (see the README's table). Both re-score from float16 vectors.")
+                   "lower recall on dense embeddings (see docs/search.md). Both re-score from float16 vectors.")
 @model_output_options("TRAINED", required=True, help="The trained, empty index (+ TRAINED.json and "
                       "TRAINED.refine.npy, which the index-add tasks fill by row).")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="Number of lists (default ~4 sqrt(N)).")

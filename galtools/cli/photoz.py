@@ -58,8 +58,8 @@ def _z_options():
             click.option("--clip-labels", is_flag=True, help="Put labels at or above --zmax in the last bin, "
                          "however many there are (with a warning)."),
             click.option("--label-smoothing", type=float, default=0.0, show_default=True, metavar="BINS",
-                         help="Spread each label over a Gaussian of this many bins (0: one-hot, as the paper). With "
-                              "about 3,300 labels on gal-sim, 2 lowered sigma_MAD from 0.032-0.034 to 0.029.")]
+                         help="Spread each label over a Gaussian of this many bins (0: one-hot, as Hayat et al. 2021). "
+                              "With a few thousand labels, 2 helps (docs/heads.md).")]
 
 
 _training = training_options(batch_size=None, lr=None, batch_help="Rows per step (default: 512 for the probe, 64 on "
@@ -209,8 +209,8 @@ def curve(emb, z_options, training, network, curve):
 
     With --images and --checkpoint, also the baselines on the same subsets and test set: the same probe on the
     pixels (PCA fitted without labels, its number of components chosen by validation loss) and on the encoder with
-    random weights, the encoder fine-tuned end to end and the same network trained from scratch: the experiment
-    behind "pre-training is worth 2-4x more labels".
+    random weights, the encoder fine-tuned end to end and the same network trained from scratch: the label-efficiency
+    experiment of Hayat et al. 2021.
     --batch-size and --lr apply to the probes; the networks use 64 and 1e-3. Every arm stops by the same rule;
     'stopped' says whether by patience or at --max-epochs (not converged). Labelled rows are held in memory.
     """

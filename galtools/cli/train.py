@@ -47,18 +47,18 @@ def _positive(ctx, param, value):
               "training.png, encoder.onnx.")
 @click.option("--preset", type=click.Choice(["small", "paper"]), default=None,
               help="Settings that go together; options given as well override them one by one. small: the best "
-                   "measured recipe for up to ~10^4 cutouts on a CPU in minutes (tiny encoder, --pool gem, 48 px "
+                   "measured recipe for up to ~10^4 cutouts on a CPU (tiny encoder, --pool gem, 48 px "
                    "views, batch 64, lr 0.3, queue of a quarter of the cutouts, key momentum 0.99, 1200 steps, "
-                   "--ops auto, --tta 8); paper: the talk's (resnet50-hayat, average pooling, 64 px, batch 256, lr "
-                   "0.03, K 65536, m 0.999, T 0.2, 200 epochs, every augmentation). The run records the resolved "
-                   "settings.")
+                   "--ops auto, --tta 8); paper: Hayat et al. 2021 (resnet50-hayat, average pooling, 64 px, "
+                   "batch 256, lr 0.03, K 65536, m 0.999, T 0.2, 200 epochs, every augmentation). The run records "
+                   "the resolved settings.")
 @click.option("--method", type=click.Choice(["moco", "simclr"]), default="moco", show_default=True,
               help="MoCo v2 (queue of keys, momentum encoder) or SimCLR (NT-Xent over the batch).")
 @click.option("--arch", default="resnet50-hayat", show_default=True,
               help="Encoder: resnet50-hayat (7x7 stride-1 stem, no max-pool, for 64x64), resnet18/34/50[-hayat], tiny.")
 @click.option("--width", type=float, default=1.0, show_default=True, help="Channel width multiplier.")
 @click.option("--pool", type=click.Choice(["avg", "gem", "max"]), default="avg", show_default=True,
-              help="Global pooling of the last feature maps into the representation: the mean (the paper's), the "
+              help="Global pooling of the last feature maps into the representation: the mean (Hayat et al.'s), the "
                    "generalised mean (mean of x^3)^(1/3), or the maximum.")
 @click.option("--crop", type=int, default=64, show_default=True, help="Size S of the SxS views the encoder sees "
               "(the augmentations' output size; gal-embed centre-crops to it).")

@@ -1,4 +1,5 @@
-"""HDF5 cutout files (Galaxy10 DECaLS, the SDSS and Legacy Survey sets of the papers, Multimodal Universe) as tables.
+"""HDF5 cutout files (Galaxy10 DECaLS, the SDSS and Legacy Survey sets of Hayat et al. and Stein et al.,
+Multimodal Universe) as tables.
 
 One image dataset (``images``, ``image``, ``cutouts``, ``cube`` or ``image_array``, or the one named by
 ``ReadOptions.image_key``) gives the ``image`` column: (N, C, H, W) or channel-last (N, H, W, C), or (N, H, W) for

@@ -10,7 +10,7 @@ Two stems:
   which keeps the small galaxies' pixels through the stem (feature maps 64 -> 64 -> 32 -> 16 -> 8).
 
 Three global poolings of the last feature maps into the representation:
-- ``avg``: the mean over positions (He et al.; the paper's);
+- ``avg``: the mean over positions (He et al.; Hayat et al.'s);
 - ``gem``: the generalised mean (mean of x^3)^(1/3) (Radenovic et al. 2018, from image retrieval), between the mean
   and the maximum: a feature that fires strongly in a few places (an edge, a thin disk) is not diluted by the
   empty sky around a small galaxy;
