@@ -22,9 +22,9 @@ from galtools.io import meta
 from galtools.io.tensor import IMAGE, tensor_column
 
 IMAGE_KEYS = ("images", "image", "cutouts", "cube", "image_array")
-BAND_ATTRS = ("bands", "band_names", "filters", "galtools.bands")
-PIXSCALE_ATTRS = ("pixscale_arcsec", "pixscale", "pixel_scale", "galtools.pixscale_arcsec")
-UNIT_ATTRS = ("flux_unit", "bunit", "unit", "units", "galtools.flux_unit")
+BAND_ATTRS = ("bands", "band_names", "filters", meta.BANDS)
+PIXSCALE_ATTRS = ("pixscale_arcsec", "pixscale", "pixel_scale", meta.PIXSCALE)
+UNIT_ATTRS = ("flux_unit", "bunit", "unit", "units", meta.FLUX_UNIT)
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _log = logging.getLogger("galtools")
 _NOTED: set = set()
