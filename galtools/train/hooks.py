@@ -16,7 +16,7 @@ import numpy as np
 
 from galtools.errors import BadData, Requeue
 from galtools.train import monitor, runtime
-from galtools.train.data import centre_crop
+from galtools.preprocess import centre_crop
 
 STOP_AFTER = -1   # the stop signal of a planned stop (--stop-after)
 # a checkpoint, then exit 75: Slurm's time limit and preemption (SIGTERM), its --signal (SIGUSR1), a closed terminal

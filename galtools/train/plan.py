@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from galtools.errors import BadData, UsageProblem
+from galtools.preprocess import centre_crop
 from galtools.train import checkpoint as ckpt
 from galtools.train import monitor
-from galtools.train.config import (DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig, resolve_auto, resolve_queue)
-from galtools.train.data import CutoutData, centre_crop
+from galtools.train.config import DEFAULT_EPOCHS, MODEL_FIELDS, TrainConfig, resolve_auto, resolve_queue
+from galtools.train.data import CutoutData
 
 
 @dataclass(frozen=True)
