@@ -14,12 +14,59 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# `make test` runs the tests in pytest-xdist workers, one per CPU: each worker's torch and BLAS take one thread
+# (tools started by the tests inherit it), so the workers do not fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+
 # Converted and optimised models go to a cache folder of the run's own, not the user's ~/.cache/galtools
 # (tests that care about the cache set GALTOOLS_CACHE_DIR themselves).
 if "GALTOOLS_CACHE_DIR" not in os.environ:
     os.environ["GALTOOLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="galtools-test-cache-")
     atexit.register(shutil.rmtree, os.environ["GALTOOLS_CACHE_DIR"], True)
 SHARED_GZ1 = os.path.join(ROOT, "..", "shared", "data", "gz1-sdss")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per CPU this job may use (its affinity mask, capped by SLURM_CPUS_PER_TASK), not
+    every CPU of the node."""
+    from galtools.embed.providers import cpu_allocation
+
+    return cpu_allocation()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `--dist loadfile`: each file's tests in one worker, so its module
+    fixtures are built once), hand out the files with the most tests marked slow first, so that no long file starts
+    last and leaves the other workers idle at the end. A plain `pytest` keeps the files in their order."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None)):
+        return
+    slow = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        slow[path] = slow.get(path, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])    # stable: each file keeps its tests' order
+
+
+def built_once(tmp_path_factory, name: str, build) -> "os.PathLike":
+    """A folder made by ``build(folder)`` once for the whole test run and shared by every test that asks for it.
+
+    Under pytest-xdist the workers share the run's temporary root: the first to ask builds the folder while the
+    others wait on a file lock, then all read it (the pattern pytest-xdist documents). Tests must not write into
+    it: they read what it holds and write into their own tmp_path."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / f"shared-{name}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)    # a build that failed half-way in another worker
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 def tool_command(tool: str) -> list[str]:
