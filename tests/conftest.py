@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,56 @@ def write_table(table: pa.Table, path: str, bands: str = "g,r,i", **extra_meta) 
     with open_output(path, metadata={"galtools.bands": bands, **extra_meta}, tool="test") as out:
         out.write(table)
     return path
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """The README's contract for bad input: exit ``code``, exactly one line on stderr, ``gal-xxx: error: ...``
+    naming the tool that ran (``python -m galtools.cli.xxx`` or ``gal-xxx`` in ``result.args``; any gal-* tool for a
+    shell pipeline), no traceback, and each of ``words`` in that line. Returns the line."""
+    err = result.stderr.decode() if isinstance(result.stderr, bytes) else result.stderr
+    assert result.returncode == code, (result.returncode, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    args = [str(a) for a in result.args] if isinstance(result.args, (list, tuple)) else []
+    if len(args) > 2 and args[1] == "-m" and args[2].startswith("galtools.cli."):
+        tool = "gal-" + args[2].removeprefix("galtools.cli.")
+    elif args and re.fullmatch(r"gal-[a-z]+", os.path.basename(args[0])):
+        tool = os.path.basename(args[0])
+    else:
+        tool = r"gal-[a-z]+"
+    assert re.match(rf"{tool}: error: \S", lines[0]), (tool, lines[0])
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def embedding_table(x: np.ndarray, first_id: int = 1000, ids=None, **columns) -> pa.Table:
+    """An embedding table as gal-embed writes it: object_id (``ids``, or first_id, first_id + 1, ...), the given
+    columns in order, then the vectors ``x`` as float32."""
+    from galtools.io import vector_column
+
+    ids = np.arange(first_id, first_id + len(x), dtype=np.int64) if ids is None else ids
+    carried = {k: v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v) for k, v in columns.items()}
+    vectors = vector_column(np.asarray(x, dtype=np.float32))
+    return pa.table({"object_id": pa.array(ids), **carried, "embedding": vectors})
+
+
+def brute_force(queries, base, ids, k, exclude=None, largest=True):
+    """The reference for every similarity search: all cosine similarities in float64, one lexsort per query
+    (similarity, then object_id, then row). ``exclude[i]``: a row of ``base`` left out for query i (itself).
+    Returns (rows of base, similarities), each (queries, k)."""
+    q = np.asarray(queries, dtype=np.float64)
+    b = np.asarray(base, dtype=np.float64)
+    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    ids = np.asarray(ids)
+    rows, scores = [], []
+    for i, s in enumerate(sims):
+        order = np.lexsort((np.arange(len(ids)), ids, -s if largest else s))
+        if exclude is not None:
+            order = order[order != exclude[i]]
+        rows.append(order[:k])
+        scores.append(s[order[:k]])
+    return np.array(rows), np.array(scores)
 
 
 @pytest.fixture

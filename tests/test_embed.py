@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import assert_clean_error as assert_error
 from conftest import ROOT, run_tool, write_table
 
 TABLE_BANDS = ["y", "z", "i", "r", "g", "u"]    # more bands than the model, in another order
@@ -161,17 +162,6 @@ def embed(*args, env_extra=None):
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.update(env_extra or {})
     return run_tool("gal-embed", *args, env=env)
-
-
-def assert_error(result, code: int, *fragments: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gal-embed: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 # ------------------------------------------------------------------------------------------------ parity
