@@ -217,6 +217,51 @@ def brute_force(queries, base, ids, k, exclude=None, largest=True):
     return np.array(rows), np.array(scores)
 
 
+def galaxy_cutouts(n: int, bands: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Sky noise plus a Gaussian galaxy of random size and flux over two decades: the dynamic range asinh is for."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    cy, cx = (height - 1) / 2 + rng.uniform(-2, 2, n), (width - 1) / 2 + rng.uniform(-2, 2, n)
+    radius = rng.uniform(1.5, 6.0, n)
+    flux = 10 ** rng.uniform(1, 3, n)
+    colour = rng.uniform(0.3, 1.5, (n, bands))
+    r2 = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
+    profile = np.exp(-0.5 * r2 / radius[:, None, None] ** 2) / (2 * np.pi * radius[:, None, None] ** 2)
+    images = flux[:, None, None, None] * colour[:, :, None, None] * profile[:, None]
+    images += rng.normal(0, 0.05, images.shape) * np.linspace(0.5, 2, bands)[None, :, None, None]
+    return images.astype(np.float32)
+
+
+
+def table_of_cutouts(images: np.ndarray, seed: int = 0) -> pa.Table:
+    """Cutouts with carried columns: object_id (descending from 5000 + n - 1: not sorted, so order must be kept),
+    ra, label and the images."""
+    from galtools.io import tensor_column
+
+    n = len(images)
+    rng = np.random.default_rng(seed + 100)
+    return pa.table({
+        "object_id": pa.array(np.arange(5000, 5000 + n, dtype=np.int64)[::-1]),
+        "ra": pa.array(rng.uniform(0, 360, n)),
+        "label": pa.array([f"class{i % 4}" for i in range(n)]),
+        "image": tensor_column(images),
+    })
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A real gal-train run, trained once for the whole test run: the tiny encoder, 2 steps on 96 five-band
+    (u,g,r,i,z) 48x48 galaxies, 32x32 centre crop; the folder holds last.pt and encoder.onnx. Read only."""
+    def build(folder):
+        data = write_table(table_of_cutouts(galaxy_cutouts(96, 5, 48, 48, seed=3)), str(folder / "train.parquet"),
+                           bands="u,g,r,i,z")
+        run_tool("gal-train", "fit", data, "--out", folder / "run", "--arch", "tiny", "--crop", "32", "--steps", "2",
+                 "--batch-size", "16", "--queue-size", "64", "--device", "cpu", "--ops", "rotate,jitter:max_shift=2",
+                 "--loader-threads", "1", "--log-every", "1", "-q", env=dict(os.environ, PYTHONPATH=ROOT), check=True)
+
+    return built_once(tmp_path_factory, "trained-run", build) / "run"
+
+
 @pytest.fixture
 def cutouts(tmp_path):
     table = make_cutouts()
