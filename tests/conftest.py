@@ -263,6 +263,18 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 kB tmpfs mounted in the test's own folder (a full disk on demand; skips where mounting is not allowed)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield str(mount)
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.fixture
 def cutouts(tmp_path):
     table = make_cutouts()
     return write_table(table, str(tmp_path / "cutouts.fits")), table
