@@ -1,4 +1,4 @@
-"""Augmentation speed: a batch of 512 cutouts 5x107x107 (the paper's SDSS size) to 64x64 through the full chain,
+"""Augmentation speed: a batch of 512 cutouts 5x107x107 (Hayat et al. 2021's SDSS size) to 64x64 through the full chain,
 against baselines measured in the same run:
 
 - CPU: a plain torch centre crop + copy of the same batch (the least any loader does) and a forward pass of the

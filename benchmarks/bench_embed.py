@@ -15,7 +15,7 @@ CPU (always):
   Start-up: gal-embed on a one-cutout table (imports, model load, one batch, write, exit): an upper bound of the
   time to the first batch.
 
-GPU (when ONNX Runtime's CUDA provider and a GPU are usable; --gpu-arch, default the paper's resnet50-hayat at
+GPU (when ONNX Runtime's CUDA provider and a GPU are usable; --gpu-arch, default Hayat et al.'s resnet50-hayat at
 64x64): ONNX Runtime CUDA fp32 and fp16 with and without I/O binding on preprocessed batches, and gal-embed file to
 file with --precision fp16; the goal is gal-embed at >= 90% of the fp16 I/O-binding rate measured in the same run.
 

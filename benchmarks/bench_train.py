@@ -11,8 +11,8 @@ CPU (default): the `small` preset (tiny encoder, GeM pooling, MoCo v2, batch 64,
     - two such runs at once against one alone (wall time), for the defaults (and the baseline commit).
     The table: 1,500 synthetic galaxies (bench_embed's), or the Galaxy Zoo 1 images packed as bench_representation
     does (--gz1 DIR).  Run it without OMP_NUM_THREADS to measure the defaults as a user gets them.
-GPU (--paper, when CUDA is usable): the paper's configuration, resnet50-hayat, batch 512, bf16 autocast,
-    channels_last, 64x64 views of 78x78 cutouts (jitter up to 7 pixels, as in the paper): the full pipeline against
+GPU (--paper, when CUDA is usable): Hayat et al. 2021's configuration, resnet50-hayat, batch 512, bf16 autocast,
+    channels_last, 64x64 views of 78x78 cutouts (jitter up to 7 pixels, as Hayat et al.): the full pipeline against
     the bare step of the same model; the goal is full pipeline >= 90% of the bare step (reference on one H200:
     bare step 2,950 images/s eager, 4,500 compiled).  Add --compile for both.
 

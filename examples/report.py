@@ -142,7 +142,7 @@ def gz1_baselines(results: str) -> str:
 
 
 def main(results: str, work: str, scale: str, ablation_names: str) -> None:
-    print(f"# galtools examples: the talk's experiments at {scale} scale\n")
+    print(f"# galtools examples: the experiments of Hayat et al. 2021 and Stein et al. 2021 at {scale} scale\n")
     print("Made by `make -C examples" + ("" if scale == "small" else f" SCALE={scale}") + "`; every number below was "
           "written by `report.py` from the JSON the commands printed.\n")
     for section in (photoz_curve(results), ablation(work, ablation_names.split()), pictures(), photoz_and_trust(results),

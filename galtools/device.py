@@ -1,6 +1,8 @@
-"""``--device auto|cpu|cuda[:N]``: one parser for every tool, and the availability check (torch only when asked).
+"""``--device auto|cpu|cuda[:N]``: the one Device type and parser of every tool, and the availability check (torch
+only when asked).
 
-    spec = parse_device("cuda:1")             # DeviceSpec(kind="cuda", index=1); UsageProblem (64) when malformed
+    device = Device.parse("cuda:1")            # Device(kind="cuda", index=1); UsageProblem (2) when malformed
+    parse_device("cuda:1")                     # the same
     torch_device("auto")                       # torch.device: a usable GPU, else the CPU (imports torch)
     cuda_available()                           # False without torch installed (never imports it in that case)
 
@@ -20,19 +22,31 @@ GPU_HINT = "use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES"
 
 
 @dataclass(frozen=True)
-class DeviceSpec:
+class Device:
+    """Where to compute: torch's tools turn it into a torch.device (:func:`torch_device`), gal-embed into ONNX Runtime
+    providers (galtools.embed.providers), gal-knn into a search backend (galtools.search.exact)."""
+
     kind: str                 # one of the kinds the caller accepts: auto, cpu, cuda (tensorrt ...)
     index: int | None = None  # the GPU asked for (cuda:N); None: not given
+
+    @classmethod
+    def parse(cls, text: str | None, kinds: tuple[str, ...] = KINDS) -> "Device":
+        return parse_device(text, kinds)
 
     @property
     def is_gpu(self) -> bool:
         return self.kind not in ("auto", "cpu")
 
+    @property
+    def gpu(self) -> int:
+        """The GPU's number: the one asked for, else 0."""
+        return self.index or 0
+
     def __str__(self) -> str:
         return self.kind if self.index is None else f"{self.kind}:{self.index}"
 
 
-def parse_device(text: str | None, kinds: tuple[str, ...] = KINDS) -> DeviceSpec:
+def parse_device(text: str | None, kinds: tuple[str, ...] = KINDS) -> Device:
     """``auto``, ``cpu`` or ``KIND[:N]`` for a GPU kind in ``kinds`` (``gpu`` means cuda, ``trt`` tensorrt)."""
     name, colon, number = (text or "").strip().lower().partition(":")
     name = ALIASES.get(name, name)
@@ -41,7 +55,7 @@ def parse_device(text: str | None, kinds: tuple[str, ...] = KINDS) -> DeviceSpec
         raise UsageProblem(f"--device '{text}' is not one of {listed}", "e.g. --device cuda:1 for the second GPU")
     if colon and not number.isdigit():
         raise UsageProblem(f"--device '{text}': the GPU number must be a non-negative integer", "e.g. cuda:0")
-    return DeviceSpec(name, int(number) if colon else None)
+    return Device(name, int(number) if colon else None)
 
 
 def torch_installed() -> bool:
@@ -57,12 +71,12 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def torch_device(text: str | DeviceSpec | None, local_rank: int | None = None):
+def torch_device(text: str | Device | None, local_rank: int | None = None):
     """``auto|cpu|cuda[:N]`` -> torch.device; a cuda device without a usable GPU is DeviceUnavailable (exit 69).
 
     ``local_rank`` (one process per GPU under torchrun or srun): the process takes GPU ``local_rank`` modulo the
     GPUs it sees, whatever index was given."""
-    spec = text if isinstance(text, DeviceSpec) else parse_device(text or "auto")
+    spec = text if isinstance(text, Device) else parse_device(text or "auto")
     if spec.kind == "cpu" or (spec.kind == "auto" and not cuda_available()):
         import torch
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 from galtools.errors import BadData, InputMissing, UsageProblem
 from galtools.io import meta, sources
 from galtools.io.tensor import IMAGE, images_of, tensor_column
+from galtools.preprocess import centre_crop
 
 STAMP_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fts", ".png", ".jpg", ".jpeg")
 ID_CANDIDATES = ("object_id", "objid", "id")
@@ -109,15 +110,6 @@ def _chosen_hdu(fits, path: str, wanted: int | str | None):
 
 # ------------------------------------------------------------------------------------------ crop and resample
 
-def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop of (..., H, W) to (..., size, size); the extra pixel of an odd margin goes to the far side."""
-    height, width = images.shape[-2:]
-    if height < size or width < size:
-        raise BadData(f"cannot crop {height}x{width} images to {size}", f"use --crop {min(height, width)} or less")
-    top, left = (height - size) // 2, (width - size) // 2
-    return images[..., top:top + size, left:left + size]
-
-
 def area_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) matrix of the fraction of each input pixel inside each output pixel, rows summing to 1."""
     scale = n_in / n_out
@@ -186,7 +178,7 @@ def reshape_images(images: np.ndarray, options: PackOptions, sum_flux: bool = Tr
     """Centre crop, then area-resample, a batch of (n, bands, H, W) images as the options ask (``sum_flux``: see
     area_resize). Resizing non-square images to a square would make the pixels non-square: refused."""
     if options.crop:
-        images = centre_crop(images, options.crop)
+        images = centre_crop(images, options.crop, "--crop")
     if options.resize:
         height, width = images.shape[-2:]
         if height != width:
@@ -586,6 +578,32 @@ def output_pixscale(derived: float, given: float | None, what: str) -> float:
                            "leave out --pixscale (gal-pack writes the output's scale itself), or give the input's "
                            "own scale with --stamp-pixscale")
     return derived
+
+
+def native_pixscales(packer: "StampPacker", stamp_pixscale: str | None) -> list | None:
+    """The stamps' own pixel scales from --stamp-pixscale, one per job: one number for all, or a catalogue column
+    (None where a row has none); None without the option (then each stamp's FITS header says it)."""
+    if stamp_pixscale is None:
+        return None
+    try:
+        return [float(stamp_pixscale)] * len(packer.jobs)
+    except ValueError:
+        if packer.extra is None or stamp_pixscale not in packer.extra.column_names:
+            raise BadData(f"--stamp-pixscale {stamp_pixscale}: neither a number nor a catalogue column",
+                          "give the stamps' pixel scale in arcsec, or the column holding it") from None
+    native = packer.extra.column(stamp_pixscale).to_pylist()
+    wrong = next((v for v in native if v is not None and not _is_number(v)), None)
+    if wrong is not None:
+        raise BadData(f"--stamp-pixscale {stamp_pixscale}: the column holds {wrong!r}, not a pixel scale",
+                      "give a column of numbers (arcsec per pixel)")
+    return [None if v is None else float(v) for v in native]
+
+
+def _is_number(value) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def plan_pixscales(jobs: list[StampJob], options: PackOptions, native: list | None) -> PixscalePlan:

@@ -1,4 +1,8 @@
-"""Preprocessing shared by training and embedding: arcsinh dynamic-range compression, then per-band normalisation.
+"""Preprocessing shared by training and embedding: the centre crop to the model's size, then arcsinh dynamic-range
+compression and per-band normalisation.
+
+    centre_crop(images, S)     # the central S x S pixels, first row/column (H - S) // 2: gal-pack --crop, training's
+                               # unaugmented views, the augmentations' final crop, gal-embed and the heads' baselines
 
     y = (asinh(x / scale_b) - mean_b) / std_b
 
@@ -29,6 +33,30 @@ KIND = "arcsinh-standardise"
 FORMAT_VERSION = 1
 MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian = 1.4826 * median absolute deviation
 DEFAULT_BORDER = 4     # width in pixels of the outer frame used to measure the sky noise
+
+
+def centre_crop_start(size_in: int, size_out: int) -> int:
+    """First row/column of a centre crop: an integer, so a crop never interpolates; the extra pixel of an odd margin
+    goes to the far side."""
+    return (size_in - size_out) // 2
+
+
+def centre_crop_window(height: int, width: int, size: int) -> tuple[slice, slice]:
+    """The rows and columns of the centre size x size crop of a height x width image."""
+    top, left = centre_crop_start(height, size), centre_crop_start(width, size)
+    return slice(top, top + size), slice(left, left + size)
+
+
+def centre_crop(images: np.ndarray, size: int, option: str | None = None) -> np.ndarray:
+    """The central size x size pixels of (..., H, W) images (a view).  Images smaller than ``size`` are BadData; its
+    hint names ``option`` (e.g. "--crop"), the setting that asked for the size, when given."""
+    height, width = images.shape[-2:]
+    if height < size or width < size:
+        raise BadData(f"cannot crop {height}x{width} images to {size}",
+                      f"use {option} {min(height, width)} or less" if option
+                      else f"use cutouts of at least {size}x{size} pixels")
+    rows, cols = centre_crop_window(height, width, size)
+    return images[..., rows, cols]
 
 
 def border_pixels(images_nbhw: np.ndarray, border: int = DEFAULT_BORDER) -> np.ndarray:

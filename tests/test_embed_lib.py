@@ -12,26 +12,40 @@ import pyarrow as pa
 import pytest
 
 from conftest import ROOT
-from galtools.embed.inputs import InputPlan, Preparer, centre_crop_start, check_finite
+from galtools.embed.inputs import NONFINITE_PIXELS, InputPlan, Preparer
 from galtools.embed.pipeline import Pipeline
-from galtools.embed.providers import Device, captured_output, cpu_allocation, failure_reason
+from galtools.device import Device
+from galtools.embed.providers import KINDS, captured_output, cpu_allocation, failure_reason
 from galtools.embed.table import fixed_batches
 from galtools.errors import BadData, UsageProblem
 
 
 # ------------------------------------------------------------------------------------------------ devices, threads
 
-@pytest.mark.parametrize("text, kind, index", [("auto", "auto", 0), ("cpu", "cpu", 0), ("cuda", "cuda", 0),
-                                               ("cuda:3", "cuda", 3), ("GPU:1", "cuda", 1), ("tensorrt:2", "tensorrt", 2)])
-def test_device_parse(text, kind, index):
-    device = Device.parse(text)
-    assert (device.kind, device.index) == (kind, index)
+@pytest.mark.parametrize("text, kind, index, gpu", [("auto", "auto", None, 0), ("cpu", "cpu", None, 0),
+                                                    ("cuda", "cuda", None, 0), ("cuda:3", "cuda", 3, 3),
+                                                    ("GPU:1", "cuda", 1, 1), ("tensorrt:2", "tensorrt", 2, 2)])
+def test_device_parse(text, kind, index, gpu):
+    device = Device.parse(text, KINDS)
+    assert (device.kind, device.index, device.gpu) == (kind, index, gpu)
+    assert str(device) == text.lower().replace("gpu", "cuda")   # messages name the device as it was asked for
 
 
 @pytest.mark.parametrize("text", ["tpu", "cuda:x", "cpu:1", "cuda:-1", ""])
 def test_device_parse_refuses(text):
     with pytest.raises(UsageProblem):
-        Device.parse(text)
+        Device.parse(text, KINDS)
+
+
+def test_gal_embed_and_torch_tools_share_one_device_type():
+    """gal-embed's devices are galtools.device's (with TensorRT added), not a type of its own."""
+    import galtools.device
+    from galtools.embed import encoder, providers
+
+    assert encoder.Device is providers.Device is galtools.device.Device
+    assert not hasattr(galtools.device, "DeviceSpec")
+    with pytest.raises(UsageProblem):
+        Device.parse("tensorrt")          # torch's tools have no TensorRT
 
 
 def test_cpu_allocation_is_the_affinity_capped_by_slurm():
@@ -154,13 +168,6 @@ def _preprocess(bands):
     return Preprocess.fit(rng.normal(size=(10, len(bands), 16, 16)).astype(np.float32) * 3, bands)
 
 
-@pytest.mark.parametrize("size_in", [32, 33, 40, 41, 64, 107])
-def test_centre_crop_is_the_augment_pipelines(size_in):
-    from galtools.augment.ops import centre_crop_start as augment_start
-
-    assert centre_crop_start(size_in, 32) == augment_start(size_in, 32)
-
-
 def test_plan_selects_bands_by_name_and_crops_the_centre():
     pre = _preprocess(["g", "r", "i"])
     plan = InputPlan.for_table(_Model(["g", "r", "i"], 4, pre), ["i", "u", "g", "r"], (4, 9, 8), "t", "m")
@@ -191,11 +198,16 @@ def test_parallel_preparation_is_bitwise_the_serial_one():
 
 
 def test_non_finite_pixels_name_the_objects():
+    from galtools.io.tensor import check_finite
+
     with pytest.raises(BadData, match="object_id 12"):
-        check_finite(np.array([True, True, False, True]), [10, 11, 12, 13])
+        check_finite(np.array([True, True, False, True]), NONFINITE_PIXELS, [10, 11, 12, 13])
     with pytest.raises(BadData, match="row 0"):
-        check_finite(np.array([False]), None)
-    check_finite(np.ones(3, bool), None)
+        check_finite(np.array([False]), NONFINITE_PIXELS, None)
+    check_finite(np.ones(3, bool), NONFINITE_PIXELS, None)
+    with pytest.raises(BadData) as caught:
+        check_finite(np.array([False] * 7 + [True]), "rows hold NaN", list("abcdefgh"), "drop them")
+    assert caught.value.one_line() == "7 rows hold NaN (object_id a, b, c, d, e, ...) (drop them)"
 
 
 # ------------------------------------------------------------------------------------------------ memory

@@ -196,8 +196,18 @@ def _head(tmp_path, linear, sha=ENCODER):
     return load_head(path, "gal-classify")
 
 
+def _apply_to_file(path, head, task, out, metadata=None):
+    """The apply loop as a command runs it: the input opened, the output opened with its metadata, a sink."""
+    from galtools.heads.apply import apply_to, output_metadata
+    from galtools.io import open_output
+
+    with open_table(path) as table, open_output(out, metadata=output_metadata(table, metadata)) as sink:
+        return apply_to(table, path, head, task, sink)
+
+
 def test_apply_loop_carries_columns_and_matches_numpy(tmp_path):
     from galtools.heads.apply import apply_table
+    from galtools.io.sink import CollectingSink
 
     linear = two_layers(5)
     x = np.random.default_rng(6).normal(size=(2500, DIM)).astype(np.float32)
@@ -205,9 +215,11 @@ def test_apply_loop_carries_columns_and_matches_numpy(tmp_path):
     table = table.append_column("image", pa.array([b"x"] * len(x)))          # never carried
     emb = write_table(table, str(tmp_path / "emb.parquet"), **{"galtools.model_sha256": ENCODER})
     out = str(tmp_path / "out.parquet")
-    rows = apply_table(emb, _head(tmp_path, linear), _logit_task(linear, keep_embedding=False), out,
-                       tool="gal-classify", metadata={"galtools.test": "yes"})
+    rows = _apply_to_file(emb, _head(tmp_path, linear), _logit_task(linear, keep_embedding=False), out,
+                          {"galtools.test": "yes"})
     assert rows == len(x)
+    collected = CollectingSink()                        # any sink: the same rows in memory
+    assert apply_table(emb, _head(tmp_path, linear), _logit_task(linear, keep_embedding=False), collected) == len(x)
     with open_table(out) as result:
         got = result.read_all()
         assert result.metadata["galtools.test"] == "yes" and result.metadata["galtools.model_sha256"] == ENCODER
@@ -216,6 +228,7 @@ def test_apply_loop_carries_columns_and_matches_numpy(tmp_path):
     hidden = np.maximum(x.astype(np.float64) @ linear.weights[0] + linear.biases[0], 0)
     expected = hidden @ linear.weights[1][:, 0] + linear.biases[1][0]
     assert np.allclose(got.column("logit0").to_numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert collected.table().equals(got)
 
 
 def test_apply_loop_checks_embeddings_itself(tmp_path):
@@ -227,27 +240,25 @@ def test_apply_loop_checks_embeddings_itself(tmp_path):
     x[17, 2] = np.nan
     bad = write_table(embedding_table(x), str(tmp_path / "nan.parquet"), **{"galtools.model_sha256": ENCODER})
     with pytest.raises(BadData, match="object_id 1017"):
-        apply_table(bad, head, _logit_task(linear), str(tmp_path / "o.parquet"), tool="t")
+        _apply_to_file(bad, head, _logit_task(linear), str(tmp_path / "o.parquet"))
     x[17] = 0.0
     zero = write_table(embedding_table(x), str(tmp_path / "zero.parquet"), **{"galtools.model_sha256": ENCODER})
     with pytest.raises(BadData, match="all zeros .*object_id 1017"):
-        apply_table(zero, head, _logit_task(linear, unit=True), None, tool="t")
+        apply_table(zero, head, _logit_task(linear, unit=True), None)
     other = write_table(embedding_table(x), str(tmp_path / "other.parquet"), **{"galtools.model_sha256": "ef" * 32})
     with pytest.raises(BadData, match="another encoder"):
-        apply_table(other, head, _logit_task(linear), None, tool="t")
+        apply_table(other, head, _logit_task(linear), None)
     wide = write_table(embedding_table(np.ones((3, DIM + 1))), str(tmp_path / "wide.parquet"))
     with pytest.raises(BadData, match="7-d embeddings"):
-        apply_table(wide, head, _logit_task(linear), None, tool="t")
+        apply_table(wide, head, _logit_task(linear), None)
     assert not (tmp_path / "o.parquet").exists()
 
 
 def test_apply_loop_on_an_empty_table_writes_the_schema(tmp_path):
-    from galtools.heads.apply import apply_table
-
     linear = two_layers()
     empty = write_table(embedding_table(np.zeros((0, DIM))), str(tmp_path / "empty.parquet"))
     out = str(tmp_path / "out.arrow")
-    assert apply_table(empty, _head(tmp_path, linear), _logit_task(linear), out, tool="t") == 0
+    assert _apply_to_file(empty, _head(tmp_path, linear), _logit_task(linear), out) == 0
     with open_table(out) as result:
         assert result.schema.names == ["object_id", "embedding", "logit0"] and result.read_all().num_rows == 0
 

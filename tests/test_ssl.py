@@ -17,7 +17,7 @@ def cosine_over_tau(a, b, tau):
 
 
 def equation_1(q, k_pos, k_negs, tau):
-    """The talk's equation (1), term by term in float64."""
+    """Equation (1) of Hayat et al. 2021, term by term in float64."""
     positive = math.exp(cosine_over_tau(q, k_pos, tau))
     negatives = sum(math.exp(cosine_over_tau(q, k, tau)) for k in k_negs)
     return -math.log(positive / (positive + negatives))

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from galtools.preprocess import centre_crop_start
+
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548...
 KERNEL_RADIUS_SIGMAS = 4.0   # Gaussian kernels are cut at 4 sigma (the tail holds 6e-5 of the flux)
 MAD_TO_SIGMA = 1.4826
@@ -120,11 +122,6 @@ def rotate(images, angles_deg):
     centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
     offset = centre[None, :] - matrix @ centre
     return warp(images, matrix, offset, (height, width))
-
-
-def centre_crop_start(size_in: int, size_out: int) -> int:
-    """First row/column of a centre crop; an integer, so a crop never interpolates."""
-    return (size_in - size_out) // 2
 
 
 def jitter_crop(images, shifts_xy: np.ndarray, out_size: int):

@@ -17,6 +17,7 @@ import numpy as np
 from galtools.augment import streams
 from galtools.augment.spec import OPS, SDSS_EXTINCTION_R, Step, canonical_spec, parse_spec
 from galtools.errors import BadData, UsageProblem
+from galtools.preprocess import centre_crop_start
 
 
 @dataclass
@@ -146,8 +147,8 @@ class AugmentPipeline:
             x = self._materialise(x, state)
             x = getattr(self, f"_{step.name}")(x, step, draws, state, keys, seed, view, ops)
         if not cropped:
-            start = np.array([ops.centre_crop_start(state.geometry.frame_hw[1], self.out_size),
-                              ops.centre_crop_start(state.geometry.frame_hw[0], self.out_size)], dtype=np.float64)
+            start = np.array([centre_crop_start(state.geometry.frame_hw[1], self.out_size),
+                              centre_crop_start(state.geometry.frame_hw[0], self.out_size)], dtype=np.float64)
             state.geometry.then(np.broadcast_to(np.eye(2), (n, 2, 2)).copy(), np.broadcast_to(start, (n, 2)).copy(),
                                 (self.out_size, self.out_size))
         x = self._materialise(x, state)
@@ -208,7 +209,7 @@ class AugmentPipeline:
             span = 2 * p["max_shift"] + 1
             shifts = np.minimum(np.floor(draws[:, :2] * span), span - 1) - p["max_shift"]
             height, width = geometry.frame_hw
-            start = np.array([ops.centre_crop_start(width, self.out_size), ops.centre_crop_start(height, self.out_size)])
+            start = np.array([centre_crop_start(width, self.out_size), centre_crop_start(height, self.out_size)])
             geometry.then(np.broadcast_to(np.eye(2), (n, 2, 2)).copy(), start[None, :] - shifts,
                           (self.out_size, self.out_size))
             return True

@@ -90,9 +90,11 @@ def psf_columns(pattern, bands, names):
 
 def views_metadata(table, plan, views) -> dict:
     """The input's metadata with the canonical spec and the number of views."""
+    from galtools.io import meta
+
     metadata = dict(table.metadata)
-    metadata["galtools.augment"] = plan.pipe.spec
-    metadata["galtools.augment_views"] = str(views)
+    metadata[meta.AUGMENT] = plan.pipe.spec
+    metadata[meta.AUGMENT_VIEWS] = str(views)
     return metadata
 
 
@@ -137,16 +139,13 @@ def output_schema(schema, views, size):
 
 def montage_rows(batch, views_np, ids, views, count, size):
     """[(object_id, original centre crop, [view images])] for the first ``count`` objects of a batch."""
-    from galtools.augment.ops import centre_crop_start
     from galtools.io import images_of
+    from galtools.preprocess import centre_crop
 
-    originals = images_of(batch.slice(0, count))
+    originals = centre_crop(images_of(batch.slice(0, count)), size)
     rows = []
     for i in range(min(count, batch.num_rows)):
-        start_y = centre_crop_start(originals.shape[-2], size)
-        start_x = centre_crop_start(originals.shape[-1], size)
-        crop = originals[i, :, start_y:start_y + size, start_x:start_x + size]
-        rows.append((ids[i], crop, list(views_np[i * views:(i + 1) * views])))
+        rows.append((ids[i], originals[i], list(views_np[i * views:(i + 1) * views])))
     return rows
 
 

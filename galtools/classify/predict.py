@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.classify.model import ClassifierModel
-from galtools.heads.apply import Task, apply_table
+from galtools.heads.apply import Task, apply_to, output_metadata
+from galtools.heads.source import checked_source
 
 log = logging.getLogger("galtools")
 
@@ -44,14 +45,15 @@ def prediction_task(model: ClassifierModel, keep_embedding: bool = False) -> Tas
     return Task(columns, tuple(prediction_columns(model.classes)), keep_embedding=keep_embedding)
 
 
-def predict_table(source: str, model: ClassifierModel, head, output: str, *, fmt=None, overwrite=False,
-                  keep_embedding=False, shard=None, progress=None) -> int:
-    """Write the predictions for every row of ``source`` (checked against ``head``, the model's file); returns the
-    number of rows written."""
+def predict_table(table, name: str, model: ClassifierModel, head, output, *, keep_embedding=False,
+                  progress=None) -> int:
+    """Write the predictions for every row of the open ``table`` (checked against ``head``, the model's file) to
+    the sink ``output(metadata)`` opens (the command's ``Writing.open``); returns the number of rows written."""
+    checked_source(table, name).check(head, log)
     metadata = {META_KEY: json.dumps({"kind": model.kind, "labels": model.labels.to_json(),
                                       "seed": model.info.get("seed")})}
-    return apply_table(source, head, prediction_task(model, keep_embedding), output, tool="gal-classify",
-                       metadata=metadata, fmt=fmt, overwrite=overwrite, shard=shard, progress=progress, log=log)
+    with output(output_metadata(table, metadata)) as out:
+        return apply_to(table, name, head, prediction_task(model, keep_embedding), out, progress=progress)
 
 
 def classification_of(metadata: dict) -> dict | None:

@@ -5,8 +5,7 @@ import click
 
 from galtools.cli.common import (device_option, galtools_command, input_argument, log, output_options,
                                  montage_options, prepare_output, progress, seed_option, shard_option)
-
-DEFAULT_OPS = "rotate,jitter,psf,redden,noise"  # galtools.augment.spec.DEFAULT_SPEC (kept literal: no import at --help)
+from galtools.augment.spec import DEFAULT_SPEC   # the spec module imports nothing heavy: --help stays fast
 
 EXAMPLE = """gal-augment cutouts.fits --views 2 -o views.parquet
 gal-augment cutouts.fits --views 4 --ops 'rotate,jitter:max_shift=4,noise:factor_max=3' --montage aug.png
@@ -26,7 +25,7 @@ def _list_ops(ctx, _param, value):
 @input_argument()
 @click.option("--views", type=click.IntRange(1, 1000), default=2, show_default=True,
               help="Augmented views written per object (view 0, 1, ...).")
-@click.option("--ops", "spec", default=DEFAULT_OPS, show_default=True, metavar="SPEC",
+@click.option("--ops", "spec", default=DEFAULT_SPEC, show_default=True, metavar="SPEC",
               help="Augmentations in order, with op:key=value parameters (see --list-ops).")
 @click.option("--size", type=click.IntRange(1), default=64, show_default=True,
               help="Output cutout size in pixels (the network input).")

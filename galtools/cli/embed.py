@@ -68,6 +68,7 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     from galtools.embed.checks import parse_band_map
     from galtools.errors import UsageProblem
     from galtools.io import display_name, open_table
+    from galtools.io import meta
     from galtools.io.output import format_for
 
     writing = prepare_output(output, fmt, overwrite, shard, source=input)   # before loading anything
@@ -87,7 +88,7 @@ def cli(input, model, output, fmt, overwrite, device, precision, dtype, batch_si
     with open_table(input, shard=writing.shard, options=read_opts) as table:
         metadata = output_metadata(table.metadata, encoder, display_name(input))
         if mapping:
-            metadata["galtools.embed.band_map"] = ",".join(f"{k}={v}" for k, v in mapping.items())
+            metadata[meta.EMBED_BAND_MAP] = ",".join(f"{k}={v}" for k, v in mapping.items())
         with writing.open(metadata) as out, progress_bar(table.num_rows, "embedding") as bar:
             first_batch = []
 

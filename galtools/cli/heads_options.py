@@ -1,6 +1,8 @@
 """Options and steps shared by the commands over galtools.heads: gal-photoz, gal-classify and gal-ood.
 
-Kept light on imports (click only), like cli/common: ``--help`` never imports torch, pyarrow or numpy.
+Kept light on imports (click only), like cli/common: ``--help`` never imports torch, pyarrow or numpy. The steps
+the commands share (checking outputs, running a curve or an evaluation, writing predictions) are in
+cli/heads_steps.py.
 
     @training_options(batch_size=512, lr=1e-2)     # --hidden ... --seed, passed on as ``training`` (a dict)
     @model_output                                  # -o MODEL (required), --overwrite (cli.common's)
@@ -10,11 +12,11 @@ Kept light on imports (click only), like cli/common: ``--help`` never imports to
 from __future__ import annotations
 
 import functools
-import json
 
 import click
 
-from galtools.cli.common import format_option, model_output_options, prepare_output, seed_option
+from galtools.cli.common import format_option, model_output_options, seed_option
+from galtools.cli.heads_steps import check_outputs, draw, score_prologue  # noqa: F401  (gal-ood's steps)
 
 TRAINING = ("hidden", "val_fraction", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "seed")
 CURVE = ("fractions", "test_fraction", "as_json", "plot", "output", "fmt", "overwrite")
@@ -131,61 +133,3 @@ def curve_options(plot_help: str):
         ])
 
     return decorator
-
-
-# ------------------------------------------------------------------------------------------------------- steps
-
-def check_outputs(overwrite: bool, *paths) -> None:
-    from galtools.io import check_output_path
-
-    for path in paths:
-        if path:
-            check_output_path(path, overwrite)
-
-
-def draw(path: str | None, plot, *args) -> None:
-    """``plot(*args, temporary)`` into ``path``, atomically (nothing when ``path`` is None)."""
-    if path:
-        from galtools.io import atomic_file
-
-        with atomic_file(path) as temporary:
-            plot(*args, temporary)
-
-
-def curve_prologue(curve: dict):
-    """Check the curve's options and outputs before any work: (the fractions, the -o table's Writing, whose
-    ``table`` is False without -o)."""
-    from galtools.errors import UsageProblem
-    from galtools.heads.curve import parse_fractions
-
-    fractions = parse_fractions(curve["fractions"])
-    if not 0 < curve["test_fraction"] < 1:
-        raise UsageProblem(f"--test-fraction must be between 0 and 1, got {curve['test_fraction']}")
-    writing = prepare_output(curve["output"] or "-", curve["fmt"], curve["overwrite"], slurm=False,
-                             pictures=[curve["plot"]], table=bool(curve["output"]))
-    return fractions, writing
-
-
-def emit_curve(rows: list[dict], curve: dict, writing, text: str, header: dict, seed: int, plot) -> None:
-    """Print the curve (a table, or JSON with ``header``), write it with -o, draw it with --plot."""
-    if curve["output"] != "-":                 # otherwise stdout carries the table
-        click.echo(json.dumps({**header, "test_fraction": curve["test_fraction"], "rows": rows}, indent=2)
-                   if curve["as_json"] else text)
-    if writing.table:
-        import pyarrow as pa
-
-        with writing.open(seed=seed) as out:
-            out.write(pa.Table.from_pylist(rows))
-    draw(curve["plot"], plot, rows)
-
-
-def score_prologue(model_path: str, tool: str, kinds, output: str | None, fmt, overwrite: bool, shard,
-                   pictures=(), source: str | None = None):
-    """Load the model file, then settle the output of 'predict'/'score' before any work: (head, Writing).
-    ``output`` None: no table is written (``Writing.table`` False), the shard still applies. ``source``: the
-    input, when a HATS catalogue input and a folder OUTPUT make a HATS catalogue."""
-    from galtools.heads import load_head
-
-    head = load_head(model_path, tool, kinds)
-    return head, prepare_output(output or "-", fmt, overwrite, shard, pictures=pictures, table=output is not None,
-                                source=source)

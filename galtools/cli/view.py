@@ -1,17 +1,14 @@
 """gal-view: a local web server over the tables the other tools write: search, map, filters; or a static export."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from galtools.cli.common import galtools_command, input_argument, log
+from galtools.cli.view_serve import open_catalogue, require_server_packages, serve
 
 EXAMPLE = """gal-view emb.parquet --images cutouts.arrow --map map.parquet --label morph_class --columns z_true,mag_r
 gal-view emb.parquet --images cutouts.arrow --index emb.faiss --port 8800 --open
 gal-view emb.parquet --images cutouts.arrow --export site/ --queries ids.txt -k 12"""
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @galtools_command("gal-view", example=EXAMPLE)
@@ -20,7 +17,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
               help="The cutout table the embeddings came from (read by row; an Arrow IPC file is fastest).")
 @click.option("--map", "map_path", metavar="MAP", help="A map from gal-map (default: PCA of the embeddings).")
 @click.option("--index", "index_path", metavar="FAISS", help="Search through this gal-knn index (default: exact "
-              "search; refused, exit 65, if it was built from other embeddings).")
+              "search; refused, exit 65, if it was built from other embeddings). An ivfpq/ivfsq8 index serves a "
+              "survey: EMB is read by row, never whole, and the map is a PCA of --sample objects.")
+@click.option("--sample", type=click.IntRange(2), default=100_000, show_default=True,
+              help="With an ivfpq/ivfsq8 --index: objects drawn for the map, its filters and selections (search "
+                   "covers every object).")
 @click.option("--label", metavar="COLUMN", help="A column shown under every tile and used to colour the map.")
 @click.option("--columns", metavar="A,B", default="", help="More columns shown under every tile.")
 @click.option("--rgb", metavar="R,G,B", help="Bands shown as red, green, blue (default: i,r,g as in the montages).")
@@ -40,8 +41,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option("--labels", "labels_path", metavar="LABELS", help="Mark objects interesting or not: each mark is "
               "appended to this table (CSV or Parquet of object_id,label,time; created if absent) at once, and the "
               "objects to label next ('gal-ood rank') are shown.")
-def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, open_browser, export_folder, queries,
-        least, expression, overwrite, labels_path):
+def cli(emb, images, map_path, index_path, sample, label, columns, rgb, k, host, port, open_browser, export_folder,
+        queries, least, expression, overwrite, labels_path):
     """Look at the representation in a browser: type or click a galaxy to see its nearest neighbors (or least
     similar ones), pan and zoom the 2-D map (pictures appear when zoomed in; a click is a search), and restrict
     both with a filter on any column, whose selection downloads as a CSV of object_ids.
@@ -73,7 +74,7 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
     if images == "-" or map_path == "-":
         raise UsageProblem("only EMB may be read from stdin", "write the cutouts and the map to files")
     if not export_folder:
-        _require_server_packages()
+        require_server_packages()
     if export_folder:
         from galtools.view.export import read_queries
         from galtools.view.filters import parse
@@ -82,25 +83,11 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
             parse(expression)   # a filter that cannot parse fails before the tables are read
         query_ids = read_queries(queries)
 
-    from galtools.io import display_name, open_table
-    from galtools.search.table import load_embeddings
-    from galtools.view.catalogue import Catalogue
-    from galtools.view.images import CutoutReader
+    from galtools.io import open_table
 
-    with open_table(emb) as table:
-        embeddings = load_embeddings(table, checksum=bool(index_path), name=display_name(emb))
-    map_table = None
-    if map_path:
-        with open_table(map_path) as table:
-            map_table = table.read_all()
-    index = None
-    if index_path:
-        from galtools.search import FaissIndex
-
-        index = FaissIndex.load(index_path)
     shown = tuple(c.strip() for c in columns.split(",") if c.strip())
     with open_table(images) as cutouts:
-        catalogue = Catalogue(embeddings, CutoutReader(cutouts, rgb), map_table, index, label, shown)
+        catalogue = open_catalogue(emb, cutouts, rgb, map_path, index_path, label, shown, sample, bool(labels_path))
         if export_folder:
             from galtools.view.export import export_site
 
@@ -112,42 +99,7 @@ def cli(emb, images, map_path, index_path, label, columns, rgb, k, host, port, o
             from galtools.view.labelling import Labelling
 
             labelling = Labelling(labels_path, catalogue)
-        _serve(catalogue, host, port, k, open_browser, labelling)
-
-
-def _require_server_packages() -> None:
-    import importlib.util
-
-    from galtools.errors import UsageProblem
-
-    missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UsageProblem(f"gal-view's server needs {' and '.join(missing)}", "pip install 'galtools[view]'")
-
-
-def _serve(catalogue, host, port, k, open_browser, labelling=None) -> None:
-    from galtools.view.server import allowed_hosts_for, bind, make_app, serve
-
-    if host not in LOOPBACK:
-        log.warning(f"listening on {host}: anyone who can reach this machine can browse these tables "
-                    "(there is no password)")
-    app = make_app(catalogue, default_k=k, allowed_hosts=allowed_hosts_for(host), labelling=labelling)
-    sock = bind(host, port)
-    shown_host = f"[{host}]" if ":" in host else host
-    url = f"http://{shown_host}:{sock.getsockname()[1]}/"
-    click.echo(url)
-    sys.stdout.flush()
-    log.info(f"serving {catalogue.count} objects at {url} (Ctrl-C to stop)")
-    if open_browser:
-        import threading
-        import webbrowser
-
-        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    try:
-        stopped_by = serve(app, sock)
-    finally:
-        sock.close()
-    log.info(f"stopped{f' by {stopped_by}' if stopped_by else ''}")
+        serve(catalogue, host, port, k, open_browser, labelling)
 
 
 main = cli

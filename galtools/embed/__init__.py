@@ -8,10 +8,10 @@
 Nothing here imports torch; numpy, pyarrow and onnxruntime do the work (``onnx`` only to convert to fp16 or int8).
 """
 from galtools.embed.encoder import EmbedSettings, Encoder, load_encoder
-from galtools.embed.inputs import InputPlan, centre_crop_start
+from galtools.embed.inputs import InputPlan
 from galtools.embed.model import ModelInfo
-from galtools.embed.providers import Device, cpu_allocation
+from galtools.embed.providers import cpu_allocation
 from galtools.embed.table import EmbedStats, embed_table, output_metadata, output_schema
 
-__all__ = ["Device", "EmbedSettings", "EmbedStats", "Encoder", "InputPlan", "ModelInfo", "centre_crop_start",
-           "cpu_allocation", "embed_table", "load_encoder", "output_metadata", "output_schema"]
+__all__ = ["EmbedSettings", "EmbedStats", "Encoder", "InputPlan", "ModelInfo", "cpu_allocation",
+           "embed_table", "load_encoder", "output_metadata", "output_schema"]

@@ -15,14 +15,13 @@ the cache holds.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 
 from galtools.embed.model import file_sha256
+from galtools.io.files import write_bytes
 
 RECORD_SUFFIX = ".json"
 _log = logging.getLogger("galtools")
@@ -38,15 +37,7 @@ def write_atomically(target: str, data: bytes) -> None:
     """``data`` to ``target`` through a temporary file in the same folder (array tasks writing at once each write a
     whole file; the last one wins).  Raises OSError when the folder cannot be written."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".conv-", suffix=".tmp", dir=os.path.dirname(target))
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_bytes(target, data)
 
 
 @dataclass(frozen=True)

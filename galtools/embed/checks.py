@@ -17,8 +17,6 @@ from galtools.io import meta
 
 PIXSCALE_TOLERANCE = 0.10
 PIXSCALE_COLUMN = "pixscale_arcsec"
-MODEL_PIXSCALE_KEY = "galtools.pixscale_arcsec"
-MODEL_FLUX_UNIT_KEY = "galtools.flux_unit"
 STRICT_HINT = "resample or re-pack the cutouts to match the model, or leave out --strict to go on regardless"
 _log = logging.getLogger("galtools")
 
@@ -41,8 +39,8 @@ class ConditionCheck:
     once (an error instead when ``strict``)."""
 
     def __init__(self, model_metadata: dict, table_name: str, model_name: str, strict: bool = False, warn=None):
-        self.model_pixscale = _number(model_metadata.get(MODEL_PIXSCALE_KEY))
-        self.model_unit = model_metadata.get(MODEL_FLUX_UNIT_KEY)
+        self.model_pixscale = _number(model_metadata.get(meta.PIXSCALE))
+        self.model_unit = model_metadata.get(meta.FLUX_UNIT)
         self.table_name, self.model_name, self.strict = table_name, model_name, strict
         self.warn = warn or _log.warning
         self.messages: list[str] = []

@@ -11,13 +11,15 @@ from typing import Iterator
 
 import numpy as np
 
+from galtools.device import Device
 from galtools.embed import precision as precisions
 from galtools.embed.model import ModelInfo, check_model_file, describe, file_sha256
 from galtools.embed.precision import PRECISIONS
-from galtools.embed.providers import (CPU, CUDA, TENSORRT, Device, cpu_allocation, create_session,
-                                      cuda_device_count, DEVICE_HINT)
+from galtools.embed.providers import (CPU, CUDA, DEVICE_HINT, KINDS, TENSORRT, cpu_allocation, create_session,
+                                      cuda_device_count)
 from galtools.embed.runner import make_runner
 from galtools.errors import BadData, DeviceUnavailable, GalError, UsageProblem
+from galtools.io import meta
 
 _log = logging.getLogger("galtools")
 
@@ -53,15 +55,15 @@ class Encoder:
 
     def precision_metadata(self) -> dict:
         """Output metadata naming the precision used and, for int8/bf16, its parity figures."""
-        metadata = {"galtools.embed.precision": self.precision}
+        metadata = {meta.EMBED_PRECISION: self.precision}
         if self.requested and self.requested != self.precision:
-            metadata["galtools.embed.precision_requested"] = self.requested
+            metadata[meta.EMBED_PRECISION_REQUESTED] = self.requested
         if self.parity is not None:
-            metadata["galtools.embed.parity"] = self.parity.to_json()
+            metadata[meta.EMBED_PARITY] = self.parity.to_json()
         if self.auto is not None:
-            metadata["galtools.embed.auto"] = json.dumps(self.auto, separators=(",", ":"), sort_keys=True)
+            metadata[meta.EMBED_AUTO] = json.dumps(self.auto, separators=(",", ":"), sort_keys=True)
         if self.precision == "int8" and self.calibration is not None:
-            metadata["galtools.embed.calibration"] = json.dumps(self.calibration, separators=(",", ":"),
+            metadata[meta.EMBED_CALIBRATION] = json.dumps(self.calibration, separators=(",", ":"),
                                                                 sort_keys=True)
         return metadata
 
@@ -85,8 +87,8 @@ def _resolve_device(device: Device) -> Device:
     count, reason = cuda_device_count()
     if count == 0:
         raise DeviceUnavailable(f"--device {device}: no usable GPU: {reason}", DEVICE_HINT)
-    if device.index >= count:
-        raise DeviceUnavailable(f"--device {device}: there is no GPU {device.index}; the driver sees {count} "
+    if device.gpu >= count:
+        raise DeviceUnavailable(f"--device {device}: there is no GPU {device.gpu}; the driver sees {count} "
                                 f"(numbered 0-{count - 1})", "pick one of those, or check CUDA_VISIBLE_DEVICES")
     return device
 
@@ -134,7 +136,7 @@ def load_encoder(path: str, settings: EmbedSettings) -> Encoder:
     if settings.batch_size < 1:
         raise UsageProblem("--batch-size must be at least 1")
     check_model_file(path)
-    requested = Device.parse(settings.device)
+    requested = Device.parse(settings.device, KINDS)
     wanted = settings.precision
     if wanted in precisions.CHECKED:
         if requested.is_gpu:
@@ -173,7 +175,7 @@ def load_encoder(path: str, settings: EmbedSettings) -> Encoder:
     if wanted == "fp16" and provider == CPU:
         notes.append("fp16 on the CPU is for checking results, not for speed (the CPU computes it slowly)")
     batch_shape = (settings.batch_size, len(info.bands), info.input_size, info.input_size)
-    runner = make_runner(session, device.index if device.is_gpu else None, batch_shape)
+    runner = make_runner(session, device.gpu if device.is_gpu else None, batch_shape)
     # On the CPU, ONNX Runtime's threads do the work and one reading thread keeps up; on a GPU node the cores are
     # free to prepare batches (minus the threads that run the GPU and write).
     workers = max(1, threads - 2) if device.is_gpu else 1
@@ -253,8 +255,9 @@ class PrecisionChoice:
 
     def settle(self, batches: Iterator, preparer, table_name: str) -> Iterator:
         """Take the first cutouts of ``batches`` (record batches), decide, and give back all the batches."""
-        from galtools.embed.inputs import check_finite
+        from galtools.embed.inputs import FILL_HINT, NONFINITE_PIXELS
         from galtools.io import images_of
+        from galtools.io.tensor import check_finite
 
         held, rows = [], 0
         for batch in batches:
@@ -267,7 +270,7 @@ class PrecisionChoice:
             images, finite = preparer(images_of(batch))
             if not finite.all():
                 ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
-                check_finite(finite, ids)
+                check_finite(finite, NONFINITE_PIXELS, ids, FILL_HINT)
             prepared.append(images)
         self.decide(np.concatenate(prepared)[:precisions.SAMPLE_ROWS] if prepared else None, table_name)
         self.encoder.pending = None
@@ -333,7 +336,7 @@ def _use(encoder: Encoder, session, settings: EmbedSettings) -> None:
     info = encoder.info
     batch_shape = (settings.batch_size, len(info.bands), info.input_size, info.input_size)
     encoder.session = session
-    encoder.runner = make_runner(session, encoder.device.index if encoder.device.is_gpu else None, batch_shape)
+    encoder.runner = make_runner(session, encoder.device.gpu if encoder.device.is_gpu else None, batch_shape)
     encoder.provider = session.get_providers()[0]
 
 

@@ -3,8 +3,8 @@
     raw fluxes -> band selection and order -> centre crop to the model's size -> Preprocess (the fitted
     arcsinh + per-band normalisation stored in the model) -> float32 (n, bands, S, S)
 
-The crop start is ``(size_in - S) // 2``, the convention of galtools.augment's centre crop, so that an unaugmented
-training view and gal-embed's input are the same pixels.
+The crop is galtools.preprocess's centre crop, the one training, gal-pack and the augmentations use, so that an
+unaugmented training view and gal-embed's input are the same pixels.
 """
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from galtools.errors import BadData
-from galtools.preprocess import Preprocess
+from galtools.preprocess import Preprocess, centre_crop_window
 
 FILL_HINT = "fill them first, e.g. gal-pack IN --fill-nan 0 -o OUT"
-
-
-def centre_crop_start(size_in: int, size_out: int) -> int:
-    """First row/column of a centre crop (the same integer formula as galtools.augment.ops)."""
-    return (size_in - size_out) // 2
 
 
 @dataclass(frozen=True)
@@ -72,8 +67,8 @@ class InputPlan:
             raise BadData(f"{table_name} has {height}x{width} images but {model_name} needs at least {size}x{size}",
                           f"use cutouts of {size}x{size} pixels or more (gal-pack --resize), or a model trained "
                           "at this size")
-        top, left = centre_crop_start(height, size), centre_crop_start(width, size)
-        return cls(tuple(index), slice(top, top + size), slice(left, left + size), model.preprocess)
+        rows, cols = centre_crop_window(height, width, size)
+        return cls(tuple(index), rows, cols, model.preprocess)
 
     @property
     def identity_bands(self) -> bool:
@@ -127,14 +122,8 @@ class Preparer:
             self._pool.shutdown(wait=True)
 
 
-def check_finite(finite_rows: np.ndarray, object_ids) -> None:
-    """NaN or infinite pixels would give NaN embeddings without a word: refuse them, naming the first objects.
-    (``finite_rows`` comes from the preprocessed values, which are finite exactly when the pixels are, short of
-    fluxes near float32's overflow.)"""
-    if finite_rows.all():
-        return
-    bad = np.nonzero(~finite_rows)[0]
-    ids = [str(object_ids[i]) for i in bad[:5]] if object_ids is not None else [f"row {i}" for i in bad[:5]]
-    raise BadData(f"{len(bad)} cutout(s) in a batch hold NaN or infinite pixels, or values the model's input scaling "
-                  f"makes so (object_id {', '.join(ids)}"
-                  f"{', ...' if len(bad) > 5 else ''})", FILL_HINT)
+# NaN or infinite pixels would give NaN embeddings without a word: galtools.io's check_finite refuses them, naming
+# the first objects (the flags come from the preprocessed values, finite exactly when the pixels are, short of
+# fluxes near float32's overflow).
+NONFINITE_PIXELS = ("cutout(s) in a batch hold NaN or infinite pixels, or values the model's input scaling makes "
+                    "so")

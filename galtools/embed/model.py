@@ -13,15 +13,11 @@ from dataclasses import dataclass
 
 from galtools.errors import BadData, InputMissing
 from galtools.preprocess import Preprocess
+from galtools.io import meta
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
-BANDS_KEY = "galtools.bands"
-SIZE_KEY = "galtools.input_size"
-PREPROCESS_KEY = "galtools.preprocess"
-DIM_KEY = "galtools.embedding_dim"
-ARCH_KEY = "galtools.arch"
-REQUIRED_KEYS = (BANDS_KEY, SIZE_KEY, PREPROCESS_KEY)
+REQUIRED_KEYS = (meta.BANDS, meta.INPUT_SIZE, meta.PREPROCESS)
 EXPORT_HINT = "give an encoder.onnx written by gal-train (or re-export it with 'gal-train export')"
 
 
@@ -84,9 +80,9 @@ def describe(session, path: str, sha256: str) -> ModelInfo:
     missing = [key for key in REQUIRED_KEYS if not metadata.get(key)]
     if missing:
         raise BadData(f"{path}: the model lacks metadata {', '.join(missing)}", EXPORT_HINT)
-    bands = tuple(b.strip() for b in metadata[BANDS_KEY].split(",") if b.strip())
-    size = _positive_int(metadata, SIZE_KEY, path)
-    preprocess = Preprocess.from_json(metadata[PREPROCESS_KEY])
+    bands = tuple(b.strip() for b in metadata[meta.BANDS].split(",") if b.strip())
+    size = _positive_int(metadata, meta.INPUT_SIZE, path)
+    preprocess = Preprocess.from_json(metadata[meta.PREPROCESS])
     if tuple(preprocess.bands) != bands:
         raise BadData(f"{path}: metadata bands {','.join(bands)} differ from the preprocessing's "
                       f"{','.join(preprocess.bands)}", EXPORT_HINT)
@@ -109,13 +105,13 @@ def describe(session, path: str, sha256: str) -> ModelInfo:
         raise BadData(f"{path}: output '{OUTPUT_NAME}' is {embedding.type} {embedding.shape}, not float [batch, D]",
                       EXPORT_HINT)
     dim = _declared(embedding.shape[1])
-    if DIM_KEY in metadata:
-        stated = _positive_int(metadata, DIM_KEY, path)
+    if meta.EMBEDDING_DIM in metadata:
+        stated = _positive_int(metadata, meta.EMBEDDING_DIM, path)
         if dim is not None and stated != dim:
             raise BadData(f"{path}: output '{OUTPUT_NAME}' has {dim} dimensions, the metadata says {stated}", EXPORT_HINT)
         dim = stated
     if dim is None:
-        raise BadData(f"{path}: the embedding size is neither fixed in the graph nor in metadata {DIM_KEY}",
+        raise BadData(f"{path}: the embedding size is neither fixed in the graph nor in metadata {meta.EMBEDDING_DIM}",
                       EXPORT_HINT)
     return ModelInfo(path=path, sha256=sha256, bands=bands, input_size=size, embedding_dim=dim,
-                     preprocess=preprocess, arch=metadata.get(ARCH_KEY, "unknown"), metadata=metadata)
+                     preprocess=preprocess, arch=metadata.get(meta.ARCH, "unknown"), metadata=metadata)

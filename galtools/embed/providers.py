@@ -14,8 +14,9 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-from galtools.device import parse_device
+from galtools.device import Device
 from galtools.errors import BadData, DeviceUnavailable
+from galtools.io.files import put_in_place, temporary_beside
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -23,22 +24,7 @@ TENSORRT = "TensorrtExecutionProvider"
 DEVICE_HINT = "run on a node with a working NVIDIA GPU and CUDA libraries, or pass --device cpu"
 
 
-@dataclass(frozen=True)
-class Device:
-    kind: str          # "auto", "cpu", "cuda" or "tensorrt"
-    index: int = 0     # the GPU (cuda:N, tensorrt:N)
-
-    @classmethod
-    def parse(cls, text: str) -> "Device":
-        spec = parse_device(text, kinds=("auto", "cpu", "cuda", "tensorrt"))
-        return cls(spec.kind, spec.index or 0)
-
-    @property
-    def is_gpu(self) -> bool:
-        return self.kind in ("cuda", "tensorrt")
-
-    def __str__(self) -> str:
-        return self.kind if not self.is_gpu else f"{self.kind}:{self.index}"
+KINDS = ("auto", "cpu", "cuda", "tensorrt")   # gal-embed's --device: galtools.device's, and ONNX Runtime's TensorRT
 
 
 def cpu_allocation(environ=None) -> int:
@@ -109,7 +95,7 @@ def provider_list(device: Device, cache_dir: str, batch_size: int, input_shape: 
         return [CPU]
     # fp32 means IEEE fp32: TF32 convolutions (ONNX Runtime's default on Ampere and later) would cost the 1e-4
     # agreement with the torch encoder; fp16 is the fast option.
-    cuda = (CUDA, {"device_id": str(device.index), "cudnn_conv_algo_search": "EXHAUSTIVE",
+    cuda = (CUDA, {"device_id": str(device.gpu), "cudnn_conv_algo_search": "EXHAUSTIVE",
                    "do_copy_in_default_stream": "1", "use_tf32": "1" if fp16 else "0"})
     if device.kind != "tensorrt":
         return [cuda, CPU]
@@ -117,7 +103,7 @@ def provider_list(device: Device, cache_dir: str, batch_size: int, input_shape: 
     shape = lambda n: f"image:{n}x{bands}x{height}x{width}"  # noqa: E731
     engine_cache = os.path.join(cache_dir, "tensorrt")
     os.makedirs(engine_cache, exist_ok=True)     # TensorRT creates only the last level of the path itself
-    trt = (TENSORRT, {"device_id": str(device.index), "trt_fp16_enable": "1" if fp16 else "0",
+    trt = (TENSORRT, {"device_id": str(device.gpu), "trt_fp16_enable": "1" if fp16 else "0",
                       "trt_engine_cache_enable": "1", "trt_engine_cache_path": engine_cache,
                       "trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(batch_size),
                       "trt_profile_max_shapes": shape(batch_size)})
@@ -155,8 +141,7 @@ def _optimized_graph(model, options, optimized):
         return optimized.path, None
     try:
         os.makedirs(os.path.dirname(optimized.path), exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=".opt-", suffix=".tmp.onnx", dir=os.path.dirname(optimized.path))
-        os.close(handle)
+        tmp = temporary_beside(optimized.path, ".onnx")
     except OSError:   # a read-only cache: optimise in memory, every time
         return model, None
     options.optimized_model_filepath = tmp
@@ -171,7 +156,7 @@ def _keep_optimized(saving: str, optimized, loaded: bool) -> None:
     with contextlib.suppress(OSError):
         if loaded and os.path.getsize(saving) > 0:
             optimized.record(file_sha256(saving))
-            os.replace(saving, optimized.path)   # atomic: concurrent array tasks each write a whole file
+            put_in_place(saving, optimized.path)   # atomic: concurrent array tasks each write a whole file
         else:
             os.unlink(saving)
     with contextlib.suppress(OSError):

@@ -10,10 +10,12 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.embed.checks import PIXSCALE_COLUMN, ConditionCheck
-from galtools.embed.inputs import InputPlan, Preparer, check_finite
+from galtools.embed.inputs import FILL_HINT, NONFINITE_PIXELS, InputPlan, Preparer
 from galtools.embed.pipeline import Pipeline
 from galtools.errors import BadData, UsageProblem
 from galtools.io import BANDS, EMBEDDING, IMAGE, MODEL_SHA256, images_of, vector_column
+from galtools.io import meta
+from galtools.io.tensor import check_finite
 
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
@@ -41,13 +43,13 @@ def output_metadata(table_metadata: dict, encoder, input_name: str) -> dict:
     metadata = dict(table_metadata)
     metadata.update({
         MODEL_SHA256: info.sha256,
-        "galtools.model": os.path.basename(info.path),
-        "galtools.model_arch": info.arch,
-        "galtools.embedding_dim": str(info.embedding_dim),
+        meta.MODEL: os.path.basename(info.path),
+        meta.MODEL_ARCH: info.arch,
+        meta.EMBEDDING_DIM: str(info.embedding_dim),
         BANDS: ",".join(info.bands),          # the bands the embedding was made from
-        "galtools.embed.input": input_name,
-        "galtools.embed.precision": encoder.precision,
-        "galtools.embed.provider": encoder.provider,
+        meta.EMBED_INPUT: input_name,
+        meta.EMBED_PRECISION: encoder.precision,
+        meta.EMBED_PROVIDER: encoder.provider,
     })
     if hasattr(encoder, "precision_metadata"):
         metadata.update(encoder.precision_metadata())
@@ -134,7 +136,7 @@ def embed_table(table, encoder, out, dtype: str = "float32", batch_size: int = 2
             prepared, finite_rows = preparer(images_of(batch))
             if not finite_rows.all():
                 ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
-                check_finite(finite_rows, ids)
+                check_finite(finite_rows, NONFINITE_PIXELS, ids, FILL_HINT)
             carried = pa.RecordBatch.from_arrays([batch.column(n) for n in carried_names], names=carried_names)
             yield carried, runner.stage(prepared)
 

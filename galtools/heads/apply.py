@@ -1,13 +1,15 @@
 """Applying a head to every row of an embedding table, batch by batch (numpy only; memory bounded by one batch).
 
-One loop for ``gal-photoz predict``, ``gal-classify predict`` and ``gal-ood score``: the table is opened and checked
-as an embedding source (column, dimension, one encoder; the model's dimension and encoder), each batch's vectors
-are checked (finite; for unit vectors, not all zeros), the task turns them into its columns, and the carried
-columns go through unchanged.  ``HeadSink`` is the same step as a sink (``write``/``expect_schema``), for batches
+One loop for ``gal-photoz predict``, ``gal-classify predict`` and ``gal-ood score``, written through a sink (the
+library never opens an output; the caller opens it, with the metadata ``output_metadata`` gives): the table is
+checked as an embedding source (column, dimension, one encoder; the model's dimension and encoder), each batch's
+vectors are checked (finite; for unit vectors, not all zeros), the task turns them into its columns, and the
+carried columns go through unchanged.  ``HeadSink`` is the same step as a sink (``write``/``expect_schema``), for batches
 that come from elsewhere: gal-embed's library embedding cutouts on the way.
 
     task = Task(columns=lambda batch, x: {"z_phot": ...}, produced=("z_phot",), dropped=("image",))
-    rows = apply_table("emb.parquet", head, task, "pred.parquet", tool="gal-photoz", metadata={...})
+    with open_table("emb.parquet") as table, open_output("pred.parquet", metadata=table.metadata) as out:
+        rows = apply_to(table, "emb.parquet", head, task, out)       # out: any sink (CollectingSink ...)
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Callable
 import pyarrow as pa
 
 from galtools.heads.source import checked_source, checked_vectors
-from galtools.io import EMBEDDING, IMAGE, display_name, open_output, open_table
+from galtools.io import EMBEDDING, IMAGE, display_name, open_table
 
 
 @dataclass
@@ -71,33 +73,27 @@ class HeadSink:
             self.out.expect_schema(self.transform(pa.RecordBatch.from_pylist([], schema=schema)).schema)
 
 
-def apply_table(path: str, head, task: Task, output: str | None, *, shard=None, **options) -> int:
+def apply_table(path: str, head, task: Task, out, *, shard=None, **options) -> int:
     """Apply ``task`` to every row of the embedding table ``path`` (see ``apply_to``)."""
     with open_table(path, shard=shard) as table:
-        return apply_to(table, display_name(path), head, task, output, shard=shard, **options)
+        return apply_to(table, display_name(path), head, task, out, **options)
 
 
-def apply_to(table, name: str, head, task: Task, output: str | None, *, tool: str, metadata: dict | None = None,
-             fmt=None, overwrite=False, seed=None, progress=None, log=None, hint=None, input_path=None,
-             shard=None) -> int:
+def apply_to(table, name: str, head, task: Task, out, *, progress=None, log=None, hint=None) -> int:
     """Apply ``task`` to every row of an open embedding table (checked, and checked against ``head``) and write
-    the result to ``output`` (None: write nothing); the output's metadata is the input's plus ``metadata``.
-    ``input_path`` (the table's path) and ``shard``: a HATS catalogue written to a folder comes out as one (see
-    ``open_output``). Returns the number of rows."""
+    the result to the sink ``out`` (None: write nothing; ``task.on_batch`` still sees every batch). An empty table
+    still tells ``out`` its schema. Returns the number of rows."""
     source = checked_source(table, name, hint)
     source.check(head, log)
     read = task.read(table.schema.names)
-    if output is None:
-        sink = HeadSink(None, task, name, progress)
-        for batch in table.iter_batches(columns=read):
-            sink.write(batch)
-        return sink.rows
-    merged = {**table.metadata, **(metadata or {})}
-    with open_output(output, overwrite=overwrite, fmt=fmt, metadata=merged, tool=tool, seed=seed, source=input_path,
-                     shard=shard) as out:
-        sink = HeadSink(out, task, name, progress)
-        for batch in table.iter_batches(columns=read):
-            sink.write(batch)
-        if sink.rows == 0:
-            sink.expect_schema(pa.schema([table.schema.field(c) for c in read]))
-        return out.rows
+    sink = HeadSink(out, task, name, progress)
+    for batch in table.iter_batches(columns=read):
+        sink.write(batch)
+    if sink.rows == 0:
+        sink.expect_schema(pa.schema([table.schema.field(c) for c in read]))
+    return sink.rows
+
+
+def output_metadata(table, metadata: dict | None) -> dict:
+    """The metadata of a head's output: the input table's, plus the tool's ``metadata``."""
+    return {**table.metadata, **(metadata or {})}

@@ -1,5 +1,6 @@
 """Labelled rows for fitting a head: read from an embedding source (in memory or streamed), and split.
 
+- ``LabelledRows``: the one type of labelled rows (features or cutouts, the task's labels, ids);
 - ``read_labelled``: the rows a task says are labelled, in table order, as (embeddings, labels, object_ids);
 - ``InMemoryRows``: training rows held as arrays, each pass a permutation;
 - ``StreamedRows``: the table re-read once per pass in record batches, rows shuffled inside windows of about
@@ -22,39 +23,64 @@ MAX_VALIDATION_ROWS = 50_000   # enough for a stable validation loss, small enou
 
 
 @dataclass
-class Labelled:
-    """The labelled rows of a table in table order: embeddings, the task's labels, object_ids (when asked)."""
+class LabelledRows:
+    """The labelled rows of a table, in table order: the one type every head task fits, curves and fine-tunes on.
+
+    ``x`` holds what a model sees (embeddings, other features, or cutouts for a network); ``targets`` the task's
+    label of each row as read (a redshift, a class index, vote fractions); ``labels`` what the task knows about
+    them (gal-classify's LabelSpec with the classes found, gal-photoz's redshift column)."""
 
     x: np.ndarray
-    labels: list                 # one array per batch, as the task's reader returned them
-    ids: list | None
-    n_rows: int                  # rows read, labelled or not
+    targets: np.ndarray
+    labels: object = None
+    model_sha256: str | None = None    # the encoder of the embeddings
+    n_rows: int = 0                    # rows read, labelled or not
+    n_unused: int = 0                  # rows read without a usable label
+    ids: list | None = None            # their object_ids, when asked for
+    name: str = "the labels"           # the table, as messages name it
 
     @property
     def count(self) -> int:
-        return len(self.x)
+        return len(self.targets)
+
+    def subset(self, rows: np.ndarray) -> "LabelledRows":
+        ids = None if self.ids is None else [self.ids[r] for r in rows]
+        return LabelledRows(self.x[rows], self.targets[rows], self.labels, self.model_sha256, len(rows), 0, ids,
+                            self.name)
+
+    def with_features(self, x: np.ndarray, model_sha256: str | None = None) -> "LabelledRows":
+        """The same rows and labels seen through other features (pixels, another encoder's, the cutouts)."""
+        return LabelledRows(x, self.targets, self.labels, model_sha256, self.n_rows, self.n_unused, self.ids,
+                            self.name)
 
 
 def read_labelled(source, label_columns: list[str],
-                  labels_of: Callable[[object], tuple[np.ndarray, object]], with_ids: bool = False) -> Labelled:
-    """Read ``source`` (a checked EmbeddingSource) once: ``labels_of(batch)`` returns (rows to keep, their labels)
-    for each batch; the kept embeddings are checked to be finite."""
-    columns = list(dict.fromkeys([EMBEDDING] + label_columns + ([OBJECT_ID] if with_ids else [])))
+                  labels_of: Callable[[object], tuple[np.ndarray, object]], with_ids: bool = False,
+                  embeddings: bool = True) -> tuple[np.ndarray, list, list | None, int]:
+    """Read ``source`` (a checked EmbeddingSource, or with ``embeddings`` False any open table) once:
+    ``labels_of(batch)`` returns (rows to keep, their labels) for each batch. Returns (the kept embeddings, checked
+    to be finite (none without ``embeddings``), each batch's labels, the kept object_ids (``with_ids``), rows read)."""
+    table = source.table if embeddings else source
+    name = source.name if embeddings else "the table"
+    columns = list(dict.fromkeys(([EMBEDDING] if embeddings else []) + label_columns
+                                 + ([OBJECT_ID] if with_ids else [])))
     if with_ids:
-        require_columns(source.table.schema, [OBJECT_ID], source.name)
+        require_columns(table.schema, [OBJECT_ID], name)
     xs, labels, ids, n_rows = [], [], [] if with_ids else None, 0
-    for batch in source.table.iter_batches(columns=columns):
+    for batch in table.iter_batches(columns=columns):
         n_rows += batch.num_rows
         keep, found = labels_of(batch)
         labels.append(found)
-        if len(keep):
+        if len(keep) and embeddings:
             xs.append(np.array(vectors_of(batch)[keep], dtype=np.float32))
-            if with_ids:
-                ids.extend(batch.column(OBJECT_ID).take(keep).to_pylist())
+        if len(keep) and with_ids:
+            ids.extend(batch.column(OBJECT_ID).take(keep).to_pylist())
+    if not embeddings:
+        return np.empty((0, 0), np.float32), labels, ids, n_rows
     x = np.concatenate(xs) if xs else np.empty((0, source.dim), np.float32)
     xs.clear()
-    check_finite_rows(x, source.name)
-    return Labelled(x, labels, ids, n_rows)
+    check_finite_rows(x, name)
+    return x, labels, ids, n_rows
 
 
 class InMemoryRows:

@@ -1,9 +1,19 @@
-"""Atomic writing of the non-table files the tools make (PNG figures, model heads, ONNX models, indexes)."""
+"""Atomic writing, the one way every file galtools makes is put in place: written to a temporary file beside its
+name, then renamed onto it (``temporary_beside`` and ``put_in_place``; the table outputs of galtools.io.output do
+the same over their own lifetime).
+
+    atomic_file(path)          # figures, model heads, ONNX models, indexes, checkpoints: OutputError (74) on failure
+    replacing(path)            # the same, OSError left to the caller (a cache that falls back when read-only)
+    write_bytes(path, data)    # bytes through ``replacing``
+    atomic_folder(path)        # a folder made whole beside its name, then put in its place (gal-view export)
+    durable=True               # a file rewritten in place (a labels file): flushed to disk, its mode kept
+"""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 
 from galtools.errors import OutputError
@@ -59,30 +69,102 @@ def usual_mode(path: str) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def temporary_beside(path: str, suffix: str | None = None) -> str:
+    """A new, empty, private file in ``path``'s folder (so that renaming it onto ``path`` is atomic), named
+    ``.NAME.XXXXXXXX.tmpSUFFIX`` (``suffix``: ``path``'s extension unless given).  Raises OSError."""
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = os.path.splitext(name)[1] if suffix is None else suffix
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(handle)
+    return temporary
+
+
+def put_in_place(temporary: str, path: str, durable: bool = False) -> None:
+    """Rename ``temporary`` onto ``path`` in one step, with the mode the umask gives new files.  ``durable`` (a
+    file rewritten in place, whose loss a crash must not cause): the file keeps the mode of the one it replaces,
+    and the data and then the folder are flushed to disk, so that the new file exists whole once this returns.
+    Raises OSError."""
+    if not durable:
+        usual_mode(temporary)
+        os.replace(temporary, path)
+        return
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    if os.path.exists(path):
+        os.chmod(temporary, os.stat(path).st_mode & 0o777)
+    else:
+        usual_mode(temporary)
+    os.replace(temporary, path)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 @contextlib.contextmanager
-def atomic_file(path: str):
+def replacing(path: str, durable: bool = False, suffix: str | None = None):
+    """Yield a temporary path beside ``path``, put in place (:func:`put_in_place`) when the block succeeds and
+    removed whatever happens otherwise.  OSError goes to the caller as it is: for a writer with its own fallback
+    (a read-only cache) or message; the tools' files use :func:`atomic_file`."""
+    temporary = temporary_beside(path, suffix)
+    try:
+        yield temporary
+        put_in_place(temporary, path, durable)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, durable: bool = False):
     """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` when the block succeeds and
-    remove it when it fails, so a killed or failed run never leaves a half-written file.
+    remove it when it fails, so a killed or failed run never leaves a half-written file.  A failed write is
+    OutputError (74), naming the file system when it is full.
 
         check_output_path(path, overwrite)      # before the work
         with atomic_file(path) as temporary:
             figure.savefig(temporary)
     """
-    folder, name = os.path.split(os.path.abspath(path))
-    suffix = os.path.splitext(name)[1]
+    begun = False
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=folder)
+        with replacing(path, durable) as temporary:
+            begun = True
+            yield temporary
     except OSError as exc:
-        if is_no_space(exc):
-            raise write_failure(exc, path) from None
-        raise OutputError(f"cannot write in {folder}: {exc.strerror}", "check that it exists and is writable") from None
-    os.close(handle)
-    try:
-        yield temporary
-        usual_mode(temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
+        if not begun and not is_no_space(exc):
+            raise OutputError(f"cannot write in {os.path.dirname(os.path.abspath(path))}: {exc.strerror}",
+                              "check that it exists and is writable") from None
         raise write_failure(exc, path) from None
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str):
+    """Yield a new folder beside ``path`` to fill; when the block succeeds it takes the place of ``path`` (a folder
+    already there is moved aside first, then removed), and when it fails it is removed.  OutputError (74)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        building = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {parent} ({exc.strerror})", "check the permissions") from None
+    try:
+        yield building
+        os.chmod(building, 0o755)
+        if os.path.exists(path):
+            old = path + f".old-{os.getpid()}"
+            os.replace(path, old)
+            os.replace(building, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(building, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc})", "check the disk and permissions") from None
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        if os.path.exists(building):
+            shutil.rmtree(building, ignore_errors=True)
+
+
+def write_bytes(path: str, data: bytes, durable: bool = False) -> None:
+    """``data`` as the file ``path``, written through :func:`replacing` (OSError to the caller)."""
+    with replacing(path, durable) as temporary, open(temporary, "wb") as handle:
+        handle.write(data)

@@ -44,15 +44,15 @@ COLLECTION = "collection.properties"
 PARTITION_INFO = "partition_info.csv"
 DATASET = "dataset"
 RECORD = ".galtools-build.json"                     # which build the folder's partitions belong to
-BUILD_KEY = "galtools.hats.build"                   # the same identity, in each partition file's metadata
+BUILD_KEY = meta.HATS_BUILD                   # the same identity, in each partition file's metadata
 PARTITION_COLUMNS = ("Norder", "Dir", "Npix")
 # Files a HATS catalogue folder may hold besides dataset/: an output folder holding anything else is not ours.
 CATALOGUE_FILES = (*PROPERTIES, PARTITION_INFO, RECORD, "point_map.fits", "per_partition_statistics.parquet",
                    "data_thumbnail.parquet")
 # Metadata that says how a task was invoked or computed (the input as typed, device, arithmetic), in which the
 # tasks of one array may differ (the input catalogue itself is in the identity, as its real path).
-RUN_KEYS = (meta.HISTORY, "galtools.embed.input", "galtools.embed.provider", "galtools.embed.precision",
-            "galtools.embed.precision_requested", "galtools.embed.parity", "galtools.embed.auto")
+RUN_KEYS = (meta.HISTORY, meta.EMBED_INPUT, meta.EMBED_PROVIDER, meta.EMBED_PRECISION, meta.EMBED_PRECISION_REQUESTED,
+            meta.EMBED_PARITY, meta.EMBED_AUTO)
 
 
 # ------------------------------------------------------------------------------------------ properties files
@@ -148,6 +148,13 @@ class Layout:
     def bounds(self, shard) -> tuple[int, int]:
         """The files a shard reads: the same whole files as Table(shard_by_files=True)."""
         return shard.bounds(len(self.files)) if shard is not None else (0, len(self.files))
+
+    def row_bounds(self, shard) -> tuple[int, int]:
+        """The rows (of the whole table, in open_table's order) of the files a shard reads: what a command that
+        searches every row writes into those partitions."""
+        first, last = self.bounds(shard)
+        counts = [_file_rows(os.path.join(self.root, DATASET, relative)) for relative, _, _ in self.files[:last]]
+        return sum(counts[:first]), sum(counts)
 
     def healpix_order(self) -> list[int]:
         """File indices in HEALPix order (each pixel at the deepest order, then the file name), as HATS lists them."""

@@ -1,4 +1,5 @@
-"""HDF5 cutout files (Galaxy10 DECaLS, the SDSS and Legacy Survey sets of the papers, Multimodal Universe) as tables.
+"""HDF5 cutout files (Galaxy10 DECaLS, the SDSS and Legacy Survey sets of Hayat et al. and Stein et al.,
+Multimodal Universe) as tables.
 
 One image dataset (``images``, ``image``, ``cutouts``, ``cube`` or ``image_array``, or the one named by
 ``ReadOptions.image_key``) gives the ``image`` column: (N, C, H, W) or channel-last (N, H, W, C), or (N, H, W) for
@@ -21,9 +22,9 @@ from galtools.io import meta
 from galtools.io.tensor import IMAGE, tensor_column
 
 IMAGE_KEYS = ("images", "image", "cutouts", "cube", "image_array")
-BAND_ATTRS = ("bands", "band_names", "filters", "galtools.bands")
-PIXSCALE_ATTRS = ("pixscale_arcsec", "pixscale", "pixel_scale", "galtools.pixscale_arcsec")
-UNIT_ATTRS = ("flux_unit", "bunit", "unit", "units", "galtools.flux_unit")
+BAND_ATTRS = ("bands", "band_names", "filters", meta.BANDS)
+PIXSCALE_ATTRS = ("pixscale_arcsec", "pixscale", "pixel_scale", meta.PIXSCALE)
+UNIT_ATTRS = ("flux_unit", "bunit", "unit", "units", meta.FLUX_UNIT)
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _log = logging.getLogger("galtools")
 _NOTED: set = set()

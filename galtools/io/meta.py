@@ -1,6 +1,8 @@
-"""Table metadata: the keys the tools share and the provenance history every write appends to.
+"""Metadata: every key the tools write or read, in tables and in model files, and the provenance history every
+write appends to.  Writers and readers name a key by its constant here, never by its string.
 
-Metadata is a flat ``dict[str, str]`` (Arrow schema metadata is bytes->bytes; FITS gets it as header cards).
+Metadata is a flat ``dict[str, str]`` (Arrow schema metadata is bytes->bytes; FITS gets it as header cards; an
+encoder.onnx keeps it as metadata_props).
 """
 from __future__ import annotations
 
@@ -8,12 +10,43 @@ import datetime as _dt
 import json
 import sys
 
+# -- cutout tables (and the encoder.onnx, which states the bands, pixel scale and unit it was trained on)
 BANDS = "galtools.bands"
 PIXSCALE = "galtools.pixscale_arcsec"
 FLUX_UNIT = "galtools.flux_unit"
 EIGHT_BIT_UNIT = "8-bit scaled to [0,1]"   # the flux unit of images gal-pack read from 8-bit files (JPEG, PNG)
 HISTORY = "galtools.history"
+SIM = "galtools.sim"                        # gal-sim's settings (JSON)
+AUGMENT = "galtools.augment"                # the augmentation spec (gal-augment's output; an encoder's training)
+AUGMENT_VIEWS = "galtools.augment_views"    # views per cutout in gal-augment's output
+
+# -- encoder.onnx metadata_props (gal-train export and import; read by gal-embed)
+INPUT_SIZE = "galtools.input_size"
+PREPROCESS = "galtools.preprocess"
+EMBEDDING_DIM = "galtools.embedding_dim"    # also in an embedding table
+ARCH = "galtools.arch"
+VERSION = "galtools.version"
+TRAIN_CONFIG = "galtools.train_config"
+TTA = "galtools.tta"
+
+# -- embedding tables (gal-embed)
+MODEL = "galtools.model"
+MODEL_ARCH = "galtools.model_arch"
 MODEL_SHA256 = "galtools.model_sha256"
+EMBED_INPUT = "galtools.embed.input"
+EMBED_PROVIDER = "galtools.embed.provider"
+EMBED_PRECISION = "galtools.embed.precision"
+EMBED_PRECISION_REQUESTED = "galtools.embed.precision_requested"
+EMBED_PARITY = "galtools.embed.parity"
+EMBED_AUTO = "galtools.embed.auto"
+EMBED_CALIBRATION = "galtools.embed.calibration"
+EMBED_BAND_MAP = "galtools.embed.band_map"
+
+# -- the settings of the tools that write derived tables (JSON)
+KNN = "galtools.knn"
+OOD = "galtools.ood"
+MAP = "galtools.map"
+HATS_BUILD = "galtools.hats.build"
 
 # Arrow keeps its own schema in Parquet under this key; it is not ours to copy between files.
 _FOREIGN_KEYS = ("ARROW:schema", "pandas", "table_meta_yaml")   # the last: astropy's column units, re-made per write

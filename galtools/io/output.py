@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from galtools.errors import BadData, GalError, OutputError, UsageProblem
 from galtools.io import meta
-from galtools.io.files import usual_mode, write_failure
+from galtools.io.files import put_in_place, temporary_beside, write_failure
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
            ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".arrows": "arrow-stream",
@@ -202,14 +202,11 @@ class Output:
             if self._to_stdout:
                 handle, tmp = tempfile.mkstemp(prefix="galtools-out-",
                                                suffix=".fits" if self.format == "fits" else ".tmp")
-            else:
-                folder, name = os.path.split(os.path.abspath(self.path))
-                handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{''.join(_suffixes(name))}",
-                                               dir=folder)
+                os.close(handle)
+                return tmp
+            return temporary_beside(self.path, "".join(_suffixes(os.path.basename(self.path))))
         except OSError as exc:
             raise write_failure(exc, self.path) from None
-        os.close(handle)
-        return tmp
 
     def _failed(self, exc: OSError, into_stream: bool = False) -> OutputError:
         """The error for a failed write: into a temporary file (naming its file system), or into stdout, a pipe
@@ -304,8 +301,7 @@ class Output:
             self._close_stream()
             os.unlink(self._target)
         else:
-            usual_mode(self._target)   # mkstemp made it private
-            os.replace(self._target, self.path)
+            put_in_place(self._target, self.path)
         self._writer.discard()
 
     def _close_stream(self) -> None:

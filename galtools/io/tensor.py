@@ -76,15 +76,29 @@ def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
+def finite_rows(values: np.ndarray) -> np.ndarray:
+    """One bool per row of (n, ...) ``values``: whether all its values are finite."""
+    return np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+
+
+def check_finite(finite: np.ndarray, what: str, ids=None, hint: str = "re-embed those objects or drop them",
+                 shown: int = 5) -> None:
+    """The one check for NaN and infinite values: ``finite`` holds one bool per row (see :func:`finite_rows`);
+    when any is False, BadData ``N {what} (object_id a, b, ...)`` naming the first ``shown`` of those rows by
+    ``ids`` (object_ids, one per row), else by row number."""
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    named = [str(ids[i]) for i in bad[:shown]] if ids is not None else [str(i) for i in bad[:shown]]
+    more = ", ..." if bad.size > shown else ""
+    raise BadData(f"{bad.size} {what} ({'object_id' if ids is not None else 'row'} {', '.join(named)}{more})", hint)
+
+
 def finite_vectors_of(batch, name: str, column: str = EMBEDDING) -> np.ndarray:
-    """vectors_of, refusing NaN or infinite values (BadData naming the first object) where a model must score them."""
+    """vectors_of, refusing NaN or infinite values (BadData naming the first objects) where a model must score them."""
     vectors = vectors_of(batch, column)
-    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if bad.size:
-        ids = batch.column("object_id") if "object_id" in batch.schema.names else None
-        first = ids[int(bad[0])].as_py() if ids is not None else f"row {int(bad[0])} of a batch"
-        raise BadData(f"{name}: {bad.size} embedding(s) hold NaN or infinite values (first: object_id {first!r})",
-                      "re-embed those objects or drop them")
+    ids = batch.column("object_id").to_pylist() if "object_id" in batch.schema.names else None
+    check_finite(finite_rows(vectors), f"embedding(s) of {name} hold NaN or infinite values", ids)
     return vectors
 
 

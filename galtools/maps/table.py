@@ -15,10 +15,11 @@ import pyarrow as pa
 
 from galtools.errors import BadData, UsageProblem
 from galtools.io import display_name, open_table
+from galtools.io import meta
 
 log = logging.getLogger("galtools")
 
-MAP_KEY = "galtools.map"
+MAP_KEY = meta.MAP
 MAP_COLUMNS = ("map_x", "map_y")
 METHODS = ("pca", "umap")
 

@@ -1,4 +1,4 @@
-"""The tiled image map (as in Stein et al. 2021's and the talk's pictures of the representation): the map's bounding
+"""The tiled image map (as in Stein et al.'s and Hayat et al.'s pictures of the representation): the map's bounding
 box is cut into a grid of cells, and each occupied cell shows the galaxy nearest to its centre, so similar galaxies
 sit together and the picture is not buried under overlapping points.
 

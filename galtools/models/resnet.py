@@ -10,7 +10,7 @@ Two stems:
   which keeps the small galaxies' pixels through the stem (feature maps 64 -> 64 -> 32 -> 16 -> 8).
 
 Three global poolings of the last feature maps into the representation:
-- ``avg``: the mean over positions (He et al.; the paper's);
+- ``avg``: the mean over positions (He et al.; Hayat et al.'s);
 - ``gem``: the generalised mean (mean of x^3)^(1/3) (Radenovic et al. 2018, from image retrieval), between the mean
   and the maximum: a feature that fires strongly in a few places (an edge, a thin disk) is not diluted by the
   empty sky around a small galaxy;
@@ -37,7 +37,28 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """A residual block: ``relu(residual(x) + shortcut(x))``, the shortcut the identity or ``downsample`` (a 1x1
+    projection, set by the subclass after its convolutions, so that the parameters keep their order in a
+    checkpoint's optimizer state); each subclass has its ``residual(x)`` branch and ``last_bn``, the batch norm that
+    ends it."""
+
+    downsample: nn.Module | None
+
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=True)
+
+    def zero_init_last(self) -> None:
+        """Zero the last batch norm's scale: the block starts as its shortcut (Goyal et al. 2017)."""
+        nn.init.zeros_(self.last_bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + shortcut)
+
+
+class BasicBlock(_Residual):
     """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut: ResNet-18/34."""
 
     expansion = 1
@@ -48,20 +69,17 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn2.weight)
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     """1x1 reduce, 3x3 (stride here, as in torchvision's "ResNet v1.5"), 1x1 expand x4: ResNet-50."""
 
     expansion = 4
@@ -74,18 +92,16 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn3.weight)
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(nn.Module):

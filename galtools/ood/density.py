@@ -2,7 +2,7 @@
 
 - ``gmm``: a Gaussian mixture (full covariances) on a PCA projection; strangeness = -log p(x).
 - ``iforest``: an isolation forest (Liu et al. 2008) on the same projection; strangeness = 2^(-E[h(x)] / c(n)),
-  the anomaly score of the paper (scikit-learn's ``-score_samples``).
+  Liu et al.'s anomaly score (scikit-learn's ``-score_samples``).
 
 Fitting needs scikit-learn; the fitted parameters are stored as arrays (never pickled), and scoring re-implements
 the two formulas in numpy (tests compare them with scikit-learn's own ``score_samples``).

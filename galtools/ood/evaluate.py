@@ -7,6 +7,7 @@ import numpy as np
 
 from galtools.errors import BadData
 from galtools.io import read_columns
+from galtools.io import meta
 from galtools.ood.metrics import detection_report, trust_curve
 
 
@@ -34,7 +35,7 @@ def read_scores(source: str, truth: str | None, error_column: str | None, score_
 def trust_threshold(metadata: dict, score_column: str):
     """(value, coverage) of the trust boundary on the plotted score's axis, when the table says."""
     try:
-        settings = json.loads(metadata.get("galtools.ood", ""))
+        settings = json.loads(metadata.get(meta.OOD, ""))
     except ValueError:
         return None
     if score_column == "ood_raw":

@@ -24,7 +24,6 @@ import csv
 import datetime as dt
 import io
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData, InputMissing, OutputError
+from galtools.io.files import write_bytes
 
 COLUMNS = ("object_id", "label", "time")
 YES = {"1", "yes", "y", "true", "t", "1.0"}
@@ -290,33 +290,8 @@ def _table_with_row(path: str, object_id, label: bool, when: str) -> bytes:
 
 
 def _replace_durably(path: str, data: bytes) -> None:
-    folder, name = os.path.split(os.path.abspath(path))
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write the labels beside {path}: {exc.strerror}",
-                          "check that the folder exists and is writable") from None
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else None
-        if mode is None:
-            from galtools.io import usual_mode
-
-            usual_mode(temporary)
-        else:
-            os.chmod(temporary, mode)
-        os.replace(temporary, path)
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_bytes(path, data, durable=True)
     except OSError as exc:
         raise OutputError(f"cannot write the labels to {path}: {exc.strerror or exc}",
-                          "check the disk and the folder's permissions") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+                          "check that the folder exists and is writable, and the disk") from None

@@ -5,6 +5,8 @@ gets its nearest reference object.  The statistic ("raw", higher = stranger) is
 
 - ``knn``:     the cosine distance (1 - cosine similarity) to the k-th nearest reference row, found with
                galtools.search (exact blocked search, or a FAISS flat/IVF/HNSW index built from the reference);
+               or through a compressed gal-knn index of a reference table too large to keep (ood.reference: the
+               model then holds no vectors);
 - ``gmm``:     -log p(x) under a Gaussian mixture on a PCA projection of the unit vectors;
 - ``iforest``: the isolation-forest anomaly score on the same projection.
 
@@ -43,6 +45,9 @@ class OodModel:
     model_sha256: str | None = None
     info: dict = field(default_factory=dict)
     seed: int = 0
+    reference_index: str | None = None      # knn through a compressed gal-knn index of the reference (ood.reference)
+    reference_table: str | None = None
+    reference_fingerprint: str | None = None
     _searcher: object = field(default=None, repr=False)
 
     @property
@@ -51,9 +56,23 @@ class OodModel:
 
     # -- the statistic
     def searcher(self):
-        if self._searcher is None:
+        if self._searcher is None and self.reference_index:
+            from galtools.ood.reference import IndexReference
+
+            self._searcher = IndexReference(self.reference_index, self.reference_table, self.reference_fingerprint)
+        elif self._searcher is None:
             self._searcher = ReferenceSearch(self.vectors, self.ids, self.search, self.seed)
+        if self.reference_index:
+            self.ids = self._searcher.ids     # the reference table's, read when the index is opened
         return self._searcher
+
+    def use_index(self, path: str) -> None:
+        """Search the reference through the index ``path`` (a moved copy of the one the model was fitted with; its
+        table is the one its sidecar names): UsageProblem for a model that holds its reference."""
+        if not self.reference_index:
+            raise UsageProblem("--reference-index serves models fitted with --reference-index",
+                               "this model holds its reference: drop the option")
+        self.reference_index, self.reference_table, self._searcher = path, None, None
 
     def neighbours(self, unit: np.ndarray, k: int):
         return self.searcher().topk(unit, k)
@@ -89,6 +108,9 @@ class OodModel:
         arrays = {"reference_vectors": self.vectors.astype(np.float32), "reference_ids": self.ids,
                   "calibration": self.calibration.astype(np.float64), **self.density}
         task = {"method": self.method, "k": self.k, "search": self.search, "seed": self.seed}
+        if self.reference_index:
+            task.update(reference_index=self.reference_index, reference_table=self.reference_table,
+                        reference_fingerprint=self.reference_fingerprint)
         return save_head(path, arrays, tool=TOOL, kind=f"ood-{self.method}", embedding_dim=self.embedding_dim,
                          model_sha256=self.model_sha256, task=task, info={"seed": self.seed, **self.info},
                          overwrite=overwrite)
@@ -101,7 +123,9 @@ class OodModel:
         task = head.task
         return cls(method=method, vectors=head["reference_vectors"], ids=head["reference_ids"],
                    calibration=head["calibration"], k=int(task.get("k", 1)), search=task.get("search", "exact"),
-                   density=density, model_sha256=head.model_sha256, info=head.info, seed=int(task.get("seed", 0)))
+                   density=density, model_sha256=head.model_sha256, info=head.info, seed=int(task.get("seed", 0)),
+                   reference_index=task.get("reference_index"), reference_table=task.get("reference_table"),
+                   reference_fingerprint=task.get("reference_fingerprint"))
 
     @classmethod
     def load(cls, path: str) -> "OodModel":

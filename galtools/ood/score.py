@@ -8,13 +8,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from galtools.heads.apply import Task, apply_table
+from galtools.heads.apply import Task, apply_to, output_metadata
+from galtools.heads.source import checked_source
+from galtools.io import display_name, meta, open_output, open_table
 from galtools.ood.model import OodModel
 
 log = logging.getLogger("galtools")
 
 SCORE_COLUMNS = ("ood_score", "ood_raw", "trusted", "nearest_reference_id", "nearest_reference_distance")
-OOD_KEY = "galtools.ood"
+OOD_KEY = meta.OOD
 CUTOUTS_HINT = "embed the cutouts first: gal-embed CUTOUTS --model encoder.onnx | gal-ood score - ..."
 
 
@@ -75,10 +77,15 @@ def score_table(source: str, model: OodModel, head, output: str | None, *, cover
     metadata = {OOD_KEY: json.dumps({"method": model.method, "k": model.k, "search": model.search,
                                      "coverage": coverage, "threshold": model.threshold(coverage),
                                      "n_calibration": len(model.calibration)})}
-    rows = apply_table(source, head, scoring_task(model, coverage, on_batch), output, tool="gal-ood",
-                       metadata=metadata, fmt=fmt, overwrite=overwrite, shard=shard, seed=seed, progress=progress,
-                       log=log, hint=CUTOUTS_HINT, input_path=source)   # a HATS catalogue in, one out
-    return rows, strangest.table
+    task = scoring_task(model, coverage, on_batch)
+    with open_table(source, shard=shard) as table:
+        name = display_name(source)
+        checked_source(table, name, CUTOUTS_HINT).check(head, log)
+        if output is None:
+            return apply_to(table, name, head, task, None, progress=progress), strangest.table
+        with open_output(output, overwrite=overwrite, fmt=fmt, metadata=output_metadata(table, metadata),
+                         tool="gal-ood", seed=seed, source=source, shard=shard) as out:   # a HATS catalogue in, one out
+            return apply_to(table, name, head, task, out, progress=progress), strangest.table
 
 
 def format_top(strangest: pa.Table | None, columns, show_columns=()) -> str:

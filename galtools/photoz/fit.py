@@ -1,32 +1,24 @@
-"""Fitting the photo-z head on embeddings: cross-entropy over redshift bins (galtools.heads' training loop).
+"""What photo-z fitting has of its own: the settings (bins, label smoothing, streaming), the labels read from the
+redshift column and clipped into the bins, and the fingerprints of the rows a fit saw.
 
-Two ways to feed the training rows, with the same optimisation:
-- in memory: the labelled embeddings (n x D float32) fit under ``IN_MEMORY_BYTES`` (or come from a pipe);
-  every pass is a full random permutation;
-- streamed: the table is re-read once per pass (galtools.heads.rows.StreamedRows); the validation rows are kept
-  in memory.
-
-What is photo-z's own: the bins, the labels clipped into them, and the optional Gaussian label smoothing.
+The fitting itself is galtools.heads.task's (``fit_table``: in memory, or streamed from a table whose labelled
+embeddings exceed 2 GiB) with photo-z's head task (galtools.photoz.task.PhotozTask).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData, UsageProblem
-from galtools.heads.rows import InMemoryRows, StreamedRows, read_labelled, validation_split
-from galtools.heads.source import check_finite_rows, check_numeric_column, open_embeddings
-from galtools.heads.train import TrainSettings, train_head
-from galtools.io import EMBEDDING, open_table, vectors_of
+from galtools.heads.train import TrainSettings
+from galtools.io import open_table
 from galtools.photoz.bins import RedshiftBins, smoothing_kernel
-from galtools.photoz.model import PhotozModel
 
 log = logging.getLogger("galtools")
 
-IN_MEMORY_BYTES = 2 << 30      # labelled embeddings up to this size are held in memory
 Z_FIX = "name the spectroscopic redshift column with --z-column"
 
 
@@ -98,94 +90,23 @@ def bin_labels(z: np.ndarray, bins: RedshiftBins, z_column: str, clip_labels: bo
     return y, above, below
 
 
-# ------------------------------------------------------------------------------------------------ entry points
+def settings_of(z_options: dict, training: dict, on_images: bool = False, probe: bool = True):
+    """(the photo-z task, its FitSettings) from the command line's redshift and training options."""
+    from galtools.photoz.task import PhotozTask
 
-def fit_arrays(x: np.ndarray, z: np.ndarray, settings: FitSettings, model_sha256: str | None = None,
-               name: str = "the labels", z_column: str = "z") -> PhotozModel:
-    """Fit on labelled embeddings held in memory (rows with a non-finite z are dropped)."""
-    settings.validate()
-    labelled = np.isfinite(z)
-    check_label_count(int(labelled.sum()), len(z), z_column, name, settings.n_bins)
-    x, z = np.ascontiguousarray(x[labelled], dtype=np.float32), z[labelled]
-    check_finite_rows(x, name)
-    y, above, below = bin_labels(z, settings.bins, z_column, settings.clip_labels)
-    val = validation_split(len(y), settings.val_fraction, settings.seed)
-    log.info(f"fitting on {int((~val).sum())} labelled rows, validating on {int(val.sum())}")
-    linear, record = train_head(InMemoryRows(x[~val], y[~val]), x[val], y[val], x.shape[1], settings.n_bins,
-                                settings, settings.kernel)
-    info = _info(settings, int((~val).sum()), int(val.sum()), above, below, z_column, record, streamed=False)
-    return PhotozModel(linear, settings.bins, model_sha256, info)
+    settings = fit_settings(training, z_options, on_images, probe)
+    return PhotozTask(z_options["z_column"], settings), settings
 
 
-def read_redshifts(source, z_column: str, n_bins: int, with_ids: bool = False):
-    """The labelled rows of an open EmbeddingSource: (embeddings, redshifts, object_ids or None)."""
-    check_numeric_column(source.table.schema, z_column, source.name, Z_FIX)
+def fit_settings(training: dict, z_options: dict, on_images: bool = False, probe: bool = True) -> FitSettings:
+    """FitSettings from the command line's training and redshift options: --batch-size and --lr default to the
+    probe's or, ``on_images``, the network's values (``probe`` False: the network's whatever was given; see
+    galtools.finetune.resolve_training)."""
+    from galtools.finetune import resolve_training
 
-    def finite(batch):
-        z = labels_of(batch, z_column)
-        keep = np.flatnonzero(np.isfinite(z))
-        return keep, z[keep]
-
-    rows = read_labelled(source, [z_column], finite, with_ids)
-    check_label_count(rows.count, rows.n_rows, z_column, source.name, n_bins)
-    return rows.x, np.concatenate(rows.labels), rows.ids
-
-
-def read_labelled_table(path: str, z_column: str, n_bins: int, with_ids: bool = False):
-    """(embeddings, redshifts, encoder sha256, object_ids or None) of the labelled rows of a table, in memory."""
-    with open_embeddings(path) as source:
-        x, z, ids = read_redshifts(source, z_column, n_bins, with_ids)
-        return x, z, source.model_sha256, ids
-
-
-def fit_table(path: str, z_column: str, settings: FitSettings, progress=None) -> PhotozModel:
-    """Fit on an embedding table (a file, a folder of parts, or '-'), streaming it when it is large."""
-    settings.validate()
-    with open_embeddings(path) as source:
-        check_numeric_column(source.table.schema, z_column, source.name, Z_FIX)
-        if path == "-" and settings.stream:
-            raise UsageProblem("--stream needs a file: a pipe cannot be read once per pass",
-                               "write the embeddings to a file first")
-        if path == "-" or settings.stream is False:
-            x, z, _ = read_redshifts(source, z_column, settings.n_bins)
-            return fit_arrays(x, z, settings, source.model_sha256, source.name, z_column)
-        z = np.concatenate([labels_of(b, z_column) for b in source.table.iter_batches(columns=[z_column])]
-                           or [np.empty(0)])
-        name, dim, model_sha256 = source.name, source.dim, source.model_sha256
-    n_labelled = int(np.isfinite(z).sum())
-    check_label_count(n_labelled, len(z), z_column, name, settings.n_bins)
-    stream = settings.stream if settings.stream is not None else n_labelled * dim * 4 > IN_MEMORY_BYTES
-    if not stream:
-        with open_embeddings(path) as source:
-            x, z, _ = read_redshifts(source, z_column, settings.n_bins)
-        return fit_arrays(x, z, settings, model_sha256, name, z_column)
-    return _fit_streamed(path, name, z, z_column, dim, model_sha256, settings, progress)
-
-
-def _fit_streamed(path, name, z, z_column, dim, model_sha256, settings, progress) -> PhotozModel:
-    labelled_rows = np.flatnonzero(np.isfinite(z))
-    y, above, below = bin_labels(z[labelled_rows], settings.bins, z_column, settings.clip_labels)
-    val = validation_split(len(labelled_rows), settings.val_fraction, settings.seed)
-    label_of_row = np.full(len(z), -1, dtype=np.int16)
-    label_of_row[labelled_rows[~val]] = y[~val]
-    val_rows = labelled_rows[val]
-    val_x = np.empty((len(val_rows), dim), dtype=np.float32)
-    with open_table(path) as table:     # one pass: collect the validation rows and check for NaNs
-        start, filled = 0, 0
-        for batch in table.iter_batches(columns=[EMBEDDING]):
-            stop = start + batch.num_rows
-            x = vectors_of(batch)
-            labelled_here = labelled_rows[(labelled_rows >= start) & (labelled_rows < stop)] - start
-            check_finite_rows(x[labelled_here], name)
-            here = val_rows[(val_rows >= start) & (val_rows < stop)] - start
-            val_x[filled:filled + len(here)] = x[here]
-            filled += len(here)
-            start = stop
-    rows = StreamedRows(path, label_of_row, dim)
-    log.info(f"fitting on {rows.count} labelled rows (streamed from {name}), validating on {len(val_rows)}")
-    linear, record = train_head(rows, val_x, y[val], dim, settings.n_bins, settings, settings.kernel, progress)
-    info = _info(settings, rows.count, len(val_rows), above, below, z_column, record, streamed=True)
-    return PhotozModel(linear, settings.bins, model_sha256, info)
+    return FitSettings(**resolve_training(training, on_images, probe), n_bins=z_options["bins"],
+                       zmax=z_options["zmax"], label_smoothing=z_options["label_smoothing"],
+                       stream=z_options.get("stream"), clip_labels=z_options.get("clip_labels", False)).validate()
 
 
 def training_fingerprints(path: str, z_column: str) -> np.ndarray | None:
@@ -205,9 +126,3 @@ def training_fingerprints(path: str, z_column: str) -> np.ndarray | None:
             labelled = np.isfinite(labels)
             parts.append(labelled_fingerprints(batch.column(OBJECT_ID).filter(pa.array(labelled)), labels[labelled]))
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
-
-
-def _info(settings, n_train, n_val, above, below, z_column, record, streamed) -> dict:
-    return {"z_column": z_column, "n_train": n_train, "n_val": n_val, "n_clipped_above_zmax": above,
-            "n_clipped_below_zero": below, "streamed": streamed, "settings": asdict(settings), "training": record,
-            "seed": settings.seed}

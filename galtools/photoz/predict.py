@@ -11,15 +11,14 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import UsageProblem
-from galtools.heads.apply import HeadSink, Task, apply_to
-from galtools.heads.source import check_numeric_column
-from galtools.io import EMBEDDING, IMAGE, display_name, open_output, open_table, vector_column
+from galtools.heads.apply import HeadSink, Task, apply_to, output_metadata
+from galtools.heads.source import check_numeric_column, checked_source
+from galtools.io import EMBEDDING, IMAGE, vector_column
 from galtools.photoz.metrics import normalised_residuals
 from galtools.photoz.model import PhotozModel
 
 log = logging.getLogger("galtools")
 
-TOOL = "gal-photoz"
 BINS_KEY = "galtools.photoz.bins"      # "n_bins,zmax" of the model that made the predictions
 MODEL_KEY = "galtools.photoz.model"    # JSON: the kind, seed and z column of that model (and where its file is)
 PREDICTION_COLUMNS = ("z_phot", "z_phot_mode", "z_phot_std", "z_pdf", "dz", "abs_dz")
@@ -45,26 +44,26 @@ def prediction_task(model: PhotozModel, with_pdf: bool = True, keep_embedding: b
     return Task(columns, PREDICTION_COLUMNS, keep_embedding=keep_embedding, needs=(truth,) if truth else ())
 
 
-def predict_table(source: str, model: PhotozModel, head, output: str, *, fmt=None, overwrite=False,
-                  with_pdf=True, keep_embedding=True, truth=None, shard=None, seed=None, progress=None,
-                  encoder: str | None = None, device: str = "auto", strict: bool = False) -> int:
-    """Write the predictions for every row of ``source``; returns the number of rows written.
+def predict_table(table, name: str, model: PhotozModel, head, output, *, with_pdf=True, keep_embedding=True,
+                  truth=None, progress=None, encoder: str | None = None, device: str = "auto",
+                  strict: bool = False) -> int:
+    """Write the predictions for every row of the open ``table``; returns the number of rows written.
 
-    ``source`` holds embeddings (checked against ``head``, the model's file), or cutouts that are embedded on the
+    ``table`` holds embeddings (checked against ``head``, the model's file), or cutouts that are embedded on the
     way with the model's own fine-tuned encoder or ``encoder`` (an encoder.onnx, run by gal-embed's library).
+    ``output(metadata)`` opens the sink the rows go to (the command's ``Writing.open``).
     """
-    name = display_name(source)
     task = prediction_task(model, with_pdf, keep_embedding, truth)
-    with open_table(source, shard=shard) as table:
-        names = table.schema.names
-        if truth is not None:
-            check_numeric_column(table.schema, truth, name,
-                                 "name the true redshift column with --truth, or leave --truth out")
-        if EMBEDDING not in names and IMAGE in names:
-            return _predict_cutouts(table, name, model, head, task, output, fmt, overwrite, seed, progress,
-                                    encoder, device, strict)
-        return apply_to(table, name, head, task, output, tool=TOOL, metadata=_metadata(model, head), fmt=fmt,
-                        overwrite=overwrite, seed=seed, progress=progress, log=log, hint=CUTOUTS_HINT)
+    names = table.schema.names
+    if truth is not None:
+        check_numeric_column(table.schema, truth, name,
+                             "name the true redshift column with --truth, or leave --truth out")
+    if EMBEDDING not in names and IMAGE in names:
+        return _predict_cutouts(table, name, model, head, task, output, progress, encoder, device, strict)
+    source = checked_source(table, name, CUTOUTS_HINT)
+    source.check(head, log)
+    with output(output_metadata(table, _metadata(model, head))) as out:
+        return apply_to(table, name, head, task, out, progress=progress, hint=CUTOUTS_HINT)
 
 
 def _metadata(model: PhotozModel, head) -> dict:
@@ -104,8 +103,7 @@ def fitted_rows(metadata: dict, ids, redshifts) -> int | None:
     return int(np.isin(labelled_fingerprints(ids, redshifts), fingerprints).sum())
 
 
-def _predict_cutouts(table, name, model, head, task, output, fmt, overwrite, seed, progress, encoder_path,
-                     device, strict=False) -> int:
+def _predict_cutouts(table, name, model, head, task, output, progress, encoder_path, device, strict) -> int:
     from galtools.embed import EmbedSettings, embed_table, load_encoder, output_metadata
 
     if model.encoder_onnx is None and encoder_path is None:
@@ -124,9 +122,10 @@ def _predict_cutouts(table, name, model, head, task, output, fmt, overwrite, see
             log.info(note)
         head.check_embeddings(encoder.info.embedding_dim, encoder.info.sha256, name, log)
         metadata = {**output_metadata(table.metadata, encoder, name), **_metadata(model, head)}
-        with open_output(output, overwrite=overwrite, fmt=fmt, metadata=metadata, tool=TOOL, seed=seed) as out:
-            embed_table(table, encoder, HeadSink(out, task, name, progress), strict=strict)
-            return out.rows
+        with output(metadata) as out:
+            sink = HeadSink(out, task, name, progress)
+            embed_table(table, encoder, sink, strict=strict)
+            return sink.rows
     finally:
         if folder is not None:
             for entry in os.listdir(folder):

@@ -17,9 +17,10 @@ accumulated in float64 in a fixed order (dimension 0, 1, ..., D-1), then rounded
 and the similarities returned are functions of the (query, row) pair alone: the same whatever the query block,
 the tile width, the shard of a Slurm array, the backend or the BLAS library.
 
-Backends: numpy (BLAS matrix products) everywhere; torch on a CUDA GPU when torch imports and a GPU is usable.
-The re-scoring, the merge and the tie-breaking run in numpy in both cases, so both backends give the same
-neighbours and the same similarities.
+Backends: numpy (BLAS matrix products) everywhere; torch on a CUDA GPU when torch imports and a GPU is usable
+(galtools.search.gpu, the only module of the package that imports torch, imported only then).  The re-scoring,
+the merge and the tie-breaking run in numpy in both cases, so both backends give the same neighbours and the same
+similarities.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from galtools.device import cuda_available, parse_device, torch_device
 from galtools.errors import BadData, UsageProblem
+from galtools.io.tensor import check_finite, finite_rows
 
 DEFAULT_BLOCK_BYTES = 128 * 2**20  # one similarity tile; the rest of the working memory is O(queries x k)
 DEFAULT_QUERY_BLOCK = 2048         # queries per tile in all-rows search
@@ -37,6 +39,7 @@ GPU_WORTH_IT_FLOPS = 5e9           # below this much work, importing torch costs
 _NO_ROW = np.iinfo(np.int64).max   # tie key of an empty slot: sorts after every real row
 _PAIR_CHUNK_VALUES = 2**21         # float64 values per chunk of the fixed-order sums (16 MB)
 FLOAT32_UNIT = 2.0**-24            # unit roundoff of a float32 product or sum
+NONFINITE_HINT = "drop or re-embed those rows"
 
 
 def fixed_order_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -83,14 +86,6 @@ def unit_rows(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         raise BadData(f"{zero.size} embedding(s) are all zeros (first at row {int(zero[0])}); cosine similarity "
                       "is undefined for them", "drop those rows or re-embed them")
     return np.divide(vectors, norms[:, None], out=out)
-
-
-def check_finite(vectors: np.ndarray, what: str = "embeddings") -> None:
-    """BadData naming the first bad row when any value is NaN or infinite."""
-    bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if bad_rows.size:
-        raise BadData(f"{what} hold NaN or infinite values in {bad_rows.size} row(s) (first at row {int(bad_rows[0])})",
-                      "drop or re-embed those rows")
 
 
 def tie_ranks(ids: Sequence | np.ndarray | None, n: int) -> np.ndarray:
@@ -205,67 +200,6 @@ class _NumpyTiles:
         return _candidates_numpy(tile, threshold, margin, kth, first)
 
 
-class _TorchTiles:
-    """Similarity tiles on a CUDA GPU; candidates come back to the host for the numpy merge."""
-
-    name = "torch"
-
-    def __init__(self, base: np.ndarray, normalize_base: bool, device: str):
-        import torch
-
-        self.torch = torch
-        self.device = torch.device(device)
-        # reduced-precision float32 products (TF32, bfloat16) round far more coarsely: widen the margin
-        reduced = (torch.get_float32_matmul_precision() != "highest"
-                   or (self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32))
-        self.unit = 2.0**-8 if reduced else FLOAT32_UNIT
-        self.base = base
-        self.normalize_base = normalize_base
-        self.resident = None
-        if self.device.type == "cuda":
-            free_bytes, _ = torch.cuda.mem_get_info(self.device)
-            if base.nbytes < free_bytes // 2:  # keep the whole base on the GPU when it fits comfortably
-                self.resident = self._upload(base)
-        else:
-            self.resident = self._upload(base)
-
-    def _upload(self, block: np.ndarray):
-        tensor = self.torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(self.device)
-        if self.normalize_base:
-            # same float64 norm as unit_rows, so a row gives the same unit vector on either backend
-            norms = self.torch.sqrt((tensor.double() ** 2).sum(dim=1)).float()
-            if bool((norms == 0).any()):
-                unit_rows(block)  # raises the BadData naming the zero rows
-            tensor = tensor / norms[:, None]
-        return tensor
-
-    def prepare_queries(self, queries: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
-
-    def tiles(self, queries, first_cols: int, block_cols: int):
-        n_base = self.base.shape[0]
-        start, width = 0, first_cols
-        while start < n_base:
-            stop = min(n_base, start + width)
-            block = self.resident[start:stop] if self.resident is not None else self._upload(self.base[start:stop])
-            yield start, queries @ block.T
-            start, width = stop, block_cols
-
-    def candidates(self, tile, threshold, margin, kth, first):
-        torch = self.torch
-        margin = torch.from_numpy(np.ascontiguousarray(margin, dtype=np.float32)).to(self.device)
-        floor = torch.from_numpy(np.ascontiguousarray(threshold, dtype=np.float32)).to(self.device) - margin
-        if first and tile.shape[1] > kth:
-            floor = torch.maximum(floor, torch.topk(tile, kth + 1, dim=1).values[:, -1] - 2 * margin)
-        mask = tile >= floor[:, None]
-        max_candidates = max(tile.shape[0] * (kth + 1) * 4, tile.numel() // 64)
-        if not first and int(mask.sum()) > max_candidates and tile.shape[1] > kth:
-            floor = torch.maximum(floor, torch.topk(tile, kth + 1, dim=1).values[:, -1] - 2 * margin)
-            mask = tile >= floor[:, None]
-        query, column = mask.nonzero(as_tuple=True)
-        return query.cpu().numpy(), column.cpu().numpy()
-
-
 def choose_backend(device: str, work_flops: float) -> tuple[str, str]:
     """("numpy"|"torch", torch device) for ``device`` = auto | cpu | cuda[:N] | torch-cpu.
 
@@ -288,7 +222,9 @@ def choose_backend(device: str, work_flops: float) -> tuple[str, str]:
 def _tile_engine(base: np.ndarray, normalize_base: bool, device: str, work_flops: float):
     backend, torch_device = choose_backend(device, work_flops)
     if backend == "torch":
-        return _TorchTiles(base, normalize_base, torch_device)
+        from galtools.search.gpu import TorchTiles
+
+        return TorchTiles(base, normalize_base, torch_device)
     return _NumpyTiles(base, normalize_base)
 
 
@@ -398,9 +334,9 @@ def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, *, base_ids=None, 
     if metric not in ("cosine", "ip"):
         raise UsageProblem(f"unknown metric {metric!r}", "use cosine or ip")
     _check_k(k, base.shape[0], exclude is not None)
-    check_finite(queries, "query embeddings")
+    check_finite(finite_rows(queries), "query embedding(s) hold NaN or infinite values", hint=NONFINITE_HINT)
     if check_base:
-        check_finite(base, "embeddings")
+        check_finite(finite_rows(base), "embedding(s) hold NaN or infinite values", hint=NONFINITE_HINT)
     if tie_rank is None:
         tie_rank = tie_ranks(base_ids, base.shape[0])
     if exclude is not None:
@@ -441,7 +377,7 @@ def all_rows_topk(base: np.ndarray, k: int, *, rows: range | None = None, base_i
         tie_rank = tie_ranks(base_ids, base.shape[0])
     normalize = metric == "cosine" and not normalized
     if check_base:
-        check_finite(base, "embeddings")
+        check_finite(finite_rows(base), "embedding(s) hold NaN or infinite values", hint=NONFINITE_HINT)
     engine = _tile_engine(base, normalize, device, 2.0 * len(rows) * base.size)
     scorer = _PairScorer(base, cosine=normalize)
     base_norm = 1 + 1e-6 if normalize else _max_norm(base)

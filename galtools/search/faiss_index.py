@@ -64,19 +64,14 @@ def default_nlist(n_rows: int) -> int:
 
 
 def _atomic_write_bytes(path: Path, write, overwrite: bool) -> None:
+    from galtools.io import atomic_file
+
     if path.exists() and not overwrite:
         raise GalError(f"{path} already exists", "pass --overwrite to replace it")
     if not path.parent.exists():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist", "create it first")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_file(str(path)) as temporary:
+        write(Path(temporary))
 
 
 class FaissIndex:

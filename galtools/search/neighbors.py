@@ -70,12 +70,19 @@ class Kept:
 def write_neighbors(blocks, base, sink, query_columns=(), observers=()) -> int:
     """Write every block's neighbor rows to ``sink`` (see galtools.io.sink); each observer's ``add(block)`` sees
     each block. Returns the rows written."""
-    sink.expect_schema(neighbors_schema(base, query_columns))  # an empty shard still writes an (empty) table
+    return write_blocks(blocks, sink, neighbors_schema(base, query_columns),
+                        lambda block: block_table(block, base, query_columns), observers)
+
+
+def write_blocks(blocks, sink, schema: pa.Schema, rows_of, observers=()) -> int:
+    """Write ``rows_of(block)`` of every block to ``sink`` (an empty shard still writes an empty table of
+    ``schema``); each observer's ``add(block)`` sees each block. Returns the rows written."""
+    sink.expect_schema(schema)
     written = 0
     for block in blocks:
         for observer in observers:
             observer.add(block)
-        batch = block_table(block, base, query_columns)
+        batch = rows_of(block)
         sink.write(batch)
         written += batch.num_rows
     return written

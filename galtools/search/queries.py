@@ -158,9 +158,10 @@ class Block:
 
 
 def search_blocks(base, plan: QueryPlan, k: int, least: bool = False, index=None, nprobe=None, ef=None,
-                  device: str = "cpu", track=None) -> Iterator[Block]:
+                  device: str = "cpu", track=None, checkpoint=None, buffer_mib: int | None = None) -> Iterator[Block]:
     """Search the plan's queries, in blocks of QUERY_BLOCK over all rows. ``track(iterable, total)`` may wrap
-    the blocks (a progress bar)."""
+    the blocks (a progress bar). All rows through a compressed index are searched by inverted list in batches of
+    ``buffer_mib`` MiB, finished batches kept in ``checkpoint`` (galtools.search.batch)."""
     from galtools.search.exact import all_rows_topk, exact_topk
 
     largest = not least
@@ -170,10 +171,15 @@ def search_blocks(base, plan: QueryPlan, k: int, least: bool = False, index=None
             searched = all_rows_topk(base.vectors, k, rows=rows, tie_rank=base.tie_rank, largest=largest,
                                      normalized=True, query_block=QUERY_BLOCK, device=device,
                                      exclude_self=plan.exclude, check_base=False)  # checked on loading
+        elif _is_scale(index):
+            from galtools.search.batch import BUFFER_MIB, batched_all_rows
+
+            searched = batched_all_rows(base, rows, index, k, largest, bool(plan.exclude), nprobe,
+                                        checkpoint=checkpoint, buffer_mib=buffer_mib or BUFFER_MIB)
         else:
             searched = _index_blocks(base, rows, index, k, largest, plan.exclude, nprobe, ef)
         if track is not None:
-            searched = track(searched, -(-len(rows) // QUERY_BLOCK))
+            searched = track(searched, None if _is_scale(index) else -(-len(rows) // QUERY_BLOCK))
         for block_rows, topk in searched:
             if index is not None:
                 log.debug(f"searched rows {block_rows.start}-{block_rows.stop - 1}, RSS {_rss_mib():.0f} MiB")
@@ -188,6 +194,12 @@ def search_blocks(base, plan: QueryPlan, k: int, least: bool = False, index=None
         topk = exact_topk(plan.vectors, base.vectors, k, tie_rank=base.tie_rank, exclude=plan.exclude,
                           largest=largest, normalized=True, device=device, check_base=False)  # checked on loading
     yield Block(plan.ids, plan.rows, topk)
+
+
+def _is_scale(index) -> bool:
+    from galtools.search.scale import ScaleIndex
+
+    return isinstance(index, ScaleIndex)
 
 
 def _rss_mib() -> float:

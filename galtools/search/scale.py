@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from galtools.errors import BadData, GalError, InputMissing, OutputError, UsageProblem
-from galtools.io.files import is_no_space, mount_point, write_failure
+from galtools.io.files import atomic_file, is_no_space, mount_point, write_failure
+from galtools.io.meta import MODEL_SHA256
 from galtools.search.exact import TopK, unit_rows
 
 log = logging.getLogger("galtools")
@@ -194,7 +195,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
             "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "train_size": int(train_size),
                        "seed": seed, "refine": refine},
             "refine_center": [float(v) for v in vectors.mean(axis=0, dtype=np.float64)],
-            "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get("galtools.model_sha256"),
+            "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get(MODEL_SHA256),
             "id_type": str(ids.type)}
     return Trained(index, meta)
 
@@ -432,9 +433,10 @@ class ScaleIndex:
         return np.asarray(self.exact[np.asarray(rows, dtype=np.int64)], dtype=np.float32) + self.center
 
     def search(self, queries: np.ndarray, k: int, *, exclude=None, largest: bool = True, normalized: bool = False,
-               nprobe: int | None = None, refine: int | None = None, **_ignored) -> TopK:
+               nprobe: int | None = None, refine: int | None = None, scan=None, **_ignored) -> TopK:
         """Top k by the codes, then (``refine`` > 0) the best ``refine`` candidates re-scored from the float16 vectors.
-        Rows not found are -1 with score -inf; equal scores keep FAISS's (row) order."""
+        Rows not found are -1 with score -inf; equal scores keep FAISS's (row) order. ``scan(index, queries, n)``,
+        if given, finds the n candidates instead of ``index.search`` (galtools.search.batch: by inverted list)."""
         import faiss
 
         from galtools.search.faiss_index import finish_results, signed_queries
@@ -445,7 +447,7 @@ class ScaleIndex:
         ivf = faiss.extract_index_ivf(self.index)
         ivf.nprobe = min(nprobe or self.params["nprobe"], ivf.nlist)
         candidates = min(max(refine, wanted), self.meta["count"])
-        scores, rows = self.index.search(signed, candidates)
+        scores, rows = (scan or _search_codes)(self.index, signed, candidates)
         if refine:
             scores, rows = self._rescore(signed, rows, wanted)
         else:
@@ -470,6 +472,10 @@ class ScaleIndex:
             scores[start: start + per_chunk] = np.take_along_axis(exact, order, 1)
             best[start: start + per_chunk] = np.take_along_axis(chunk, order, 1)
         return scores, best
+
+
+def _search_codes(index, queries: np.ndarray, candidates: int):
+    return index.search(queries, candidates)
 
 
 def open_scale(path) -> ScaleIndex:
@@ -507,22 +513,16 @@ def _refuse_existing(paths, overwrite: bool) -> None:
 
 @contextmanager
 def _atomic_path(path):
-    """A temporary path beside ``path`` renamed onto it when the block succeeds, removed when it fails; a full disk
-    is OutputError (74) naming the file system."""
+    """galtools.io's atomic_file, with a failed FAISS write (a RuntimeError quoting errno's text) on a full disk
+    also OutputError (74) naming the file system."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield str(temporary)
-        os.replace(temporary, path)
-    except OSError as exc:
-        raise write_failure(exc, str(path)) from None
-    except RuntimeError as exc:          # FAISS reports a failed write as a RuntimeError quoting errno's text
+        with atomic_file(str(path)) as temporary:
+            yield temporary
+    except RuntimeError as exc:
         if is_no_space(OSError(None, str(exc)), str(path.parent)) or "No space left" in str(exc):
             raise write_failure(OSError(28, "No space left on device"), str(path)) from None
         raise
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _atomic(path, write) -> None:

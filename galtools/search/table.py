@@ -15,12 +15,12 @@ import pyarrow.compute as pc
 
 from galtools.errors import BadData
 from galtools.io import vectors_of
+from galtools.io.meta import MODEL_SHA256
 from galtools.io.provenance import check_single_model
 from galtools.search.exact import tie_ranks, unit_rows
 
 OBJECT_ID = "object_id"
 EMBEDDING = "embedding"
-MODEL_SHA256 = "galtools.model_sha256"
 NOT_CARRIED = (EMBEDDING, "image")  # never copied into a neighbor table
 
 

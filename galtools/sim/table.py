@@ -31,9 +31,9 @@ def chunk_record_batch(chunk: Chunk) -> pa.RecordBatch:
 
 def table_metadata(config: SimConfig, count: int) -> dict[str, str]:
     """Metadata of a gal-sim table: the cutout conventions and everything needed to re-make it."""
-    from galtools.io import BANDS as BANDS_KEY, FLUX_UNIT, PIXSCALE
+    from galtools.io.meta import BANDS as BANDS_KEY, FLUX_UNIT, PIXSCALE, SIM
 
     settings = {"count": count, "seed": config.seed, "size": config.size,
                 "anomaly_fraction": config.anomaly_fraction, "neighbor_rate": config.neighbour_rate}
     return {BANDS_KEY: ",".join(BANDS), PIXSCALE: repr(config.pixscale), FLUX_UNIT: "nanomaggy",
-            "galtools.sim": json.dumps(settings, sort_keys=True)}
+            SIM: json.dumps(settings, sort_keys=True)}

@@ -1,6 +1,6 @@
 """Contrastive losses, written as in the papers.
 
-InfoNCE is equation (1) of the talk (Hayat et al. 2021, after Oord et al. 2018 and MoCo v2):
+InfoNCE is equation (1) of Hayat et al. 2021 (after Oord et al. 2018 and MoCo v2):
 
     L(q, k+, {k-}) = -log( exp(sim(q, k+)) / (exp(sim(q, k+)) + sum_k- exp(sim(q, k-))) ),
     sim(a, b) = a.b / (tau |a| |b|)            (cosine similarity over a temperature tau; 0.2 in MoCo v2)

@@ -3,10 +3,18 @@
     from galtools.train import TrainConfig, train, export_checkpoint
     train(TrainConfig(inputs=["cutouts.fits"], out="runs/moco", arch="tiny", steps=100))
 
-Importing this package does not import torch; the functions that need it do.
+Importing this package imports nothing heavy (gal-train --help reads the presets and defaults of
+galtools.train.config); the names below are loaded on first use, and the functions that need torch import it.
 """
-from galtools.train.config import TrainConfig
-from galtools.train.export import export_checkpoint, export_encoder, read_metadata
-from galtools.train.loop import train
+import importlib
+
+_HOMES = {"TrainConfig": "config", "export_checkpoint": "export", "export_encoder": "export",
+          "read_metadata": "export", "train": "loop"}
 
 __all__ = ["TrainConfig", "export_checkpoint", "export_encoder", "read_metadata", "train"]
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"galtools.train.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'galtools.train' has no attribute {name!r}")

@@ -14,7 +14,7 @@ import random
 import numpy as np
 
 from galtools.errors import BadData, InputMissing, OutputError, brief
-from galtools.io.files import atomic_file
+from galtools.io.files import atomic_file, replacing
 
 FORMAT = "galtools.train.checkpoint/1"
 LAST = "last.pt"
@@ -153,16 +153,14 @@ def save_step(run_dir: str, step: int, state: dict, keep: int) -> str:
     path = step_path(run_dir, step)
     save(path, state)
     last = os.path.join(run_dir, LAST)
-    tmp_last = last + ".tmp"
     try:
-        if os.path.exists(tmp_last):
-            os.unlink(tmp_last)
-        try:
-            os.link(path, tmp_last)
-        except OSError:                  # a file system without hard links
-            import shutil
-            shutil.copyfile(path, tmp_last)
-        os.replace(tmp_last, last)
+        with replacing(last) as temporary:
+            os.unlink(temporary)
+            try:
+                os.link(path, temporary)
+            except OSError:              # a file system without hard links
+                import shutil
+                shutil.copyfile(path, temporary)
     except OSError as exc:
         raise OutputError(f"cannot write checkpoint {last}: {exc.strerror}", "check free space and permissions") from None
     prune(run_dir, keep)

@@ -5,8 +5,9 @@ It is stored in every checkpoint and, as ``galtools.train_config``, in the expor
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from galtools.augment.spec import DEFAULT_SPEC
 from galtools.errors import UsageProblem
 
 DEFAULT_ARCH = "resnet50-hayat"   # galtools.models.DEFAULT_ARCH, named here so that this module needs no torch
@@ -26,7 +27,8 @@ AUTO_QUEUE = 0   # --queue-size 0: a quarter of the training cutouts (whole batc
 # the same and a brightness and colour jitter, since their brightness and colours are a choice of the display.
 AUTO_OPS = "auto"
 AUTO_OPS_FLUX = "rotate,jitter,noise"
-AUTO_OPS_8BIT = "rotate,jitter,noise,gain:mag=0.5:colour=0.2"
+DISPLAY_OPS = "gain:mag=0.5:colour=0.2"   # a brightness and colour jitter, for 8-bit display images only
+AUTO_OPS_8BIT = f"{AUTO_OPS_FLUX},{DISPLAY_OPS}"
 
 
 def auto_ops(flux_unit: str | None) -> str:
@@ -35,12 +37,14 @@ def auto_ops(flux_unit: str | None) -> str:
 
     return AUTO_OPS_8BIT if (flux_unit or "").strip() == EIGHT_BIT_UNIT else AUTO_OPS_FLUX
 
-# --preset NAME: settings that go together; options given on the command line override them one by one.
+# --preset NAME: settings that go together; options given on the command line override them one by one.  gal-train's
+# help lists each preset's purpose and the settings in which it differs from the options' defaults (TrainConfig's).
+PRESET_PURPOSES = {"paper": "Hayat et al. 2021's settings, after MoCo v2, for about a million cutouts on GPUs",
+                   "small": "up to about 10^4 cutouts on a CPU in minutes"}
 PRESETS: dict[str, dict[str, object]] = {
-    # The talk's settings (Hayat et al. 2021, after MoCo v2) for about a million cutouts on GPUs.
     "paper": {"arch": "resnet50-hayat", "width": 1.0, "pool": "avg", "method": "moco", "dim": 128, "queue_size": 65536,
               "key_momentum": 0.999, "temperature": 0.2, "batch_size": 256, "lr": 0.03, "momentum": 0.9,
-              "weight_decay": 1e-4, "epochs": 200.0, "crop": 64, "ops": "rotate,jitter,psf,redden,noise", "tta": 1},
+              "weight_decay": 1e-4, "epochs": float(DEFAULT_EPOCHS), "crop": 64, "ops": DEFAULT_SPEC, "tta": 1},
     # Up to about 10^4 cutouts on a CPU in minutes: the best recipe measured by benchmarks/bench_representation.py
     # (its notes list every recipe tried, with the numbers).
     "small": {"arch": "tiny", "width": 1.0, "pool": "gem", "method": "moco", "dim": 128, "queue_size": AUTO_QUEUE,
@@ -48,6 +52,29 @@ PRESETS: dict[str, dict[str, object]] = {
               "weight_decay": 1e-4, "steps": 1200, "crop": 48, "ops": AUTO_OPS, "tta": 8},
 }
 LENGTH_FIELDS = ("epochs", "steps")   # a run's length: giving either on the command line replaces the preset's
+OPTION_OF = {"momentum": "sgd_momentum"}   # the gal-train option of a TrainConfig field, where the names differ
+
+
+def option_name(key: str) -> str:
+    """The gal-train option that sets TrainConfig field ``key`` (--batch-size for batch_size)."""
+    return "--" + OPTION_OF.get(key, key).replace("_", "-")
+
+
+def preset_settings(name: str) -> list[str]:
+    """The options that preset ``name`` sets to other values than their defaults, as ``--option value``."""
+    defaults = TrainConfig.defaults()
+
+    def shown(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return [f"{option_name(key)} {shown(value)}" for key, value in PRESETS[name].items() if value != defaults.get(key)]
+
+
+def preset_table() -> str:
+    """The presets as the Markdown table of docs/training.md (checked against it by the tests)."""
+    rows = ["| preset | for | settings (where they differ from the defaults) |", "| --- | --- | --- |"]
+    rows += [f"| `{name}` | {PRESET_PURPOSES[name]} | `{' '.join(preset_settings(name))}` |" for name in PRESETS]
+    return "\n".join(rows)
 
 
 def auto_queue_size(available: int, batch_size: int) -> int:
@@ -122,6 +149,11 @@ class TrainConfig:
     monitor_k: int = 20
     export: bool = True
     tta: int = 1                        # views averaged by the exported encoder (1, 4 or 8; galtools.train.export)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Each field's default: gal-train's options take theirs from here."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     def validate(self) -> "TrainConfig":
         from galtools.models import list_encoders

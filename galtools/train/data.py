@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from galtools.errors import BadData, UsageProblem
 from galtools.io import images_of, open_table
+from galtools.preprocess import centre_crop  # noqa: F401  (training's unaugmented views: gal-embed's crop)
 
 BLOCK_ROWS = 4096              # block size of sources without natural blocks
 WINDOW_BYTES = 512 << 20       # shuffle window of block sources: bounds the decoded images held in memory
@@ -383,10 +384,3 @@ def ahead(items, prepare, background: bool = True):
             pending = (item, future)
         if pending is not None:
             yield pending[0], pending[1].result()
-
-
-def centre_crop(images: np.ndarray, size: int) -> np.ndarray:
-    """The central size x size pixels (gal-embed's crop: first pixel (H - size) // 2)."""
-    height, width = images.shape[-2:]
-    top, left = (height - size) // 2, (width - size) // 2
-    return images[..., top:top + size, left:left + size]

@@ -18,6 +18,7 @@ import numpy as np
 from galtools import __version__
 from galtools.errors import BadData
 from galtools.io import check_output_path
+from galtools.io import meta
 from galtools.io.files import atomic_file
 
 PARITY_BATCHES = (1, 37)
@@ -54,19 +55,19 @@ def encoder_metadata(bands, input_size: int, preprocess_json: str, embedding_dim
     """The ONNX metadata_props; ``train_config_json`` is stored without paths (see ``portable_config``)."""
     train_config_json = portable_config(train_config_json)
     return {
-        "galtools.bands": ",".join(bands),
-        "galtools.input_size": str(int(input_size)),
-        "galtools.preprocess": preprocess_json,
-        "galtools.embedding_dim": str(int(embedding_dim)),
-        "galtools.arch": arch,
-        "galtools.version": __version__,
-        "galtools.train_config": train_config_json,
-        "galtools.augment": augment_spec,
+        meta.BANDS: ",".join(bands),
+        meta.INPUT_SIZE: str(int(input_size)),
+        meta.PREPROCESS: preprocess_json,
+        meta.EMBEDDING_DIM: str(int(embedding_dim)),
+        meta.ARCH: arch,
+        meta.VERSION: __version__,
+        meta.TRAIN_CONFIG: train_config_json,
+        meta.AUGMENT: augment_spec,
     }
 
 
 TTA_CHOICES = (1, 4, 8)   # views averaged at inference: none, the 4 quarter turns, the 8 turns and mirror images
-TTA_KEY = "galtools.tta"
+TTA_KEY = meta.TTA
 
 
 def _representation_module(backbone, tta: int = 1):

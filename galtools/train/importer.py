@@ -26,6 +26,7 @@ import types
 import numpy as np
 
 from galtools.errors import BadData, InputMissing, UsageProblem
+from galtools.io import meta
 
 _log = logging.getLogger("galtools")
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -459,9 +460,9 @@ def import_checkpoint(checkpoint_path: str, out_path: str, arch: str, bands: lis
     metadata = encoder_metadata(bands, input_size, preprocess.to_json(), model.num_features, arch,
                                 json.dumps(provenance, sort_keys=True), "")
     if pixscale is not None:
-        metadata["galtools.pixscale_arcsec"] = repr(float(pixscale))
+        metadata[meta.PIXSCALE] = repr(float(pixscale))
     if flux_unit:
-        metadata["galtools.flux_unit"] = flux_unit
+        metadata[meta.FLUX_UNIT] = flux_unit
     parity = export_encoder(model, out_path, metadata, input_size, overwrite=overwrite)
     return {"path": out_path, "prefix": chosen, "embedding_dim": model.num_features, "parity": parity,
             "scaling": preprocess.describe() if scaling else "galtools arcsinh preprocessing",

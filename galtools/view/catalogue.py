@@ -231,7 +231,8 @@ class Catalogue:
             return found.indices, found.scores
         chosen = np.flatnonzero(mask)
         if self.index is not None:
-            return self._filtered_index_search(queries, rows, k, largest, mask)
+            return self._filtered_index_search(queries, rows, k, largest,
+                                               lambda found: (found >= 0) & mask[np.maximum(found, 0)])
         position = np.full(self.count, -1, dtype=np.int64)
         position[chosen] = np.arange(len(chosen))
         exclude = position[rows]
@@ -244,17 +245,19 @@ class Catalogue:
         indices = np.where(found.indices >= 0, chosen[np.maximum(found.indices, 0)], -1)
         return indices, found.scores
 
-    def _filtered_index_search(self, queries, rows, k, largest, mask):
-        """Through the index: ask for more neighbours until k of them pass the filter (or all rows were asked)."""
-        wanted = min(self.count - 1, max(4 * k, 64))
+    def _filtered_index_search(self, queries, rows, k, largest, passes, most: int | None = None):
+        """Through the index: ask for more neighbours until k of them pass the filter (``passes(rows)``: a boolean
+        array) or all rows, or ``most`` of them, were asked."""
+        most = self.count - 1 if most is None else min(most, self.count - 1)
+        wanted = min(most, max(4 * k, 64))
         while True:
             with self._index_lock:
                 found = self.index.search(queries, wanted, exclude=rows, largest=largest, normalized=True,
                                           tie_rank=self.base.tie_rank)
-            keep = (found.indices >= 0) & mask[np.maximum(found.indices, 0)]
-            if keep.sum(axis=1).min() >= k or wanted >= self.count - 1:
+            keep = passes(found.indices)
+            if keep.sum(axis=1).min() >= k or wanted >= most:
                 break
-            wanted = min(self.count - 1, wanted * 4)
+            wanted = min(most, wanted * 4)
         indices = np.full((len(rows), k), -1, np.int64)
         scores = np.zeros((len(rows), k), np.float32)
         for i in range(len(rows)):

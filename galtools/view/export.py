@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import html
 import os
-import shutil
-import tempfile
 
 from galtools.errors import GalError, OutputError
+from galtools.io.files import atomic_folder
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><link rel="stylesheet" href="style.css"></head>
@@ -53,28 +52,11 @@ def export_site(catalogue, query_texts: list[str], folder: str, k: int = 10, lea
     results = []
     for start in range(0, len(query_texts), 100):
         results += catalogue.search(query_texts[start:start + 100], k, least, expression)
-    try:
-        building = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {parent} ({exc.strerror})", "check the permissions") from None
-    try:
+    with atomic_folder(folder) as building:
         os.makedirs(os.path.join(building, "tiles"))
         tiles = _write_pages(catalogue, results, building, k, least, expression)
         with open(os.path.join(building, "style.css"), "wb") as handle:
             handle.write(static_files()["style.css"][0])
-        os.chmod(building, 0o755)
-        if os.path.exists(folder):
-            old = folder + f".old-{os.getpid()}"
-            os.replace(folder, old)
-            os.replace(building, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(building, folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write {folder} ({exc.strerror or exc})", "check the disk and permissions") from None
-    finally:
-        if os.path.exists(building):
-            shutil.rmtree(building, ignore_errors=True)
     return tiles
 
 

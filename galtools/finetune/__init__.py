@@ -16,6 +16,8 @@ baseline).  Here:
   0.0015-0.0056 at every label count, over two seeds).
 
 The task (gal-photoz's redshift bins, gal-classify's classes) gives the targets and exports the result.
+``galtools.finetune.task`` runs a galtools.heads head task with these networks: fitting on embeddings or images
+(one call per command), and the label curve with its baselines on the cutouts.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from galtools.errors import BadData, UsageProblem
-from galtools.heads.rows import validation_split
+from galtools.heads.rows import LabelledRows, validation_split
 from galtools.heads.train import (EarlyStopping, TrainSettings, as_targets, check_cadence, linear_layers, run_checks,
                                   start_at_the_prior, torch_head)
 from galtools.io import IMAGE, display_name, images_of, open_table
@@ -37,6 +39,20 @@ DEFAULT_AUGMENT = "rotate,flip,jitter:max_shift=2"
 EVAL_BATCH = 256
 PROBE_DEFAULTS = {"batch_size": 512, "lr": 1e-2}      # defaults that differ between the probe on embeddings ...
 NETWORK_DEFAULTS = {"batch_size": 64, "lr": 1e-3}     # ... and training on images
+
+
+def resolve_training(training: dict, on_images: bool = False, probe: bool = True) -> dict:
+    """The command line's training options (a dict of TrainSettings' fields), with --batch-size and --lr defaulting
+    to the probe's or the network's values (``probe`` False: the network's whatever was given)."""
+    defaults = NETWORK_DEFAULTS if on_images else PROBE_DEFAULTS
+    return {**training, **{k: (training[k] if probe else None) or defaults[k] for k in defaults}}
+
+
+def network_settings(fit: TrainSettings, network: dict, from_scratch: bool = False) -> "NetworkSettings":
+    """NetworkSettings from the command line's network options (--backbone-lr-factor, --augment, --device)."""
+    return NetworkSettings(fit=fit, backbone_lr_factor=network["backbone_lr_factor"],
+                           augment=network["augment_spec"] or DEFAULT_AUGMENT, from_scratch=from_scratch,
+                           device=network["device"]).validate()
 
 
 @dataclass
@@ -91,16 +107,6 @@ def load_checkpoint(path: str) -> EncoderSource:
                          bands=list(state["bands"]),
                          crop=config.crop, preprocess_json=state["preprocess"], config_json=state["config"],
                          augment=state.get("augment", ""), backbone_state=checkpoint.backbone_state(state["model"]))
-
-
-@dataclass
-class LabelledCutouts:
-    images: np.ndarray      # (n, model bands, H, W) raw fluxes
-    targets: np.ndarray     # (n,) class index, or the task's labels (redshifts) before they are binned
-    ids: list
-
-    def subset(self, rows: np.ndarray) -> "LabelledCutouts":
-        return LabelledCutouts(self.images[rows], self.targets[rows], [self.ids[r] for r in rows])
 
 
 def cutouts_for(source: str, ids: list, bands: list[str]) -> np.ndarray:
@@ -183,7 +189,7 @@ class ImageNetwork:
     def centre_views(self, raw: np.ndarray):
         import torch
 
-        from galtools.train.data import centre_crop
+        from galtools.preprocess import centre_crop
 
         return torch.from_numpy(np.ascontiguousarray(centre_crop(raw, self.crop))).to(self.device)
 
@@ -219,16 +225,18 @@ def _cross_entropy_of_pdf(torch, pdf, targets) -> float:
     return float(torch.nn.functional.nll_loss(log_pdf, targets))
 
 
-def train_network(data: LabelledCutouts, source: EncoderSource, settings: NetworkSettings, n_outputs: int,
+def train_network(data: LabelledRows, source: EncoderSource, settings: NetworkSettings, n_outputs: int,
                   kernel: np.ndarray | None = None) -> tuple:
     """Fine-tune the encoder of ``source`` with a head of ``n_outputs`` (or train both from random weights) on
-    ``data`` (targets: class indices, or soft targets); returns (network at its best validation loss, record)."""
+    ``data`` (``x``: the cutouts; targets: class indices, or soft targets); returns (network at its best validation
+    loss, record)."""
     import torch
 
     from galtools.device import torch_device
 
     fit = settings.fit
     y = data.targets
+    images = data.x
     val = validation_split(len(y), fit.val_fraction, fit.seed)
     train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)
     device = torch_device(settings.device)
@@ -263,7 +271,7 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Networ
         running, seen = 0.0, 0
         for _ in range(steps_per_check):
             rows = next(feed)
-            views = network.training_views(data.images[rows], [data.ids[r] for r in rows], step, fit.seed)
+            views = network.training_views(images[rows], [data.ids[r] for r in rows], step, fit.seed)
             loss = torch.nn.functional.cross_entropy(network.logits(views), as_targets(y[rows], kernel).to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -274,7 +282,7 @@ def train_network(data: LabelledCutouts, source: EncoderSource, settings: Networ
         return running / max(seen, 1)
 
     def validation_loss() -> float:
-        pdf = torch.from_numpy(network.predict_pdf(data.images[val_rows])).to(device)
+        pdf = torch.from_numpy(network.predict_pdf(images[val_rows])).to(device)
         return _cross_entropy_of_pdf(torch, pdf, val_y)
 
     stopping = EarlyStopping(fit.patience, max_checks, optimiser)
