@@ -50,6 +50,24 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])    # stable: each file keeps its tests' order
 
 
+def _plain(value):
+    """numpy scalars and arrays as Python numbers and lists, in tuples, lists and dicts too."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """What tests record (record_property) as plain Python: pytest-xdist's workers cannot send numpy values to
+    the controller (the worker stops with a DumpError)."""
+    outcome = yield
+    report = outcome.get_result()
+    report.user_properties = [(name, _plain(value)) for name, value in report.user_properties]
+
+
 def built_once(tmp_path_factory, name: str, build) -> "os.PathLike":
     """A folder made by ``build(folder)`` once for the whole test run and shared by every test that asks for it.
 
