@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import assert_clean_error as _error
 from conftest import make_cutouts, run_tool, tool_command, tool_env, write_table
 from galtools.io import vector_column
 from galtools.ood.labels import append_label, read_labels
@@ -62,14 +63,6 @@ def cosine(a, b):
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return a @ b.T
-
-
-def _error(result, code, *fragments):
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    assert len(err.strip().splitlines()) == 1 and err.startswith("gal-ood: error:"), err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

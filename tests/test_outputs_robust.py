@@ -224,17 +224,6 @@ def test_stdout_on_dev_full_is_exit_74(cutouts):
     assert result.returncode == 74 and "no space left on" in one_error_line(result), result.stderr.decode()
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
-    yield str(mount)
-    subprocess.run(["umount", str(mount)], capture_output=True)
-
-
 @pytest.mark.parametrize("suffix", [".fits", ".parquet", ".arrow"])
 def test_a_full_disk_is_exit_74_naming_it_and_leaves_nothing(tmp_path, small_tmpfs, suffix):
     path = write_table(make_cutouts(n=300, size=24), str(tmp_path / "big.parquet"))   # ~2 MB of images
