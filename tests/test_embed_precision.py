@@ -349,6 +349,13 @@ def mkstemp(*args, dir=None, **kwargs):   # every file galtools writes in its ca
         raise PermissionError(errno.EACCES, "Permission denied", dir)
     return _mkstemp(*args, dir=dir, **kwargs)
 tempfile.mkstemp = mkstemp
+_open = os.open
+def open_(path, flags, *args, **kwargs):   # ...or as an unnamed file (O_TMPFILE) made in the folder itself
+    if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1) and \
+            os.path.abspath(path).startswith(_folder):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+    return _open(path, flags, *args, **kwargs)
+os.open = open_
 """
 
 

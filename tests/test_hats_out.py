@@ -201,6 +201,12 @@ def test_refusals_and_a_rerun_after_a_failure(survey):
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
     refused(run(*embed, "-o", str(busy)), 74, "not a HATS catalogue's (notes.txt)")
+    # ...but another array task's hidden temporary (a catalogue file in the making) is not a stranger's file
+    racing = tmp / "racing"
+    racing.mkdir()
+    (racing / ".properties.1a2b3c4d.tmp").write_text("being written by another task")
+    ok(run(*embed, "-o", str(racing)))
+    same_rows(str(racing), pq.read_table(survey["plain"]))
     refused(run(*embed, "-o", os.path.join(survey["catalogue"], "inside")), 2, "overlap the input")
     refused(run(*embed, "-o", str(tmp / "cat-{shard}")), 2, "drop '{shard}'")
 

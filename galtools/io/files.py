@@ -33,6 +33,12 @@ NO_TMPFILE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL}
 NO_SPACE = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of the hidden temporaries these helpers write beside a target
+    (``.NAME.XXXXXXXX.tmpSUFFIX``): another process's output in the making, never a finished file."""
+    return name.startswith(".") and ".tmp" in name
+
+
 def mount_point(path: str) -> str:
     """The mount point of the file system holding ``path`` (or its nearest existing folder)."""
     current = os.path.abspath(path)

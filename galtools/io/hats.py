@@ -33,6 +33,7 @@ import shutil
 import pyarrow as pa
 
 from galtools.errors import BadData, GalError, OutputError, UsageProblem
+from galtools.io.files import is_temporary
 from galtools.io import meta
 from galtools.io.files import atomic_file
 from galtools.io.output import FORMATS, Output, output_kind
@@ -204,8 +205,8 @@ def check_catalogue_output(source: str, output: str, overwrite: bool, tool: str 
         return
     if not os.path.isdir(output):
         raise OutputError(f"cannot write the catalogue {output}: it is a file", "give a folder name")
-    others = sorted(n for n in os.listdir(output)
-                    if n not in (*CATALOGUE_FILES, DATASET) and not _is_skymap(n))
+    others = sorted(n for n in os.listdir(output)   # another array task's temporaries are its work in progress
+                    if n not in (*CATALOGUE_FILES, DATASET) and not _is_skymap(n) and not is_temporary(n))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise OutputError(f"{output} holds files that are not a HATS catalogue's ({shown})",
