@@ -50,6 +50,9 @@ DEFAULT_REFINE = {"ivfpq": 200, "ivfsq8": 50}  # candidates re-scored from the f
 FINGERPRINT_ROWS = 16                          # rows whose vectors the fingerprint reads: each costs a row group
 RESCORE_ROWS = 65536                           # candidate vectors gathered at a time (32 MiB as float32)
 ADD_BLOCK = 65536                              # rows encoded (and written to the refine file) at a time
+PREAD_ROWS = 4096          # refine records read with pread (not through the memory map) up to this many at a time
+PRECOMPUTE_QUERIES = 256   # IVF-PQ's precomputed tables (nlist x M x 256 floats: 0.4 GB at 10^7 rows) are made for
+                           # a search of at least this many queries (or by inverted list), not for a few
 
 
 def refine_path(index_path) -> Path:
@@ -548,6 +551,7 @@ class ScaleIndex:
                           f"neighbors poorly)", f"rebuild it: gal-knn index EMB --kind {meta.get('kind')} -o {path} "
                           f"--overwrite, or index-train/-add/-merge again")
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR if meta.get("ondisk") else faiss.IO_FLAG_MMAP
+        flags |= faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE    # made by the first search of many queries (_precompute)
         with _quiet_stdout():   # FAISS prints where it found the on-disk lists on stdout
             self.index = faiss.read_index(self.path, flags)
         if self.index.ntotal != meta["count"] or self.index.d != meta["dim"]:
@@ -558,6 +562,7 @@ class ScaleIndex:
         if not os.path.exists(refine):
             raise InputMissing(f"the refine vectors {refine} of index {path} are missing", "rebuild the index")
         self.exact = np.load(refine, mmap_mode="r")   # (list, unit vector less its centroid in float16) by row
+        self._refine_file = open(refine, "rb")
         _read_randomly(self.exact)
         if self.exact.shape != (meta["count"],) or self.exact.dtype != refine_dtype(meta["dim"]):
             raise BadData(f"{refine} does not hold the index's {meta['count']} refine records of dimension "
@@ -594,8 +599,19 @@ class ScaleIndex:
 
     def vectors(self, rows) -> np.ndarray:
         """Unit vectors of rows (centroid + float16 residual): the queries of a search by id, from the refine file."""
-        records = self.exact[np.asarray(rows, dtype=np.int64)]
+        records = self._records(np.asarray(rows, dtype=np.int64))
         return self.centroids[records["list"]] + records["residual"].astype(np.float32)
+
+    def _records(self, rows: np.ndarray) -> np.ndarray:
+        """Refine records by row: a few with pread (a page each; touching a memory map maps the page cache's whole
+        large folios, ~1 MB a row, into the process), many through the memory map."""
+        if len(rows) > PREAD_ROWS:
+            return self.exact[rows]
+        size, fd = self.exact.dtype.itemsize, self._refine_file.fileno()
+        raw = b"".join(os.pread(fd, size, self.exact.offset + int(row) * size) for row in rows)
+        if len(raw) != size * len(rows) or (rows.size and (rows.min() < 0 or rows.max() >= len(self.exact))):
+            raise BadData(f"{self._refine_file.name} is shorter than its rows", "rebuild the index")
+        return np.frombuffer(raw, dtype=self.exact.dtype)
 
     def search(self, queries: np.ndarray, k: int, *, exclude=None, largest: bool = True, normalized: bool = False,
                nprobe: int | None = None, refine: int | None = None, scan=None, **_ignored) -> TopK:
@@ -610,6 +626,8 @@ class ScaleIndex:
         refine = self.refine if refine is None else refine
         refine = self.params.get("refine", 0) if refine is None else refine
         ivf = faiss.extract_index_ivf(self.index)
+        if scan is not None or len(queries) >= PRECOMPUTE_QUERIES:
+            self._precompute(ivf)
         ivf.nprobe = min(nprobe or self.params["nprobe"], ivf.nlist)
         candidates = min(max(refine, wanted), self.meta["count"])
         scores, rows = (scan or _search_codes)(self.index, signed, candidates)
@@ -619,6 +637,17 @@ class ScaleIndex:
             scores, rows = 1 - scores[:, :wanted] / 2, rows[:, :wanted]
         rows, scores = finish_results(rows, scores, exclude, k, largest)
         return TopK(indices=rows.astype(np.int64), scores=scores)
+
+    _precomputed = False
+
+    def _precompute(self, ivf) -> None:
+        """IVF-PQ's tables of centroid-codeword products, once: they save time over many queries, and cost nlist x M x
+        256 x 4 bytes (FAISS skips them beyond its precomputed_table_max_bytes)."""
+        import faiss
+
+        if not self._precomputed and self.kind == "ivfpq":
+            faiss.downcast_index(ivf).precompute_table()
+        self._precomputed = True
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, wanted: int):
         """Inner products with the candidates' vectors (centroid + float16 residual), read from the memory-mapped file
