@@ -1,7 +1,7 @@
 """Compressed FAISS indexes for survey-sized tables: IVF-PQ and IVF-SQ8 codes plus a float16 refine file.
 
     index = build_scale(table, "ivfpq")                    # one process: train on a sample, add every row
-    index.save("emb.faiss", overwrite=False)               # emb.faiss + emb.faiss.json + emb.faiss.refine.npy
+    build_scale(table, "ivfpq", "emb.faiss")               # emb.faiss + .json + .refine.npy + .ids.npy
 
     trained = train_scale(table, "ivfpq"); trained.save_trained("trained.faiss")     # the sharded build:
     add_part(table, "trained.faiss", Shard(3, 16))      # one per Slurm task: trained.part-03-of-16.faiss
@@ -18,7 +18,9 @@ to x, where the error of the inner product q.(c + r') does not; on embeddings wh
 (1 - cos ~ 0.002) inner-product codes gave recall@10 of 0.12 where L2 codes give 0.8 from the same bytes. FAISS ids
 are the table's row numbers. The sidecar (JSON, as for every gal-knn index) records a fingerprint of the table
 (its row count, ids and the vectors of rows spread over it) so that a search of another table is refused (65)
-without reading the table's vectors.
+without reading the table's vectors. Beside them, ``.ids.npy`` holds the ids sorted with their rows: a query by id
+finds its row by binary search (:class:`IdLookup`) and the stale check reads only the sampled rows
+(``sample_fingerprint``), so a query reads no column of the table whole; an index without it reads the id column.
 """
 from __future__ import annotations
 
