@@ -6,6 +6,8 @@
 #                 node), or another of PyTorch's indexes, e.g. https://download.pytorch.org/whl/cu126.
 #                 When the index cannot be reached, torch comes from the default index, and the install says so.
 #   CONSTRAINTS   the exact versions CI was tested with; empty to install the newest versions allowed.
+#   TEST_WORKERS  pytest-xdist processes for `make test` (default auto: one per CPU this job may use, its affinity
+#                 mask capped by SLURM_CPUS_PER_TASK); each runs torch and ONNX work on one thread.
 PYTHON      ?= python3
 VENV        := .venv
 BIN         := $(VENV)/bin
@@ -13,6 +15,7 @@ STAMP       := $(VENV)/.installed
 TORCH       := torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 CONSTRAINTS ?= constraints.txt
+TEST_WORKERS ?= auto
 PYPI        := https://pypi.org/simple
 DEMO        := demo-output
 PIP         := $(BIN)/python -m pip
@@ -43,10 +46,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 man: $(STAMP)
 	$(BIN)/python -m galtools.cli.manpage man

@@ -16,9 +16,9 @@ precision@100, and precision and recall in the top 1%.  Beside it, with the same
 - the supervised probe: a class-balanced logistic regression on the same labels as ours (labelled rows only).
 
 gal-sim: each anomaly kind in turn is the wanted class, at 1% and 0.1% of the table (all normal objects kept, the
-kind's objects subsampled by seed); the other anomaly kinds are left out.  The settings of 'auto' (half_labels,
-similarity_share, explore) are chosen on a *tuning* table (another gal-sim seed, 1% prevalence, 5 starting
-positives) and reported on the *test* table, never tuned on.  Galaxy Zoo 1 (real SDSS): mergers and edge-on
+kind's objects subsampled by seed); the other anomaly kinds are left out.  The settings of 'auto' (GRID: half_labels,
+explore, graph_share) are chosen on a *tuning* table (another gal-sim seed, 5 starting positives, every object of
+the kind kept so that the loop's 60 labels cannot exhaust it) and reported on the *test* table, never tuned on.  Galaxy Zoo 1 (real SDSS): mergers and edge-on
 galaxies as the wanted class, all 1,500 galaxies kept (their natural prevalence).
 
 Embeddings: from an encoder trained by gal-train on each data set (unlabelled), embedded by gal-embed; the
@@ -45,16 +45,19 @@ sys.path.insert(0, HERE)
 
 from galtools.io import open_table, vectors_of  # noqa: E402
 from galtools.ood.metrics import average_precision  # noqa: E402
-from galtools.ood.rank import RankSettings, prior_scores, rank_vectors, unit  # noqa: E402
+from galtools.ood.rank import KnnGraph, RankSettings, prior_scores, rank_vectors, unit  # noqa: E402
 
 STARTS = (1, 5, 10)
 ROUNDS = 3
 PER_ROUND = 20
 ARMS = ("ours", "random", "similarity", "iforest", "probe")
-GRID = [dict(half_labels=5.0, similarity_share=0.75, explore=1.0),      # the first is the default of gal-ood rank
-        dict(half_labels=20.0, similarity_share=0.75, explore=1.0), dict(half_labels=5.0, similarity_share=1.0,
-                                                                        explore=1.0),
-        dict(half_labels=5.0, similarity_share=0.75, explore=0.0)]
+BASE = dict(half_labels=5.0, similarity_share=0.75, explore=1.0, graph_share=0.0)   # the grid's reference point
+GRID = [BASE, {**BASE, "explore": 0.0}, {**BASE, "half_labels": 20.0}, {**BASE, "half_labels": 50.0},
+        {**BASE, "half_labels": 50.0, "explore": 0.0}, {**BASE, "graph_share": 0.5}]
+TUNE_SEEDS = (0, 1)
+# The tuning table (4,000 rows) holds ~170 objects of each kind: all of them are kept (5%), so that, as on the test
+# table (~165 at 1%), the 60 labels of the loop cannot exhaust the wanted class (at 1% there would be 28).
+TUNE_PREVALENCE = 0.05
 
 
 def read_embeddings(path: str, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -106,16 +109,17 @@ def metrics(score: np.ndarray, truth: np.ndarray, pool: np.ndarray) -> dict:
             "wanted": int(t.sum())}
 
 
-def loop(x, truth, start, settings: RankSettings, prior, rng_seed):
+def loop(x, truth, start, settings: RankSettings, prior, graph=None):
     """Labels after the rounds (positives, negatives) and the final ranking, for one method's own proposals."""
     positives = list(start)
     negatives: list[int] = []
     for _ in range(ROUNDS):
-        ranking = rank_vectors(x, np.array(positives), np.array(negatives, np.int64), settings, prior=prior)
+        ranking = rank_vectors(x, np.array(positives), np.array(negatives, np.int64), settings, prior=prior,
+                               graph=graph)
         for row in ranking.proposed:
             (positives if truth[row] else negatives).append(int(row))
     final = rank_vectors(x, np.array(positives), np.array(negatives, np.int64),
-                         RankSettings(**{**settings.__dict__, "propose": 0}), prior=prior)
+                         RankSettings(**{**settings.__dict__, "propose": 0}), prior=prior, graph=graph)
     return np.array(positives), np.array(negatives, np.int64), final
 
 
@@ -127,7 +131,7 @@ def with_labels(score: np.ndarray, positives, negatives) -> np.ndarray:
     return score
 
 
-def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
+def one_run(x, truth, n_start, seed, config: dict, prior=None, graph=None) -> dict:
     """Every arm scored over all objects but the starting positives (given, not found); an arm that labelled
     objects (ours, similarity's own loop, the probe on our labels) lists its yeses first and its noes last."""
     rng = np.random.default_rng(seed)
@@ -137,7 +141,9 @@ def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
     judged = np.ones(len(x), bool)
     judged[start] = False
     ours = RankSettings(method="auto", propose=PER_ROUND, seed=seed, **config)
-    pos, neg, final = loop(x, truth, start, ours, prior, seed)
+    if ours.graph_share and graph is None and len(x) <= ours.graph_rows:
+        graph = KnnGraph.build(x, np.arange(len(x)), ours.neighbours)
+    pos, neg, final = loop(x, truth, start, ours, prior, graph)
     result = {"ours": metrics(with_labels(final.score, pos, neg), truth, judged), "labels": int(len(pos) + len(neg)),
               "found": int(len(pos) - n_start)}
     result["random"] = metrics(rng.random(len(x)), truth, judged)
@@ -148,7 +154,7 @@ def one_run(x, truth, n_start, seed, config: dict, prior=None) -> dict:
     else:
         result["probe"] = {k: float("nan") for k in result["ours"]}
     s_pos, s_neg, s_final = loop(x, truth, start, RankSettings(method="similarity", propose=PER_ROUND, seed=seed),
-                                 prior, seed)
+                                 prior)
     result["similarity"] = metrics(with_labels(s_final.score, s_pos, s_neg), truth, judged)
     result["similarity_found"] = int(len(s_pos) - n_start)
     return result
@@ -202,15 +208,46 @@ def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, l
                 rows, truth = subsample(kinds, kind, prevalence, seed)
                 x = vectors[rows]
                 if (kind, prevalence, seed) not in priors:
-                    priors = {(kind, prevalence, seed): prior_scores(x, RankSettings(seed=seed))}
+                    priors, graphs = {(kind, prevalence, seed): prior_scores(x, RankSettings(seed=seed))}, {}
                 started = time.perf_counter()
-                run = one_run(x, truth, start, seed, config, priors[(kind, prevalence, seed)])
+                run = one_run(x, truth, start, seed, config, priors[(kind, prevalence, seed)],
+                              graph_of(x, config, graphs))
                 run.update(kind=kind, seed=seed, prevalence=prevalence, start=start, n=len(rows), key=key)
                 results.setdefault((prevalence, start), []).append(run)
                 _keep(done, run)
                 log(f"sim {kind} p={prevalence} start={start} seed={seed}: {_auprcs(run)} "
                     f"({time.perf_counter() - started:.1f} s)")
     return results
+
+
+def graph_of(x, config: dict, cache: dict):
+    """The kNN graph of every row that the settings ask for (None when they use none), built once per table."""
+    settings = RankSettings(**config)
+    if not settings.graph_share or len(x) > settings.graph_rows:
+        return None
+    if settings.neighbours not in cache:
+        cache[settings.neighbours] = KnnGraph.build(x, np.arange(len(x)), settings.neighbours)
+    return cache[settings.neighbours]
+
+
+def ceiling(path: str, prevalence: float = 0.01, seed: int = 1, folds: int = 5) -> dict:
+    """What the embeddings carry about each kind, whatever the ranking method: AUPRC of a class-balanced logistic
+    regression given *every* label (``folds``-fold cross-validated), on the table with the kind at
+    ``prevalence``.  A diagnostic on the test table (nothing is chosen by it)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    _, vectors, columns = read_embeddings(path, ("anomaly_kind",))
+    kinds = columns["anomaly_kind"]
+    out = {}
+    for kind in sorted(k for k in set(kinds.tolist()) if k != "none"):
+        rows, truth = subsample(kinds, kind, prevalence, seed)
+        score = cross_val_predict(LogisticRegression(max_iter=500, class_weight="balanced"), vectors[rows], truth,
+                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                  method="decision_function")
+        out[kind] = {"auprc": average_precision(score, truth), "wanted": int(truth.sum()),
+                     "prevalence": float(truth.mean())}
+    return out
 
 
 def _auprcs(run: dict) -> str:
@@ -239,7 +276,7 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
         for row in csv.DictReader(handle):
             labels[int(row["objid"])] = row["gz1_label"]
     names = np.array([labels.get(int(i), "") for i in ids])
-    results, finished = {}, _finished(done)
+    results, finished, graphs = {}, _finished(done), {}
     for wanted in ("merger", "edge_on"):
         truth = names == wanted
         for seed in seeds:
@@ -250,7 +287,7 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
                     results.setdefault((wanted, start), []).append(finished[key])
                     continue
                 prior = prior if prior is not None else prior_scores(vectors, RankSettings(seed=seed))
-                run = one_run(vectors, truth, start, seed, config, prior)
+                run = one_run(vectors, truth, start, seed, config, prior, graph_of(vectors, config, graphs))
                 run.update(kind=wanted, seed=seed, start=start, n=len(ids), key=key)
                 results.setdefault((wanted, start), []).append(run)
                 _keep(done, run)
@@ -259,15 +296,17 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
 
 
 def tune(path: str, log=print, done=None) -> tuple[dict, list]:
-    """The 'auto' settings with the best mean AUPRC on the tuning table (1%, 5 starting positives, seed 0)."""
+    """The 'auto' settings with the best mean AUPRC on the tuning table (TUNE_PREVALENCE, 5 starting positives,
+    TUNE_SEEDS)."""
     scores = []
     for config in GRID:
-        runs = sim_runs(path, (0.01,), (5,), (0,), config, log=lambda *_: None, done=done)[(0.01, 5)]
+        runs = sim_runs(path, (TUNE_PREVALENCE,), (5,), TUNE_SEEDS, config, log=lambda *_: None,
+                        done=done)[(TUNE_PREVALENCE, 5)]
         mean = float(np.mean([r["ours"]["auprc"] for r in runs]))
         scores.append({**config, "auprc": mean})
         log(f"tune {config}: mean AUPRC {mean:.3f}")
     best = max(scores, key=lambda s: s["auprc"])
-    return {k: best[k] for k in GRID[0]}, scores
+    return {k: best[k] for k in BASE}, scores
 
 
 def cell(summary: dict, arm: str, key: str) -> str:
@@ -299,9 +338,12 @@ def main() -> None:
                         "embed them by pixel PCA (the fallback when no trained encoder is at hand)")
     parser.add_argument("--prevalences", default="0.01,0.001", help="gal-sim: prevalences of the wanted kind")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per gal-sim kind and prevalence")
+    parser.add_argument("--starts", default=",".join(map(str, STARTS)), help="known positives at the start")
     parser.add_argument("--gz1-seeds", type=int, default=5)
     parser.add_argument("--note", default="", help="how the embeddings were made (goes into the rows)")
     parser.add_argument("--json", default=os.path.join(HERE, ".work-discovery", "result.json"))
+    parser.add_argument("--ceiling", action="store_true", help="also: per kind of the gal-sim test table, the AUPRC "
+                        "of a probe given every label (5-fold), i.e. what the embeddings carry at all")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--kept-only", action="store_true", help="gal-sim: report the runs kept so far (in the "
                         "runs file beside --json), computing none")
@@ -312,7 +354,7 @@ def main() -> None:
             if getattr(args, name):
                 path = getattr(args, name)
                 setattr(args, name, pixel_pca(path, os.path.splitext(path)[0] + "-pixelpca.parquet"))
-    config = dict(GRID[0])
+    config = dict(BASE)
     result = {"note": args.note, "grid": None}
     done = os.path.splitext(args.json)[0] + "-runs.jsonl"
     if args.sim_tune:
@@ -321,13 +363,24 @@ def main() -> None:
     print(f"auto settings: {config}", flush=True)
     report = {}
     if args.sim_test:
-        grouped = sim_runs(args.sim_test, tuple(float(p) for p in args.prevalences.split(",")), STARTS, tuple(range(1, args.seeds + 1)), config, done=done,
+        starts = tuple(int(v) for v in args.starts.split(","))
+        grouped = sim_runs(args.sim_test, tuple(float(p) for p in args.prevalences.split(",")), starts,
+                           tuple(range(1, args.seeds + 1)), config, done=done,
                            kept_only=args.kept_only)
         report["sim"] = {f"{p} {s}": summarise(r) for (p, s), r in grouped.items()}
         result["sim_lines"] = table_lines("gal-sim test table (all anomaly kinds; wanted prevalence, start)",
                                           {(f"{p:.1%}", s): r for (p, s), r in grouped.items()})
+        for (p, s), runs in grouped.items():
+            by_kind: dict = {}
+            for run in runs:
+                by_kind.setdefault((f"{run['kind']} {p:.1%}", s), []).append(run)
+            result["sim_lines"] += ["", *table_lines(f"by kind, {p:.1%}, start {s}", by_kind)]
+    if args.sim_test and args.ceiling:
+        result["ceiling"] = ceiling(args.sim_test)
+        print("every-label probe, 5-fold, 1%: " + ", ".join(f"{k} {v['auprc']:.3f}" for k, v in
+                                                            result["ceiling"].items()), flush=True)
     if args.gz1_emb:
-        grouped = gz1_runs(args.gz1_emb, args.gz1, STARTS, tuple(range(1, args.gz1_seeds + 1)), config, done=done)
+        grouped = gz1_runs(args.gz1_emb, args.gz1, tuple(int(v) for v in args.starts.split(",")), tuple(range(1, args.gz1_seeds + 1)), config, done=done)
         report["gz1"] = {f"{k} {s}": summarise(r) for (k, s), r in grouped.items()}
         result["gz1_lines"] = table_lines("Galaxy Zoo 1 (1,500 SDSS galaxies)", grouped)
     result["report"] = report
@@ -345,8 +398,8 @@ def main() -> None:
 def record(result: dict, config: dict) -> None:
     from _record import machine, record as append_row
 
-    setting = (f"auto settings chosen on the tuning table: half_labels {config['half_labels']}, similarity_share "
-               f"{config['similarity_share']}, explore {config['explore']}; {result['note']}")
+    setting = ("auto settings chosen on the tuning table: " + ", ".join(f"{k} {v}" for k, v in config.items())
+               + f"; {result['note']}")
     for part, title in (("sim", "gal-sim test table, mean over the 7 anomaly kinds x seeds"),
                         ("gz1", "Galaxy Zoo 1, merger and edge_on, x seeds")):
         for key, s in result["report"].get(part, {}).items():
@@ -360,6 +413,17 @@ def record(result: dict, config: dict) -> None:
                        f"found by the loop ({s['similarity_found']:.1f} by similarity's), {s['runs']} runs; "
                        f"{setting}); "
                        f"{machine()}", ours, base, f"{s['ours']['auprc'][0] / max(best_base, 1e-9):.2f}x best")
+    if result.get("grid"):
+        append_row(f"discovery tuning grid (gal-sim tuning table, {TUNE_PREVALENCE:.0%}, 5 start positives, 7 kinds x seeds "
+                   f"{','.join(map(str, TUNE_SEEDS))}; {result['note']}); {machine()}",
+                   "; ".join(f"{' '.join(f'{k} {g[k]}' for k in BASE if g[k] != BASE[k]) or 'reference'}: AUPRC "
+                             f"{g['auprc']:.3f}" for g in result["grid"]), "-", f"chosen: {config}")
+    if result.get("ceiling"):
+        c = result["ceiling"]
+        append_row(f"discovery ceiling: probe given every label, 5-fold, gal-sim test table with each kind at 1% "
+                   f"(~{np.mean([v['wanted'] for v in c.values()]):.0f} wanted); {result['note']}; {machine()}",
+                   ", ".join(f"{k} AUPRC {v['auprc']:.3f}" for k, v in c.items()),
+                   f"prevalence {np.mean([v['prevalence'] for v in c.values()]):.4f}", "-")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ on real galaxies (Galaxy Zoo 1 classes of SDSS gri composites) and on gal-sim mo
     python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss                       # the `small` preset
     python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss --name try-simclr \\
         --train-flags "--preset small --method simclr" --parts gz1 --no-record          # rank a recipe quickly
+    python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss --heldout --steps 300 --seeds 0,1,2 \\
+        --recipe "small=--preset small" --recipe "crop32=--preset small --crop 32"    # select on some, report on others
 
 DATA/gz1-sdss holds labels.csv (objid, gz1_label, file) and images/.  The commands run as a user runs them
 (subprocesses): gal-pack, gal-sim, gal-train, gal-embed, gal-photoz curve.  numpy does what no tool does yet, the
@@ -26,6 +28,12 @@ Photo-z (``--parts photoz``): gal-sim mocks, the same recipe trained on them (``
 ``gal-photoz curve --images --checkpoint``: the linear probe, fine-tuning and the same network from scratch (all
 stopped by validation patience), and the training median, at the same nested label counts; the probe is also run
 on PCA-64 and random-weight embeddings of the mocks.
+
+Held-out discipline (``--heldout``): every --recipe is trained with each of --seeds on all the galaxies (no labels);
+the recipe with the best mean precision@10 on folds 0-2 of the fixed split (then probe accuracy) is *selected*, and
+every recipe is *reported* on folds 3-4, which the selection never saw: probe (5-fold within those galaxies) and
+precision@10 (neighbours among those galaxies only), mean and spread over the seeds, beside raw-pixel PCA-64 on the
+same galaxies.  Only the reported numbers of the selected recipe are to be quoted.
 
 The training budget is a number of steps (``--steps``), the same for every recipe; its wall time is reported.
 Rows go to benchmarks/RESULTS.md (``--no-record`` to skip) and the whole result to WORK/NAME/result.json.
@@ -59,6 +67,7 @@ MERGE = {"spiral_clockwise": "spiral", "spiral_anticlockwise": "spiral"}
 FOLDS = 5
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)     # inverse L2 strength of the probe, chosen by inner cross-validation
 K = 10
+SELECT_FOLDS = (0, 1, 2)  # --heldout: recipes are selected on these folds and reported on the others
 
 
 # -- running the tools --------------------------------------------------------------------------------------------
@@ -95,9 +104,11 @@ def gz1_labels(gz1: str) -> dict[int, str]:
     return labels
 
 
-def fold_of(object_ids: np.ndarray) -> np.ndarray:
-    """A fixed fold per object: sha256 of its id, so the split never depends on row order or on the arm."""
-    return np.array([int(hashlib.sha256(str(int(i)).encode()).hexdigest(), 16) % FOLDS for i in object_ids])
+def fold_of(object_ids: np.ndarray, salt: str = "") -> np.ndarray:
+    """A fixed fold per object: sha256 of its id (and ``salt``, for a second, independent split), so the split
+    never depends on row order or on the arm."""
+    return np.array([int(hashlib.sha256((salt + str(int(i))).encode()).hexdigest(), 16) % FOLDS
+                     for i in object_ids])
 
 
 def read_images(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -280,13 +291,18 @@ def export_tta(table: str, run_folder: str, tta: int, threads: int, force: bool)
     return emb
 
 
-def gz1_part(args, work: str, run_dir: str) -> dict:
+def gz1_data(args, work: str):
+    """The packed galaxies: (table path, ids, pixels, labelled mask, class index or -1, fold)."""
     table = pack_gz1(args.gz1, work, args.threads)
     labels = gz1_labels(args.gz1)
     ids, pixels = read_images(table)
     keep = np.array([int(i) in labels for i in ids])
-    y_all = np.array([CLASSES.index(labels[int(i)]) if int(i) in labels else -1 for i in ids])
-    folds_all = fold_of(ids)
+    y = np.array([CLASSES.index(labels[int(i)]) if int(i) in labels else -1 for i in ids])
+    return table, ids, pixels, keep, y, fold_of(ids)
+
+
+def gz1_part(args, work: str, run_dir: str) -> dict:
+    table, ids, pixels, keep, y_all, folds_all = gz1_data(args, work)
     representations = {"pca64": pca(pixels, 64)}
     flags = shlex.split(args.train_flags)
     learned, seconds = train_and_embed(table, os.path.join(run_dir, "gz1"), flags, args.steps, args.threads,
@@ -321,6 +337,70 @@ def gz1_part(args, work: str, run_dir: str) -> dict:
               f"precision@{K} {result[name]['precision']['overall']:.3f} "
               f"(centred {result[name]['precision_centred']:.3f})", flush=True)
     return result
+
+
+def evaluate(x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> dict:
+    """Probe accuracy (5-fold, folds by a salted hash of the ids: independent of the selection/report split) and
+    precision@10 with neighbours searched among these galaxies only."""
+    return {"probe": probe(x, y, fold_of(ids, "inner"), len(CLASSES))["accuracy"],
+            "precision": precision_at_k(x, y, len(CLASSES))["overall"]}
+
+
+def mean_spread(values) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def heldout_part(args, work: str) -> dict:
+    """Recipes selected on some folds of the galaxies, reported on the others (see --heldout)."""
+    table, ids, pixels, keep, y, folds = gz1_data(args, work)
+    parts = {"select": keep & np.isin(folds, SELECT_FOLDS), "report": keep & ~np.isin(folds, SELECT_FOLDS)}
+    seeds = [int(v) for v in args.seeds.split(",")]
+    result = {"steps": args.steps, "seeds": seeds, "select_folds": list(SELECT_FOLDS), "recipes": {},
+              "galaxies": {p: int(m.sum()) for p, m in parts.items()}}
+    base = pca(pixels, 64)
+    result["pca64"] = {p: evaluate(base[m], y[m], ids[m]) for p, m in parts.items()}
+    for spec in args.recipe:
+        name, flags = spec.split("=", 1)
+        runs = []
+        for seed in seeds:
+            folder = os.path.join(work, "heldout", f"{name}-{args.steps}-seed{seed}")
+            emb, seconds = train_and_embed(table, folder, [*shlex.split(flags), "--seed", str(seed)], args.steps,
+                                           args.threads, args.force)
+            emb_ids, x, _ = read_embeddings(emb)
+            order = {int(v): i for i, v in enumerate(emb_ids)}
+            x = x[[order[int(i)] for i in ids]]
+            scores = {p: evaluate(x[m], y[m], ids[m]) for p, m in parts.items()}
+            runs.append({"seed": seed, "seconds": seconds, **scores})
+            print(f"heldout {name} seed {seed}: " + ", ".join(
+                f"{p} probe {v['probe']:.3f} p@{K} {v['precision']:.3f}" for p, v in scores.items()), flush=True)
+        result["recipes"][name] = {"flags": flags, "runs": runs, **{
+            p: {metric: mean_spread([r[p][metric] for r in runs]) for metric in ("probe", "precision")}
+            for p in parts}}
+    # selection sees the selection folds only: the best mean precision@10 there, then the probe
+    result["selected"] = max(result["recipes"], key=lambda n: (result["recipes"][n]["select"]["precision"][0],
+                                                               result["recipes"][n]["select"]["probe"][0]))
+    return result
+
+
+def heldout_rows(result: dict) -> list[tuple[str, str, str]]:
+    def fmt(scores):
+        return (f"probe acc {scores['probe'][0]:.3f}±{scores['probe'][1]:.3f}, "
+                f"p@{K} {scores['precision'][0]:.3f}±{scores['precision'][1]:.3f}")
+
+    rows = []
+    pca_ = result["pca64"]
+    for name, r in result["recipes"].items():
+        won = "SELECTED" if name == result["selected"] else "not selected"
+        rows.append((f"representation, held-out discipline: recipe '{name}' ({r['flags']}, {result['steps']} steps, "
+                     f"seeds {','.join(map(str, result['seeds']))}; {won} by mean p@{K} on folds "
+                     f"{','.join(map(str, result['select_folds']))} = {result['galaxies']['select']} gz1 galaxies); "
+                     f"reported on the other folds ({result['galaxies']['report']} galaxies, never used to select); "
+                     f"mean±std over seeds; train {np.mean([x['seconds'] for x in r['runs']]):.0f} s each",
+                     f"reported: {fmt(r['report'])}; selection folds: {fmt(r['select'])}",
+                     f"PCA-64 reported: probe acc {pca_['report']['probe']:.3f}, "
+                     f"p@{K} {pca_['report']['precision']:.3f}; selection folds: probe acc "
+                     f"{pca_['select']['probe']:.3f}, p@{K} {pca_['select']['precision']:.3f}"))
+    return rows
 
 
 def photoz_part(args, work: str, run_dir: str) -> dict:
@@ -421,6 +501,12 @@ def main() -> None:
                         "default stops each by validation patience)")
     parser.add_argument("--tta", type=int, default=1, choices=(1, 4, 8), help="also score the learned and random "
                         "encoders exported with gal-train export --tta N")
+    parser.add_argument("--heldout", action="store_true", help="held-out discipline: train every --recipe with "
+                        "each of --seeds, select the recipe with the best mean precision@10 on folds 0-2 of the "
+                        "galaxies, and report every recipe on folds 3-4, which selection never saw")
+    parser.add_argument("--recipe", action="append", default=[], metavar="NAME=FLAGS",
+                        help="--heldout: a candidate recipe (gal-train flags); repeat for each")
+    parser.add_argument("--seeds", default="0,1,2", help="--heldout: training seeds of each recipe")
     parser.add_argument("--threads", type=int, default=2, help="threads per tool (OMP_NUM_THREADS)")
     parser.add_argument("--force", action="store_true", help="train again even if the run folder holds a run")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
@@ -438,6 +524,9 @@ def main() -> None:
     import torch  # noqa: F401  (only to fail early without the training extras)
 
     work = os.path.abspath(args.work)
+    if args.heldout:
+        heldout_main(args, work)
+        return
     run_dir = os.path.join(work, args.name)
     os.makedirs(run_dir, exist_ok=True)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -452,6 +541,24 @@ def main() -> None:
     with open(os.path.join(run_dir, "result.json"), "w") as handle:
         json.dump(result, handle, indent=1)
     record_result(result, args.no_record)
+
+
+def heldout_main(args, work: str) -> None:
+    if not args.recipe:
+        raise SystemExit("--heldout needs at least one --recipe NAME=FLAGS")
+    load = os.getloadavg()[0]
+    os.makedirs(os.path.join(work, "heldout"), exist_ok=True)
+    result = heldout_part(args, work)
+    result.update(cpu=cpu_model(), threads=args.threads, load_average=[load, os.getloadavg()[0]])
+    with open(os.path.join(work, "heldout", f"result-{args.steps}.json"), "w") as handle:
+        json.dump(result, handle, indent=1)
+    from _record import record
+
+    for benchmark, measured, baseline in heldout_rows(result):
+        benchmark += f"; {result['cpu']}, {args.threads} threads, load avg {load:.1f}->{os.getloadavg()[0]:.1f}"
+        print(f"{benchmark}: {measured}; baselines {baseline}")
+        if not args.no_record:
+            record(benchmark, measured, baseline, "-")
 
 
 def record_result(result: dict, no_record: bool) -> None:

@@ -8,7 +8,8 @@ CPU (default): the `small` preset (tiny encoder, GeM pooling, MoCo v2, batch 64,
       arms interleaved, median over the repeats;
     - whole `gal-train --preset small` runs (real processes; images/s from RUN/metrics.jsonl, wall time) with the
       defaults, with --precision fp32, and (--baseline-rev REV) with the gal-train of an earlier commit, interleaved;
-    - two such runs at once against one alone (wall time), for the defaults (and the baseline commit).
+    - two such runs at once against one alone (wall time, and each run's CPU time), in turn, repeated, for the
+      defaults (and the baseline commit).
     The table: 1,500 synthetic galaxies (bench_embed's), or the Galaxy Zoo 1 images packed as bench_representation
     does (--gz1 DIR).  Run it without OMP_NUM_THREADS to measure the defaults as a user gets them.
 GPU (--paper, when CUDA is usable): Hayat et al. 2021's configuration, resnet50-hayat, batch 512, bf16 autocast,
@@ -37,6 +38,7 @@ sys.path.insert(0, ROOT)
 from _record import record  # noqa: E402
 from bench_embed import galaxy_cutouts, write_cutouts  # noqa: E402
 
+USER_ENV = dict(os.environ)   # gal-train runs get the environment as the user gave it (cpu_threads adds to ours)
 CHAIN = "rotate,jitter:max_shift={shift},noise,redden:ebv_max=0.5,psf:fwhm_in=1.4"
 
 
@@ -146,16 +148,20 @@ def preset_step(threads: int, repeats: int, steps: int) -> None:
 
 
 def start_train(table: str, out: str, steps: int, flags: list[str], pythonpath: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=pythonpath)
+    env = dict(USER_ENV, PYTHONPATH=pythonpath)
     args = [sys.executable, "-m", "galtools.cli.train", table, "--out", out, "--preset", "small", "--steps",
             str(steps), "--log-every", "20", "--device", "cpu", "--no-export", "--overwrite", "-q", *flags]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+    # run from the work folder: from the repository's root, `python -m` would import its galtools before PYTHONPATH's
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(out)))
 
 
-def finish(process: subprocess.Popen, started: float) -> float:
-    if process.wait():
+def finish_with_cpu(process: subprocess.Popen, started: float) -> tuple[float, float]:
+    """Wall seconds since ``started`` and CPU seconds (user + system, all threads) of a finished gal-train."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
         sys.exit(f"bench_train: gal-train exited {process.returncode}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
 
 
 def train_rate(out: str) -> float:
@@ -172,7 +178,7 @@ def whole_runs(table: str, work: str, arms: dict, steps: int, repeats: int) -> N
         for name, (flags, pythonpath) in arms.items():
             out = os.path.join(work, "run")
             started = time.perf_counter()
-            walls[name].append(finish(start_train(table, out, steps, flags, pythonpath), started))
+            walls[name].append(finish_with_cpu(start_train(table, out, steps, flags, pythonpath), started)[0])
             rates[name].append(train_rate(out))
     summary = {name: (statistics.median(rates[name]), statistics.median(walls[name])) for name in arms}
 
@@ -188,21 +194,34 @@ def whole_runs(table: str, work: str, arms: dict, steps: int, repeats: int) -> N
            ", ".join(f"{summary['defaults'][0] / summary[name][0]:.2f}x {name}" for name in base))
 
 
-def concurrent_runs(table: str, work: str, arms: dict, steps: int) -> None:
-    """Two gal-train runs at once against one alone: wall time of the pair against the single run's."""
+def concurrent_runs(table: str, work: str, arms: dict, steps: int, repeats: int) -> None:
+    """Two gal-train runs at once against one alone, in turn ``repeats`` times: wall time of the pair against the
+    single run's (median of the repeats' ratios), with each run's CPU seconds: threads that spin while they wait
+    show as CPU time that grows when a neighbour shares the cores."""
     for name, (flags, pythonpath) in arms.items():
         before = cpu_note()
-        started = time.perf_counter()
-        alone = finish(start_train(table, os.path.join(work, "alone"), steps, flags, pythonpath), started)
-        started = time.perf_counter()
-        pair = [start_train(table, os.path.join(work, f"pair{i}"), steps, flags, pythonpath) for i in (0, 1)]
-        both = max(finish(p, started) for p in pair)
-        rates = [train_rate(os.path.join(work, f"pair{i}")) for i in (0, 1)]
-        record(f"two concurrent gal-train --preset small runs of {steps} steps on CPU, {name} "
-               f"({table_name(table)}; {before} before, {cpu_note()} after) (bench_train.py)",
-               f"both finished in {both:.1f} s wall ({rates[0]:.0f} and {rates[1]:.0f} images/s)",
-               f"one alone: {alone:.1f} s ({train_rate(os.path.join(work, 'alone')):.0f} images/s)",
-               f"{both / alone:.2f}x the time for twice the work (goal <= 2)")
+        ratios, notes = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            alone, alone_cpu = finish_with_cpu(start_train(table, os.path.join(work, "alone"), steps, flags,
+                                                           pythonpath), started)
+            started = time.perf_counter()
+            pair = [start_train(table, os.path.join(work, f"pair{i}"), steps, flags, pythonpath) for i in (0, 1)]
+            ends = [finish_with_cpu(p, started) for p in pair]
+            both = max(wall for wall, _ in ends)
+            rates = [train_rate(os.path.join(work, f"pair{i}")) for i in (0, 1)]
+            ratios.append(both / alone)
+            notes.append(f"pair {both:.1f} s ({rates[0]:.0f} and {rates[1]:.0f} images/s, CPU "
+                         f"{ends[0][1]:.1f} and {ends[1][1]:.1f} s) against alone {alone:.1f} s "
+                         f"({train_rate(os.path.join(work, 'alone')):.0f} images/s, CPU {alone_cpu:.1f} s), "
+                         f"load {os.getloadavg()[0]:.1f}")
+        record(f"two concurrent gal-train --preset small runs of {steps} steps on CPU against one alone, {name} "
+               f"({table_name(table)}; {repeats} repeats, each the run alone then the pair; {before} before, "
+               f"{cpu_note()} after) (bench_train.py)",
+               "; ".join(notes),
+               "one run alone, same repeat (wall time including start-up)",
+               f"{statistics.median(ratios):.2f}x the time for twice the work (median; "
+               f"{', '.join(f'{r:.2f}' for r in ratios)}; goal <= 2)")
 
 
 def table_name(table: str) -> str:
@@ -239,7 +258,7 @@ def cpu_main(args) -> None:
             whole_runs(table, work, arms, args.steps, args.repeats_runs)
         if "concurrent" in args.parts:
             concurrent_runs(table, work, {k: v for k, v in arms.items() if k != "--precision fp32"},
-                            args.concurrent_steps)
+                            args.concurrent_steps, args.repeats_concurrent)
 
 
 def main() -> None:
@@ -254,6 +273,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120, help="CPU: steps of each whole run")
     parser.add_argument("--repeats-runs", type=int, default=2, help="CPU: whole runs per arm")
     parser.add_argument("--concurrent-steps", type=int, default=60, help="CPU: steps of each concurrent run")
+    parser.add_argument("--repeats-concurrent", type=int, default=2, help="CPU: repeats of one run, then two")
     parser.add_argument("--gz1", default=None, metavar="DIR", help="CPU: train on the Galaxy Zoo 1 images in DIR")
     parser.add_argument("--baseline-rev", default=None, metavar="REV",
                         help="CPU: also run the gal-train of this git commit (e.g. the one before a change)")

@@ -8,19 +8,32 @@ import stat
 import pytest
 
 from galtools.errors import OutputError
-from galtools.io.files import atomic_file, atomic_folder, replacing, write_bytes
+from galtools.io.files import NAMED_ONLY, atomic_file, atomic_folder, replacing, write_bytes
+
+
+@pytest.fixture(params=["unnamed", "named"], autouse=True)
+def temporaries(request, monkeypatch):
+    """Each test twice: with unnamed temporaries (O_TMPFILE, Linux) and with the named fallback."""
+    if request.param == "named":
+        monkeypatch.setenv(NAMED_ONLY, "1")
+    else:
+        monkeypatch.delenv(NAMED_ONLY, raising=False)
+    return request.param
 
 
 def _left(folder) -> list[str]:
     return sorted(os.listdir(folder))
 
 
-def test_a_failed_block_leaves_the_old_file_and_no_temporary(tmp_path):
+def test_a_failed_block_leaves_the_old_file_and_no_temporary(tmp_path, temporaries):
     path = tmp_path / "model.npz"
     path.write_bytes(b"old")
     with pytest.raises(RuntimeError):
         with atomic_file(str(path)) as temporary:
-            assert os.path.dirname(temporary) == str(tmp_path) and temporary.endswith(".npz")
+            if temporaries == "named" or not hasattr(os, "O_TMPFILE"):
+                assert os.path.dirname(temporary) == str(tmp_path) and temporary.endswith(".npz")
+            else:
+                assert temporary.startswith("/proc/self/fd/") and _left(tmp_path) == ["model.npz"]
             with open(temporary, "wb") as handle:
                 handle.write(b"half")
             raise RuntimeError("killed mid-write")

@@ -13,7 +13,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from conftest import ROOT, run_tool, tool_env
+from conftest import ROOT, assert_clean_error, run_tool, tool_env
 
 CLASSES = ("edge_on", "elliptical", "spiral")     # sorted: the order gal-classify gives them
 DIM = 16
@@ -48,16 +48,6 @@ def write_embeddings(path, x, truth, votes=None, sha="abc123", extra=None):
     with open_output(str(path), metadata={"galtools.model_sha256": sha}, tool="test") as out:
         out.write(pa.table(columns))
     return str(path)
-
-
-def assert_clean_error(result, code, *words):
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gal-classify: error: "), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in err, (word, err)
 
 
 def classify(*args, **kw):

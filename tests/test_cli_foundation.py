@@ -10,19 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import SHARED_GZ1, make_cutouts, run_tool, shell, write_table
+from conftest import SHARED_GZ1, assert_clean_error, make_cutouts, run_tool, shell, write_table
 from galtools.io import images_of, open_table, tensor_column
-
-
-def assert_clean_error(result, code: int, *words: str):
-    """One line on stderr naming the problem, the documented exit code, no traceback."""
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and ": error: " in lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_pack_then_info_through_a_real_pipe(tmp_path, cutouts):

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import ROOT, run_tool, write_table
+from conftest import assert_clean_error as assert_error
+from conftest import ROOT, galaxy_cutouts, run_tool, table_of_cutouts, write_table
 
 TABLE_BANDS = ["y", "z", "i", "r", "g", "u"]    # more bands than the model, in another order
 MODEL_BANDS = ["u", "g", "r", "i", "z"]
@@ -28,34 +29,9 @@ N_ROWS = 150
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
-def galaxy_cutouts(n: int, bands: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Sky noise plus a Gaussian galaxy of random size and flux over two decades: the dynamic range asinh is for."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
-    cy, cx = (height - 1) / 2 + rng.uniform(-2, 2, n), (width - 1) / 2 + rng.uniform(-2, 2, n)
-    radius = rng.uniform(1.5, 6.0, n)
-    flux = 10 ** rng.uniform(1, 3, n)
-    colour = rng.uniform(0.3, 1.5, (n, bands))
-    r2 = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
-    profile = np.exp(-0.5 * r2 / radius[:, None, None] ** 2) / (2 * np.pi * radius[:, None, None] ** 2)
-    images = flux[:, None, None, None] * colour[:, :, None, None] * profile[:, None]
-    images += rng.normal(0, 0.05, images.shape) * np.linspace(0.5, 2, bands)[None, :, None, None]
-    return images.astype(np.float32)
-
-
 def cutout_table(n: int = N_ROWS, seed: int = 0, images=None) -> pa.Table:
-    from galtools.io import tensor_column
-
-    n = n if images is None else len(images)
-    rng = np.random.default_rng(seed + 100)
     images = galaxy_cutouts(n, len(TABLE_BANDS), HEIGHT, WIDTH, seed) if images is None else images
-    return pa.table({
-        "object_id": pa.array(np.arange(5000, 5000 + n, dtype=np.int64)[::-1]),   # not sorted: order must be kept
-        "ra": pa.array(rng.uniform(0, 360, n)),
-        "label": pa.array([f"class{i % 4}" for i in range(n)]),
-        "image": tensor_column(images),
-    })
-
+    return table_of_cutouts(images, seed)
 
 def _randomise_batchnorm(module, seed: int) -> None:
     import torch
@@ -161,17 +137,6 @@ def embed(*args, env_extra=None):
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.update(env_extra or {})
     return run_tool("gal-embed", *args, env=env)
-
-
-def assert_error(result, code: int, *fragments: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gal-embed: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 # ------------------------------------------------------------------------------------------------ parity

@@ -18,7 +18,6 @@ import pytest
 
 from conftest import ROOT, write_table
 from test_embed import assert_error, cutout_table, embed, embeddings, export_contract_model, galaxy_cutouts, read
-from test_embed_train import run_dir  # noqa: F401  (the trained tiny encoder)
 
 N_ROWS = 300
 
@@ -61,8 +60,8 @@ def test_parity_figures_match_a_brute_force_computation():
         assert result.passed is expect_pass
 
 
-def test_int8_passes_on_a_trained_encoder_and_is_cached(run_dir, table, tmp_path):  # noqa: F811
-    model = str(run_dir / "encoder.onnx")
+def test_int8_passes_on_a_trained_encoder_and_is_cached(trained_run, table, tmp_path):
+    model = str(trained_run / "encoder.onnx")
     env = {"GALTOOLS_CACHE_DIR": str(tmp_path / "cache")}
     fp32, int8 = tmp_path / "fp32.parquet", tmp_path / "int8.parquet"
     assert embed(table, "--model", model, "-o", fp32, env_extra=env).returncode == 0
@@ -100,11 +99,11 @@ def test_int8_passes_on_a_trained_encoder_and_is_cached(run_dir, table, tmp_path
     np.testing.assert_allclose(embeddings(read(str(tmp_path / "again.parquet"))), b, rtol=0, atol=1e-4)
 
 
-def test_int8_never_imports_torch(run_dir, table, tmp_path):  # noqa: F811
+def test_int8_never_imports_torch(trained_run, table, tmp_path):
     code = f"""
 import sys
 from galtools.cli.embed import cli
-cli.main(args=[{table!r}, '--model', {str(run_dir / 'encoder.onnx')!r}, '-o', {str(tmp_path / 'o.parquet')!r}, '-q',
+cli.main(args=[{table!r}, '--model', {str(trained_run / 'encoder.onnx')!r}, '-o', {str(tmp_path / 'o.parquet')!r}, '-q',
                '--precision', 'int8'], standalone_mode=False)
 print('torch' in sys.modules, 'onnxruntime' in sys.modules)
 """
@@ -168,9 +167,9 @@ def test_int8_is_refused_where_it_fails_and_auto_falls_back_to_fp32(fragile_mode
     assert json.loads(_metadata(tmp_path / "again.parquet")["galtools.embed.auto"])["cached"] is True
 
 
-def test_auto_takes_the_fastest_precision_that_passes(run_dir, table, tmp_path):  # noqa: F811
+def test_auto_takes_the_fastest_precision_that_passes(trained_run, table, tmp_path):
     out = tmp_path / "auto.parquet"
-    result = embed(table, "--model", str(run_dir / "encoder.onnx"), "-o", out, "--precision", "auto",
+    result = embed(table, "--model", str(trained_run / "encoder.onnx"), "-o", out, "--precision", "auto",
                    env_extra={"GALTOOLS_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr.decode()
     meta = _metadata(out)
@@ -182,12 +181,12 @@ def test_auto_takes_the_fastest_precision_that_passes(run_dir, table, tmp_path):
     assert measured["cpu"] and measured["threads"] >= 1
 
 
-def test_bf16_runs_only_where_the_cpu_and_onnxruntime_have_it(run_dir, table, tmp_path):  # noqa: F811
+def test_bf16_runs_only_where_the_cpu_and_onnxruntime_have_it(trained_run, table, tmp_path):
     from galtools.embed.precision import bf16_support
 
     usable, why = bf16_support()
     out = tmp_path / "bf16.parquet"
-    result = embed(table, "--model", str(run_dir / "encoder.onnx"), "-o", out, "--precision", "bf16")
+    result = embed(table, "--model", str(trained_run / "encoder.onnx"), "-o", out, "--precision", "bf16")
     if not usable:
         assert_error(result, 69, "bf16", why.split(",")[0])
         assert not out.exists()
@@ -197,14 +196,14 @@ def test_bf16_runs_only_where_the_cpu_and_onnxruntime_have_it(run_dir, table, tm
     assert recorded["precision"] == "bf16" and recorded["cosine_min"] >= 0.99 and recorded["overlap"] >= 0.9
 
 
-def test_lower_precisions_are_for_cpus(table, run_dir, tmp_path):  # noqa: F811
+def test_lower_precisions_are_for_cpus(table, trained_run, tmp_path):
     out = tmp_path / "o.parquet"
-    assert_error(embed(table, "--model", str(run_dir / "encoder.onnx"), "-o", out, "--device", "cuda",
+    assert_error(embed(table, "--model", str(trained_run / "encoder.onnx"), "-o", out, "--device", "cuda",
                        "--precision", "int8"), 2, "int8", "--device cpu")
 
 
-def test_a_damaged_optimised_graph_is_made_again(run_dir, table, tmp_path):  # noqa: F811
-    model = str(run_dir / "encoder.onnx")
+def test_a_damaged_optimised_graph_is_made_again(trained_run, table, tmp_path):
+    model = str(trained_run / "encoder.onnx")
     cache = tmp_path / "cache"
     env = {"GALTOOLS_CACHE_DIR": str(cache)}
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
@@ -243,7 +242,7 @@ def test_cpu_description_reads_model_and_vector_extensions(tmp_path):
 
 # ------------------------------------------------------------------------------------- the cache keyed by content
 
-def test_int8_is_the_same_whatever_ran_before_and_records_its_calibration(run_dir, table, tmp_path):  # noqa: F811
+def test_int8_is_the_same_whatever_ran_before_and_records_its_calibration(trained_run, table, tmp_path):
     """Table B embedded in int8 after table A (whose calibration is cached) equals table B in a fresh cache; the
     output names the calibration sample, whose checksum is recomputed here from B's first cutouts."""
     import hashlib
@@ -252,7 +251,7 @@ def test_int8_is_the_same_whatever_ran_before_and_records_its_calibration(run_di
     from galtools.preprocess import Preprocess
     from galtools.train.export import read_metadata
 
-    model = str(run_dir / "encoder.onnx")
+    model = str(trained_run / "encoder.onnx")
     other = write_table(cutout_table(images=galaxy_cutouts(N_ROWS, 5, 48, 48, seed=8)),
                         str(tmp_path / "other.parquet"), bands="u,g,r,i,z")
     shared, fresh = {"GALTOOLS_CACHE_DIR": str(tmp_path / "shared")}, {"GALTOOLS_CACHE_DIR": str(tmp_path / "fresh")}
@@ -287,7 +286,7 @@ def _only(folder, *fragments):
     return found[0]
 
 
-def _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path):
+def _cache_with_swapped_graphs(trained_run, fragile_model, table, tmp_path):
     """A cache in which another model's optimised fp32 graph (with its record) and another model's fp16 conversion
     (without) lie under this model's names; the embeddings of both models from it and of this one from a fresh
     cache."""
@@ -295,7 +294,7 @@ def _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path):
 
     from galtools.embed.model import file_sha256
 
-    model = str(run_dir / "encoder.onnx")
+    model = str(trained_run / "encoder.onnx")
     mine, theirs = file_sha256(model), file_sha256(fragile_model)
     cache = tmp_path / "cache"
     env, fresh = {"GALTOOLS_CACHE_DIR": str(cache)}, {"GALTOOLS_CACHE_DIR": str(tmp_path / "fresh")}
@@ -324,11 +323,11 @@ def _assert_this_models(out, model, mine, reference, precision, other):
     assert _metadata(out)["galtools.model_sha256"] == mine
 
 
-def test_a_cached_graph_copied_under_another_models_key_is_not_used(run_dir, fragile_model, table,  # noqa: F811
+def test_a_cached_graph_copied_under_another_models_key_is_not_used(trained_run, fragile_model, table,
                                                                      tmp_path):
     """Another model's optimised graph (with its record) and another model's fp16 conversion (without) put under
     this model's names: neither runs; the embeddings are this model's, as from an empty cache."""
-    model, mine, env, reference, targets = _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path)
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(trained_run, fragile_model, table, tmp_path)
     for precision, target in targets.items():
         out = tmp_path / f"after-{precision}.parquet"
         result = embed(table, "--model", model, "-o", out, "--precision", precision, env_extra=env)
@@ -353,11 +352,11 @@ tempfile.mkstemp = mkstemp
 """
 
 
-def test_a_read_only_cache_holding_another_models_graphs_changes_nothing(run_dir, fragile_model, table,  # noqa: F811
+def test_a_read_only_cache_holding_another_models_graphs_changes_nothing(trained_run, fragile_model, table,
                                                                           tmp_path):
     """The same swapped cache, read-only (its folder's mode, and for root, who writes regardless, a shim that
     refuses to create files in it): the files cannot be replaced, and still never run."""
-    model, mine, env, reference, targets = _cache_with_swapped_graphs(run_dir, fragile_model, table, tmp_path)
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(trained_run, fragile_model, table, tmp_path)
     onnx_dir = tmp_path / "cache" / "onnx"
     shim = tmp_path / "shim"
     shim.mkdir()

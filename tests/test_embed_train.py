@@ -1,8 +1,9 @@
 """gal-embed on what gal-train really exports, checked against the training checkpoint's torch encoder.
 
-One short gal-train run (tiny encoder, a few steps) makes RUN/last.pt and RUN/encoder.onnx; then the pipe users run,
-``gal-sim | gal-embed - --model RUN/encoder.onnx | gal-info -``, and its embeddings are compared with the
-checkpoint's backbone fed the training preprocessing (galtools.train's centre crop, then Preprocess.apply_torch).
+One short gal-train run (tiny encoder, a few steps: conftest's trained_run) makes RUN/last.pt and
+RUN/encoder.onnx; then the pipe users run, ``gal-sim | gal-embed - --model RUN/encoder.onnx | gal-info -``, and its
+embeddings are compared with the checkpoint's backbone fed the training preprocessing (galtools.train's centre
+crop, then Preprocess.apply_torch).
 """
 from __future__ import annotations
 
@@ -14,26 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, write_table
-from test_embed import cutout_table, embed, embeddings, galaxy_cutouts, read
+from conftest import ROOT
+from test_embed import embed, embeddings, read
 
-pytestmark = pytest.mark.slow  # trains an encoder with gal-train first
-
-CROP = 32
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train")
-    images = galaxy_cutouts(96, 5, 48, 48, seed=3)
-    data = write_table(cutout_table(images=images), str(folder / "train.parquet"), bands="u,g,r,i,z")
-    run = folder / "run"
-    command = [sys.executable, "-m", "galtools.cli.train", "fit", data, "--out", str(run), "--arch", "tiny",
-               "--crop", str(CROP), "--steps", "2", "--batch-size", "16", "--queue-size", "64", "--device", "cpu",
-               "--ops", "rotate,jitter:max_shift=2", "--loader-threads", "1", "--log-every", "1", "-q"]
-    result = subprocess.run(command, capture_output=True, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert result.returncode == 0, result.stderr.decode()
-    return run
+pytestmark = pytest.mark.slow  # a real gal-train run (conftest's trained_run)
 
 
 def checkpoint_embeddings(run, table) -> np.ndarray:
@@ -61,8 +46,8 @@ def checkpoint_embeddings(run, table) -> np.ndarray:
         return backbone.forward_features(preprocess.apply_torch(views)).numpy()
 
 
-def test_gal_sim_into_gal_embed_into_gal_info_matches_the_checkpoint(run_dir, tmp_path):
-    python, model = sys.executable, run_dir / "encoder.onnx"
+def test_gal_sim_into_gal_embed_into_gal_info_matches_the_checkpoint(trained_run, tmp_path):
+    python, model = sys.executable, trained_run / "encoder.onnx"
     pipe = (f"'{python}' -m galtools.cli.sim -n 200 --seed 5 -o - | tee '{tmp_path}/sim.arrows' "
             f"| '{python}' -m galtools.cli.embed - --model '{model}' | tee '{tmp_path}/emb.arrows' "
             f"| '{python}' -m galtools.cli.info --json -")
@@ -76,7 +61,7 @@ def test_gal_sim_into_gal_embed_into_gal_info_matches_the_checkpoint(run_dir, tm
     assert embedded.column_names == carried + ["embedding"]
     for name in carried:
         assert embedded.column(name).equals(cutouts.column(name)), name
-    expected = checkpoint_embeddings(run_dir, cutouts)
+    expected = checkpoint_embeddings(trained_run, cutouts)
     got = embeddings(embedded)
     assert np.abs(got - expected).max() <= 1e-4
     assert np.abs(expected).max() > 0.05

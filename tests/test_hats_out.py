@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, run_tool, tool_command
-from test_own_data import error as refused, ok
+from conftest import assert_clean_error as refused
+from test_own_data import ok
 
 lsdb = pytest.importorskip("lsdb", reason="lsdb (the test extra) writes and reads the HATS catalogues here")
 pd = pytest.importorskip("pandas")

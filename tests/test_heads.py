@@ -11,18 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import run_tool, tool_env, write_table
+from conftest import embedding_table, run_tool, tool_env, write_table
 from galtools.errors import BadData, DeviceUnavailable, UsageProblem
-from galtools.io import open_table, vector_column
+from galtools.io import open_table
 
 DIM = 6
 ENCODER = "ab" * 32
-
-
-def embedding_table(x: np.ndarray, **columns) -> pa.Table:
-    ids = np.arange(1000, 1000 + len(x), dtype=np.int64)
-    return pa.table({"object_id": ids, **{k: pa.array(v) for k, v in columns.items()},
-                     "embedding": vector_column(np.asarray(x, dtype=np.float32))})
 
 
 def two_layers(seed: int = 0):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_tool, write_table
+from conftest import ROOT, assert_clean_error, run_tool, write_table
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -325,12 +325,8 @@ def test_a_torchscript_archive_is_refused_before_torch_reads_it(tmp_path):
 # ------------------------------------------------------------------ non-finite weights, plain values, one-line refusals
 
 def _one_line_error(result, *needles):
-    err = result.stderr.decode()
-    assert result.returncode == 65, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("gal-train: error: "), err
+    err = assert_clean_error(result, 65, *needles)
     assert "Warning" not in err and "matches torch" not in err
-    for needle in needles:
-        assert needle in err, err
     return err
 
 

@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import ROOT, on_a_terminal, run_tool, tool_env, write_table
+from conftest import brute_force as reference_neighbors
+from conftest import embedding_table as table_of_embeddings
+from conftest import ROOT, assert_clean_error, on_a_terminal, run_tool, tool_env, write_table
 from galtools.io import open_table, tensor_column, vector_column
 
 KNN = f"{shlex.quote(sys.executable)} -m galtools.cli.knn"
@@ -24,14 +26,8 @@ def embedding_table(n=400, dim=16, seed=1, ids=None, centres=12):
     means = rng.standard_normal((centres, dim))
     labels = rng.integers(0, centres, n)
     vectors = (means[labels] + 0.3 * rng.standard_normal((n, dim))).astype(np.float32)
-    ids = np.arange(5000, 5000 + n, dtype=np.int64) if ids is None else ids
-    return pa.table({
-        "object_id": pa.array(ids),
-        "ra": pa.array(rng.uniform(0, 360, n)),
-        "dec": pa.array(rng.uniform(-20, 20, n)),
-        "label": pa.array([f"cluster{c}" for c in labels]),
-        "embedding": vector_column(vectors),
-    })
+    return table_of_embeddings(vectors, first_id=5000, ids=ids, ra=rng.uniform(0, 360, n), dec=rng.uniform(-20, 20, n),
+                               label=[f"cluster{c}" for c in labels])
 
 
 def vectors_of_table(table):
@@ -39,19 +35,14 @@ def vectors_of_table(table):
 
 
 def reference(table, query_ids, k, least=False, exclude_self=True):
-    """Brute force in float64: every cosine similarity, sorted with np.lexsort (similarity, object_id)."""
-    vectors = vectors_of_table(table).astype(np.float64)
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    """conftest's brute force (float64, ties by object_id) as (query, rank, neighbor id, similarity) rows."""
+    vectors = vectors_of_table(table)
     ids = table.column("object_id").to_numpy()
-    out = []
-    for query in query_ids:
-        row = int(np.flatnonzero(ids == query)[0])
-        sims = unit @ unit[row]
-        order = np.lexsort((ids, sims if least else -sims))
-        if exclude_self:
-            order = order[order != row]
-        out += [(query, rank + 1, int(ids[j]), sims[j]) for rank, j in enumerate(order[:k])]
-    return out
+    rows = [int(np.flatnonzero(ids == query)[0]) for query in query_ids]
+    found, sims = reference_neighbors(vectors[rows], vectors, ids, k, exclude=rows if exclude_self else None,
+                                      largest=not least)
+    return [(query, rank + 1, int(ids[j]), s) for query, js, ss in zip(query_ids, found, sims)
+            for rank, (j, s) in enumerate(zip(js, ss))]
 
 
 def read_neighbours(path_or_bytes):
@@ -69,15 +60,6 @@ def as_tuples(table):
 def assert_same_neighbours(got, want):
     assert [g[:3] for g in got] == [w[:3] for w in want]
     np.testing.assert_allclose([g[3] for g in got], [w[3] for w in want], atol=2e-6)
-
-
-def assert_clean_error(result, code, *words):
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err and "gal-knn: error: " in lines[0], err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture

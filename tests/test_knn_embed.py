@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import brute_force as reference_neighbors
 from conftest import run_tool, tool_env, write_table
 from galtools.io import tensor_column
 
@@ -69,15 +70,9 @@ def world(tmp_path):
 
 
 def brute_force(query_vectors, base_vectors, ids, k, exclude_rows=None):
-    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
-    sims = unit(query_vectors) @ unit(base_vectors).T
-    out = []
-    for i, s in enumerate(sims):
-        order = np.lexsort((ids, -s))
-        if exclude_rows is not None:
-            order = order[order != exclude_rows[i]]
-        out.append([(int(ids[j]), s[j]) for j in order[:k]])
-    return out
+    """conftest's reference as [(neighbor id, similarity), ...] per query."""
+    rows, sims = reference_neighbors(query_vectors, base_vectors, ids, k, exclude=exclude_rows)
+    return [[(int(ids[j]), s) for j, s in zip(r, ss)] for r, ss in zip(rows, sims)]
 
 
 def run_pipe(command):

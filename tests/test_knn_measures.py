@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import on_a_terminal, run_tool, shell, write_table
+from conftest import brute_force, on_a_terminal, run_tool, shell, write_table
 from galtools.io import open_table, vector_column
 
 K = 5
@@ -29,18 +29,10 @@ def clustered(n=240, dim=12, seed=4, centres=6):
 def brute_force_neighbors(table, k):
     """(N, k) rows of each row's k most similar other rows, float64, ties by object_id; and the smallest gap
     between the k-th and the (k+1)-th similarity (so float32 search cannot reorder the boundary)."""
-    vectors = np.asarray(table.column("embedding").combine_chunks().values, dtype=np.float64).reshape(
-        table.num_rows, -1)
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    sims = unit @ unit.T
-    ids = table.column("object_id").to_numpy()
-    rows, gaps = [], []
-    for q in range(table.num_rows):
-        order = np.lexsort((ids, -sims[q]))
-        order = order[order != q]
-        rows.append(order[:k])
-        gaps.append(sims[q, order[k - 1]] - sims[q, order[k]])
-    return np.array(rows), min(gaps)
+    vectors = np.asarray(table.column("embedding").combine_chunks().values).reshape(table.num_rows, -1)
+    every = np.arange(table.num_rows)
+    rows, sims = brute_force(vectors, vectors, table.column("object_id").to_numpy(), k + 1, exclude=every)
+    return rows[:, :k], float(np.min(sims[:, k - 1] - sims[:, k]))
 
 
 def brute_force_precision(table, k):

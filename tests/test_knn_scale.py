@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_tool, tool_env
+from conftest import ROOT, assert_clean_error, run_tool, tool_env
 from galtools.io import open_output, vector_column
-from test_knn_cli import as_tuples, assert_clean_error, read_neighbours
-from test_outputs_robust import small_tmpfs  # noqa: F401  (a fixture: a 256 kB tmpfs)
+from test_knn_cli import as_tuples, read_neighbours
 
 pytest.importorskip("faiss")
 MODEL = "ef" * 32

@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
-from conftest import ROOT, run_tool, tool_env
+from conftest import ROOT, assert_clean_error, run_tool, tool_env
 
 CLASSES = ("a", "b", "c")
 BANDS = "g,r,i"
@@ -199,16 +199,7 @@ def invoke(*args):
     from galtools.cli.map import cli
 
     result = cli_runner().invoke(cli, [str(a) for a in args])
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout_bytes, result.stderr_bytes)
-
-
-def assert_clean_error(result, code, *words):
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gal-map: error: "), err
-    for word in words:
-        assert word in err, (word, err)
+    return subprocess.CompletedProcess(["gal-map", *args], result.exit_code, result.stdout_bytes, result.stderr_bytes)
 
 
 def test_errors_are_one_line_with_documented_codes(clusters, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import assert_clean_error as _error
 from conftest import make_cutouts, run_tool, tool_env, write_table
 from galtools.io import open_table, vector_column
 from galtools.ood.metrics import auroc, average_precision, tpr_at_fpr, trust_curve
@@ -252,14 +253,6 @@ def test_eval_trust_curve_and_plot(two_gaussians, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------- errors
-
-def _error(result, code, *fragments):
-    text = result.stderr.decode()
-    assert result.returncode == code, text
-    assert text.startswith("gal-ood: error: ") and text.count("\n") == 1, text
-    for fragment in fragments:
-        assert fragment in text, text
-
 
 def test_error_reference_and_target_from_different_models(two_gaussians, tmp_path):
     folder, reference, _, _, _ = two_gaussians

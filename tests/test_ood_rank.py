@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import assert_clean_error as _error
 from conftest import make_cutouts, run_tool, tool_command, tool_env, write_table
 from galtools.io import vector_column
 from galtools.ood.labels import append_label, read_labels
@@ -62,14 +63,6 @@ def cosine(a, b):
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return a @ b.T
-
-
-def _error(result, code, *fragments):
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    assert len(err.strip().splitlines()) == 1 and err.startswith("gal-ood: error:"), err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -322,3 +315,70 @@ def test_gal_view_refuses_a_bad_labels_file_at_the_start(tmp_path):
     assert result.returncode == 65 and "not in the embeddings shown" in result.stderr.decode()
     result = run_tool("gal-view", emb, "--images", images, "--labels", tmp_path / "no" / "labels.csv")
     assert result.returncode == 74 and "no folder" in result.stderr.decode()
+
+
+def test_label_spreading_equals_a_dense_numpy_reference():
+    """The kNN graph and label spreading against a dense numpy version written from the formulas: cosine
+    neighbours by argsort, weights max(W, W^T), S = D^-1/2 W D^-1/2, F <- alpha S F + (1 - alpha) Y."""
+    from galtools.ood.rank import KnnGraph, spread_labels
+
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(80, DIM)).astype(np.float32)
+    rows = np.arange(3, 80, dtype=np.int64)       # a graph over part of the table: positions are within rows
+    positives, negatives = np.array([5, 40]), np.array([2, 9, 77])     # 2 lies outside the graph: left out
+    k, alpha = 6, 0.8
+    graph = KnnGraph.build(vectors, rows, k)
+    unit = vectors[rows] / np.linalg.norm(vectors[rows], axis=1, keepdims=True)
+    similarity = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    assert (graph.neighbours == nearest).mean() > 0.99          # float32 ties aside
+    weights = np.zeros_like(similarity)
+    for i, row in enumerate(graph.neighbours):
+        weights[i, row] = np.clip(similarity[i, row], 1e-6, None)
+    weights = np.maximum(weights, weights.T)
+    scale = 1 / np.sqrt(weights.sum(axis=1))
+    s = scale[:, None] * weights * scale[None, :]
+    seeds = np.zeros((len(rows), 2))
+    seeds[[positives[0] - 3, positives[1] - 3], 0] = 0.5
+    seeds[[9 - 3, 77 - 3], 1] = 0.5
+    mass = seeds.copy()
+    for _ in range(30):
+        mass = alpha * s @ mass + (1 - alpha) * seeds
+    np.testing.assert_allclose(spread_labels(graph, positives, negatives, alpha), mass[:, 0] - mass[:, 1],
+                               rtol=1e-5, atol=1e-9)
+
+
+def arc(seed: int, background: int = 400, count: int = 40):
+    """The broad clusters of ``planted`` and a wanted class strung along an arc of 270 degrees: its ends are far
+    apart (dissimilar) but joined by near neighbours all the way."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, DIM)) * 3
+    normal = centres[rng.integers(0, 6, background)] + rng.normal(size=(background, DIM))
+    theta = np.linspace(0, 1.5 * np.pi, count)
+    plane = np.linalg.qr(rng.normal(size=(DIM, 2)))[0]
+    wanted = 6 * (np.cos(theta)[:, None] * plane[:, 0] + np.sin(theta)[:, None] * plane[:, 1])
+    wanted += 0.3 * rng.normal(size=(count, DIM))
+    return np.concatenate([normal, wanted]).astype(np.float32), np.r_[np.zeros(background, bool), np.ones(count, bool)]
+
+
+def test_label_spreading_follows_a_class_along_its_neighbours():
+    """From 3 positives at one end of the arc, the mix with label spreading ranks the rest of the arc better than
+    the mix without it (AUPRC gains of 0.15-0.26 over seeds 1-4 when measured; floor: +0.08 on average and a gain
+    in each)."""
+    from galtools.ood.metrics import average_precision
+    from galtools.ood.rank import RankSettings, rank_vectors
+
+    gains = []
+    for seed in (1, 2, 3, 4):
+        vectors, truth = arc(seed)
+        positives = np.flatnonzero(truth)[:3]
+        rest = np.ones(len(truth), bool)
+        rest[positives] = False
+        auprc = []
+        for share in (0.0, 0.75):
+            settings = RankSettings(graph_share=share, members=0, trees=50, seed=seed)
+            score = rank_vectors(vectors, positives, np.empty(0, np.int64), settings).score
+            auprc.append(average_precision(score[rest], truth[rest]))
+        gains.append(auprc[1] - auprc[0])
+    assert min(gains) > 0 and np.mean(gains) >= 0.08, gains

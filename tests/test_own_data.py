@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import assert_clean_error as error
 from conftest import ROOT, run_tool, write_table
 
 h5py = pytest.importorskip("h5py")
@@ -29,15 +30,6 @@ def run(tool, *args):
 def ok(result):
     assert result.returncode == 0, result.stderr.decode()
     return result
-
-
-def error(result, code: int, *fragments: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 def info(path, *args) -> dict:

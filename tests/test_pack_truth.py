@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import shell, write_table
-from test_own_data import (MODEL_PIXSCALE, MODEL_UNIT, embeddings_of, error, h5py, info, model, ok,  # noqa: F401
+from conftest import assert_clean_error as error
+from test_own_data import (MODEL_PIXSCALE, MODEL_UNIT, embeddings_of, h5py, info, model, ok,  # noqa: F401
                            run, torch_embeddings)
 
 

@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import embedding_table as table_of_embeddings
+from conftest import assert_clean_error as _error
 from conftest import run_tool, tool_env, write_table
-from galtools.io import open_table, vector_column
+from galtools.io import open_table
 from galtools.photoz.bins import RedshiftBins, summarise_pdf
 from galtools.photoz.metrics import binned_metrics, photoz_metrics
 
@@ -122,10 +124,7 @@ def synthetic_embeddings(n, dim=16, seed=0):
 
 
 def embedding_table(x, z_spec, **columns):
-    n = len(x)
-    return pa.table({"object_id": pa.array(np.arange(7000, 7000 + n, dtype=np.int64)),
-                     "ra": pa.array(np.linspace(0, 10, n)), "z_spec": pa.array(z_spec), **columns,
-                     "embedding": vector_column(x)})
+    return table_of_embeddings(x, first_id=7000, ra=np.linspace(0, 10, len(x)), z_spec=z_spec, **columns)
 
 
 @pytest.fixture(scope="module")
@@ -341,15 +340,6 @@ def test_curve_linear_probe_beats_the_median_at_every_size(fitted):
 
 
 # ------------------------------------------------------------------------------------------------------- errors
-
-def _error(result, code, *fragments):
-    text = result.stderr.decode()
-    assert result.returncode == code, text
-    assert text.startswith("gal-photoz: error: ") and text.count("\n") == 1, text
-    assert "Traceback" not in text
-    for fragment in fragments:
-        assert fragment in text, text
-
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):

@@ -6,24 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from conftest import brute_force
 from galtools.errors import BadData, GalError, UsageProblem
 from galtools.search import FaissIndex, all_rows_topk, exact_topk, recall_at_k, tie_ranks, unit_rows
-
-
-def brute_force(queries, base, ids, k, exclude=None, largest=True):
-    """The reference: every similarity in float64, one lexsort per query (similarity, then object_id, then row)."""
-    q = queries.astype(np.float64)
-    b = base.astype(np.float64)
-    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
-    ids = np.asarray(ids)
-    rows, scores = [], []
-    for i, s in enumerate(sims):
-        order = np.lexsort((np.arange(len(ids)), ids, -s if largest else s))
-        if exclude is not None:
-            order = order[order != exclude[i]]
-        rows.append(order[:k])
-        scores.append(s[order[:k]])
-    return np.array(rows), np.array(scores)
 
 
 def quarter_vectors(rng, n, dim=8):

@@ -12,16 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import assert_clean_error as error_line
 from conftest import make_cutouts, run_tool, write_table
 from galtools.io import images_of, open_table, tensor_column
-
-
-def error_line(result, code: int) -> str:
-    err = result.stderr.decode()
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert result.returncode == code, (result.returncode, err)
-    assert len(lines) == 1 and "Traceback" not in err and ": error: " in lines[0], err
-    return lines[0]
 
 
 # -------------------------------------------------------------------------------------- bands and image planes

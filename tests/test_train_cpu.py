@@ -54,20 +54,20 @@ def galaxies(tmp_path_factory):
 def _run(galaxies, out, precision, monkeypatch, flags, steps=3, lr=0.03):
     """A short in-process run with the CPU's flags mocked; returns the dtypes of the first convolution's outputs
     during training steps."""
-    from galtools.train import TrainConfig, loop
+    from galtools.train import TrainConfig, build, loop
 
     monkeypatch.setattr(runtime, "cpu_flags", lambda path="/proc/cpuinfo": set(flags))
     dtypes = []
-    build = loop.Trainer._build_model
+    build_model = build.build_model
 
-    def build_and_watch(self):
-        model = build(self)
+    def build_and_watch(*args, **kwargs):
+        model = build_model(*args, **kwargs)
         conv = next(m for m in model.encoder_q.modules() if isinstance(m, torch.nn.Conv2d))
         conv.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype)
                                    if module.training else None)
         return model
 
-    monkeypatch.setattr(loop.Trainer, "_build_model", build_and_watch)
+    monkeypatch.setattr(build, "build_model", build_and_watch)
     config = TrainConfig(inputs=[galaxies], out=str(out), arch="tiny", width=0.5, crop=16, steps=steps,
                          batch_size=16, queue_size=32, key_momentum=0.9, ops="rotate,jitter:max_shift=2",
                          log_every=1, device="cpu", loader_threads=1, precision=precision, lr=lr)
@@ -145,6 +145,23 @@ def test_threads_follow_the_affinity_or_omp_num_threads_and_wait_passively():
     assert (child["threads"], child["wait"]) == (3, "ACTIVE")   # the user's settings win
     child = _threads_in_child({"SLURM_CPUS_PER_TASK": "1"}, None)
     assert child["threads"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_gal_train_sets_its_threads_before_torch_starts(galaxies, tmp_path):
+    """The command as a user runs it (OMP_NUM_THREADS unset): its log names torch's threads (the affinity less one)
+    and the passive waiting that torch started with.  When something imported torch before the threads were set,
+    two gal-train runs on two cores each spun two OpenMP threads and slowed each other about tenfold."""
+    cpus = set(sorted(os.sched_getaffinity(0))[:2])
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                             "KMP_BLOCKTIME", "SLURM_CPUS_PER_TASK")}
+    env["PYTHONPATH"] = ROOT
+    done = subprocess.run([sys.executable, "-m", "galtools.cli.train", galaxies, "--out", str(tmp_path / "run"),
+                           "--arch", "tiny", "--width", "0.5", "--crop", "16", "--steps", "1", "--batch-size", "16",
+                           "--queue-size", "32", "--device", "cpu", "--no-export"], env=env, capture_output=True,
+                          text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    assert done.returncode == 0, done.stderr
+    assert f", {max(1, len(cpus) - 1)} thread(s), OMP_WAIT_POLICY=PASSIVE" in done.stderr, done.stderr
 
 
 # -- views made ahead -------------------------------------------------------------------------------------------

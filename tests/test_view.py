@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from conftest import brute_force as reference_neighbors
 from conftest import ROOT, make_cutouts, run_tool, tool_command, write_table
 
 from galtools.io import images_of, open_table, vectors_of
@@ -138,17 +139,14 @@ def knn(world, ids, k, *extra) -> pa.Table:
 def brute_force(world, query_id, k, mask=None, least=False):
     """Independent reference: every cosine similarity with numpy in float64, self left out, ties by object_id."""
     emb = world["emb"]
-    vectors = vectors_of(emb, "embedding").astype(np.float64)
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors_of(emb, "embedding")
     ids = emb.column("object_id").to_numpy()
     row = int(np.flatnonzero(ids == query_id)[0])
-    similarity = unit @ unit[row]
     keep = np.ones(len(ids), bool) if mask is None else mask.copy()
     keep[row] = False
     candidates = np.flatnonzero(keep)
-    key = similarity[candidates] if least else -similarity[candidates]
-    order = candidates[np.lexsort((ids[candidates], key))][:k]
-    return ids[order].tolist(), similarity[order]
+    rows, similarity = reference_neighbors(vectors[[row]], vectors[candidates], ids[candidates], k, largest=not least)
+    return ids[candidates[rows[0]]].tolist(), similarity[0]
 
 
 def test_neighbours_equal_gal_knn_most_and_least(viewer, world):

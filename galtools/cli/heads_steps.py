@@ -25,7 +25,7 @@ def draw(path: str | None, plot, *args) -> None:
     if path:
         from galtools.io import atomic_file
 
-        with atomic_file(path) as temporary:
+        with atomic_file(path, named=True) as temporary:   # named: matplotlib picks the format by extension
             plot(*args, temporary)
 
 

@@ -65,7 +65,7 @@ def cli(emb, method, n_neighbors, min_dist, seed, colour, plot, images, tiles, g
         if colour:
             column = result.ids if colour == "object_id" else result.carried.column(colour)
         title = f"{method.upper()} map of {len(result.xy)} objects" + (f", coloured by {colour}" if colour else "")
-        with atomic_file(plot) as path:
+        with atomic_file(plot, named=True) as path:   # named: matplotlib picks the format by extension
             plot_map(result.xy, path, column, colour, seed, title)
     if tiles:
         from PIL import Image

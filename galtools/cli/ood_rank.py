@@ -81,7 +81,8 @@ echo "1234,1,$(date -u +%FT%T)" >> labels.csv   # a yes; then rank again"""
               help="Table (CSV, Parquet, ...) of object_id, label (1/0, yes/no) and optionally time.")
 @click.option("--method", type=click.Choice(["auto", "similarity", "linear", "prior"]), default="auto",
               show_default=True, help="auto: similarity + linear model + isolation-forest prior, weighted by the "
-              "number of positives; or one of them alone (linear alone needs labelled negatives).")
+              "number of positives, half of it label spreading over the nearest-neighbor graph; or one of the "
+              "first three alone (linear alone needs labelled negatives).")
 @click.option("--propose", type=click.IntRange(0), default=0, metavar="N",
               help="Propose the N unlabelled objects to label next (column 'proposed': 1..N); printed as a table "
                    "when -o is not given.")

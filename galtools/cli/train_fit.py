@@ -98,7 +98,7 @@ def add_fit_command(group: click.Group) -> None:
         writes RUN/.  On SIGTERM, SIGUSR1 or SIGHUP (a closed terminal) a checkpoint is written and the command
         exits 75: run it again with --resume to continue exactly where it stopped.
         """
-        from galtools.train.config import resolve_preset
+        from galtools.train.config import resolve_config
         from galtools.train.loop import train
 
         if not cutouts:
@@ -110,13 +110,12 @@ def add_fit_command(group: click.Group) -> None:
                  "ops": ops, "tta": int(tta)}
         explicit = {key for key in given if ctx.get_parameter_source(OPTION_OF.get(key, key))
                     not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
-        settings = resolve_preset(preset, given, explicit)
-        config = TrainConfig(
-            inputs=list(cutouts), out=out, bn_splits=bn_splits, warmup_steps=warmup_steps, **settings,
-            pixscale=pixscale, loader_threads=loader_threads, seed=seed, device=device,
-            precision=precision, channels_last=channels_last, compile=compile_, deterministic=deterministic,
-            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, log_every=log_every,
-            monitor_label=monitor_label, monitor_size=monitor_size, export=not no_export)
+        config = resolve_config(dict(
+            given, inputs=cutouts, out=out, bn_splits=bn_splits, warmup_steps=warmup_steps, pixscale=pixscale,
+            loader_threads=loader_threads, seed=seed, device=device, precision=precision, channels_last=channels_last,
+            compile=compile_, deterministic=deterministic, checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints, log_every=log_every, monitor_label=monitor_label,
+            monitor_size=monitor_size, export=not no_export), preset, explicit)
         result = train(config, resume=resume, overwrite=overwrite, progress=progress_bar, log=log,
                        stop_after=stop_after)
         if result["is_main"] and result.get("last_loss") is not None:

@@ -1,7 +1,12 @@
 """Atomic writing, the one way every file galtools makes is put in place: written to a temporary file beside its
-name, then renamed onto it (``temporary_beside`` and ``put_in_place``; the table outputs of galtools.io.output do
-the same over their own lifetime).
+name, then given that name in one step (:class:`Temporary`; the table outputs of galtools.io.output do the same
+over their own lifetime).  On Linux the temporary is an unnamed file (O_TMPFILE) in the destination's folder, named
+only when complete (linkat from /proc/self/fd), so that even a process killed with SIGKILL leaves nothing behind;
+where the file system cannot make one (NFS, Lustre, macOS), or a writer needs a real name (``named=True``: a
+format chosen by extension, a side file beside it), it is a hidden ``.NAME.XXXXXXXX.tmpSUFFIX`` file
+(``temporary_beside`` and ``put_in_place``), removed on any failure the process survives.
 
+    Temporary(path)            # the temporary itself: .path to write, .commit() to put in place, .discard()
     atomic_file(path)          # figures, model heads, ONNX models, indexes, checkpoints: OutputError (74) on failure
     replacing(path)            # the same, OSError left to the caller (a cache that falls back when read-only)
     write_bytes(path, data)    # bytes through ``replacing``
@@ -13,12 +18,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
 import tempfile
 
 from galtools.errors import OutputError
 
 
+# Set (to anything) to use named temporaries only: for a file system that says it makes unnamed files but fails to
+# link them, and for the tests of the fallback.
+NAMED_ONLY = "GALTOOLS_NAMED_TEMPORARIES"
+# What open(O_TMPFILE) answers where the file system or the kernel cannot make unnamed files.
+NO_TMPFILE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL}
 NO_SPACE = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
 
 
@@ -102,25 +113,98 @@ def put_in_place(temporary: str, path: str, durable: bool = False) -> None:
         os.close(folder)
 
 
-@contextlib.contextmanager
-def replacing(path: str, durable: bool = False, suffix: str | None = None):
-    """Yield a temporary path beside ``path``, put in place (:func:`put_in_place`) when the block succeeds and
-    removed whatever happens otherwise.  OSError goes to the caller as it is: for a writer with its own fallback
-    (a read-only cache) or message; the tools' files use :func:`atomic_file`."""
-    temporary = temporary_beside(path, suffix)
+def _unnamed_in(folder: str) -> int | None:
+    """A new, empty, unnamed file in ``folder`` (its descriptor), or None where none can be made there."""
+    if not hasattr(os, "O_TMPFILE") or os.environ.get(NAMED_ONLY) or not os.path.isdir("/proc/self/fd"):
+        return None
     try:
-        yield temporary
-        put_in_place(temporary, path, durable)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno in NO_TMPFILE:
+            return None
+        raise
+
+
+class Temporary:
+    """The file that becomes ``path`` once complete: write it through ``.path`` (a name any writer can open, but
+    does not delete or rename), then :meth:`commit`, or :meth:`discard` it.  Unnamed where the file system allows
+    (nothing is left if the process dies; ``.unnamed``), else a hidden file beside ``path`` (``named=True`` asks
+    for that: a writer choosing its format by the name's extension, or writing side files beside it).  Raises
+    OSError."""
+
+    def __init__(self, path: str, suffix: str | None = None, named: bool = False):
+        self.destination = os.path.abspath(path)
+        self.folder, self.name = os.path.split(self.destination)
+        self.suffix = os.path.splitext(self.name)[1] if suffix is None else suffix
+        self._fd = None if named else _unnamed_in(self.folder)
+        self.unnamed = self._fd is not None
+        self.path = f"/proc/self/fd/{self._fd}" if self.unnamed else temporary_beside(path, self.suffix)
+
+    def commit(self, durable: bool = False) -> None:
+        """Give the file its name in one step (an existing file is replaced atomically); :func:`put_in_place`'s
+        ``durable``."""
+        if not self.unnamed:
+            put_in_place(self.path, self.destination, durable)
+            return
+        if durable:
+            os.fsync(self._fd)
+            if os.path.exists(self.destination):
+                os.fchmod(self._fd, os.stat(self.destination).st_mode & 0o777)
+        folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                os.link(self.path, self.name, dst_dir_fd=folder, follow_symlinks=True)   # linkat(AT_SYMLINK_FOLLOW)
+            except FileExistsError:   # replacing a file: link under a fresh hidden name, then rename onto it
+                self._replace(folder)
+            if durable:
+                os.fsync(folder)
+        finally:
+            os.close(folder)
+        self.discard()
+
+    def _replace(self, folder: int) -> None:
+        while True:
+            hidden = f".{self.name}.{secrets.token_hex(4)}.tmp{self.suffix}"
+            try:
+                os.link(self.path, hidden, dst_dir_fd=folder, follow_symlinks=True)
+                break
+            except FileExistsError:
+                continue
+        try:
+            os.replace(hidden, self.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(hidden, dir_fd=folder)
+            raise
+
+    def discard(self) -> None:
+        """Drop the file (nothing if already committed or discarded)."""
+        if self.unnamed:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+        elif os.path.exists(self.path):
+            os.unlink(self.path)
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, durable: bool = False):
-    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` when the block succeeds and
-    remove it when it fails, so a killed or failed run never leaves a half-written file.  A failed write is
-    OutputError (74), naming the file system when it is full.
+def replacing(path: str, durable: bool = False, suffix: str | None = None, named: bool = False):
+    """Yield a :class:`Temporary`'s path for ``path``, put in place when the block succeeds and dropped whatever
+    happens otherwise.  OSError goes to the caller as it is: for a writer with its own fallback (a read-only
+    cache) or message; the tools' files use :func:`atomic_file`."""
+    temporary = Temporary(path, suffix, named)
+    try:
+        yield temporary.path
+        temporary.commit(durable)
+    finally:
+        temporary.discard()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, durable: bool = False, named: bool = False):
+    """Yield a temporary path for ``path`` (:class:`Temporary`; ``named``: a hidden file beside it, same suffix);
+    put it in place when the block succeeds and drop it when it fails, so a killed or failed run never leaves a
+    half-written file.  A failed write is OutputError (74), naming the file system when it is full.
 
         check_output_path(path, overwrite)      # before the work
         with atomic_file(path) as temporary:
@@ -128,7 +212,7 @@ def atomic_file(path: str, durable: bool = False):
     """
     begun = False
     try:
-        with replacing(path, durable) as temporary:
+        with replacing(path, durable, named=named) as temporary:
             begun = True
             yield temporary
     except OSError as exc:

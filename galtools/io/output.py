@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from galtools.errors import BadData, GalError, OutputError, UsageProblem
 from galtools.io import meta
-from galtools.io.files import put_in_place, temporary_beside, write_failure
+from galtools.io.files import Temporary, write_failure
 
 FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
            ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow", ".arrows": "arrow-stream",
@@ -176,7 +176,7 @@ class Output:
         self._kind = output_kind(path)
         self._to_stdout = self._kind != "file"   # stdout, a FIFO or a device: written into, not renamed onto
         self._stream = None                       # the FIFO or device, once opened
-        self._target = self._writer = None
+        self._target = self._writer = self._temporary = None
         if not (self._to_stdout and self.format in ("arrow-stream", *TEXT_FORMATS)):
             self._target = self._temporary_path()
 
@@ -193,6 +193,8 @@ class Output:
 
     def _where(self) -> str:
         """The folder whose file system receives the bytes (for reporting a full disk)."""
+        if self._temporary is not None:
+            return self._temporary.folder
         if self._target is not None:
             return os.path.dirname(self._target)
         return os.path.dirname(os.path.abspath(self.path)) if self._kind == "stream" else os.getcwd()
@@ -204,7 +206,11 @@ class Output:
                                                suffix=".fits" if self.format == "fits" else ".tmp")
                 os.close(handle)
                 return tmp
-            return temporary_beside(self.path, "".join(_suffixes(os.path.basename(self.path))))
+            # unnamed where possible (a killed run leaves nothing); FITS: fitsio recreates the file by its name and
+            # spools the images beside it, so a named one
+            self._temporary = Temporary(self.path, "".join(_suffixes(os.path.basename(self.path))),
+                                        named=self.format == "fits")
+            return self._temporary.path
         except OSError as exc:
             raise write_failure(exc, self.path) from None
 
@@ -301,7 +307,7 @@ class Output:
             self._close_stream()
             os.unlink(self._target)
         else:
-            put_in_place(self._target, self.path)
+            self._temporary.commit()
         self._writer.discard()
 
     def _close_stream(self) -> None:
@@ -313,7 +319,10 @@ class Output:
         if self._writer is not None:
             with contextlib.suppress(OSError):   # cleaning up after a failure must not hide it
                 self._writer.discard()
-        if self._target is not None:
+        if self._temporary is not None:
+            with contextlib.suppress(OSError):
+                self._temporary.discard()
+        elif self._target is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._target)
         with contextlib.suppress(OSError):

@@ -10,14 +10,20 @@ Components (each a number per object, larger = more likely wanted):
   positive and no negative; a labelled negative weighs ``NEGATIVE_WEIGHT`` unlabelled ones;
 - ``prior``: an isolation forest (Liu et al. 2008) on a PCA projection: how unusual an object is, without labels.
 
-``auto`` standardises the three over all objects and mixes them: with P positives the linear model gets the
+- ``graph``: label spreading (Zhou et al. 2004) from the labelled rows over the k-nearest-neighbour graph of the
+  objects (the graph of every object up to ``graph_rows``, else of the labelled and the best-scored others): an
+  object joined to positives through chains of near neighbours scores high even when it is far from each of them.
+
+``auto`` standardises the first three over all objects and mixes them: with P positives the linear model gets the
 weight P / (P + half_labels), the rest goes to similarity (share ``similarity_share``) and the prior.  So a
-handful of labels leans on similarity and the prior, and more labels on the linear model.
+handful of labels leans on similarity and the prior, and more labels on the linear model.  That mix, standardised,
+then shares the score with label spreading (``graph_share``).
 
 The acquisition rule proposes the next objects to label: the unlabelled objects with the highest
 score + explore x spread, where the spread is the standard deviation of the score over an ensemble of linear
 models fitted on bootstrap resamples of the labels (an upper confidence bound: high score, or uncertain).  The
-defaults were chosen on gal-sim mocks of one seed (benchmarks/bench_discovery.py); results are reported on others.
+defaults were chosen on a gal-sim table of one seed (benchmarks/bench_discovery.py); results are reported on
+another seed and on real galaxies.
 """
 from __future__ import annotations
 
@@ -49,6 +55,10 @@ class RankSettings:
     trees: int = 200
     pca: int = 32
     c: float = 1.0                 # inverse L2 strength of the logistic regression (weights averaging 1)
+    graph_share: float = 0.5       # share of the score from label spreading on the kNN graph (0: off)
+    neighbours: int = 15           # k of the kNN graph
+    alpha: float = 0.9             # label spreading: weight of the neighbours against the labels
+    graph_rows: int = 50000        # the graph covers the labelled rows and the best-scored others, up to this many
     seed: int = 0
 
     def validate(self) -> "RankSettings":
@@ -58,6 +68,8 @@ class RankSettings:
             raise UsageProblem("--propose, the ensemble and the forest need sizes of at least 0, 0, 2, 1 and 1")
         if self.half_labels < 0 or not 0 <= self.similarity_share <= 1 or self.explore < 0 or self.c <= 0:
             raise UsageProblem("half_labels and explore are >= 0, similarity_share in [0, 1], c > 0")
+        if not 0 <= self.graph_share <= 1 or self.neighbours < 1 or not 0 < self.alpha < 1 or self.graph_rows < 2:
+            raise UsageProblem("graph_share in [0, 1], neighbours >= 1, alpha in (0, 1), graph_rows >= 2")
         return self
 
 
@@ -162,11 +174,87 @@ def linear_scores(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndar
     return main, np.std(np.stack(members), axis=0).astype(np.float64)
 
 
+@dataclass
+class KnnGraph:
+    """The k nearest neighbours (cosine, the row itself left out) of ``rows`` among themselves, as row numbers of
+    the whole table; label-free, so it can be built once and reused for every round of labels."""
+
+    rows: np.ndarray          # (M,) table rows the graph covers
+    neighbours: np.ndarray    # (M, k) positions in ``rows``
+    similarity: np.ndarray    # (M, k) cosine similarity
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, rows: np.ndarray, k: int) -> "KnnGraph":
+        from galtools.search.exact import all_rows_topk
+
+        rows = np.asarray(rows, np.int64)
+        base = unit(vectors[rows])
+        k = min(k, len(rows) - 1)
+        neighbours = np.empty((len(rows), k), np.int64)
+        similarity = np.empty((len(rows), k), np.float32)
+        for block, found in all_rows_topk(base, k, normalized=True, check_base=False):
+            neighbours[block.start:block.stop] = found.indices
+            similarity[block.start:block.stop] = found.scores
+        return cls(rows, neighbours, similarity)
+
+
+def spread_labels(graph: KnnGraph, positives: np.ndarray, negatives: np.ndarray, alpha: float,
+                  iterations: int = 30) -> np.ndarray:
+    """Label spreading (Zhou et al. 2004) on the symmetrised kNN graph: for each graph row, the spread mass of the
+    positives minus that of the negatives (each class's seeds sum to 1), so unlabelled regions dense with
+    positives score high and those around labelled negatives low."""
+    from scipy import sparse
+
+    m, k = graph.neighbours.shape
+    weights = sparse.csr_matrix((np.clip(graph.similarity.ravel(), 1e-6, None).astype(np.float64),
+                                 (np.repeat(np.arange(m), k), graph.neighbours.ravel())), shape=(m, m))
+    weights = weights.maximum(weights.T)
+    inverse_root = 1.0 / np.sqrt(np.asarray(weights.sum(axis=1)).ravel())
+    normalised = sparse.diags(inverse_root) @ weights @ sparse.diags(inverse_root)
+    position = {int(r): i for i, r in enumerate(graph.rows)}
+    seeds = np.zeros((m, 2))
+    for column, labelled in enumerate((positives, negatives)):
+        inside = [position[int(r)] for r in labelled if int(r) in position]
+        if inside:
+            seeds[inside, column] = 1.0 / len(inside)
+    mass = seeds.copy()
+    for _ in range(iterations):
+        mass = alpha * (normalised @ mass) + (1 - alpha) * seeds
+    return mass[:, 0] - mass[:, 1]
+
+
+def graph_scores(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, base_score: np.ndarray,
+                 settings: RankSettings, graph: KnnGraph | None = None) -> np.ndarray:
+    """Label spreading's score for every row (standardised over the graph's rows; rows outside the graph get the
+    lowest of them).  The graph covers every row when there are at most ``graph_rows``; otherwise the labelled
+    rows and the best-scored others by ``base_score`` (a re-ranking of the head of the list)."""
+    n = len(vectors)
+    if graph is None or len(graph.rows) < min(n, settings.graph_rows):
+        if n <= settings.graph_rows:
+            rows = np.arange(n)
+        else:
+            labelled = np.unique(np.concatenate([positives, negatives]))
+            others = np.setdiff1d(np.argsort(-base_score, kind="stable")[:settings.graph_rows], labelled)
+            rows = np.sort(np.concatenate([labelled, others[:settings.graph_rows - len(labelled)]]))
+        graph = KnnGraph.build(vectors, rows, settings.neighbours)
+    spread = _graph_transform(spread_labels(graph, positives, negatives, settings.alpha))
+    out = np.full(n, spread.min() if len(spread) else 0.0)
+    out[graph.rows] = spread
+    return out
+
+
+def _graph_transform(mass: np.ndarray) -> np.ndarray:
+    """Spread mass is heavy-tailed (most rows hold almost none): a signed log before standardising."""
+    scale = np.median(np.abs(mass)) or 1e-12
+    return _z(np.sign(mass) * np.log1p(np.abs(mass) / scale))
+
+
 def rank_vectors(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarray, settings: RankSettings,
-                 prior: np.ndarray | None = None) -> Ranking:
+                 prior: np.ndarray | None = None, graph: KnnGraph | None = None) -> Ranking:
     """Rank the rows of ``vectors`` (N, D) given the rows labelled positive and negative (see the module).
 
-    ``prior``: the isolation-forest scores when already computed (they do not depend on the labels)."""
+    ``prior``: the isolation-forest scores when already computed (they do not depend on the labels); ``graph``:
+    the kNN graph of every row, likewise."""
     settings.validate()
     vectors = unit(vectors)
     positives = np.asarray(positives, np.int64)
@@ -199,6 +287,11 @@ def rank_vectors(vectors: np.ndarray, positives: np.ndarray, negatives: np.ndarr
         score = weight * z_linear + (1 - weight) * rest
         if spread is not None:
             spread = weight * spread / scale
+        if settings.graph_share:
+            spreading = graph_scores(vectors, positives, negatives, score, settings, graph)
+            if spread is not None:
+                spread = (1 - settings.graph_share) * spread / (score.std() or 1.0)
+            score = (1 - settings.graph_share) * _z(score) + settings.graph_share * spreading
     labelled = np.zeros(len(vectors), bool)
     labelled[positives] = True
     labelled[negatives] = True

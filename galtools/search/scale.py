@@ -713,7 +713,8 @@ def _atomic_path(path):
     also OutputError (74) naming the file system."""
     path = Path(path)
     try:
-        with atomic_file(str(path)) as temporary:
+        # named: FAISS's on-disk lists record their file's name, and the index memory-maps what it writes
+        with atomic_file(str(path), named=True) as temporary:
             yield temporary
     except RuntimeError as exc:
         if is_no_space(OSError(None, str(exc)), str(path.parent)) or "No space left" in str(exc):

@@ -154,7 +154,7 @@ def save_step(run_dir: str, step: int, state: dict, keep: int) -> str:
     save(path, state)
     last = os.path.join(run_dir, LAST)
     try:
-        with replacing(last) as temporary:
+        with replacing(last, named=True) as temporary:   # named: it becomes a hard link, no bytes written
             os.unlink(temporary)
             try:
                 os.link(path, temporary)

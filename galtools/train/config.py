@@ -1,11 +1,16 @@
-"""Everything that defines a training run, as one JSON-serialisable record.
+"""Everything that defines a training run, as one frozen, JSON-serialisable record.
 
-It is stored in every checkpoint and, as ``galtools.train_config``, in the exported ``encoder.onnx``.
+It is stored in every checkpoint and, as ``galtools.train_config``, in the exported ``encoder.onnx``.  A run's
+settings are resolved by pure functions, never by changing a record: ``resolve_config`` (options and a preset ->
+TrainConfig), then, once the run knows its device and data, ``resolve_auto`` (precision, ``--ops auto``, the queue
+of a resumed run) and ``resolve_queue`` (``--queue-size 0`` from the training cutouts).  The run records the
+resolved record.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from galtools.augment.spec import DEFAULT_SPEC
 from galtools.errors import UsageProblem
@@ -104,9 +109,9 @@ def resolve_preset(name: str | None, values: dict, explicit: set[str]) -> dict:
     return resolved
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    inputs: list[str] = field(default_factory=list)
+    inputs: tuple[str, ...] = ()        # a list given is kept as a tuple
     out: str = "run"
     preset: str | None = None           # the --preset the settings started from (recorded; they are resolved)
     # model and method
@@ -149,6 +154,9 @@ class TrainConfig:
     monitor_k: int = 20
     export: bool = True
     tta: int = 1                        # views averaged by the exported encoder (1, 4 or 8; galtools.train.export)
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
 
     @classmethod
     def defaults(cls) -> dict:
@@ -197,3 +205,32 @@ class TrainConfig:
     def from_json(cls, text: str) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+def resolve_config(options: Mapping[str, object], preset: str | None = None,
+                   explicit: Iterable[str] | None = None) -> TrainConfig:
+    """The settings of a run: TrainConfig fields from ``options``, where a ``preset`` replaces those that
+    ``explicit`` does not name (all of ``options`` when it is None; gal-train passes the options given on its command
+    line); see resolve_preset.  Pure: the same arguments give an equal record, and nothing given is changed."""
+    names = set(options) if explicit is None else set(explicit)
+    return TrainConfig(**resolve_preset(preset, dict(options), names))
+
+
+def resolve_auto(config: TrainConfig, precision: str, flux_unit: str | None,
+                 saved: TrainConfig | None = None) -> TrainConfig:
+    """``config`` with what runs in place of its 'auto' values: ``precision`` (what the device makes of
+    --precision, runtime.resolve_precision), --ops auto for a table of ``flux_unit``, and --queue-size 0 of a run
+    resumed from ``saved`` (the size it resolved when it started)."""
+    changes: dict[str, object] = {"precision": precision}
+    if config.ops == AUTO_OPS:
+        changes["ops"] = auto_ops(flux_unit)
+    if config.queue_size == AUTO_QUEUE and saved is not None:
+        changes["queue_size"] = saved.queue_size
+    return replace(config, **changes)
+
+
+def resolve_queue(config: TrainConfig, available: int) -> TrainConfig:
+    """``config`` with MoCo's --queue-size 0 resolved for ``available`` training cutouts (auto_queue_size)."""
+    if config.method == "moco" and config.queue_size == AUTO_QUEUE:
+        return replace(config, queue_size=auto_queue_size(available, config.batch_size))
+    return config

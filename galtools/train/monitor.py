@@ -109,7 +109,7 @@ def plot_training(run_dir: str) -> str | None:
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     out = os.path.join(run_dir, PLOT)
-    with atomic_file(out) as temporary:
+    with atomic_file(out, named=True) as temporary:   # named: matplotlib picks the format by extension
         fig.savefig(temporary, dpi=100)
     plt.close(fig)
     return out

@@ -22,6 +22,7 @@ PRECISIONS = ("bf16", "fp32")
 # OpenMP workers that sleep as soon as they wait, instead of spinning: spinning threads of two processes sharing
 # the cores steal each other's time slices (two spinning gal-train runs on 2 cores were 15 times slower each).
 PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+_STARTED: dict[str, str] = {}   # OMP_WAIT_POLICY as torch started with it, when cpu_threads saw torch start
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
@@ -63,6 +64,7 @@ def cpu_threads() -> int:
     if fresh:
         for name, value in PASSIVE_WAIT.items():
             os.environ.setdefault(name, value)
+        _STARTED["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
     import torch
 
     if fresh:
@@ -70,6 +72,14 @@ def cpu_threads() -> int:
         torch.set_num_threads(int(explicit) if explicit.isdigit() and int(explicit) > 0
                               else max(1, cpu_allocation() - 1))
     return torch.get_num_threads()
+
+
+def describe_threads(threads: int) -> str:
+    """How torch's CPU threads were set up, for the run's log: "1 thread(s), OMP_WAIT_POLICY=PASSIVE", or, where
+    torch was imported before cpu_threads, "2 thread(s) as set before gal-train started"."""
+    if "OMP_WAIT_POLICY" not in _STARTED:
+        return f"{threads} thread(s) as set before gal-train started"
+    return f"{threads} thread(s), OMP_WAIT_POLICY={_STARTED['OMP_WAIT_POLICY']}"
 
 
 def resolve_device(text: str, local_rank: int | None = None):
@@ -130,6 +140,20 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def collective(action, rt: Runtime):
+    """Run ``action`` on every rank; if it fails on any, all ranks stop (the failing one with its own error)."""
+    from galtools.errors import GalError
+
+    error = None
+    try:
+        result = action()
+    except GalError as exc:
+        error, result = exc, None
+    if any_rank(error is not None, rt.device):
+        raise error or GalError("another process of this run failed", "see its error above")
+    return result
 
 
 def any_rank(flag: bool, device) -> bool:

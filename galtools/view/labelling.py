@@ -15,7 +15,7 @@ import numpy as np
 
 from galtools.errors import OutputError
 from galtools.ood.labels import append_label, parse_label, read_labels, rows_in
-from galtools.ood.rank import RankSettings, prior_scores, rank_vectors
+from galtools.ood.rank import KnnGraph, RankSettings, prior_scores, rank_vectors
 
 MAX_PROPOSED = 100
 
@@ -28,6 +28,7 @@ class Labelling:
         self.catalogue = catalogue
         self.settings = RankSettings(seed=seed)
         self._prior = None
+        self._graph = None
         self._lock = threading.Lock()
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
@@ -58,6 +59,17 @@ class Labelling:
                 self._prior = prior_scores(self.catalogue.base.vectors, self.settings)
             return self._prior
 
+    def graph(self) -> KnnGraph | None:
+        """The kNN graph of label spreading, built at the first ranking and kept (it does not depend on the
+        labels); None where rank_vectors builds its own (more objects than it covers whole)."""
+        vectors = self.catalogue.base.vectors
+        if not self.settings.graph_share or len(vectors) > self.settings.graph_rows:
+            return None
+        with self._lock:
+            if self._graph is None:
+                self._graph = KnnGraph.build(vectors, np.arange(len(vectors)), self.settings.neighbours)
+            return self._graph
+
     def ranking(self, count: int = 20) -> dict:
         """The next ``count`` objects to label (the acquisition rule of 'gal-ood rank'); with no positive yet,
         the most unusual ones (the prior)."""
@@ -65,7 +77,8 @@ class Labelling:
         positives, negatives, marks = self.current()
         method = "auto" if len(positives) else "prior"
         settings = RankSettings(**{**self.settings.__dict__, "method": method, "propose": count})
-        ranking = rank_vectors(self.catalogue.base.vectors, positives, negatives, settings, prior=self.prior())
+        ranking = rank_vectors(self.catalogue.base.vectors, positives, negatives, settings, prior=self.prior(),
+                               graph=self.graph() if method == "auto" else None)
         proposed = []
         for order, row in enumerate(ranking.proposed.tolist(), start=1):
             item = {**self.catalogue.describe(row), "proposed": order, "score": float(ranking.score[row])}
