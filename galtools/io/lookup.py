@@ -23,6 +23,7 @@ from galtools.io.table import open_table
 from galtools.io.tensor import IMAGE, images_of
 
 OBJECT_ID = "object_id"
+TAKE_BATCH = 4096          # rows decoded at a time by take_rows while it walks to a wanted row
 
 
 def display_name(source: str) -> str:
@@ -148,7 +149,10 @@ def take_rows(table, rows, columns=None) -> pa.Table:
             if lo == hi:
                 continue
             first, last = int(wanted[lo]) - offset, int(wanted[hi - 1]) - offset + 1
-            read = pa.Table.from_batches(list(part.iter_range(first, last, last - first, names)), schema=schema)
+            # batches of at least TAKE_BATCH rows from the group's start: one-row batches cost a Python step for every
+            # row before the first wanted one; reading stops after the last wanted row
+            size = min(max(last - first, TAKE_BATCH), starts[group + 1] - starts[group])
+            read = pa.Table.from_batches(list(part.iter_range(first, last, size, names)), schema=schema)
             pieces.append(read.take(pa.array(wanted[lo:hi] - offset - first)))
         offset += part.num_rows
     whole = pa.concat_tables(pieces) if pieces else schema.empty_table()

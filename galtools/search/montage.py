@@ -27,7 +27,7 @@ def draw_neighbor_montage(kept, base, plan, images_source: str, label: str | Non
     for query_id, rows, _ in kept:
         if plan.images is None:  # embedded cutouts bring their own pictures
             wanted.add(query_id)
-        wanted.update(base.ids.take(rows[rows >= 0]).to_pylist())
+        wanted.update(base.ids_of(rows[rows >= 0]).to_pylist())
     found = images_by_id(images_source, sorted(wanted, key=str), columns=[label] if label else [],
                          what=f"--images {images_source}")
     bands = found.bands
@@ -56,7 +56,7 @@ def draw_neighbor_montage(kept, base, plan, images_source: str, label: str | Non
     for query_id, rows, scores in kept:
         query_row = base.rows_of([query_id])[0] if plan.all_rows is not None else query_rows.get(query_id)
         found_rows = rows[rows >= 0]
-        order_ids = [query_id] + base.ids.take(found_rows).to_pylist()
+        order_ids = [query_id] + base.ids_of(found_rows).to_pylist()
         grid.append(list(rgb_composite(found.stack(order_ids), bands)))
         captions.append([f"{query_id}\nquery\n{label_of(query_id, query_row)}"]
                         + [f"{nid}\n{score:.3f}\n{label_of(nid, row)}"

@@ -59,13 +59,21 @@ def load_for_index(source: str, index_path: str):
     if source == "-":
         raise UsageProblem(f"index {index_path} reads the table by row: it cannot be stdin", "give EMB as a file")
     from galtools.io import check_unique_ids, display_name, open_table
-    from galtools.search.table import row_read_embeddings
+    from galtools.search.scale import sample_fingerprint
+    from galtools.search.table import lookup_embeddings, row_read_embeddings
 
-    base = row_read_embeddings(open_table(source), display_name(source))
-    check_unique_ids(base.ids, base.name)
     index = open_scale(index_path)
-    index.check_matches(fingerprint=base.checksum, model_sha256=base.model_sha256, count=base.count, dim=base.dim,
-                        name=f"index {index_path}")
+    lookup = index.id_lookup()
+    table = open_table(source)
+    if lookup is not None:   # ids found in the index's sorted id file: no column of the table is read whole
+        base = lookup_embeddings(table, display_name(source), lookup)
+        fingerprint, key = sample_fingerprint(table), "sample_fingerprint"
+    else:
+        base = row_read_embeddings(table, display_name(source))
+        check_unique_ids(base.ids, base.name)
+        fingerprint, key = base.checksum, "fingerprint"
+    index.check_matches(fingerprint=fingerprint, model_sha256=base.model_sha256, count=base.count, dim=base.dim,
+                        name=f"index {index_path}", key=key)
     return base, index
 
 
@@ -105,7 +113,7 @@ def plan_queries(base, index=None, ids=(), all_rows: bool = False, shard=None, i
         lo, hi = shard.bounds(len(wanted))
         wanted = wanted[lo:hi]
     rows = base.rows_of(wanted)
-    return QueryPlan(ids=base.ids.take(rows), vectors=vectors_of_rows(base, index, rows), rows=rows,
+    return QueryPlan(ids=base.ids_of(rows), vectors=vectors_of_rows(base, index, rows), rows=rows,
                      exclude=None if include_self else rows)
 
 

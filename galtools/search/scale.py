@@ -1,7 +1,7 @@
 """Compressed FAISS indexes for survey-sized tables: IVF-PQ and IVF-SQ8 codes plus a float16 refine file.
 
     index = build_scale(table, "ivfpq")                    # one process: train on a sample, add every row
-    index.save("emb.faiss", overwrite=False)               # emb.faiss + emb.faiss.json + emb.faiss.refine.npy
+    build_scale(table, "ivfpq", "emb.faiss")               # emb.faiss + .json + .refine.npy + .ids.npy
 
     trained = train_scale(table, "ivfpq"); trained.save_trained("trained.faiss")     # the sharded build:
     add_part(table, "trained.faiss", Shard(3, 16))      # one per Slurm task: trained.part-03-of-16.faiss
@@ -18,7 +18,9 @@ to x, where the error of the inner product q.(c + r') does not; on embeddings wh
 (1 - cos ~ 0.002) inner-product codes gave recall@10 of 0.12 where L2 codes give 0.8 from the same bytes. FAISS ids
 are the table's row numbers. The sidecar (JSON, as for every gal-knn index) records a fingerprint of the table
 (its row count, ids and the vectors of rows spread over it) so that a search of another table is refused (65)
-without reading the table's vectors.
+without reading the table's vectors. Beside them, ``.ids.npy`` holds the ids sorted with their rows: a query by id
+finds its row by binary search (:class:`IdLookup`) and the stale check reads only the sampled rows
+(``sample_fingerprint``), so a query reads no column of the table whole; an index without it reads the id column.
 """
 from __future__ import annotations
 
@@ -50,10 +52,17 @@ DEFAULT_REFINE = {"ivfpq": 200, "ivfsq8": 50}  # candidates re-scored from the f
 FINGERPRINT_ROWS = 16                          # rows whose vectors the fingerprint reads: each costs a row group
 RESCORE_ROWS = 65536                           # candidate vectors gathered at a time (32 MiB as float32)
 ADD_BLOCK = 65536                              # rows encoded (and written to the refine file) at a time
+PREAD_ROWS = 4096          # refine records read with pread (not through the memory map) up to this many at a time
+PRECOMPUTE_QUERIES = 256   # IVF-PQ's precomputed tables (nlist x M x 256 floats: 0.4 GB at 10^7 rows) are made for
+                           # a search of at least this many queries (or by inverted list), not for a few
 
 
 def refine_path(index_path) -> Path:
     return Path(f"{index_path}.refine.npy")
+
+
+def ids_path(index_path) -> Path:
+    return Path(f"{index_path}.ids.npy")
 
 
 def ivfdata_path(index_path) -> Path:
@@ -106,6 +115,23 @@ def table_fingerprint(table, ids: pa.Array) -> str:
     return hasher.hexdigest()
 
 
+def sample_fingerprint(table) -> str:
+    """sha256 of the row count and of the ids and embeddings of FINGERPRINT_ROWS rows spread over the table: the
+    stale-table check of an index with an id file, which never reads a whole column."""
+    from galtools.io.lookup import take_rows
+    from galtools.io import vectors_of
+    from galtools.search.table import EMBEDDING, OBJECT_ID, _Checksum
+
+    count = table.total_rows
+    rows = np.unique(np.linspace(0, count - 1, min(FINGERPRINT_ROWS, count)).astype(np.int64))
+    taken = take_rows(table, rows, [OBJECT_ID, EMBEDDING]).combine_chunks()
+    hasher = _Checksum()
+    hasher.add(np.asarray(vectors_of(taken.to_batches()[0], EMBEDDING), dtype=np.float32),
+               taken.column(OBJECT_ID).combine_chunks())
+    hasher.add(np.empty((0, 1), np.float32), pa.array([count], pa.int64()))
+    return hasher.hexdigest()
+
+
 def read_ids_column(table) -> pa.Array:
     from galtools.search.table import OBJECT_ID
 
@@ -141,6 +167,86 @@ def _unit_checked(block: np.ndarray, first_row: int, name: str) -> np.ndarray:
     return unit_rows(block)
 
 
+# ------------------------------------------------------------------------------------------------ the id file
+
+ID_LOOKUP_FORMAT = "galtools.id-lookup/1"
+
+
+def _id_keys(ids: pa.Array, width: int | None = None) -> np.ndarray:
+    """Ids as sortable numpy keys: int64, or UTF-8 bytes of a fixed width (``width``, else the longest)."""
+    if pa.types.is_integer(ids.type):
+        return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    encoded = [str(v).encode() for v in ids.to_pylist()]
+    width = width or max([len(e) for e in encoded] + [1])
+    return np.array(encoded, dtype=f"S{width}")
+
+
+def write_id_lookup(path, ids: pa.Array) -> dict:
+    """OUT.ids.npy: the table's ids sorted, each with its row, so that a query finds its row by binary search of a
+    memory-mapped file (a few pages) instead of reading the id column. Returns the sidecar's entry for it."""
+    keys = _id_keys(ids)
+    order = np.argsort(keys, kind="stable")
+    records = np.empty(len(keys), dtype=[("id", keys.dtype), ("row", "<i8")])
+    records["id"], records["row"] = keys[order], order
+    del keys, order
+
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            np.save(handle, records)
+    _atomic(path, write)
+    return {"format": ID_LOOKUP_FORMAT, "file": Path(path).name, "count": len(records)}
+
+
+class IdLookup:
+    """The sorted id file of an index, memory-mapped: rows of ids by binary search."""
+
+    def __init__(self, path, count: int, index_path):
+        self.path, self.index_path = str(path), index_path
+        self.records = np.load(self.path, mmap_mode="r")
+        _read_randomly(self.records)
+        names = self.records.dtype.names or ()
+        if names != ("id", "row") or self.records.shape != (count,):
+            raise self._foreign(f"does not hold the {count} (id, row) records of the index")
+
+    def _foreign(self, what: str) -> BadData:
+        return BadData(f"id file {self.path} of index {self.index_path} {what}",
+                       f"rebuild the index, or delete {Path(self.path).name} and its 'id_lookup' entry in the "
+                       f"sidecar (queries then read the table's ids)")
+
+    def rows_of(self, wanted: pa.Array) -> np.ndarray:
+        """The row of each id (-1: not in the table): a vectorised binary search, ~log2(N) reads per id."""
+        keys = self.records["id"]
+        if pa.types.is_integer(wanted.type) != (keys.dtype.kind == "i"):
+            raise self._foreign(f"holds {keys.dtype} ids, the table {wanted.type}")
+        if keys.dtype.kind == "i":
+            query = _id_keys(wanted)
+            fits = np.ones(len(query), bool)
+        else:
+            encoded = [str(v).encode() for v in wanted.to_pylist()]
+            fits = np.array([len(e) <= keys.dtype.itemsize for e in encoded], bool)
+            query = np.array([e if f else b"" for e, f in zip(encoded, fits)], dtype=keys.dtype)
+        lo, hi = np.zeros(len(query), np.int64), np.full(len(query), len(keys), np.int64)
+        while (lo < hi).any():
+            active = lo < hi
+            mid = (lo + hi) // 2
+            below = np.zeros(len(query), bool)
+            below[active] = keys[mid[active]] < query[active]
+            lo = np.where(active & below, mid + 1, lo)
+            hi = np.where(active & ~below, mid, hi)
+        inside = lo < len(keys)
+        found = np.zeros(len(query), bool)
+        found[inside] = keys[lo[inside]] == query[inside]
+        found &= fits
+        rows = np.full(len(query), -1, np.int64)
+        rows[found] = self.records["row"][lo[found]]
+        return rows
+
+    def check_found(self, wanted: pa.Array, at_rows: pa.Array) -> None:
+        """The table's ids at the rows found must be those asked for: else the id file is another table's."""
+        if not wanted.equals(at_rows.cast(wanted.type)):
+            raise self._foreign("is not of this table (its rows hold other ids)")
+
+
 # ---------------------------------------------------------------------------------------------------- training
 
 def default_train_size(nlist: int, n_rows: int) -> int:
@@ -151,18 +257,19 @@ def default_train_size(nlist: int, n_rows: int) -> int:
 class Trained:
     """A trained, empty IVF index (coarse quantiser and codebooks) and what it was trained on."""
 
-    def __init__(self, index, meta: dict):
-        self.index, self.meta = index, meta
+    def __init__(self, index, meta: dict, ids: pa.Array | None = None):
+        self.index, self.meta, self.ids = index, meta, ids
 
     def save_trained(self, path, overwrite: bool = False) -> None:
         import faiss
 
-        _refuse_existing([path, f"{path}.json", refine_path(path)], overwrite)
+        _refuse_existing([path, f"{path}.json", refine_path(path), ids_path(path)], overwrite)
         self.meta["build_id"] = uuid.uuid4().hex
         _atomic(path, lambda tmp: faiss.write_index(self.index, tmp))
         self.meta["trained_sha256"] = file_sha256(path)
         count, dim = self.meta["count"], self.meta["dim"]
         _atomic(refine_path(path), lambda tmp: _empty_npy(tmp, count, dim))   # filled by the add stage, by row
+        self.meta["id_lookup"] = write_id_lookup(ids_path(path), self.ids)     # the merged index's too
         _write_json(f"{path}.json", self.meta)
 
 
@@ -200,9 +307,9 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
             "dim": dim, "count": count,
             "params": {"factory": factory, "nlist": nlist, "nprobe": nprobe, "train_size": int(train_size),
                        "seed": seed, "refine": refine},
-            "fingerprint": table_fingerprint(table, ids), "model_sha256": table.metadata.get(MODEL_SHA256),
-            "id_type": str(ids.type)}
-    return Trained(index, meta)
+            "fingerprint": table_fingerprint(table, ids), "sample_fingerprint": sample_fingerprint(table),
+            "model_sha256": table.metadata.get(MODEL_SHA256), "id_type": str(ids.type)}
+    return Trained(index, meta, ids)
 
 
 def refine_dtype(dim: int) -> np.dtype:
@@ -279,7 +386,7 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
     the sidecar last). Returns the sidecar."""
     import faiss
 
-    _refuse_existing([out_path, f"{out_path}.json", refine_path(out_path)], overwrite)
+    _refuse_existing([out_path, f"{out_path}.json", refine_path(out_path), ids_path(out_path)], overwrite)
     trained = train_scale(table, kind, **train)
     count, dim = trained.meta["count"], trained.meta["dim"]
     with _atomic_path(refine_path(out_path)) as tmp_refine:
@@ -289,7 +396,12 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
         refine.flush()
         del refine
         log.debug(f"added {count} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
-        _atomic(out_path, lambda tmp: faiss.write_index(trained.index, tmp))
+        trained.meta["id_lookup"] = write_id_lookup(ids_path(out_path), trained.ids)
+        try:
+            _atomic(out_path, lambda tmp: faiss.write_index(trained.index, tmp))
+        except BaseException:
+            ids_path(out_path).unlink(missing_ok=True)
+            raise
     meta = _final_meta(trained.meta, source=source, parts=1)
     _write_json(f"{out_path}.json", meta)
     return meta
@@ -389,6 +501,9 @@ def merge_parts(trained_path, part_paths, out_path, *, overwrite: bool = False, 
     log.debug(f"merged {len(parts)} parts in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
     relative = os.path.relpath(refine_path(trained_path), os.path.dirname(os.path.abspath(out_path)))
     final = _final_meta(meta, source=source, parts=len(parts), ondisk=ivfdata.name, refine_file=relative)
+    if "id_lookup" in final:   # written by index-train beside the trained index
+        final["id_lookup"] = dict(final["id_lookup"], file=os.path.relpath(
+            ids_path(trained_path), os.path.dirname(os.path.abspath(out_path))))
     _write_json(f"{out_path}.json", final)
     return final
 
@@ -438,6 +553,7 @@ class ScaleIndex:
                           f"neighbors poorly)", f"rebuild it: gal-knn index EMB --kind {meta.get('kind')} -o {path} "
                           f"--overwrite, or index-train/-add/-merge again")
         flags = faiss.IO_FLAG_ONDISK_SAME_DIR if meta.get("ondisk") else faiss.IO_FLAG_MMAP
+        flags |= faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE    # made by the first search of many queries (_precompute)
         with _quiet_stdout():   # FAISS prints where it found the on-disk lists on stdout
             self.index = faiss.read_index(self.path, flags)
         if self.index.ntotal != meta["count"] or self.index.d != meta["dim"]:
@@ -448,6 +564,7 @@ class ScaleIndex:
         if not os.path.exists(refine):
             raise InputMissing(f"the refine vectors {refine} of index {path} are missing", "rebuild the index")
         self.exact = np.load(refine, mmap_mode="r")   # (list, unit vector less its centroid in float16) by row
+        self._refine_file = open(refine, "rb")
         _read_randomly(self.exact)
         if self.exact.shape != (meta["count"],) or self.exact.dtype != refine_dtype(meta["dim"]):
             raise BadData(f"{refine} does not hold the index's {meta['count']} refine records of dimension "
@@ -458,20 +575,45 @@ class ScaleIndex:
     kind = property(lambda self: self.meta["kind"])
     params = property(lambda self: self.meta["params"])
 
-    def check_matches(self, *, fingerprint: str, model_sha256, count: int, dim: int, name: str) -> None:
+    def id_lookup(self) -> "IdLookup | None":
+        """The index's sorted id file, or None when it has none (made by an older galtools) or it is missing: queries
+        then read the table's id column."""
+        entry = self.meta.get("id_lookup")
+        if not entry or "sample_fingerprint" not in self.meta:
+            return None
+        path = os.path.join(os.path.dirname(os.path.abspath(self.path)), entry["file"])
+        if entry.get("format") != ID_LOOKUP_FORMAT or not os.path.exists(path):
+            log.warning(f"the id file {path} of index {self.path} is missing or of another format: reading the "
+                        f"table's ids instead (rebuild the index to make it again)")
+            return None
+        return IdLookup(path, self.meta["count"], self.path)
+
+    def check_matches(self, *, fingerprint: str, model_sha256, count: int, dim: int, name: str,
+                      key: str = "fingerprint") -> None:
         hint = f"rebuild it: gal-knn index EMB --kind {self.kind} -o {self.path} --overwrite"
         if self.meta["dim"] != dim:
             raise BadData(f"{name} has dimension {self.meta['dim']} but the embeddings have {dim}", hint)
         if (self.meta.get("model_sha256") or None) != (model_sha256 or None):
             raise BadData(f"{name} was built from embeddings of another model", hint)
-        if self.meta["count"] != count or self.meta["fingerprint"] != fingerprint:
+        if self.meta["count"] != count or self.meta[key] != fingerprint:
             raise BadData(f"{name} is stale: it was built from {self.meta['count']} embeddings with fingerprint "
-                          f"{self.meta['fingerprint'][:12]}, the table has {count} with {fingerprint[:12]}", hint)
+                          f"{self.meta[key][:12]}, the table has {count} with {fingerprint[:12]}", hint)
 
     def vectors(self, rows) -> np.ndarray:
         """Unit vectors of rows (centroid + float16 residual): the queries of a search by id, from the refine file."""
-        records = self.exact[np.asarray(rows, dtype=np.int64)]
+        records = self._records(np.asarray(rows, dtype=np.int64))
         return self.centroids[records["list"]] + records["residual"].astype(np.float32)
+
+    def _records(self, rows: np.ndarray) -> np.ndarray:
+        """Refine records by row: a few with pread (a page each; touching a memory map maps the page cache's whole
+        large folios, ~1 MB a row, into the process), many through the memory map."""
+        if len(rows) > PREAD_ROWS:
+            return self.exact[rows]
+        size, fd = self.exact.dtype.itemsize, self._refine_file.fileno()
+        raw = b"".join(os.pread(fd, size, self.exact.offset + int(row) * size) for row in rows)
+        if len(raw) != size * len(rows) or (rows.size and (rows.min() < 0 or rows.max() >= len(self.exact))):
+            raise BadData(f"{self._refine_file.name} is shorter than its rows", "rebuild the index")
+        return np.frombuffer(raw, dtype=self.exact.dtype)
 
     def search(self, queries: np.ndarray, k: int, *, exclude=None, largest: bool = True, normalized: bool = False,
                nprobe: int | None = None, refine: int | None = None, scan=None, **_ignored) -> TopK:
@@ -486,6 +628,8 @@ class ScaleIndex:
         refine = self.refine if refine is None else refine
         refine = self.params.get("refine", 0) if refine is None else refine
         ivf = faiss.extract_index_ivf(self.index)
+        if scan is not None or len(queries) >= PRECOMPUTE_QUERIES:
+            self._precompute(ivf)
         ivf.nprobe = min(nprobe or self.params["nprobe"], ivf.nlist)
         candidates = min(max(refine, wanted), self.meta["count"])
         scores, rows = (scan or _search_codes)(self.index, signed, candidates)
@@ -495,6 +639,17 @@ class ScaleIndex:
             scores, rows = 1 - scores[:, :wanted] / 2, rows[:, :wanted]
         rows, scores = finish_results(rows, scores, exclude, k, largest)
         return TopK(indices=rows.astype(np.int64), scores=scores)
+
+    _precomputed = False
+
+    def _precompute(self, ivf) -> None:
+        """IVF-PQ's tables of centroid-codeword products, once: they save time over many queries, and cost nlist x M x
+        256 x 4 bytes (FAISS skips them beyond its precomputed_table_max_bytes)."""
+        import faiss
+
+        if not self._precomputed and self.kind == "ivfpq":
+            faiss.downcast_index(ivf).precompute_table()
+        self._precomputed = True
 
     def _rescore(self, queries: np.ndarray, rows: np.ndarray, wanted: int):
         """Inner products with the candidates' vectors (centroid + float16 residual), read from the memory-mapped file

@@ -77,12 +77,20 @@ class EmbeddingSet:
 
     def rows_of(self, query_ids) -> np.ndarray:
         """Row of each requested object_id (first occurrence); BadData (65) naming an unknown one."""
-        wanted = _as_id_array(query_ids, self.ids.type, self)
+        wanted = _as_id_array(query_ids, self.id_type, self)
         rows = pc.index_in(wanted, value_set=self.ids)
         missing = np.flatnonzero(rows.is_null().to_numpy(zero_copy_only=False))
         if missing.size:
             raise _unknown_id(wanted[int(missing[0])].as_py(), self, missing.size - 1)
         return rows.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    @property
+    def id_type(self) -> pa.DataType:
+        return self.ids.type
+
+    def ids_of(self, rows) -> pa.Array:
+        """The object_ids of base rows (an int64 array or Arrow array; no -1)."""
+        return pc.take(self.ids, pa.array(np.asarray(rows, dtype=np.int64), type=pa.int64()))
 
     def carried_rows(self, take: pa.Array, columns=None) -> pa.Table:
         """The carried columns (all, or ``columns``) of base rows ``take``."""
@@ -132,10 +140,62 @@ def row_read_embeddings(table, name: str) -> RowReadEmbeddings:
                              dim=dim, checksum=table_fingerprint(table, ids), table=table)
 
 
+@dataclass
+class LookupEmbeddings(RowReadEmbeddings):
+    """A row-read table whose ids are found through the index's sorted id file (galtools.search.scale.IdLookup):
+    no id column is read whole. The ids, if something asks for all of them (search over every row), are read then."""
+
+    lookup: object = None
+
+    def __post_init__(self):
+        del self.ids                      # read on first use (__getattr__), never for a search by id
+
+    def __getattr__(self, name):
+        if name != "ids":
+            raise AttributeError(name)
+        from galtools.search.scale import read_ids_column
+
+        self.ids = read_ids_column(self.table)
+        return self.ids
+
+    @property
+    def count(self) -> int:
+        return self.table.total_rows
+
+    @property
+    def id_type(self) -> pa.DataType:
+        return self.table.schema.field(OBJECT_ID).type
+
+    def rows_of(self, query_ids) -> np.ndarray:
+        wanted = _as_id_array(query_ids, self.id_type, self)
+        rows = self.lookup.rows_of(wanted)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            raise _unknown_id(wanted[int(missing[0])].as_py(), self, missing.size - 1)
+        self.lookup.check_found(wanted, self.ids_of(rows))
+        return rows
+
+    def ids_of(self, rows) -> pa.Array:
+        from galtools.io.lookup import take_rows
+
+        return take_rows(self.table, rows, [OBJECT_ID]).column(OBJECT_ID).combine_chunks()
+
+
+def lookup_embeddings(table, name: str, lookup) -> LookupEmbeddings:
+    """An embedding table searched through a compressed index with an id file: nothing read whole."""
+    from galtools.search.scale import _check_embedding_table
+
+    dim = _check_embedding_table(table)
+    columns = [c for c in table.schema.names if c not in NOT_CARRIED and c != OBJECT_ID]
+    carried = pa.schema([table.schema.field(c) for c in columns]).empty_table()
+    return LookupEmbeddings(name=name, ids=None, vectors=None, carried=carried, metadata=dict(table.metadata),
+                            dim=dim, table=table, lookup=lookup)
+
+
 def _unknown_id(value, table: EmbeddingSet, others: int = 0) -> BadData:
     more = f" (and {others} more requested ids)" if others else ""
     return BadData(f"object_id {value!r}{more} not in {table.name}, which has {table.count} ids "
-                   f"(e.g. {table.ids[0].as_py()!r})", "check the id, or that the table is the right one")
+                   f"(e.g. {table.ids_of([0])[0].as_py()!r})", "check the id, or that the table is the right one")
 
 
 def _as_id_array(query_ids, id_type: pa.DataType, table: EmbeddingSet) -> pa.Array:
@@ -242,7 +302,7 @@ def neighbor_batch(queries_ids: pa.Array, topk, base: EmbeddingSet, *, drop_miss
     columns = {
         "query_id": pc.take(queries_ids, pa.array(query_of, type=pa.int64())),
         "rank": pa.array(rank, type=pa.int32()),
-        "neighbor_id": pc.take(base.ids, take),
+        "neighbor_id": base.ids_of(flat_rows),
         "similarity": pa.array(scores, type=pa.float32()),
     }
     carried = base.carried_rows(take)
@@ -258,4 +318,4 @@ def neighbor_schema(base: EmbeddingSet) -> pa.Schema:
     from galtools.search.exact import TopK
 
     empty = TopK(indices=np.empty((0, 1), np.int64), scores=np.empty((0, 1), np.float32))
-    return neighbor_batch(pa.array([], type=base.ids.type), empty, base).schema
+    return neighbor_batch(pa.array([], type=base.id_type), empty, base).schema
