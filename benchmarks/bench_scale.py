@@ -2,6 +2,8 @@
 
     python benchmarks/bench_scale.py                   # 10^6 vectors (about 15 minutes on 2 busy cores)
     python benchmarks/bench_scale.py --n 10000000      # 10^7 (hours with one thread)
+    python benchmarks/bench_scale.py --n 100000000 --parts 10 --shards 10 --jobs 2 --nlist 8192 --kinds ivfpq
+                                                       # 10^8: a survey-sized table in 10 Parquet parts
 
 The vectors have the structure of real embeddings: a Gaussian mixture (64 components, full covariances) fitted
 to gal-embed's 128-d embeddings of gal-sim cutouts (an encoder trained with gal-train --preset small --steps 200),
@@ -18,6 +20,12 @@ index-merge; ivfsq8 and ivf by `gal-knn index`), all with OMP_NUM_THREADS=1:
   the same file with the same nprobe and the same float16 re-scoring (the baseline), and the overhead of a batch of
   1,000 queries (goal: gal-knn at most 10% over FAISS);
   `gal-knn EMB --index X --query ID` and `--all --shard 0/100` as real processes: wall time, peak RSS, rows/s.
+
+With --parts P the table is a folder of P numbered Parquet parts with float16 vectors (a survey's gal-embed output
+as a Slurm array writes it: 26 GB at 10^8 rows instead of 51), and the exact reference is computed while the
+vectors are drawn, for 1,000 fresh query vectors from the same mixture (queries by image, none of them in the
+table): at 10^8 rows a second brute-force pass over the table would take longer than the build. Shards of
+index-add run --jobs at a time, as the tasks of a Slurm array on one node would.
 """
 from __future__ import annotations
 
@@ -127,6 +135,113 @@ def sample_table(n: int, seed: int = 0) -> str:
     return path
 
 
+def _draw(rng, count, weights, means, factors):
+    """count float32 vectors from the mixture."""
+    import numpy as np
+
+    component = rng.choice(len(weights), count, p=weights / weights.sum())
+    x = np.empty((count, means.shape[1]), dtype=np.float32)
+    for c in np.unique(component):
+        chosen = component == c
+        x[chosen] = means[c] + rng.standard_normal((int(chosen.sum()), means.shape[1]), dtype=np.float32) @ factors[c].T
+    return x
+
+
+def _merge_top(best_score, best_row, candidates, k):
+    """The k best (score, row) per query of the current best and new candidates (query, row, score)."""
+    import numpy as np
+
+    q, row, score = candidates
+    order = np.lexsort((-score, q))   # new candidates by query, best first
+    q, row, score = q[order], row[order], score[order]
+    for query in np.unique(q):   # few after the first chunks: only rows above a query's k-th best get here
+        lo, hi = np.searchsorted(q, [query, query + 1])
+        merged_score = np.concatenate([best_score[query], score[lo:hi]])
+        merged_row = np.concatenate([best_row[query], row[lo:hi]])
+        keep = np.argsort(-merged_score, kind="stable")[:k]
+        best_score[query], best_row[query] = merged_score[keep], merged_row[keep]
+
+
+def _write_parts(job):
+    """Draw the vectors of some parts, write them, and return the exact k best rows of the queries among them."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    torch.set_num_threads(1)
+    n, parts, mine, query_vectors, k, seed, folder = job
+    weights, means, factors = mixture()
+    means, factors = means.astype(np.float32), factors.astype(np.float32)
+    dim = means.shape[1]
+    queries = torch.from_numpy(query_vectors)
+    best_score = np.full((len(query_vectors), k), -np.inf, dtype=np.float32)
+    best_row = np.full((len(query_vectors), k), -1, dtype=np.int64)
+    schema = pa.schema([("object_id", pa.int64()), ("embedding", pa.list_(pa.float16(), dim))])
+    chunk = 1 << 16
+    for part in mine:
+        rng = np.random.default_rng([seed, part])
+        lo, hi = part * n // parts, (part + 1) * n // parts
+        path = os.path.join(folder, f"part-{part}-of-{parts}.parquet")
+        # no compression (random mantissas do not compress), no dictionary: 3x faster to write
+        with pq.ParquetWriter(path + ".tmp", schema, compression="none", use_dictionary=False) as writer:
+            for start in range(lo, hi, chunk):
+                count = min(hi, start + chunk) - start
+                half = _draw(rng, count, weights, means, factors).astype(np.float16)
+                unit = half.astype(np.float32)
+                unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+                scores = queries @ torch.from_numpy(unit).T   # exact float32 (torch's GEMM: 3x numpy's here)
+                if best_row[0, -1] < 0:   # this job's first chunk: its own top k
+                    top = torch.topk(scores, k, dim=1)
+                    q = np.repeat(np.arange(len(best_row)), k)
+                    _merge_top(best_score, best_row, (q, top.indices.numpy().ravel() + start,
+                                                      top.values.numpy().ravel()), k)
+                    above = np.empty((0, 2), dtype=np.int64)
+                else:   # only rows at or above a query's k-th best so far
+                    above = (scores >= torch.from_numpy(best_score[:, -1:])).nonzero().numpy()
+                if len(above):
+                    _merge_top(best_score, best_row,
+                               (above[:, 0], above[:, 1] + start, scores[above[:, 0], above[:, 1]].numpy()), k)
+                values = pa.Array.from_buffers(pa.float16(), half.size, [None, pa.py_buffer(half)])
+                writer.write_table(pa.table({"object_id": pa.array(np.arange(start, start + count, dtype=np.int64)),
+                                             "embedding": pa.FixedSizeListArray.from_arrays(values, dim)}),
+                                   row_group_size=chunk)
+        os.replace(path + ".tmp", path)
+        print(f"  part {part + 1}/{parts} written ({load_text()})", flush=True)
+    return best_score, best_row
+
+
+def sample_parts(n: int, parts: int, queries: int, k: int = 10, seed: int = 0, jobs: int = 2):
+    """n vectors drawn from the mixture into PARTS numbered Parquet parts (float16 vectors), and the exact k nearest
+    rows by cosine of ``queries`` fresh vectors, kept up to date chunk by chunk as the vectors are drawn (on the
+    float16 values the index is built from). ``jobs`` processes draw alternate parts. Cached."""
+    import multiprocessing
+
+    import numpy as np
+
+    folder = os.path.join(WORK, f"gmm-{n}-parts")
+    reference = os.path.join(WORK, f"exact-{n}-{queries}-fresh.npz")
+    if os.path.isdir(folder) and os.path.exists(reference):
+        data = np.load(reference)
+        return folder, data["queries"], data["truth"], float(data["seconds"])
+    weights, means, factors = mixture()
+    query_vectors = _draw(np.random.default_rng([seed, 1000]), queries, weights, means, factors)
+    query_vectors /= np.linalg.norm(query_vectors, axis=1, keepdims=True)
+    os.makedirs(folder, exist_ok=True)
+    started = time.perf_counter()
+    work = [(n, parts, list(range(j, parts, jobs)), query_vectors, k, seed, folder) for j in range(jobs)]
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        found = pool.map(_write_parts, work)
+    best_score = np.full((queries, k), -np.inf, dtype=np.float32)
+    best_row = np.full((queries, k), -1, dtype=np.int64)
+    for score, row in found:
+        q = np.repeat(np.arange(queries), k)
+        _merge_top(best_score, best_row, (q, row.ravel(), score.ravel()), k)
+    seconds = time.perf_counter() - started
+    np.savez(reference, queries=query_vectors, truth=best_row, seconds=seconds)
+    return folder, query_vectors, best_row, seconds
+
+
 def exact_reference(table_path: str, n: int, queries: int, k: int = 10):
     """Rows used as queries and their exact k nearest rows (self excluded), by streaming brute force (cached)."""
     import numpy as np
@@ -150,7 +265,7 @@ def exact_reference(table_path: str, n: int, queries: int, k: int = 10):
 
 # ------------------------------------------------------------------------------------------------- the builds
 
-def build(kind: str, table: str, n: int, nlist: int, shards: int) -> tuple[str, list[tuple[str, float, float]]]:
+def build(kind: str, table: str, n: int, nlist: int, shards: int, jobs: int = 1) -> tuple[str, list[tuple[str, float, float]]]:
     """Build one kind; returns its path and (stage, seconds, peak RSS MiB) per stage."""
     out = os.path.join(WORK, f"{kind}-{n}.faiss")
     mine = (f"{kind}-{n}.",) + ((f"trained-{n}.",) if kind == "ivfpq" else ())
@@ -162,11 +277,17 @@ def build(kind: str, table: str, n: int, nlist: int, shards: int) -> tuple[str, 
         wall, rss, _ = run(["galtools.cli.knn", "index-train", table, "--kind", kind, "--nlist", str(nlist),
                             "-o", trained])
         stages.append(("train", wall, rss))
-        parts = []
-        for shard in range(shards):
-            wall, rss, _ = run(["galtools.cli.knn", "index-add", table, "--trained", trained,
-                                "--shard", f"{shard}/{shards}"])
-            stages.append((f"add {shard}/{shards}", wall, rss))
+        from concurrent.futures import ThreadPoolExecutor
+
+        def add(shard):
+            return run(["galtools.cli.knn", "index-add", table, "--trained", trained, "--shard", f"{shard}/{shards}"])
+
+        added = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as pool:   # --jobs index-add tasks at once, as a Slurm array on one node
+            for shard, (wall, rss, _) in enumerate(pool.map(add, range(shards))):
+                stages.append((f"add {shard}/{shards}", wall, rss))
+        if jobs > 1:
+            stages.append((f"all adds, {jobs} at a time", time.perf_counter() - added, max(r for _, _, r in stages[1:])))
         parts = sorted(os.path.join(WORK, p) for p in os.listdir(WORK)
                        if p.startswith(f"trained-{n}.part-") and p.endswith(".faiss"))
         wall, rss, _ = run(["galtools.cli.knn", "index-merge", trained, *parts, "-o", out])
@@ -231,17 +352,23 @@ def open_galtools(path: str):
     return (open_scale(path) if is_scale_sidecar(meta) else FaissIndex.load(path)), meta
 
 
-def search_measures(path: str, table: str, rows, truth, k: int = 10) -> dict:
+def search_measures(path: str, table: str, rows, truth, k: int = 10, queries=None) -> dict:
+    """``rows`` are the table's rows used as queries (each excluded from its own answer), or None with ``queries``
+    given: fresh unit vectors that are not in the table."""
     import numpy as np
 
     from galtools.io import open_table
     from galtools.search.scale import _embedding_rows, _unit_checked
 
-    with open_table(table) as opened:
-        queries = _unit_checked(_embedding_rows(opened, rows), 0, table)
+    exclude = rows
+    if queries is None:
+        with open_table(table) as opened:
+            queries = _unit_checked(_embedding_rows(opened, rows), 0, table)
+    else:
+        rows = np.full(len(queries), -1, dtype=np.int64)   # for FAISS direct: no row is -1
     ours, meta = open_galtools(path)
     direct = Direct(path, meta)
-    found = ours.search(queries, k, exclude=rows, normalized=True).indices
+    found = ours.search(queries, k, exclude=exclude, normalized=True).indices
     recall = float(np.mean([np.intersect1d(t, f[f >= 0]).size / k for t, f in zip(truth, found)]))
     found_direct = direct.search(queries, k + 1)
     recall_direct = float(np.mean([np.intersect1d(t, f[(f >= 0) & (f != r)][:k]).size / k
@@ -264,15 +391,15 @@ def search_measures(path: str, table: str, rows, truth, k: int = 10) -> dict:
     batch_direct = statistics.median(_timed(lambda: direct.search(queries, k)) for _ in range(3))
     sweep = {}
     for nprobe in (8, 16, 32, 64):   # recall against time per query as nprobe grows
-        seconds = _timed(lambda: ours.search(queries, k, exclude=rows, normalized=True, nprobe=nprobe))
-        got = ours.search(queries, k, exclude=rows, normalized=True, nprobe=nprobe).indices
+        seconds = _timed(lambda: ours.search(queries, k, exclude=exclude, normalized=True, nprobe=nprobe))
+        got = ours.search(queries, k, exclude=exclude, normalized=True, nprobe=nprobe).indices
         sweep[nprobe] = (float(np.mean([np.intersect1d(t, f[f >= 0]).size / k for t, f in zip(truth, got)])),
                          seconds / len(queries) * 1e3)
     refines = {}
     if meta["params"].get("refine"):
-        for refine in (0, 50, 200, 1000, 3000):   # recall against time per query as more candidates are re-scored
-            seconds = _timed(lambda: ours.search(queries, k, exclude=rows, normalized=True, refine=refine))
-            got = ours.search(queries, k, exclude=rows, normalized=True, refine=refine).indices
+        for refine in (0, 50, 200, 1000) + ((3000,) if len(truth) * meta["count"] <= 10 ** 10 else ()):   # recall against time per query as more candidates are re-scored
+            seconds = _timed(lambda: ours.search(queries, k, exclude=exclude, normalized=True, refine=refine))
+            got = ours.search(queries, k, exclude=exclude, normalized=True, refine=refine).indices
             refines[refine] = (float(np.mean([np.intersect1d(t, f[f >= 0]).size / k for t, f in zip(truth, got)])),
                                seconds / len(queries) * 1e3)
     return {"sweep": sweep, "refines": refines, "recall": recall, "recall_direct": recall_direct, "p50": ours_lat[0], "p99": ours_lat[1],
@@ -294,7 +421,7 @@ def _timed(func) -> float:
 
 
 def cli_measures(path: str, table: str, n: int, all_shards: int) -> dict:
-    query = str(n // 3)
+    query = str(n // 3)   # object_id = row number in both kinds of table
     out = os.path.join(WORK, "neighbors.parquet")
     wall, rss, _ = run(["galtools.cli.knn", table, "--index", path, "--query", query, "-k", "10", "-o", out,
                         "--overwrite"])
@@ -313,6 +440,9 @@ def main():
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--all-shards", type=int, default=100, help="--all is timed on shard 0 of this many")
+    parser.add_argument("--parts", type=int, default=1,
+                        help="write the table as this many Parquet parts with float16 vectors, with fresh queries")
+    parser.add_argument("--jobs", type=int, default=1, help="index-add tasks run at once")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -321,16 +451,22 @@ def main():
 
     faiss.omp_set_num_threads(1)
     started = time.perf_counter()
-    table = sample_table(args.n)
-    print(f"table {table}: {time.perf_counter() - started:.0f} s ({load_text()})", flush=True)
-    rows, truth, exact_seconds = exact_reference(table, args.n, args.queries)
+    if args.parts > 1:
+        table, queries, truth, exact_seconds = sample_parts(args.n, args.parts, args.queries)
+        rows = None
+        print(f"table {table} and exact reference: {exact_seconds:.0f} s ({load_text()})", flush=True)
+    else:
+        queries = None
+        table = sample_table(args.n)
+        print(f"table {table}: {time.perf_counter() - started:.0f} s ({load_text()})", flush=True)
+        rows, truth, exact_seconds = exact_reference(table, args.n, args.queries)
     print(f"exact reference of {args.queries} queries: {exact_seconds:.0f} s ({load_text()})", flush=True)
     rows_out = []
     for kind in args.kinds.split(","):
-        path, stages = build(kind, table, args.n, args.nlist, args.shards)
+        path, stages = build(kind, table, args.n, args.nlist, args.shards, args.jobs)
         print(f"{kind}: built {stages} ({load_text()})", flush=True)
         index_bytes, refine_bytes = disk_bytes(path)
-        measured = search_measures(path, table, rows, truth)
+        measured = search_measures(path, table, rows, truth, queries=queries)
         measured.update(cli_measures(path, table, args.n, args.all_shards))
         measured.update(kind=kind, stages=stages, disk=index_bytes / args.n, refine=refine_bytes / args.n,
                         load=load_text())
@@ -346,7 +482,9 @@ def record_rows(args, rows_out, exact_seconds):
     for m in rows_out:
         stages = ", ".join(f"{s} {w:.0f} s/{r:.0f} MiB" for s, w, r in m["stages"])
         overhead = m["batch"] / m["batch_direct"] - 1
-        result = (f"{m['kind']} N={args.n:,} x 128 (mixture of {COMPONENTS} fitted to gal-embed vectors), nlist "
+        layout = (f", in {args.parts} Parquet parts of float16 vectors; {args.queries} fresh query vectors"
+                  if args.parts > 1 else "")
+        result = (f"{m['kind']} N={args.n:,} x 128 (mixture of {COMPONENTS} fitted to gal-embed vectors{layout}), nlist "
                   f"{args.nlist}: build {stages}; disk {m['disk']:.0f} B/vector (+ refine {m['refine']:.0f}), codes+ids "
                   f"{m['code_bytes']} B/vector in RAM; recall@10 {m['recall']:.3f} over {args.queries} queries; 1 "
                   f"thread p50 {m['p50']:.2f} ms p99 {m['p99']:.2f} ms; batch of {args.queries} {m['batch']:.2f} s "
