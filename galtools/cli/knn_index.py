@@ -39,7 +39,7 @@ def add_commands(group: click.Group) -> None:
                       help="Index file (default: EMB with .faiss instead of its extension); the sidecar is FAISS.json.")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="IVF: number of lists (default ~4 sqrt(N)).")
 @click.option("--nprobe", type=click.IntRange(1), default=None,
-              help="IVF: lists visited by default (default max(8, nlist/16); ivfpq, ivfsq8: max(8, nlist/64)).")
+              help="IVF: lists visited by default (default max(8, nlist/16); ivfpq, ivfsq8: max(16, nlist/128)).")
 @click.option("--m", "hnsw_m", type=click.IntRange(2), default=32, show_default=True, help="HNSW: links per node.")
 @click.option("--ef-construction", type=click.IntRange(1), default=200, show_default=True, help="HNSW: build breadth.")
 @click.option("--ef", type=click.IntRange(1), default=128, show_default=True, help="HNSW: default search breadth.")

@@ -24,7 +24,7 @@ COMMANDS = click.Group("stages")   # only a holder (see cli/knn_index.add_comman
 @model_output_options("TRAINED", required=True, help="The trained, empty index (+ TRAINED.json and "
                       "TRAINED.refine.npy, which the index-add tasks fill by row).")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="Number of lists (default ~4 sqrt(N)).")
-@click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists visited by default (default max(8, nlist/64)).")
+@click.option("--nprobe", type=click.IntRange(1), default=None, help="Lists visited by default (default max(16, nlist/128)).")
 @scale_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training sample and k-means.")
 def index_train(emb, kind, output, overwrite, nlist, nprobe, pq_m, refine, train_size, seed):
