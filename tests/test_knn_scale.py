@@ -158,6 +158,16 @@ def built(tmp_path_factory):
     return tmp_path, path, table, trained, parts
 
 
+def test_default_nprobe_grows_with_nlist_and_is_recorded(built):
+    """max(16, nlist/128) lists, at most nlist: what the sidecar of an index built without --nprobe records."""
+    from galtools.search.scale import default_nprobe
+
+    assert [default_nprobe(n) for n in (8, 64, 1024, 4096, 8192, 65536)] == [8, 16, 16, 32, 64, 512]
+    tmp_path = built[0]
+    assert json.loads((tmp_path / "one.faiss.json").read_text())["params"]["nprobe"] == 16
+    assert json.loads((tmp_path / "trained.faiss.json").read_text())["params"]["nprobe"] == 16
+
+
 def test_sharded_build_equals_one_process_and_searches_from_disk(built):
     tmp_path, path, table, trained, parts = built
     merged = tmp_path / "merged.faiss"
