@@ -286,14 +286,16 @@ def _only(folder, *fragments):
     return found[0]
 
 
-def _cache_with_swapped_graphs(trained_run, fragile_model, table, tmp_path):
+@pytest.fixture(scope="module")
+def swapped_cache(trained_run, fragile_model, table, tmp_path_factory):
     """A cache in which another model's optimised fp32 graph (with its record) and another model's fp16 conversion
     (without) lie under this model's names; the embeddings of both models from it and of this one from a fresh
-    cache."""
+    cache. Made once for the module: each test works on a copy (``_cache_with_swapped_graphs``)."""
     import shutil
 
     from galtools.embed.model import file_sha256
 
+    tmp_path = tmp_path_factory.mktemp("swapped")
     model = str(trained_run / "encoder.onnx")
     mine, theirs = file_sha256(model), file_sha256(fragile_model)
     cache = tmp_path / "cache"
@@ -312,7 +314,18 @@ def _cache_with_swapped_graphs(trained_run, fragile_model, table, tmp_path):
         shutil.copyfile(source, target)
         if with_record and os.path.exists(str(source) + ".json"):
             shutil.copyfile(str(source) + ".json", str(target) + ".json")
-    return model, mine, env, reference, {p: target for p, (_, target, _) in swapped.items()}
+    return model, mine, cache, reference, {p: target.name for p, (_, target, _) in swapped.items()}
+
+
+def _cache_with_swapped_graphs(swapped_cache, tmp_path):
+    """A copy of the module's swapped cache in the test's own folder (tmp_path/cache), with the environment that
+    points gal-embed to it, and the paths of the two swapped graphs in it."""
+    import shutil
+
+    model, mine, cache, reference, names = swapped_cache
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    return model, mine, {"GALTOOLS_CACHE_DIR": str(copy)}, reference, {p: copy / "onnx" / n for p, n in names.items()}
 
 
 def _assert_this_models(out, model, mine, reference, precision, other):
@@ -323,11 +336,10 @@ def _assert_this_models(out, model, mine, reference, precision, other):
     assert _metadata(out)["galtools.model_sha256"] == mine
 
 
-def test_a_cached_graph_copied_under_another_models_key_is_not_used(trained_run, fragile_model, table,
-                                                                     tmp_path):
+def test_a_cached_graph_copied_under_another_models_key_is_not_used(swapped_cache, fragile_model, table, tmp_path):
     """Another model's optimised graph (with its record) and another model's fp16 conversion (without) put under
     this model's names: neither runs; the embeddings are this model's, as from an empty cache."""
-    model, mine, env, reference, targets = _cache_with_swapped_graphs(trained_run, fragile_model, table, tmp_path)
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(swapped_cache, tmp_path)
     for precision, target in targets.items():
         out = tmp_path / f"after-{precision}.parquet"
         result = embed(table, "--model", model, "-o", out, "--precision", precision, env_extra=env)
@@ -359,11 +371,11 @@ os.open = open_
 """
 
 
-def test_a_read_only_cache_holding_another_models_graphs_changes_nothing(trained_run, fragile_model, table,
+def test_a_read_only_cache_holding_another_models_graphs_changes_nothing(swapped_cache, fragile_model, table,
                                                                           tmp_path):
     """The same swapped cache, read-only (its folder's mode, and for root, who writes regardless, a shim that
     refuses to create files in it): the files cannot be replaced, and still never run."""
-    model, mine, env, reference, targets = _cache_with_swapped_graphs(trained_run, fragile_model, table, tmp_path)
+    model, mine, env, reference, targets = _cache_with_swapped_graphs(swapped_cache, tmp_path)
     onnx_dir = tmp_path / "cache" / "onnx"
     shim = tmp_path / "shim"
     shim.mkdir()

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_tool, tool_command
+from conftest import ROOT, built_once, run_tool, tool_command
 from conftest import assert_clean_error as refused
 from test_own_data import ok
 
@@ -41,13 +41,12 @@ def image_column(images: np.ndarray) -> pa.ExtensionArray:
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), images.shape[1:]), storage)
 
 
-@pytest.fixture(scope="module")
-def survey(tmp_path_factory):
+def _write_survey(folder) -> None:
     """A HATS collection written by lsdb (cutouts with ra/dec, half of them crowded into one patch of sky so that
-    the partitions have several orders), a tiny encoder, and gal-embed's single-file embedding of it."""
+    the partitions have several orders), a tiny encoder, and gal-embed's embeddings of it: one Parquet file, and a
+    HATS catalogue (the input of the gal-ood and gal-knn tests)."""
     from galtools.preprocess import Preprocess
 
-    tmp = tmp_path_factory.mktemp("hats-out")
     rng = np.random.default_rng(3)
     ra = np.concatenate([rng.uniform(0, 360, N // 2), rng.uniform(40, 45, N // 2)])
     dec = np.concatenate([np.degrees(np.arcsin(rng.uniform(-1, 1, N // 2))), rng.uniform(10, 15, N // 2)])
@@ -58,15 +57,23 @@ def survey(tmp_path_factory):
     catalogue = lsdb.from_dataframe(frame, ra_column="ra", dec_column="dec", catalog_name="survey",
                                     lowest_order=0, highest_order=6, partition_rows=40,
                                     margin_threshold=3600.0)   # a margin cache too, which is not read
-    collection = str(tmp / "survey")
+    collection = str(folder / "survey")
     catalogue.write_catalog(collection, progress_bar=False)
     preprocess = Preprocess.fit(images, ["g", "r", "i"])
-    model = linear_encoder(tmp / "encoder.onnx", rng.standard_normal((3 * SIZE * SIZE, 6)).astype(np.float32),
+    model = linear_encoder(folder / "encoder.onnx", rng.standard_normal((3 * SIZE * SIZE, 6)).astype(np.float32),
                            preprocess)
-    plain = str(tmp / "emb.parquet")
-    ok(run("gal-embed", collection, "--model", model, "-o", plain))
-    return {"tmp": tmp, "collection": collection, "catalogue": os.path.join(collection, "survey"),
-            "model": model, "plain": plain}
+    ok(run("gal-embed", collection, "--model", model, "-o", str(folder / "emb.parquet")))
+    ok(run("gal-embed", collection, "--model", model, "-o", str(folder / "emb_catalogue")))
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    """The survey of ``_write_survey``, built once for the whole test run (test_knn_hats reads it too: read only),
+    and ``tmp``, a folder of the module's own for what its tests write."""
+    shared = built_once(tmp_path_factory, "hats-survey", _write_survey)
+    return {"tmp": tmp_path_factory.mktemp("hats-out"), "collection": str(shared / "survey"),
+            "catalogue": str(shared / "survey" / "survey"), "model": str(shared / "encoder.onnx"),
+            "plain": str(shared / "emb.parquet"), "embedded": str(shared / "emb_catalogue")}
 
 
 def partitions(catalogue: str) -> dict[str, pa.Table]:
@@ -163,8 +170,7 @@ def test_a_sharded_array_writes_one_catalogue(survey):
 
 def test_ood_score_of_a_hats_catalogue_is_one(survey):
     tmp = survey["tmp"]
-    embedded = str(tmp / "emb_for_ood")
-    ok(run("gal-embed", survey["collection"], "--model", survey["model"], "-o", embedded))
+    embedded = survey["embedded"]   # gal-embed's HATS catalogue, as test_embed_writes_a_hats_catalogue... checks it
     model = str(tmp / "ood.model")
     ok(run("gal-ood", "fit", survey["plain"], "-k", "3", "-o", model))
     plain = str(tmp / "scored.parquet")

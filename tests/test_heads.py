@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -388,13 +389,12 @@ def test_random_encoder_features_depend_on_the_seed_only():
 # ------------------------------------------------------------------------------ curves with the baseline arms
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """gal-sim cutouts, a two-step gal-train run on them, and their embeddings: what the curves' arms need."""
+def tiny_run(tmp_path_factory, trained_run):
+    """What the curves' arms need: gal-sim cutouts (u,g,r,i,z, as conftest's trained_run), that shared two-step
+    gal-train run (read only), and the cutouts' embeddings by its encoder."""
     folder = tmp_path_factory.mktemp("arms")
     run_tool("gal-sim", "-n", "160", "--seed", "3", "-q", "-o", folder / "sim.parquet", check=True)
-    run_tool("gal-train", "fit", folder / "sim.parquet", "--out", folder / "run", "--arch", "tiny", "--crop", "32",
-             "--steps", "2", "--batch-size", "16", "--queue-size", "64", "--device", "cpu", "--loader-threads", "1",
-             "--ops", "rotate", "-q", check=True)
+    os.symlink(trained_run, folder / "run")
     run_tool("gal-embed", folder / "sim.parquet", "--model", folder / "run" / "encoder.onnx", "--device", "cpu",
              "-q", "-o", folder / "emb.parquet", check=True)
     return folder

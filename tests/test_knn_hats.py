@@ -39,9 +39,8 @@ def long_table(*args) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def embedded(survey):  # noqa: F811
-    out = str(survey["tmp"] / "emb_for_knn")
-    ok(run("gal-embed", survey["collection"], "--model", survey["model"], "-o", out))
-    return out
+    """gal-embed's HATS catalogue of the survey (built once with it, read only)."""
+    return survey["embedded"]
 
 
 def test_all_of_a_hats_catalogue_is_a_hats_catalogue(survey, embedded):  # noqa: F811

@@ -138,10 +138,12 @@ def test_an_index_of_the_older_inner_product_format_is_refused(built):
     assert_clean_error(run_tool("gal-knn", path, "--index", old, "--query", 100_001), 65, "older galtools", "rebuild")
 
 
-def _sharded(tmp_path, path, shards=3, seed=0, name="trained", kind=("--kind", "ivfpq", "--pq", 8)):
+def _sharded(tmp_path, path, shards=3, seed=0, name="trained", kind=("--kind", "ivfpq", "--pq", 8), add=None):
+    """index-train, then index-add of each shard (of the shards in ``add`` only, when given); the trained index and
+    the paths of all the parts."""
     trained = tmp_path / f"{name}.faiss"
     run_tool("gal-knn", "index-train", path, *kind, "--nlist", 64, "--seed", seed, "-o", trained, check=True)
-    for shard in range(shards):
+    for shard in range(shards) if add is None else add:
         run_tool("gal-knn", "index-add", path, "--trained", trained, "--shard", f"{shard}/{shards}", check=True)
     return trained, [tmp_path / f"{name}.part-{i}-of-{shards}.faiss" for i in range(shards)]
 
@@ -215,7 +217,7 @@ def test_merge_refuses_missing_repeated_and_foreign_parts(built, tmp_path):
     assert_clean_error(missing, 65, "part", "part-1-of-3.faiss", "missing")
     repeated = run_tool("gal-knn", "index-merge", trained, parts[0], parts[1], parts[1], parts[2], "-o", out)
     assert_clean_error(repeated, 65, str(parts[1]), "repeats shard 1/3")
-    other, other_parts = _sharded(tmp_path, path, seed=1, name="other")
+    other, other_parts = _sharded(tmp_path, path, seed=1, name="other", add=[1])   # the part used here, alone
     foreign = run_tool("gal-knn", "index-merge", trained, parts[0], other_parts[1], parts[2], "-o", out)
     assert_clean_error(foreign, 65, str(other_parts[1]), "another training")
     retrained = tmp_path / "same-seed.faiss"   # even a training with the same seed is another one

@@ -119,15 +119,20 @@ def _writing_in(folder) -> bool:
     return False
 
 
+def _signals_as_from_a_terminal():
+    for signum in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _kill_mid_write(tmp_path, args: list[str], signum: int, wait_for, stdin: bytes | None = None,
                     timeout: float = 120):
     """Start a tool, give it ``stdin`` (left open, so the tool waits for more), wait until ``wait_for()`` says it is
     writing, send ``signum``; the exit status and stderr."""
-    # the tool starts with SIGHUP at its default, as from a terminal, even when this suite runs under nohup (the
-    # tools keep a signal ignored that their parent ignores)
+    # the tool starts with SIGHUP and SIGINT at their defaults, as from a terminal, even when this suite runs under
+    # nohup or in a background job, which start with them ignored (the tools keep a signal ignored that their parent
+    # ignores: Ctrl-C would then never stop the tool, and the test would wait out its timeout)
     process = subprocess.Popen(tool_command(args[0]) + args[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, cwd=tmp_path,
-                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                               stderr=subprocess.PIPE, cwd=tmp_path, preexec_fn=_signals_as_from_a_terminal)
     try:
         if stdin:
             process.stdin.write(stdin)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import assert_clean_error as error
-from conftest import ROOT, run_tool, write_table
+from conftest import ROOT, built_once, run_tool, write_table
 
 h5py = pytest.importorskip("h5py")
 
@@ -46,7 +46,9 @@ def images_of(table: pa.Table) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A tiny random encoder exported by galtools, trained (so its metadata says) at 0.262"/px on nanomaggies."""
+    """A tiny random encoder exported by galtools, trained (so its metadata says) at 0.262"/px on nanomaggies: the
+    file is exported once for the whole test run (test_pack_truth uses it too; read only), the torch backbone and
+    the preprocessing are made here again from the same seeds (the tests compare the two)."""
     import torch
 
     from galtools.models import build_encoder
@@ -57,10 +59,14 @@ def model(tmp_path_factory):
     backbone = build_encoder("tiny", len(MODEL_BANDS)).eval()
     rng = np.random.default_rng(5)
     preprocess = Preprocess.fit(rng.normal(0, 0.1, (32, 3, MODEL_SIZE, MODEL_SIZE)).astype(np.float32), MODEL_BANDS)
-    metadata = encoder_metadata(MODEL_BANDS, MODEL_SIZE, preprocess.to_json(), backbone.num_features, "tiny", "{}", "")
-    metadata.update({"galtools.pixscale_arcsec": repr(MODEL_PIXSCALE), "galtools.flux_unit": MODEL_UNIT})
-    path = str(tmp_path_factory.mktemp("model") / "encoder.onnx")
-    export_encoder(backbone, path, metadata, MODEL_SIZE)
+
+    def export(folder):
+        metadata = encoder_metadata(MODEL_BANDS, MODEL_SIZE, preprocess.to_json(), backbone.num_features, "tiny", "{}",
+                                    "")
+        metadata.update({"galtools.pixscale_arcsec": repr(MODEL_PIXSCALE), "galtools.flux_unit": MODEL_UNIT})
+        export_encoder(backbone, str(folder / "encoder.onnx"), metadata, MODEL_SIZE)
+
+    path = str(built_once(tmp_path_factory, "own-data-model", export) / "encoder.onnx")
     return path, backbone, preprocess
 
 

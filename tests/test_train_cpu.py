@@ -51,7 +51,7 @@ def galaxies(tmp_path_factory):
     return write_galaxies(tmp_path_factory.mktemp("cpu") / "galaxies.fits", 256)
 
 
-def _run(galaxies, out, precision, monkeypatch, flags, steps=3, lr=0.03):
+def _run(galaxies, out, precision, monkeypatch, flags, steps=3, lr=0.03, export=True):
     """A short in-process run with the CPU's flags mocked; returns the dtypes of the first convolution's outputs
     during training steps."""
     from galtools.train import TrainConfig, build, loop
@@ -70,7 +70,7 @@ def _run(galaxies, out, precision, monkeypatch, flags, steps=3, lr=0.03):
     monkeypatch.setattr(build, "build_model", build_and_watch)
     config = TrainConfig(inputs=[galaxies], out=str(out), arch="tiny", width=0.5, crop=16, steps=steps,
                          batch_size=16, queue_size=32, key_momentum=0.9, ops="rotate,jitter:max_shift=2",
-                         log_every=1, device="cpu", loader_threads=1, precision=precision, lr=lr)
+                         log_every=1, device="cpu", loader_threads=1, precision=precision, lr=lr, export=export)
     loop.train(config)
     return dtypes
 
@@ -109,7 +109,7 @@ def test_a_short_bf16_run_follows_the_fp32_loss_curve(galaxies, tmp_path, monkey
     losses = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        _run(galaxies, out, precision, monkeypatch, runtime.BF16_CPU_FLAGS, steps=40, lr=0.5)
+        _run(galaxies, out, precision, monkeypatch, runtime.BF16_CPU_FLAGS, steps=40, lr=0.5, export=False)
         records = [json.loads(line) for line in open(out / "metrics.jsonl")]
         losses[precision] = np.array([r["loss"] for r in records if "loss" in r])
     gap = np.abs(losses["bf16"] - losses["fp32"])

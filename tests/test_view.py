@@ -1,6 +1,6 @@
-"""gal-view as users run it: the real server as a process on a free port over tables made by gal-sim, gal-train,
-gal-embed, gal-map and gal-knn index; its JSON and PNGs checked against gal-knn, numpy and the montage colours;
-errors; the static export; and the filter language."""
+"""gal-view as users run it: the real server as a process on a free port over tables made by gal-sim, gal-train
+(conftest's trained_run), gal-embed, gal-map and gal-knn index; its JSON and PNGs checked against gal-knn, numpy and
+the montage colours; errors; the static export; and the filter language."""
 from __future__ import annotations
 
 import io
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import brute_force as reference_neighbors
-from conftest import ROOT, make_cutouts, run_tool, tool_command, write_table
+from conftest import ROOT, built_once, make_cutouts, run_tool, tool_command, write_table
 
 from galtools.io import images_of, open_table, vectors_of
 
@@ -29,8 +29,6 @@ pytest.importorskip("uvicorn")
 
 N_OBJECTS = 160
 SIMILARITY_TOLERANCE = 2e-6   # float32 dot products of unit vectors computed in different block shapes
-TRAINING = ["--arch", "tiny", "--width", "0.5", "--crop", "32", "--steps", "3", "--batch-size", "16",
-            "--queue-size", "48", "--ops", "rotate,noise", "--device", "cpu", "--loader-threads", "1", "-q"]
 _WORLD: dict = {}
 
 
@@ -38,33 +36,37 @@ def env():
     return {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
 
 
-def make_world(tmp_path_factory) -> dict:
-    """Cutouts (gal-sim, Arrow), a few steps of gal-train, embeddings, a map and a flat index: made once per
-    session and shared with the browser test."""
-    if _WORLD:
-        return _WORLD
-    folder = tmp_path_factory.mktemp("view")
+def _build_world(folder, model) -> None:
     run_tool("gal-sim", "-n", N_OBJECTS, "--seed", 5, "--anomaly-fraction", 0.05, "-j", 1, "-q", "-o",
              folder / "sim.arrow", check=True, env=env())
-    run_tool("gal-train", folder / "sim.arrow", "--out", folder / "run", *TRAINING, check=True, env=env())
-    run_tool("gal-embed", folder / "sim.arrow", "--model", folder / "run" / "encoder.onnx", "--device", "cpu", "-q",
-             "-o", folder / "emb.parquet", check=True, env=env())
+    run_tool("gal-embed", folder / "sim.arrow", "--model", model, "--device", "cpu", "-q", "-o", folder / "emb.parquet",
+             check=True, env=env())
     run_tool("gal-map", folder / "emb.parquet", "-q", "-o", folder / "map.parquet", check=True, env=env())
     run_tool("gal-knn", "index", folder / "emb.parquet", "--kind", "flat", "-q", "-o", folder / "emb.faiss",
              check=True, env=env())
+
+
+def make_world(tmp_path_factory, trained_run) -> dict:
+    """Cutouts (gal-sim, Arrow), their embeddings by conftest's trained encoder (a few steps of gal-train), a map
+    and a flat index: made once for the whole test run (read only) and shared with the browser test; ``scratch``,
+    a folder of this process's own for what the tests write."""
+    if _WORLD:
+        return _WORLD
+    folder = built_once(tmp_path_factory, "view-world", lambda f: _build_world(f, trained_run / "encoder.onnx"))
     with open_table(str(folder / "emb.parquet")) as table:
         emb = table.read_all()
     with open_table(str(folder / "sim.arrow")) as table:
         cutouts, bands = table.read_all(), table.bands
     with open_table(str(folder / "map.parquet")) as table:
         mapped = table.read_all()
-    _WORLD.update(folder=folder, emb=emb, cutouts=cutouts, bands=bands, map=mapped)
+    _WORLD.update(folder=folder, emb=emb, cutouts=cutouts, bands=bands, map=mapped,
+                  scratch=tmp_path_factory.mktemp("view-out"))
     return _WORLD
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory)
+def world(tmp_path_factory, trained_run):
+    return make_world(tmp_path_factory, trained_run)
 
 
 class Viewer:
@@ -129,7 +131,7 @@ def indexed_viewer(world):
 
 
 def knn(world, ids, k, *extra) -> pa.Table:
-    out = world["folder"] / f"knn-{os.getpid()}-{time.monotonic_ns()}.parquet"
+    out = world["scratch"] / f"knn-{time.monotonic_ns()}.parquet"
     args = [a for i in ids for a in ("--query", i)]
     run_tool("gal-knn", world["folder"] / "emb.parquet", *args, "-k", k, *extra, "-o", out, check=True, env=env())
     with open_table(str(out)) as table:

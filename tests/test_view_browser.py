@@ -62,8 +62,8 @@ def _wait_for_query(driver, object_id, k):
         raise AssertionError(f"no neighbours of {object_id} shown (page error: {error!r})") from None
 
 
-def test_search_click_filter_download_and_screenshot(tmp_path_factory, tmp_path):
-    world = make_world(tmp_path_factory)
+def test_search_click_filter_download_and_screenshot(tmp_path_factory, trained_run, tmp_path):
+    world = make_world(tmp_path_factory, trained_run)
     folder = world["folder"]
     downloads = tmp_path / "downloads"
     downloads.mkdir()

@@ -1,4 +1,5 @@
-"""gal-train whiten as a user runs it: a real encoder (a 0-step gal-train run), real processes and files.
+"""gal-train whiten as a user runs it: a real encoder (conftest's trained_run, a gal-train run shared by the whole
+test run), real processes and files.
 
 The reference is independent of the command's own fit: numpy's covariance (np.cov) and eigendecomposition of the
 unwhitened encoder's gal-embed output, the whitening written out from its formula; and the whitened encoder's
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_cutouts, run_tool, write_table
+from conftest import run_tool, write_table
+from galtools.io import open_table
 
+ROWS = 96            # conftest's trained_run: the cutouts it was trained on
 TOLERANCE = 1e-4     # float32 graph (Sub + MatMul) against float64 numpy, relative to 1 + |value|
 
 
@@ -25,13 +29,12 @@ def vectors(path) -> tuple[list, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """120 cutouts, an untrained tiny encoder exported by gal-train (--steps 0), its embeddings by gal-embed."""
+def world(tmp_path_factory, trained_run):
+    """This module's folder: run, conftest's trained tiny encoder (read only: whiten writes elsewhere); a copy of the
+    96 five-band cutouts it was trained on; their embeddings by gal-embed."""
     folder = tmp_path_factory.mktemp("whiten")
-    write_table(make_cutouts(n=120, size=24, seed=5), str(folder / "cutouts.parquet"))
-    run_tool("gal-train", "fit", folder / "cutouts.parquet", "--out", folder / "run", "--arch", "tiny", "--crop", "16",
-             "--steps", "0", "--batch-size", "16", "--queue-size", "32", "--device", "cpu", "--loader-threads", "1",
-             "--ops", "rotate", "-q", check=True)
+    shutil.copyfile(trained_run.parent / "train.parquet", folder / "cutouts.parquet")
+    os.symlink(trained_run, folder / "run")
     run_tool("gal-embed", folder / "cutouts.parquet", "--model", folder / "run" / "encoder.onnx", "--device", "cpu",
              "-q", "-o", folder / "raw.parquet", check=True)
     return folder
@@ -48,7 +51,7 @@ def test_whitened_encoder_embeds_as_the_stored_transform_and_matches_an_independ
              world / "white.parquet", check=True)
     ids_raw, raw = vectors(world / "raw.parquet")
     ids_white, white = vectors(world / "white.parquet")
-    assert ids_white == ids_raw and white.shape == (120, 20)
+    assert ids_white == ids_raw and white.shape == (ROWS, 20)
 
     mean, matrix, provenance = stored_whitening(str(out))
     expected = (raw - mean.astype(np.float64)) @ matrix.astype(np.float64)
@@ -63,7 +66,7 @@ def test_whitened_encoder_embeds_as_the_stored_transform_and_matches_an_independ
     # whitened with shrink s: the covariance of the output is diag(lambda / (lambda + s mean(lambda)))
     assert np.allclose(np.cov(white, rowvar=False), np.diag(values[:20] / (values[:20] + 0.5 * values.mean())),
                        atol=1e-3)
-    assert provenance["rows"] == 120 and provenance["dim"] == 20 and provenance["shrink"] == 0.5
+    assert provenance["rows"] == ROWS and provenance["dim"] == 20 and provenance["shrink"] == 0.5
     assert provenance["fitted_on"] == "cutouts.parquet" and provenance["labels"] == "none"
     meta = pq.read_schema(world / "white.parquet").metadata
     assert meta[b"galtools.embedding_dim"] == b"20"
@@ -106,7 +109,8 @@ def test_refusals_are_one_line_with_their_exit_codes(world):
     assert done.returncode == 65 and "already whitened" in done.stderr.decode()
     assert not os.path.exists(world / "twice.onnx")
 
-    write_table(make_cutouts(n=1, size=24, seed=6), str(world / "one.parquet"))
+    with open_table(str(world / "cutouts.parquet")) as table:
+        write_table(table.read_all().slice(0, 1), str(world / "one.parquet"), bands=",".join(table.bands))
     done = run_tool("gal-train", "whiten", world / "run", world / "one.parquet", "-o", world / "one.onnx",
                     "--device", "cpu")
     assert done.returncode == 65 and "at least 2 cutouts" in done.stderr.decode()
