@@ -385,6 +385,15 @@ def mean_spread(values) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def recipe_steps(flags: list[str], default: int) -> tuple[int, list[str]]:
+    """A recipe's own ``--steps N`` (a longer run of a cheaper step, at a like CPU budget) or --steps', and the
+    other flags."""
+    if "--steps" not in flags:
+        return default, flags
+    at = flags.index("--steps")
+    return int(flags[at + 1]), flags[:at] + flags[at + 2:]
+
+
 def heldout_part(args, work: str) -> dict:
     """Recipes selected on some folds of the galaxies, reported on the others (see --heldout)."""
     table, ids, pixels, keep, y, folds = gz1_data(args, work)
@@ -400,10 +409,11 @@ def heldout_part(args, work: str) -> dict:
     posts = ("none", "whitened") if args.whiten else ("none",)
     for spec in args.recipe:
         name, flags = spec.split("=", 1)
+        steps, train_flags = recipe_steps(shlex.split(flags), args.steps)
         runs = {post: [] for post in posts}
         for seed in seeds:
-            folder = os.path.join(work, "heldout", f"{name}-{args.steps}-seed{seed}")
-            emb, seconds = train_and_embed(table, folder, [*shlex.split(flags), "--seed", str(seed)], args.steps,
+            folder = os.path.join(work, "heldout", f"{name}-{steps}-seed{seed}")
+            emb, seconds = train_and_embed(table, folder, [*train_flags, "--seed", str(seed)], steps,
                                            args.threads, args.force)
             cpu_file = os.path.join(folder, CPU_SECONDS)
             cpu = float(open(cpu_file).read()) if os.path.exists(cpu_file) else None
@@ -418,7 +428,7 @@ def heldout_part(args, work: str) -> dict:
                     f"{p} probe {v['probe']:.3f} p@{K} {v['precision']:.3f}" for p, v in scores.items()), flush=True)
         for post in posts:
             arm = name if post == "none" else f"{name}+{post}"
-            result["recipes"][arm] = {"flags": flags, "post": post, "runs": runs[post], **{
+            result["recipes"][arm] = {"flags": flags, "steps": steps, "post": post, "runs": runs[post], **{
                 p: {metric: mean_spread([r[p][metric] for r in runs[post]]) for metric in HELDOUT_METRICS}
                 for p in parts}}
     # selection sees the selection folds only: the best mean precision@10 there, then the probe
@@ -450,7 +460,8 @@ def heldout_rows(result: dict) -> list[tuple[str, str, str]]:
         cpu = [x.get("cpu_seconds") for x in r["runs"]]
         cpu_text = (f", {np.mean(cpu) / 60:.1f} CPU-min each (user+sys)" if all(c is not None for c in cpu)
                     else "")
-        rows.append((f"representation, held-out discipline: arm '{name}' ({r['flags']}, {result['steps']} steps, "
+        rows.append((f"representation, held-out discipline: arm '{name}' ({r['flags']}, "
+                     f"{r.get('steps', result['steps'])} steps, "
                      f"{POST_NAMES[r.get('post', 'none')]}; seeds {','.join(map(str, result['seeds']))}; {won} "
                      f"among {len(result['recipes'])} arms by mean p@{K} on folds "
                      f"{','.join(map(str, result['select_folds']))} = {result['galaxies']['select']} gz1 galaxies); "
@@ -470,16 +481,20 @@ def heldout_table(result: dict) -> str:
     def cell(value):
         return f"{value[0]:.3f}±{value[1]:.3f}" if isinstance(value, (list, tuple)) else f"{value:.3f}"
 
-    lines = [f"| arm ({result['steps']} steps, seeds {','.join(map(str, result['seeds']))}) | selection folds: "
-             f"probe / p@{K} | reported: probe | reported: p@{K} | edge-on | mergers |", "|---|---|---|---|---|---|"]
+    lines = [f"| arm (--steps {result['steps']} unless its flags say; seeds {','.join(map(str, result['seeds']))}) "
+             f"| selection folds: "
+             f"probe / p@{K} | reported: probe | reported: p@{K} | edge-on | mergers | train CPU-min |",
+             "|---|---|---|---|---|---|---|"]
     arms = [(n + (" (**selected**)" if n == result["selected"] else ""), r) for n, r in result["recipes"].items()]
     arms += [(label, result[key]) for key, label in (("pca64", "raw-pixel PCA-64"),
                                                       ("pca64_whitened", "raw-pixel PCA-64, whitened"))
              if key in result]
     for name, r in arms:
         s, o = r["select"], r["report"]
+        cpu = [run.get("cpu_seconds") for run in r.get("runs", [])]
+        minutes = "/".join(f"{c / 60:.1f}" if c is not None else "?" for c in cpu) or "0"
         lines.append(f"| {name} | {cell(s['probe'])} / {cell(s['precision'])} | {cell(o['probe'])} | "
-                     f"{cell(o['precision'])} | {cell(o['edge_on'])} | {cell(o['merger'])} |")
+                     f"{cell(o['precision'])} | {cell(o['edge_on'])} | {cell(o['merger'])} | {minutes} |")
     return "\n".join(lines)
 
 
@@ -585,7 +600,8 @@ def main() -> None:
                         "each of --seeds, select the recipe with the best mean precision@10 on folds 0-2 of the "
                         "galaxies, and report every recipe on folds 3-4, which selection never saw")
     parser.add_argument("--recipe", action="append", default=[], metavar="NAME=FLAGS",
-                        help="--heldout: a candidate recipe (gal-train flags); repeat for each")
+                        help="--heldout: a candidate recipe (gal-train flags; a --steps among them overrides "
+                        "--steps for this recipe); repeat for each")
     parser.add_argument("--seeds", default="0,1,2", help="--heldout: training seeds of each recipe")
     parser.add_argument("--whiten", action="store_true", help="--heldout: each recipe is also an arm whitened by "
                         "gal-train whiten's defaults (fitted on all packed galaxies, no labels); raw-pixel PCA-64 "
