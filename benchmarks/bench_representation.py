@@ -385,6 +385,28 @@ def mean_spread(values) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def scored(emb: str, labels: str, ids: np.ndarray, y: np.ndarray, parts: dict) -> dict:
+    """evaluate() on every part, kept beside the embeddings (EMB.scores.json) under a hash of the embeddings, the
+    labels and the split, so that a later call with more recipes or seeds scores only what is new."""
+    digest = hashlib.sha256(repr((SELECT_FOLDS, K, HELDOUT_METRICS, C_GRID)).encode())
+    for path in (emb, labels):
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+    cache = emb + ".scores.json"
+    if os.path.exists(cache):
+        with open(cache) as handle:
+            kept = json.load(handle)
+        if kept["key"] == digest.hexdigest():
+            return kept["scores"]
+    emb_ids, x, _ = read_embeddings(emb)
+    order = {int(v): i for i, v in enumerate(emb_ids)}
+    x = x[[order[int(i)] for i in ids]]
+    scores = {p: evaluate(x[m], y[m], ids[m]) for p, m in parts.items()}
+    with open(cache, "w") as handle:
+        json.dump({"key": digest.hexdigest(), "scores": scores}, handle)
+    return scores
+
+
 def recipe_steps(flags: list[str], default: int) -> tuple[int, list[str]]:
     """A recipe's own ``--steps N`` (a longer run of a cheaper step, at a like CPU budget) or --steps', and the
     other flags."""
@@ -419,10 +441,7 @@ def heldout_part(args, work: str) -> dict:
             cpu = float(open(cpu_file).read()) if os.path.exists(cpu_file) else None
             for post in posts:
                 path = emb if post == "none" else whitened_embedding(table, folder, args.threads, args.force)
-                emb_ids, x, _ = read_embeddings(path)
-                order = {int(v): i for i, v in enumerate(emb_ids)}
-                x = x[[order[int(i)] for i in ids]]
-                scores = {p: evaluate(x[m], y[m], ids[m]) for p, m in parts.items()}
+                scores = scored(path, os.path.join(args.gz1, "labels.csv"), ids, y, parts)
                 runs[post].append({"seed": seed, "seconds": seconds, "cpu_seconds": cpu, **scores})
                 print(f"heldout {name} ({post}) seed {seed}: " + ", ".join(
                     f"{p} probe {v['probe']:.3f} p@{K} {v['precision']:.3f}" for p, v in scores.items()), flush=True)
