@@ -629,12 +629,17 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="train again even if the run folder holds a run")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     parser.add_argument("--record", metavar="RESULT_JSON", nargs="+", help="append the rows of finished runs (their "
-                        "WORK/NAME/result.json, e.g. runs made with --no-record) to RESULTS.md, and run nothing")
+                        "WORK/NAME/result.json or WORK/heldout/result-STEPS.json, e.g. runs made with --no-record) "
+                        "to RESULTS.md, and run nothing")
     args = parser.parse_args()
     if args.record:
         for path in args.record:
             with open(path) as handle:
-                record_result(json.load(handle), no_record=False)
+                result = json.load(handle)
+            if "recipes" in result:                 # a --heldout result
+                record_heldout(result, no_record=False)
+            else:
+                record_result(result, no_record=False)
         return
     if not args.gz1 and "gz1" in args.parts:
         parser.error("--gz1 DIR is needed for the gz1 part (or give --parts photoz)")
@@ -670,13 +675,18 @@ def heldout_main(args, work: str) -> None:
     result.update(cpu=cpu_model(), threads=args.threads, load_average=[load, os.getloadavg()[0]])
     with open(os.path.join(work, "heldout", f"result-{args.steps}.json"), "w") as handle:
         json.dump(result, handle, indent=1)
+    print(heldout_table(result))
+    record_heldout(result, args.no_record)
+
+
+def record_heldout(result: dict, no_record: bool) -> None:
     from _record import record
 
-    print(heldout_table(result))
+    start, end = result["load_average"]
     for benchmark, measured, baseline in heldout_rows(result):
-        benchmark += f"; {result['cpu']}, {args.threads} threads, load avg {load:.1f}->{os.getloadavg()[0]:.1f}"
+        benchmark += f"; {result['cpu']}, {result['threads']} threads, load avg {start:.1f}->{end:.1f}"
         print(f"{benchmark}: {measured}; baselines {baseline}")
-        if not args.no_record:
+        if not no_record:
             record(benchmark, measured, baseline, "-")
 
 
