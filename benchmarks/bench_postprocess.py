@@ -143,10 +143,7 @@ def embed(model: str, table: str, out: str) -> str:
 
 def through_the_tools(run: str, table: str, work: str) -> str:
     """gal-train whiten with its defaults (fitted on every packed galaxy, no labels), then gal-embed."""
-    model = os.path.join(work, "encoder-whitened.onnx")
-    if not os.path.exists(model):
-        rep.run(["gal-train", "whiten", run, table, "--device", "cpu", "-q", "-o", model], 1)
-    return embed(model, table, os.path.join(work, "emb-whitened.parquet"))
+    return rep.whitened_embedding(table, run, 1, False, work)
 
 
 def select(x: np.ndarray, y: np.ndarray, folds: np.ndarray, keep: np.ndarray) -> list[tuple[float, dict]]:

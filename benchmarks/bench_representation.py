@@ -5,7 +5,7 @@ on real galaxies (Galaxy Zoo 1 classes of SDSS gri composites) and on gal-sim mo
     python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss --name try-simclr \\
         --train-flags "--preset small --method simclr" --parts gz1 --no-record          # rank a recipe quickly
     python benchmarks/bench_representation.py --gz1 DATA/gz1-sdss --heldout --steps 300 --seeds 0,1,2 \\
-        --recipe "small=--preset small" --recipe "crop32=--preset small --crop 32"    # select on some, report on others
+        --recipe "small=--preset small" --recipe "crop32=--preset small --crop 32" --whiten  # select, then report
 
 DATA/gz1-sdss holds labels.csv (objid, gz1_label, file) and images/.  The commands run as a user runs them
 (subprocesses): gal-pack, gal-sim, gal-train, gal-embed, gal-photoz curve.  numpy does what no tool does yet, the
@@ -32,8 +32,11 @@ on PCA-64 and random-weight embeddings of the mocks.
 Held-out discipline (``--heldout``): every --recipe is trained with each of --seeds on all the galaxies (no labels);
 the recipe with the best mean precision@10 on folds 0-2 of the fixed split (then probe accuracy) is *selected*, and
 every recipe is *reported* on folds 3-4, which the selection never saw: probe (5-fold within those galaxies) and
-precision@10 (neighbours among those galaxies only), mean and spread over the seeds, beside raw-pixel PCA-64 on the
-same galaxies.  Only the reported numbers of the selected recipe are to be quoted.
+precision@10 (neighbours among those galaxies only; also for edge-on and merger queries), mean and spread over the
+seeds, beside raw-pixel PCA-64 on the same galaxies.  With ``--whiten`` every recipe is a second arm too, its
+encoder whitened by ``gal-train whiten``'s defaults (fitted on all packed galaxies, no labels) and embedded again,
+and selection picks among all arms.  Only the reported numbers of the selected arm are to be quoted.  Each run's
+CPU time (user+sys of gal-train) is kept beside its wall time: on a shared machine only the former means much.
 
 The training budget is a number of steps (``--steps``), the same for every recipe; its wall time is reported.
 Rows go to benchmarks/RESULTS.md (``--no-record`` to skip) and the whole result to WORK/NAME/result.json.
@@ -68,6 +71,7 @@ FOLDS = 5
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)     # inverse L2 strength of the probe, chosen by inner cross-validation
 K = 10
 SELECT_FOLDS = (0, 1, 2)  # --heldout: recipes are selected on these folds and reported on the others
+CPU_SECONDS = "bench-train-cpu-seconds.txt"   # in a run folder: gal-train's CPU time (meaningful on a busy machine)
 
 
 # -- running the tools --------------------------------------------------------------------------------------------
@@ -261,17 +265,34 @@ def train_and_embed(table: str, out: str, flags: list[str], steps: int, threads:
     emb = os.path.join(out, "emb.parquet")
     timing = os.path.join(out, "bench-train-seconds.txt")
     if force or not os.path.exists(os.path.join(out, "encoder.onnx")):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), os.times()
         run(["gal-train", table, "--out", out, *flags, "--steps", str(steps), "--device", "cpu",
              "--checkpoint-every", "100000", "-q", "--overwrite"], threads)
+        done = os.times()
         with open(timing, "w") as handle:
             handle.write(f"{time.perf_counter() - started:.1f}\n")
+        with open(os.path.join(out, CPU_SECONDS), "w") as handle:   # user + sys of gal-train
+            used = done.children_user - cpu.children_user + done.children_system - cpu.children_system
+            handle.write(f"{used:.1f}\n")
     with open(timing) as handle:        # a run trained by an earlier call: its own time
         seconds = float(handle.read())
     if force or not os.path.exists(emb):
         run(["gal-embed", table, "--model", os.path.join(out, "encoder.onnx"), "-q", "-o", emb, "--overwrite"],
             threads)
     return emb, seconds
+
+
+def whitened_embedding(table: str, run_folder: str, threads: int, force: bool, out_dir: str | None = None) -> str:
+    """``gal-train whiten`` with its defaults, fitted on every cutout of TABLE (no labels: a user fits it on the
+    survey searched), then ``gal-embed`` through the whitened encoder; files in OUT_DIR (default the run folder)."""
+    out_dir = out_dir or run_folder
+    model = os.path.join(out_dir, "encoder-whitened.onnx")
+    emb = os.path.join(out_dir, "emb-whitened.parquet")
+    if force or not os.path.exists(model):
+        run(["gal-train", "whiten", run_folder, table, "--device", "cpu", "-q", "-o", model, "--overwrite"], threads)
+    if force or not os.path.exists(emb):
+        run(["gal-embed", table, "--model", model, "--device", "cpu", "-q", "-o", emb, "--overwrite"], threads)
+    return emb
 
 
 def encoder_input_size(onnx_path: str) -> int:
@@ -339,15 +360,60 @@ def gz1_part(args, work: str, run_dir: str) -> dict:
     return result
 
 
+HELDOUT_METRICS = ("probe", "precision", "edge_on", "merger")
+
+
 def evaluate(x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> dict:
     """Probe accuracy (5-fold, folds by a salted hash of the ids: independent of the selection/report split) and
-    precision@10 with neighbours searched among these galaxies only."""
-    return {"probe": probe(x, y, fold_of(ids, "inner"), len(CLASSES))["accuracy"],
-            "precision": precision_at_k(x, y, len(CLASSES))["overall"]}
+    precision@10 with neighbours searched among these galaxies only (overall, edge-on and merger queries)."""
+    search = precision_at_k(x, y, len(CLASSES))
+    return {"probe": probe(x, y, fold_of(ids, "inner"), len(CLASSES))["accuracy"], "precision": search["overall"],
+            "edge_on": search["per_class"]["edge_on"], "merger": search["per_class"]["merger"]}
+
+
+def whitened_pca(x: np.ndarray) -> np.ndarray:
+    """raw-pixel PCA scores whitened like ``gal-train whiten``'s defaults (every dimension, its shrink)."""
+    from galtools.embed import whiten
+
+    moments = whiten.Moments()
+    moments.add(x)
+    fitted = whiten.fit(moments, x.shape[1], whiten.DEFAULT_SHRINK)
+    return (x - fitted.mean) @ fitted.matrix
 
 
 def mean_spread(values) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
+
+
+def scored(emb: str, labels: str, ids: np.ndarray, y: np.ndarray, parts: dict) -> dict:
+    """evaluate() on every part, kept beside the embeddings (EMB.scores.json) under a hash of the embeddings, the
+    labels and the split, so that a later call with more recipes or seeds scores only what is new."""
+    digest = hashlib.sha256(repr((SELECT_FOLDS, K, HELDOUT_METRICS, C_GRID)).encode())
+    for path in (emb, labels):
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+    cache = emb + ".scores.json"
+    if os.path.exists(cache):
+        with open(cache) as handle:
+            kept = json.load(handle)
+        if kept["key"] == digest.hexdigest():
+            return kept["scores"]
+    emb_ids, x, _ = read_embeddings(emb)
+    order = {int(v): i for i, v in enumerate(emb_ids)}
+    x = x[[order[int(i)] for i in ids]]
+    scores = {p: evaluate(x[m], y[m], ids[m]) for p, m in parts.items()}
+    with open(cache, "w") as handle:
+        json.dump({"key": digest.hexdigest(), "scores": scores}, handle)
+    return scores
+
+
+def recipe_steps(flags: list[str], default: int) -> tuple[int, list[str]]:
+    """A recipe's own ``--steps N`` (a longer run of a cheaper step, at a like CPU budget) or --steps', and the
+    other flags."""
+    if "--steps" not in flags:
+        return default, flags
+    at = flags.index("--steps")
+    return int(flags[at + 1]), flags[:at] + flags[at + 2:]
 
 
 def heldout_part(args, work: str) -> dict:
@@ -359,48 +425,96 @@ def heldout_part(args, work: str) -> dict:
               "galaxies": {p: int(m.sum()) for p, m in parts.items()}}
     base = pca(pixels, 64)
     result["pca64"] = {p: evaluate(base[m], y[m], ids[m]) for p, m in parts.items()}
+    if args.whiten:
+        white = whitened_pca(base)
+        result["pca64_whitened"] = {p: evaluate(white[m], y[m], ids[m]) for p, m in parts.items()}
+    posts = ("none", "whitened") if args.whiten else ("none",)
     for spec in args.recipe:
         name, flags = spec.split("=", 1)
-        runs = []
+        steps, train_flags = recipe_steps(shlex.split(flags), args.steps)
+        runs = {post: [] for post in posts}
         for seed in seeds:
-            folder = os.path.join(work, "heldout", f"{name}-{args.steps}-seed{seed}")
-            emb, seconds = train_and_embed(table, folder, [*shlex.split(flags), "--seed", str(seed)], args.steps,
+            folder = os.path.join(work, "heldout", f"{name}-{steps}-seed{seed}")
+            emb, seconds = train_and_embed(table, folder, [*train_flags, "--seed", str(seed)], steps,
                                            args.threads, args.force)
-            emb_ids, x, _ = read_embeddings(emb)
-            order = {int(v): i for i, v in enumerate(emb_ids)}
-            x = x[[order[int(i)] for i in ids]]
-            scores = {p: evaluate(x[m], y[m], ids[m]) for p, m in parts.items()}
-            runs.append({"seed": seed, "seconds": seconds, **scores})
-            print(f"heldout {name} seed {seed}: " + ", ".join(
-                f"{p} probe {v['probe']:.3f} p@{K} {v['precision']:.3f}" for p, v in scores.items()), flush=True)
-        result["recipes"][name] = {"flags": flags, "runs": runs, **{
-            p: {metric: mean_spread([r[p][metric] for r in runs]) for metric in ("probe", "precision")}
-            for p in parts}}
+            cpu_file = os.path.join(folder, CPU_SECONDS)
+            cpu = float(open(cpu_file).read()) if os.path.exists(cpu_file) else None
+            for post in posts:
+                path = emb if post == "none" else whitened_embedding(table, folder, args.threads, args.force)
+                scores = scored(path, os.path.join(args.gz1, "labels.csv"), ids, y, parts)
+                runs[post].append({"seed": seed, "seconds": seconds, "cpu_seconds": cpu, **scores})
+                print(f"heldout {name} ({post}) seed {seed}: " + ", ".join(
+                    f"{p} probe {v['probe']:.3f} p@{K} {v['precision']:.3f}" for p, v in scores.items()), flush=True)
+        for post in posts:
+            arm = name if post == "none" else f"{name}+{post}"
+            result["recipes"][arm] = {"flags": flags, "steps": steps, "post": post, "runs": runs[post], **{
+                p: {metric: mean_spread([r[p][metric] for r in runs[post]]) for metric in HELDOUT_METRICS}
+                for p in parts}}
     # selection sees the selection folds only: the best mean precision@10 there, then the probe
     result["selected"] = max(result["recipes"], key=lambda n: (result["recipes"][n]["select"]["precision"][0],
                                                                result["recipes"][n]["select"]["probe"][0]))
     return result
 
 
+POST_NAMES = {"none": "unwhitened", "whitened": "whitened by gal-train whiten's defaults, fitted on all packed "
+               "galaxies without labels"}
+
+
 def heldout_rows(result: dict) -> list[tuple[str, str, str]]:
     def fmt(scores):
-        return (f"probe acc {scores['probe'][0]:.3f}±{scores['probe'][1]:.3f}, "
-                f"p@{K} {scores['precision'][0]:.3f}±{scores['precision'][1]:.3f}")
+        def pm(metric):
+            value = scores[metric]
+            return f"{value[0]:.3f}±{value[1]:.3f}" if isinstance(value, (list, tuple)) else f"{value:.3f}"
+        per_class = f" (edge-on {pm('edge_on')}, mergers {pm('merger')})" if "edge_on" in scores else ""
+        return f"probe acc {pm('probe')}, p@{K} {pm('precision')}{per_class}"
+
+    def baseline(key, label):
+        b = result.get(key)
+        return f"{label} reported: {fmt(b['report'])}; selection folds: {fmt(b['select'])}" if b else ""
 
     rows = []
     pca_ = result["pca64"]
     for name, r in result["recipes"].items():
         won = "SELECTED" if name == result["selected"] else "not selected"
-        rows.append((f"representation, held-out discipline: recipe '{name}' ({r['flags']}, {result['steps']} steps, "
-                     f"seeds {','.join(map(str, result['seeds']))}; {won} by mean p@{K} on folds "
+        cpu = [x.get("cpu_seconds") for x in r["runs"]]
+        cpu_text = (f", {np.mean(cpu) / 60:.1f} CPU-min each (user+sys)" if all(c is not None for c in cpu)
+                    else "")
+        rows.append((f"representation, held-out discipline: arm '{name}' ({r['flags']}, "
+                     f"{r.get('steps', result['steps'])} steps, "
+                     f"{POST_NAMES[r.get('post', 'none')]}; seeds {','.join(map(str, result['seeds']))}; {won} "
+                     f"among {len(result['recipes'])} arms by mean p@{K} on folds "
                      f"{','.join(map(str, result['select_folds']))} = {result['galaxies']['select']} gz1 galaxies); "
                      f"reported on the other folds ({result['galaxies']['report']} galaxies, never used to select); "
-                     f"mean±std over seeds; train {np.mean([x['seconds'] for x in r['runs']]):.0f} s each",
-                     f"reported: {fmt(r['report'])}; selection folds: {fmt(r['select'])}",
-                     f"PCA-64 reported: probe acc {pca_['report']['probe']:.3f}, "
-                     f"p@{K} {pca_['report']['precision']:.3f}; selection folds: probe acc "
-                     f"{pca_['select']['probe']:.3f}, p@{K} {pca_['select']['precision']:.3f}"))
+                     f"mean±std over seeds; train {np.mean([x['seconds'] for x in r['runs']]):.0f} s wall"
+                     f"{cpu_text}",
+                     f"reported: {fmt(r['report'])}; selection folds: {fmt(r['select'])}; reported minus PCA-64: "
+                     f"probe {r['report']['probe'][0] - pca_['report']['probe']:+.3f}, "
+                     f"p@{K} {r['report']['precision'][0] - pca_['report']['precision']:+.3f}",
+                     "; ".join(filter(None, (baseline("pca64", "PCA-64 (same run)"),
+                                             baseline("pca64_whitened", "PCA-64 whitened the same way"))))))
     return rows
+
+
+def heldout_table(result: dict) -> str:
+    """The reported folds as a markdown table (mean±std over seeds), selection-fold numbers beside them."""
+    def cell(value):
+        return f"{value[0]:.3f}±{value[1]:.3f}" if isinstance(value, (list, tuple)) else f"{value:.3f}"
+
+    lines = [f"| arm (--steps {result['steps']} unless its flags say; seeds {','.join(map(str, result['seeds']))}) "
+             f"| selection folds: "
+             f"probe / p@{K} | reported: probe | reported: p@{K} | edge-on | mergers | train CPU-min |",
+             "|---|---|---|---|---|---|---|"]
+    arms = [(n + (" (**selected**)" if n == result["selected"] else ""), r) for n, r in result["recipes"].items()]
+    arms += [(label, result[key]) for key, label in (("pca64", "raw-pixel PCA-64"),
+                                                      ("pca64_whitened", "raw-pixel PCA-64, whitened"))
+             if key in result]
+    for name, r in arms:
+        s, o = r["select"], r["report"]
+        cpu = [run.get("cpu_seconds") for run in r.get("runs", [])]
+        minutes = "/".join(f"{c / 60:.1f}" if c is not None else "?" for c in cpu) or "0"
+        lines.append(f"| {name} | {cell(s['probe'])} / {cell(s['precision'])} | {cell(o['probe'])} | "
+                     f"{cell(o['precision'])} | {cell(o['edge_on'])} | {cell(o['merger'])} | {minutes} |")
+    return "\n".join(lines)
 
 
 def photoz_part(args, work: str, run_dir: str) -> dict:
@@ -505,18 +619,27 @@ def main() -> None:
                         "each of --seeds, select the recipe with the best mean precision@10 on folds 0-2 of the "
                         "galaxies, and report every recipe on folds 3-4, which selection never saw")
     parser.add_argument("--recipe", action="append", default=[], metavar="NAME=FLAGS",
-                        help="--heldout: a candidate recipe (gal-train flags); repeat for each")
+                        help="--heldout: a candidate recipe (gal-train flags; a --steps among them overrides "
+                        "--steps for this recipe); repeat for each")
     parser.add_argument("--seeds", default="0,1,2", help="--heldout: training seeds of each recipe")
+    parser.add_argument("--whiten", action="store_true", help="--heldout: each recipe is also an arm whitened by "
+                        "gal-train whiten's defaults (fitted on all packed galaxies, no labels); raw-pixel PCA-64 "
+                        "is also reported whitened the same way")
     parser.add_argument("--threads", type=int, default=2, help="threads per tool (OMP_NUM_THREADS)")
     parser.add_argument("--force", action="store_true", help="train again even if the run folder holds a run")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     parser.add_argument("--record", metavar="RESULT_JSON", nargs="+", help="append the rows of finished runs (their "
-                        "WORK/NAME/result.json, e.g. runs made with --no-record) to RESULTS.md, and run nothing")
+                        "WORK/NAME/result.json or WORK/heldout/result-STEPS.json, e.g. runs made with --no-record) "
+                        "to RESULTS.md, and run nothing")
     args = parser.parse_args()
     if args.record:
         for path in args.record:
             with open(path) as handle:
-                record_result(json.load(handle), no_record=False)
+                result = json.load(handle)
+            if "recipes" in result:                 # a --heldout result
+                record_heldout(result, no_record=False)
+            else:
+                record_result(result, no_record=False)
         return
     if not args.gz1 and "gz1" in args.parts:
         parser.error("--gz1 DIR is needed for the gz1 part (or give --parts photoz)")
@@ -552,12 +675,18 @@ def heldout_main(args, work: str) -> None:
     result.update(cpu=cpu_model(), threads=args.threads, load_average=[load, os.getloadavg()[0]])
     with open(os.path.join(work, "heldout", f"result-{args.steps}.json"), "w") as handle:
         json.dump(result, handle, indent=1)
+    print(heldout_table(result))
+    record_heldout(result, args.no_record)
+
+
+def record_heldout(result: dict, no_record: bool) -> None:
     from _record import record
 
+    start, end = result["load_average"]
     for benchmark, measured, baseline in heldout_rows(result):
-        benchmark += f"; {result['cpu']}, {args.threads} threads, load avg {load:.1f}->{os.getloadavg()[0]:.1f}"
+        benchmark += f"; {result['cpu']}, {result['threads']} threads, load avg {start:.1f}->{end:.1f}"
         print(f"{benchmark}: {measured}; baselines {baseline}")
-        if not args.no_record:
+        if not no_record:
             record(benchmark, measured, baseline, "-")
 
 
