@@ -67,6 +67,31 @@ def test_resolve_preset_paper_and_run_length():
     assert plain == defaults and TrainConfig(inputs=["t.fits"], **plain).validate().queue_size == 65536
 
 
+def test_search_preset_is_small_with_32_pixel_crops_and_twice_the_steps(tmp_path):
+    """--preset search as a user runs it (a real process; --steps 0 exports the untrained encoder at once): the run
+    records the preset and small's settings, but for 32-pixel crops; the library resolves 2,400 steps."""
+    import onnx
+
+    differs = {key for key in PRESETS["small"] if PRESETS["search"][key] != PRESETS["small"][key]}
+    assert differs == {"crop", "steps"} and (PRESETS["search"]["crop"], PRESETS["search"]["steps"]) == (32, 2400)
+    from conftest import make_cutouts, write_table
+
+    table = tmp_path / "cutouts.parquet"
+    write_table(make_cutouts(n=64, size=40, seed=3), str(table))
+    run = tmp_path / "run"
+    result = gal_train(table, "--out", run, "--preset", "search", "--device", "cpu", "--loader-threads", "1",
+                       "--steps", "0")
+    assert result.returncode == 0, result.stderr.decode()
+    config = onnx_config(run / "encoder.onnx")
+    assert (config["preset"], config["crop"], config["arch"], config["pool"], config["tta"]) == ("search", 32, "tiny",
+                                                                                                 "gem", 8)
+    image = onnx.load(str(run / "encoder.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in image][2:] == [32, 32]
+    defaults = {f: getattr(TrainConfig(), f) for f in ("crop", "steps", "epochs")}
+    assert (resolve_preset("search", defaults, set())["steps"], resolve_preset("search", defaults, set())["epochs"]) \
+        == (2400, None)
+
+
 def test_unknown_preset_is_a_usage_error(cutouts, tmp_path):  # noqa: F811
     result = gal_train(cutouts, "--out", tmp_path / "run", "--preset", "huge", *SMALL_TABLE)
     assert result.returncode == 2 and "huge" in result.stderr.decode()
