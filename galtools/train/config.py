@@ -46,7 +46,7 @@ def auto_ops(flux_unit: str | None) -> str:
 # help lists each preset's purpose and the settings in which it differs from the options' defaults (TrainConfig's).
 PRESET_PURPOSES = {"paper": "Hayat et al. 2021's settings, after MoCo v2, for about a million cutouts on GPUs",
                    "small": "up to about 10^4 cutouts on a CPU in minutes",
-                   "search": "small's recipe for similarity search: 32-pixel crops, twice the steps; whiten it after"}
+                   "search": "small's recipe for similarity search, with 32-pixel crops and twice the steps (whiten it after)"}
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"arch": "resnet50-hayat", "width": 1.0, "pool": "avg", "method": "moco", "dim": 128, "queue_size": 65536,
               "key_momentum": 0.999, "temperature": 0.2, "batch_size": 256, "lr": 0.03, "momentum": 0.9,
