@@ -10,8 +10,9 @@ of memory-mapped files, which the kernel can drop) and, for the server, its anon
   gal-ood score QUERIES --model ...: 10,000 fresh vectors from the survey's mixture and 100 from elsewhere (uniform
       on the sphere, standing in for another survey); AUROC of the two groups as a check that the scores mean
       something (not a quality claim: the outsiders are easy);
-  gal-view SURVEY --index INDEX --sample 100000: time until it serves /api/info, /api/search for 50 ids (p50/p99),
-      then SIGTERM.
+  with --images CUTOUTS (gal-view shows pictures, so it needs the survey's cutouts, which bench_scale's vectors
+  do not have): gal-view SURVEY --index INDEX --images CUTOUTS --sample 100000: time until it serves /api/info,
+      /api/search for 50 ids (p50/p99), then SIGTERM.
 Baseline in the same run: `gal-knn SURVEY --index INDEX --query ID` for one id (what the other tools add to it).
 """
 from __future__ import annotations
@@ -56,12 +57,12 @@ def auroc(scores, positive) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def view_measures(table: str, index: str, n: int, sample: int) -> dict:
+def view_measures(table: str, index: str, images: str, n: int, sample: int) -> dict:
     import numpy as np
 
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "galtools.cli.view", table, "--index", index, "--sample",
+    process = subprocess.Popen([sys.executable, "-m", "galtools.cli.view", table, "--index", index, "--images", images, "--sample",
                                 str(sample), "-k", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     url = process.stdout.readline().decode().strip()
     if not url.startswith("http://"):
@@ -95,6 +96,7 @@ def main():
     parser.add_argument("--n", type=int, default=100_000_000, help="the bench_scale --parts run to use")
     parser.add_argument("--calibration-fraction", type=float, default=1e-4)
     parser.add_argument("--sample", type=int, default=100_000)
+    parser.add_argument("--images", help="the survey's cutouts: also measure gal-view")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     table = os.path.join(WORK, f"gmm-{args.n}-parts")
@@ -116,7 +118,8 @@ def main():
 
     out = pq.read_table(scored, columns=["outsider", "ood_score"])
     m["auroc"] = auroc(out.column("ood_score").to_numpy(), out.column("outsider").to_numpy(zero_copy_only=False))
-    m.update(view_measures(table, index, args.n, args.sample))
+    if args.images:
+        m.update(view_measures(table, index, args.images, args.n, args.sample))
     m["load"] = load_text()
     print(json.dumps(m), flush=True)
     if not args.no_record:
@@ -127,10 +130,12 @@ def main():
             f"(nlist 8,192), one thread: gal-ood fit --reference-index (calibrated on {args.calibration_fraction:g} of "
             f"the rows, leave-one-out) {m['fit_wall']:.0f} s/{m['fit_rss']:.0f} MiB peak; gal-ood score of 10,100 "
             f"rows {m['score_wall']:.0f} s/{m['score_rss']:.0f} MiB peak (AUROC of 100 uniform outsiders against 10,000 "
-            f"mixture rows {m['auroc']:.3f}); gal-view --sample {args.sample:,}: serving after {m['view_ready']:.0f} s, "
-            f"/api/search p50 {m['view_p50']:.0f} ms p99 {m['view_p99']:.0f} ms over 50 ids, peak RSS "
-            f"{m['view_hwm']:.0f} MiB ({m['view_anon']:.0f} anonymous + {m['view_file']:.0f} mapped file pages at the "
-            f"end); {m['load']}"),
+            f"mixture rows {m['auroc']:.3f}); "
+            + (f"gal-view --sample {args.sample:,}: serving after {m['view_ready']:.0f} s, /api/search p50 "
+               f"{m['view_p50']:.0f} ms p99 {m['view_p99']:.0f} ms over 50 ids, peak RSS {m['view_hwm']:.0f} MiB "
+               f"({m['view_anon']:.0f} anonymous + {m['view_file']:.0f} mapped file pages at the end); "
+               if args.images else "gal-view not measured (no cutouts for these vectors); ")
+            + m["load"]),
             f"gal-knn --query of one id through the same index: {m['knn_wall']:.1f} s/{m['knn_rss']:.0f} MiB peak",
             "-")
 
