@@ -190,14 +190,14 @@ def search_blocks(base, plan: QueryPlan, k: int, least: bool = False, index=None
             searched = track(searched, None if _is_scale(index) else -(-len(rows) // QUERY_BLOCK))
         for block_rows, topk in searched:
             if index is not None:
-                log.debug(f"searched rows {block_rows.start}-{block_rows.stop - 1}, RSS {_rss_mib():.0f} MiB")
+                log.debug(f"searched rows {block_rows.start}-{block_rows.stop - 1}, {_memory_text()}")
             yield Block(base.ids.slice(block_rows.start, len(block_rows)),
                         np.arange(block_rows.start, block_rows.stop, dtype=np.int64), topk)
         return
     if index is not None:
         topk = index.search(plan.vectors, k, exclude=plan.exclude, largest=largest, normalized=True, nprobe=nprobe,
                             ef=ef, tie_rank=base.tie_rank)
-        log.debug(f"searched {len(plan.ids)} queries, RSS {_rss_mib():.0f} MiB")
+        log.debug(f"searched {len(plan.ids)} queries, {_memory_text()}")
     else:
         topk = exact_topk(plan.vectors, base.vectors, k, tie_rank=base.tie_rank, exclude=plan.exclude,
                           largest=largest, normalized=True, device=device, check_base=False)  # checked on loading
@@ -210,10 +210,10 @@ def _is_scale(index) -> bool:
     return isinstance(index, ScaleIndex)
 
 
-def _rss_mib() -> float:
-    from galtools.search.scale import rss_mib
+def _memory_text() -> str:
+    from galtools.search.scale import memory_text
 
-    return rss_mib()
+    return memory_text()
 
 
 def _index_blocks(base, rows, index, k, largest, exclude_self, nprobe, ef):

@@ -82,6 +82,19 @@ def rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def memory_text() -> str:
+    """'RSS 16508 MiB (2084 MiB anonymous, ...)': a memory-mapped index, refine file or table counts its pages read
+    into the RSS, though the kernel drops them when it needs room; the anonymous part is what the process holds."""
+    text = f"RSS {rss_mib():.0f} MiB"
+    try:
+        with open("/proc/self/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        anonymous = int(fields["RssAnon"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return text
+    return f"{text} ({anonymous:.0f} MiB anonymous, the rest pages of memory-mapped files)"
+
+
 def factory_string(kind: str, nlist: int, dim: int, pq_m: int | None) -> str:
     if kind == "ivfsq8":
         return f"IVF{nlist},SQ8"
@@ -300,7 +313,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
         faiss.downcast_index(ivf).do_polysemous_training = False   # would take 10x longer
     started = time.perf_counter()
     index.train(vectors)
-    log.debug(f"trained {factory} on {train_size} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
+    log.debug(f"trained {factory} on {train_size} rows in {time.perf_counter() - started:.1f} s, {memory_text()}")
     nprobe = nprobe or default_nprobe(nlist)
     refine = DEFAULT_REFINE[kind] if refine is None else refine
     meta = {"format": TRAINED_FORMAT, "kind": kind, "metric": "cosine", "scale_version": SCALE_VERSION,
@@ -401,7 +414,7 @@ def build_scale(table, kind: str, out_path, *, overwrite: bool = False, source: 
         add_rows(trained.index, table, 0, count, refine)
         refine.flush()
         del refine
-        log.debug(f"added {count} rows in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
+        log.debug(f"added {count} rows in {time.perf_counter() - started:.1f} s, {memory_text()}")
         trained.meta["id_lookup"] = write_id_lookup(ids_path(out_path), trained.ids)
         try:
             _atomic(out_path, lambda tmp: faiss.write_index(trained.index, tmp))
@@ -504,7 +517,7 @@ def merge_parts(trained_path, part_paths, out_path, *, overwrite: bool = False, 
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
         lists.filename = ivfdata.name      # found beside the index file when read
         _atomic(out_path, lambda tmp: faiss.write_index(index, tmp))
-    log.debug(f"merged {len(parts)} parts in {time.perf_counter() - started:.1f} s, RSS {rss_mib():.0f} MiB")
+    log.debug(f"merged {len(parts)} parts in {time.perf_counter() - started:.1f} s, {memory_text()}")
     relative = os.path.relpath(refine_path(trained_path), os.path.dirname(os.path.abspath(out_path)))
     final = _final_meta(meta, source=source, parts=len(parts), ondisk=ivfdata.name, refine_file=relative)
     if "id_lookup" in final:   # written by index-train beside the trained index
