@@ -97,6 +97,7 @@ def main():
     parser.add_argument("--calibration-fraction", type=float, default=1e-4)
     parser.add_argument("--sample", type=int, default=100_000)
     parser.add_argument("--images", help="the survey's cutouts: also measure gal-view")
+    parser.add_argument("--view-only", action="store_true", help="measure gal-view alone (needs --images)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     table = os.path.join(WORK, f"gmm-{args.n}-parts")
@@ -105,6 +106,20 @@ def main():
     queries = os.path.join(WORK, "ood-queries.parquet")
     scored = os.path.join(WORK, "ood-scored.parquet")
     m = {}
+    if args.view_only:
+        m.update(view_measures(table, index, args.images, args.n, args.sample), load=load_text())
+        print(json.dumps(m), flush=True)
+        if not args.no_record:
+            from _record import record
+
+            record("bench_survey_tools gal-view", (
+                f"gal-view on a {args.n:,} x 128 survey (bench_scale --parts table) through its ivfpq index (nlist "
+                f"8,192), --images {os.path.basename(args.images)}, --sample {args.sample:,}: serving after "
+                f"{m['view_ready']:.0f} s, /api/search p50 {m['view_p50']:.0f} ms p99 {m['view_p99']:.0f} ms over 50 "
+                f"ids, peak RSS {m['view_hwm']:.0f} MiB ({m['view_anon']:.0f} MiB anonymous + {m['view_file']:.0f} "
+                f"mapped file pages at the end); {m['load']}"),
+                "gal-knn --query of one id through the same index (bench_scale, same day): 1.0 s, 528 MiB peak", "-")
+        return
     m["knn_wall"], m["knn_rss"], _ = run(["galtools.cli.knn", table, "--index", index, "--query", str(args.n // 7),
                                           "-k", "10", "-o", os.path.join(WORK, "one.parquet"), "--overwrite"])
     m["fit_wall"], m["fit_rss"], _ = run(["galtools.cli.ood", "fit", table, "--reference-index", index,

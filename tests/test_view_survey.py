@@ -101,3 +101,25 @@ def test_pictures_of_any_object_and_refusals(survey, tmp_path):
         result = run_tool("gal-view", survey["path"], "--images", tmp / "cutouts.arrow", "--index", tmp / "emb.faiss",
                           *extra)
         assert result.returncode == 2 and result.stderr.decode().count("\n") == 1, result.stderr.decode()
+
+
+def test_a_survey_of_ids_and_vectors_only(survey):
+    """An embedding table that carries nothing but object_id and embedding (no column to caption or filter by):
+    gal-view serves it through the index, and its search equals gal-knn's."""
+    tmp = survey["tmp"]
+    plain = write_in_row_groups(survey["emb"].select(["object_id", "embedding"]), tmp / "plain.parquet",
+                                rows_per_group=500)
+    run_tool("gal-knn", "index", plain, "--kind", "ivfsq8", "--nlist", 20, "-o", tmp / "plain.faiss", check=True)
+    server = Viewer(plain, "--images", tmp / "cutouts.arrow", "--index", tmp / "plain.faiss", "--sample", SAMPLE,
+                    "-k", K)
+    try:
+        assert server.json("/api/info")["count"] == N and server.json("/api/points")["count"] == SAMPLE
+        target = survey["emb"].column("object_id")[N - 5].as_py()
+        got = server.json("/api/search?" + query(id=target))["results"][0]["neighbors"]
+        out = tmp / "plain-knn.parquet"
+        run_tool("gal-knn", plain, "--index", tmp / "plain.faiss", "--query", target, "-k", K, "-o", out, check=True)
+        assert [n["id"] for n in got] == pq.read_table(out).column("neighbor_id").to_pylist()
+        assert all(n["has_image"] for n in got)
+    finally:
+        code, err = server.stop()
+    assert code == 0, err

@@ -141,6 +141,8 @@ def take_rows(table, rows, columns=None) -> pa.Table:
     if wanted.size and (wanted[0] < 0 or table.total_rows is None or wanted[-1] >= table.total_rows):
         raise BadData(f"{table.name}: row {int(wanted[-1] if wanted[0] >= 0 else wanted[0])} is outside its "
                       f"{table.total_rows} rows", "give the table the index was built from")
+    if not names:   # no column wanted (a table of ids and vectors only): as many rows, none of them read
+        return pa.table({"rows": pa.nulls(len(rows))}).drop_columns(["rows"])
     pieces, offset = [], 0
     for part in table.parts:
         starts = getattr(part, "_starts", None) or [0, part.num_rows]   # row groups or record batches
