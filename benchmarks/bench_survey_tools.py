@@ -2,6 +2,7 @@
 
     python benchmarks/bench_scale.py --n 100000000 --parts 10 --shards 10 --jobs 2 --nlist 8192 --kinds ivfpq
     python benchmarks/bench_survey_tools.py --n 100000000      # then this, on the table and index it built
+    python benchmarks/bench_survey_tools.py --n 100000000 --view-only --images cutouts.parquet   # gal-view alone
 
 Three steps, each a real process (OMP_NUM_THREADS=1), its peak RSS from /usr/bin/time (VmHWM: it counts clean pages
 of memory-mapped files, which the kernel can drop) and, for the server, its anonymous memory apart:
@@ -91,6 +92,12 @@ def view_measures(table: str, index: str, images: str, n: int, sample: int) -> d
             "view_anon": mib("RssAnon"), "view_file": mib("RssFile"), "view_rows": info.get("rows", info)}
 
 
+def view_text(m: dict, sample: int) -> str:
+    return (f"gal-view --sample {sample:,}: serving after {m['view_ready']:.0f} s, /api/search p50 {m['view_p50']:.0f} "
+            f"ms p99 {m['view_p99']:.0f} ms over 50 ids, peak RSS {m['view_hwm']:.0f} MiB ({m['view_anon']:.0f} MiB "
+            f"anonymous + {m['view_file']:.0f} mapped file pages at the end); ")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000_000, help="the bench_scale --parts run to use")
@@ -113,11 +120,8 @@ def main():
             from _record import record
 
             record("bench_survey_tools gal-view", (
-                f"gal-view on a {args.n:,} x 128 survey (bench_scale --parts table) through its ivfpq index (nlist "
-                f"8,192), --images {os.path.basename(args.images)}, --sample {args.sample:,}: serving after "
-                f"{m['view_ready']:.0f} s, /api/search p50 {m['view_p50']:.0f} ms p99 {m['view_p99']:.0f} ms over 50 "
-                f"ids, peak RSS {m['view_hwm']:.0f} MiB ({m['view_anon']:.0f} MiB anonymous + {m['view_file']:.0f} "
-                f"mapped file pages at the end); {m['load']}"),
+                f"{args.n:,} x 128 survey (bench_scale --parts table) through its ivfpq index (nlist 8,192), --images "
+                f"{os.path.basename(args.images)}: " + view_text(m, args.sample) + m["load"]),
                 "gal-knn --query of one id through the same index (bench_scale, same day): 1.0 s, 528 MiB peak", "-")
         return
     m["knn_wall"], m["knn_rss"], _ = run(["galtools.cli.knn", table, "--index", index, "--query", str(args.n // 7),
@@ -146,10 +150,7 @@ def main():
             f"the rows, leave-one-out) {m['fit_wall']:.0f} s/{m['fit_rss']:.0f} MiB peak; gal-ood score of 10,100 "
             f"rows {m['score_wall']:.0f} s/{m['score_rss']:.0f} MiB peak (AUROC of 100 uniform outsiders against 10,000 "
             f"mixture rows {m['auroc']:.3f}); "
-            + (f"gal-view --sample {args.sample:,}: serving after {m['view_ready']:.0f} s, /api/search p50 "
-               f"{m['view_p50']:.0f} ms p99 {m['view_p99']:.0f} ms over 50 ids, peak RSS {m['view_hwm']:.0f} MiB "
-               f"({m['view_anon']:.0f} anonymous + {m['view_file']:.0f} mapped file pages at the end); "
-               if args.images else "gal-view not measured (no cutouts for these vectors); ")
+            + (view_text(m, args.sample) if args.images else "gal-view not measured (no cutouts for these vectors); ")
             + m["load"]),
             f"gal-knn --query of one id through the same index: {m['knn_wall']:.1f} s/{m['knn_rss']:.0f} MiB peak",
             "-")
