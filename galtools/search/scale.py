@@ -314,7 +314,7 @@ def train_scale(table, kind: str, *, nlist: int | None = None, nprobe: int | Non
     started = time.perf_counter()
     index.train(vectors)
     log.debug(f"trained {factory} on {train_size} rows in {time.perf_counter() - started:.1f} s, {memory_text()}")
-    nprobe = nprobe or default_nprobe(nlist)
+    nprobe = min(nlist, nprobe or default_nprobe(nlist))   # a --nprobe above nlist is recorded as nlist, as before
     refine = DEFAULT_REFINE[kind] if refine is None else refine
     meta = {"format": TRAINED_FORMAT, "kind": kind, "metric": "cosine", "scale_version": SCALE_VERSION,
             "dim": dim, "count": count,
