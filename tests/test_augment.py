@@ -9,7 +9,6 @@ torch = pytest.importorskip("torch")
 from galtools.augment import AugmentPipeline, ops  # noqa: E402
 from galtools.errors import BadData, UsageProblem  # noqa: E402
 
-torch.set_num_threads(2)
 BANDS = ["u", "g", "r", "i", "z"]
 PIXSCALE = 0.396
 SDSS_R = np.array([4.239, 3.303, 2.285, 1.698, 1.263])  # written out again here on purpose

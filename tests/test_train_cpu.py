@@ -196,3 +196,11 @@ def test_ahead_raises_the_preparations_error_in_the_caller():
         for item, _ in ahead(range(5), prepare):
             seen.append(item)
     assert seen == [0, 1]
+
+
+@pytest.mark.skipif(not os.environ.get("OMP_NUM_THREADS", "").isdigit(), reason="OMP_NUM_THREADS is not set")
+def test_no_test_module_changes_torchs_threads_for_the_whole_run():
+    """`make test` gives every worker one thread (OMP_NUM_THREADS=1): a test module that sets torch's threads when
+    it is imported changes them for every test of its worker (collection imports all modules first), and two
+    workers' torch then fight over the cores (once measured: a 3 s training took 45 s in the suite)."""
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
