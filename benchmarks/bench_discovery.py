@@ -1,6 +1,7 @@
 """How fast does the discovery loop of 'gal-ood rank' find a rare class, with an oracle labelling its proposals?
 
     python benchmarks/bench_discovery.py --sim-tune TUNE-EMB --sim-test TEST-EMB --gz1-emb GZ1-EMB --gz1 DATA/gz1-sdss
+    python benchmarks/bench_discovery.py --ceiling-of TUNE-EMB=RECIPE ...   # what each encoder's embeddings carry
 
 Protocol (the same for every data set): a table of normal objects plus one wanted class at a given prevalence;
 start from 1, 5 or 10 known positives (no negatives), then 3 rounds in which ``rank_vectors`` proposes 20
@@ -233,7 +234,8 @@ def graph_of(x, config: dict, cache: dict):
 def ceiling(path: str, prevalence: float = 0.01, seed: int = 1, folds: int = 5) -> dict:
     """What the embeddings carry about each kind, whatever the ranking method: AUPRC of a class-balanced logistic
     regression given *every* label (``folds``-fold cross-validated), on the table with the kind at
-    ``prevalence``.  A diagnostic on the test table (nothing is chosen by it)."""
+    ``prevalence``.  A diagnostic: on the test table nothing is chosen by it; on the tuning table (--ceiling-of) it
+    compares encoder recipes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -344,10 +346,16 @@ def main() -> None:
     parser.add_argument("--json", default=os.path.join(HERE, ".work-discovery", "result.json"))
     parser.add_argument("--ceiling", action="store_true", help="also: per kind of the gal-sim test table, the AUPRC "
                         "of a probe given every label (5-fold), i.e. what the embeddings carry at all")
+    parser.add_argument("--ceiling-of", action="append", default=[], metavar="EMB[=RECIPE]", help="only this: per "
+                        "kind, the every-label probe of the gal-sim embedding table EMB with every object of the kind "
+                        "kept (the tuning protocol), to compare encoders on the tuning table; repeatable; RECIPE (how "
+                        "EMB was made) and --note go into the rows")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--kept-only", action="store_true", help="gal-sim: report the runs kept so far (in the "
                         "runs file beside --json), computing none")
     args = parser.parse_args()
+    if args.ceiling_of:
+        return ceilings_only(args.ceiling_of, args.note, args.no_record)
     started = time.perf_counter()
     if args.pixel_pca:
         for name in ("sim_tune", "sim_test"):
@@ -393,6 +401,23 @@ def main() -> None:
             print("\n".join(result[key]))
     if not args.no_record:
         record(result, config)
+
+
+def ceilings_only(tables, note: str, no_record: bool) -> None:
+    """--ceiling-of: what each embedding table carries about each kind (``ceiling`` at TUNE_PREVALENCE)."""
+    from _record import record as append_row
+
+    for table in tables:
+        path, _, recipe = table.partition("=")
+        c = ceiling(path, prevalence=TUNE_PREVALENCE)
+        values = ", ".join(f"{k} AUPRC {v['auprc']:.3f}" for k, v in c.items())
+        mean = np.mean([v["auprc"] for v in c.values()])
+        print(f"{recipe or path}: {values}; mean {mean:.3f}", flush=True)
+        if not no_record:
+            append_row(f"discovery ceiling by recipe: probe given every label, 5-fold, gal-sim tuning table with every "
+                       f"object of each kind (~{np.mean([v['wanted'] for v in c.values()]):.0f} wanted); "
+                       f"{recipe or os.path.basename(path)}; {note}", f"{values}; mean {mean:.3f}",
+                       f"prevalence {np.mean([v['prevalence'] for v in c.values()]):.4f}", "-")
 
 
 def record(result: dict, config: dict) -> None:
