@@ -407,6 +407,7 @@ def main() -> None:
     config = dict(BASE)
     result = {"note": args.note, "grid": None}
     done = os.path.splitext(args.json)[0] + "-runs.jsonl"
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)   # the runs files go beside it
     if args.sim_tune:
         config, result["grid"] = tune(args.sim_tune, done=done.replace("-runs", "-tuning"))
     result["config"] = config
