@@ -1,6 +1,7 @@
 """How fast does the discovery loop of 'gal-ood rank' find a rare class, with an oracle labelling its proposals?
 
     python benchmarks/bench_discovery.py --sim-tune TUNE-EMB --sim-test TEST-EMB --gz1-emb GZ1-EMB --gz1 DATA/gz1-sdss
+    python benchmarks/bench_discovery.py --ceiling-of TUNE-EMB=RECIPE ...   # what each encoder's embeddings carry
 
 Protocol (the same for every data set): a table of normal objects plus one wanted class at a given prevalence;
 start from 1, 5 or 10 known positives (no negatives), then 3 rounds in which ``rank_vectors`` proposes 20
@@ -68,34 +69,71 @@ def read_embeddings(path: str, columns: tuple[str, ...]) -> tuple[np.ndarray, np
     return ids, vectors, {c: np.asarray(data.column(c).to_pylist()) for c in columns if c in data.column_names}
 
 
-def pixel_pca(cutouts: str, out: str, components: int = 64, crop: int = 32, seed: int = 0) -> str:
-    """The stated fallback representation: principal components of the centre crop's pixels (asinh-scaled per
-    band), fitted on up to 5,000 cutouts, written as an embedding table with the cutouts' plain columns."""
+def _cutout_features(cutouts: str, per_batch) -> tuple[np.ndarray, object]:
+    """``per_batch(images)`` over the cutout table, concatenated, and the table's id and truth columns."""
     import pyarrow as pa
 
-    from galtools.io import images_of, open_output, vector_column
+    from galtools.io import images_of
 
-    if os.path.exists(out):
-        return out
     blocks, carried = [], []
     with open_table(cutouts) as table:
         keep = [f.name for f in table.schema if f.name in ("object_id", "anomaly_kind", "is_anomaly")]
         for batch in table.iter_batches(batch_size=1024):
-            images = images_of(batch)
-            top = (images.shape[-1] - crop) // 2
-            pixels = np.arcsinh(images[..., top:top + crop, top:top + crop] / 0.05).reshape(len(images), -1)
-            blocks.append(pixels.astype(np.float32))
+            blocks.append(np.asarray(per_batch(images_of(batch)), np.float32))
             carried.append(pa.Table.from_batches([batch.select(keep)]))
-    pixels = np.concatenate(blocks)
+    return np.concatenate(blocks), pa.concat_tables(carried)
+
+
+def _write_embedding(out: str, carried, x: np.ndarray, model: str) -> str:
+    from galtools.io import open_output, vector_column
+
+    with open_output(out, metadata={"galtools.model_sha256": model}, tool="bench_discovery") as handle:
+        handle.write(carried.append_column("embedding", vector_column(x.astype(np.float32))))
+    return out
+
+
+def pixel_pca(cutouts: str, out: str, components: int = 64, crop: int = 32, seed: int = 0) -> str:
+    """The stated fallback representation: principal components of the centre crop's pixels (asinh-scaled per
+    band), fitted on up to 5,000 cutouts, written as an embedding table with the cutouts' plain columns."""
+    if os.path.exists(out):
+        return out
+
+    def crop_pixels(images):
+        top = (images.shape[-1] - crop) // 2
+        return np.arcsinh(images[..., top:top + crop, top:top + crop] / 0.05).reshape(len(images), -1)
+
+    pixels, carried = _cutout_features(cutouts, crop_pixels)
     rng = np.random.default_rng(seed)
     sample = pixels[rng.choice(len(pixels), min(5000, len(pixels)), replace=False)]
     mean = sample.mean(axis=0)
     _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    x = ((pixels - mean) @ vt[:components].T).astype(np.float32)
-    data = pa.concat_tables(carried).append_column("embedding", vector_column(x))
-    with open_output(out, metadata={"galtools.model_sha256": "pixel-pca"}, tool="bench_discovery") as handle:
-        handle.write(data)
-    return out
+    return _write_embedding(out, carried, (pixels - mean) @ vt[:components].T, "pixel-pca")
+
+
+def defect_stats(cutouts: str, out: str, crop: int = 48) -> str:
+    """Detector-defect statistics of the centre crop, per band, after the encoders' preprocessing (arcsinh,
+    standardised; fitted on the first 1,024 cutouts): the largest and smallest contrast of a column (its mean minus
+    the mean of its two neighbours) and of a row, and the largest and smallest pixel minus its 3x3 median (a spike),
+    standardised over the table: what a bad column or a cosmic ray leaves in the pixels, as an embedding table."""
+    from scipy.ndimage import median_filter
+
+    from galtools.preprocess import Preprocess, centre_crop
+
+    if os.path.exists(out):
+        return out
+    fitted = []
+
+    def stats(images):
+        if not fitted:
+            fitted.append(Preprocess.fit(images, [str(b) for b in range(images.shape[1])]))
+        y = centre_crop(fitted[0].apply_numpy(images), crop)
+        spike = y - median_filter(y, size=(1, 1, 3, 3))
+        contrast = [line[..., 1:-1] - 0.5 * (line[..., :-2] + line[..., 2:]) for line in (y.mean(2), y.mean(3))]
+        return np.concatenate([f(c, axis=2) for c in contrast for f in (np.max, np.min)]
+                              + [spike.max(axis=(2, 3)), spike.min(axis=(2, 3))], axis=1)
+
+    x, carried = _cutout_features(cutouts, stats)
+    return _write_embedding(out, carried, (x - x.mean(0)) / (x.std(0) + 1e-6), "defect-stats")
 
 
 def metrics(score: np.ndarray, truth: np.ndarray, pool: np.ndarray) -> dict:
@@ -233,7 +271,8 @@ def graph_of(x, config: dict, cache: dict):
 def ceiling(path: str, prevalence: float = 0.01, seed: int = 1, folds: int = 5) -> dict:
     """What the embeddings carry about each kind, whatever the ranking method: AUPRC of a class-balanced logistic
     regression given *every* label (``folds``-fold cross-validated), on the table with the kind at
-    ``prevalence``.  A diagnostic on the test table (nothing is chosen by it)."""
+    ``prevalence``.  A diagnostic: on the test table nothing is chosen by it; on the tuning table (--ceiling-of) it
+    compares encoder recipes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -344,10 +383,21 @@ def main() -> None:
     parser.add_argument("--json", default=os.path.join(HERE, ".work-discovery", "result.json"))
     parser.add_argument("--ceiling", action="store_true", help="also: per kind of the gal-sim test table, the AUPRC "
                         "of a probe given every label (5-fold), i.e. what the embeddings carry at all")
+    parser.add_argument("--ceiling-of", action="append", default=[], metavar="EMB[=RECIPE]", help="only this: per "
+                        "kind, the every-label probe of the gal-sim embedding table EMB with every object of the kind "
+                        "kept (the tuning protocol), to compare encoders on the tuning table; repeatable; RECIPE (how "
+                        "EMB was made) and --note go into the rows")
+    parser.add_argument("--defect-stats", metavar="CUTOUTS", help="with --ceiling-of: also the detector-defect "
+                        "statistics of the gal-sim cutout table CUTOUTS (written beside it), the pixels' side")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--kept-only", action="store_true", help="gal-sim: report the runs kept so far (in the "
                         "runs file beside --json), computing none")
     args = parser.parse_args()
+    if args.defect_stats:
+        made = defect_stats(args.defect_stats, os.path.splitext(args.defect_stats)[0] + "-defects.parquet")
+        args.ceiling_of.append(f"{made}=detector-defect statistics of the pixels (column and row contrast, spike)")
+    if args.ceiling_of:
+        return ceilings_only(args.ceiling_of, args.note, args.no_record)
     started = time.perf_counter()
     if args.pixel_pca:
         for name in ("sim_tune", "sim_test"):
@@ -357,6 +407,7 @@ def main() -> None:
     config = dict(BASE)
     result = {"note": args.note, "grid": None}
     done = os.path.splitext(args.json)[0] + "-runs.jsonl"
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)   # the runs files go beside it
     if args.sim_tune:
         config, result["grid"] = tune(args.sim_tune, done=done.replace("-runs", "-tuning"))
     result["config"] = config
@@ -393,6 +444,23 @@ def main() -> None:
             print("\n".join(result[key]))
     if not args.no_record:
         record(result, config)
+
+
+def ceilings_only(tables, note: str, no_record: bool) -> None:
+    """--ceiling-of: what each embedding table carries about each kind (``ceiling`` at TUNE_PREVALENCE)."""
+    from _record import record as append_row
+
+    for table in tables:
+        path, _, recipe = table.partition("=")
+        c = ceiling(path, prevalence=TUNE_PREVALENCE)
+        values = ", ".join(f"{k} AUPRC {v['auprc']:.3f}" for k, v in c.items())
+        mean = np.mean([v["auprc"] for v in c.values()])
+        print(f"{recipe or path}: {values}; mean {mean:.3f}", flush=True)
+        if not no_record:
+            append_row(f"discovery ceiling by recipe: probe given every label, 5-fold, gal-sim tuning table with every "
+                       f"object of each kind (~{np.mean([v['wanted'] for v in c.values()]):.0f} wanted); "
+                       f"{recipe or os.path.basename(path)}; {note}", f"{values}; mean {mean:.3f}",
+                       f"prevalence {np.mean([v['prevalence'] for v in c.values()]):.4f}", "-")
 
 
 def record(result: dict, config: dict) -> None:
