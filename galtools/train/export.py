@@ -6,10 +6,15 @@
   describe the model (``encoder_metadata``);
 - before the file is kept, ONNX Runtime must agree with torch (fp32, eval mode) on batches of 1 and 37 within
   1e-4; otherwise nothing is written.
+
+The graph comes from torch's TorchScript-based exporter (a fraction of a second for these convolutional networks),
+and from its torch.export-based exporter (a few seconds more) where that one cannot express the model or is gone
+from the installed torch; either way the parity check above decides whether the file is kept.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 
@@ -23,6 +28,8 @@ from galtools.io.files import atomic_file
 
 PARITY_BATCHES = (1, 37)
 PARITY_TOLERANCE = 1e-4
+ONNX_OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")   # tried in this order
 
 
 # Settings that say where a run was, not what it trained: kept out of the model file so that the same training
@@ -87,13 +94,40 @@ def _representation_module(backbone, tta: int = 1):
         def forward(self, image):
             if self.tta == 1:
                 return self.backbone.forward_features(image)
-            views = [torch.rot90(image, k, dims=(2, 3)) for k in range(4)]
+            views = quarter_turns(image)
             if self.tta == 8:
                 views += [torch.flip(v, dims=(3,)) for v in views]
             features = self.backbone.forward_features(torch.cat(views))
-            return features.reshape(self.tta, image.shape[0], -1).mean(dim=0)
+            return features.reshape(self.tta, -1, features.shape[-1]).mean(dim=0)
 
     return Representation(backbone, tta).eval()
+
+
+def quarter_turns(image):
+    """``[torch.rot90(image, k, dims=(2, 3)) for k in range(4)]``, written with flips and transposes, which every
+    ONNX exporter expresses (the TorchScript one has no rot90)."""
+    return [image, image.flip(3).transpose(2, 3), image.flip(2).flip(3), image.transpose(2, 3).flip(3)]
+
+
+def _onnx_graph(reference, example, exporter: str):
+    """``reference`` as an ONNX ModelProto with a dynamic batch axis, by ``exporter``: "torchscript" or "dynamo"."""
+    import onnx
+    import torch
+
+    names = {"input_names": ["image"], "output_names": ["embedding"]}
+    with _quiet_exporter():
+        if exporter == "torchscript":
+            buffer = io.BytesIO()
+            torch.onnx.export(reference, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                              dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, **names)
+            model = onnx.load_from_string(buffer.getvalue())
+            with torch.no_grad():                   # the width, where shape inference left it symbolic (tta)
+                width = int(reference(example).shape[1])
+            model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = width
+            return model
+        program = torch.onnx.export(reference, (example,), None, dynamo=True, external_data=False, verbose=False,
+                                    dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, **names)
+        return program.model_proto
 
 
 @contextlib.contextmanager
@@ -158,9 +192,10 @@ def check_parity(onnx_path: str, reference, inputs: list[np.ndarray]) -> float:
 
 
 def export_encoder(backbone, path: str, metadata: dict[str, str], input_size: int, overwrite: bool = False,
-                   tta: int = 1) -> float:
+                   tta: int = 1, exporters: tuple[str, ...] = EXPORTERS) -> float:
     """Write ``backbone``'s representation to ``path`` as ONNX with ``metadata``; returns the parity error.
-    ``tta`` 4 or 8: the embedding is the mean over the quarter turns (and mirror images), recorded as galtools.tta."""
+    ``tta`` 4 or 8: the embedding is the mean over the quarter turns (and mirror images), recorded as galtools.tta.
+    ``exporters``: torch's ONNX exporters to try, in order (see the module)."""
     import onnx
     import torch
 
@@ -172,11 +207,14 @@ def export_encoder(backbone, path: str, metadata: dict[str, str], input_size: in
     backbone = backbone.float().to("cpu", memory_format=torch.contiguous_format).eval()
     reference = _representation_module(backbone, tta)
     example = torch.zeros(2, backbone.in_chans, input_size, input_size)  # trace with batch > 1
-    with _quiet_exporter():
-        program = torch.onnx.export(reference, (example,), None, input_names=["image"], output_names=["embedding"],
-                                    dynamo=True, dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
-                                    external_data=False, verbose=False)
-    model = program.model_proto
+    for attempt, exporter in enumerate(exporters, 1):
+        try:
+            model = _onnx_graph(reference, example, exporter)
+        except Exception:                           # noqa: BLE001 - any failure of one exporter: try the next
+            if attempt == len(exporters):
+                raise
+            continue
+        break
     onnx.helper.set_model_props(model, metadata)   # metadata last, on the final graph
     with atomic_file(path) as temporary:           # kept only if ONNX Runtime agrees with torch
         onnx.save_model(model, temporary)
