@@ -231,13 +231,14 @@ def sim_runs(path: str, prevalences, starts, seeds, config, kinds_wanted=None, l
     (a JSON-lines file) as it ends, so an interrupted benchmark keeps what it measured and resumes."""
     ids, vectors, columns = read_embeddings(path, ("anomaly_kind",))
     kinds = columns["anomaly_kind"]
+    table = os.path.abspath(path)     # in the key: a run of another table is never taken for this one's
     wanted_kinds = kinds_wanted or sorted(k for k in set(kinds.tolist()) if k != "none")
     cells = sorted(((p, s) for p in prevalences for s in starts), key=lambda c: (c != (0.01, 5), -c[0], c[1]))
     results, priors, finished = {}, {}, _finished(done)
     for prevalence, start in cells:
         for kind in wanted_kinds:
             for seed in seeds:
-                key = f"sim {kind} {prevalence} {start} {seed} {json.dumps(config, sort_keys=True)}"
+                key = f"sim {table} {kind} {prevalence} {start} {seed} {json.dumps(config, sort_keys=True)}"
                 if key in finished:
                     results.setdefault((prevalence, start), []).append(finished[key])
                     continue
@@ -268,12 +269,35 @@ def graph_of(x, config: dict, cache: dict):
     return cache[settings.neighbours]
 
 
-def ceiling(path: str, prevalence: float = 0.01, seed: int = 1, folds: int = 5) -> dict:
-    """What the embeddings carry about each kind, whatever the ranking method: AUPRC of a class-balanced logistic
-    regression given *every* label (``folds``-fold cross-validated), on the table with the kind at
-    ``prevalence``.  A diagnostic: on the test table nothing is chosen by it; on the tuning table (--ceiling-of) it
-    compares encoder recipes."""
+def reader(name: str, seed: int = 0, samples: int = 500):
+    """A scikit-learn classifier that reads the embeddings, for the every-label ceiling: the class-balanced linear
+    probe, or a nonlinear one (each class-balanced where scikit-learn allows it); ``samples``: the rows it will be
+    fitted on (the kernel's landmarks are at most these)."""
+    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier
+    from sklearn.kernel_approximation import Nystroem
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+
+    return {"linear": lambda: LogisticRegression(max_iter=500, class_weight="balanced"),
+            "boosted": lambda: HistGradientBoostingClassifier(max_iter=100, random_state=seed),
+            "trees": lambda: ExtraTreesClassifier(300, min_samples_leaf=2, class_weight="balanced_subsample",
+                                                  random_state=seed),
+            "kernel": lambda: make_pipeline(Nystroem(gamma=4.0, n_components=min(500, samples),
+                                                     random_state=seed),
+                                            LogisticRegression(max_iter=1000, class_weight="balanced")),
+            "neighbours": lambda: KNeighborsClassifier(15, weights="distance")}[name]()
+
+
+READERS = ("linear", "boosted", "trees", "kernel", "neighbours")
+
+
+def ceiling(path: str, prevalence: float = 0.01, seed: int = 1, folds: int = 5, read: str = "linear") -> dict:
+    """What the embeddings carry about each kind: AUPRC of a probe (``read``: a :func:`reader`; by default a
+    class-balanced logistic regression) given *every* label (``folds``-fold cross-validated), on the table with
+    the kind at ``prevalence``.  A diagnostic: on the test table nothing is chosen by it; on the tuning table
+    (--ceiling-of) it compares encoder recipes and readers.  (Kernel: an RBF kernel exp(-4 |x - y|^2) on the unit
+    embeddings through 500 Nystroem landmarks.)"""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     _, vectors, columns = read_embeddings(path, ("anomaly_kind",))
@@ -281,9 +305,11 @@ def ceiling(path: str, prevalence: float = 0.01, seed: int = 1, folds: int = 5) 
     out = {}
     for kind in sorted(k for k in set(kinds.tolist()) if k != "none"):
         rows, truth = subsample(kinds, kind, prevalence, seed)
-        score = cross_val_predict(LogisticRegression(max_iter=500, class_weight="balanced"), vectors[rows], truth,
-                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                                  method="decision_function")
+        model = reader(read, samples=len(rows) - len(rows) // folds - 1)
+        method = "decision_function" if hasattr(model, "decision_function") else "predict_proba"
+        score = cross_val_predict(model, vectors[rows], truth, cv=StratifiedKFold(folds, shuffle=True,
+                                                                                  random_state=seed), method=method)
+        score = score[:, 1] if score.ndim == 2 else score
         out[kind] = {"auprc": average_precision(score, truth), "wanted": int(truth.sum()),
                      "prevalence": float(truth.mean())}
     return out
@@ -310,6 +336,7 @@ def _keep(done, run) -> None:
 
 def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -> dict:
     ids, vectors, _ = read_embeddings(path, ())
+    table = os.path.abspath(path)
     labels = {}
     with open(os.path.join(gz1, "labels.csv"), newline="") as handle:
         for row in csv.DictReader(handle):
@@ -321,7 +348,7 @@ def gz1_runs(path: str, gz1: str, starts, seeds, config, log=print, done=None) -
         for seed in seeds:
             prior = None
             for start in starts:
-                key = f"gz1 {wanted} {start} {seed} {json.dumps(config, sort_keys=True)}"
+                key = f"gz1 {table} {wanted} {start} {seed} {json.dumps(config, sort_keys=True)}"
                 if key in finished:
                     results.setdefault((wanted, start), []).append(finished[key])
                     continue
@@ -387,6 +414,9 @@ def main() -> None:
                         "kind, the every-label probe of the gal-sim embedding table EMB with every object of the kind "
                         "kept (the tuning protocol), to compare encoders on the tuning table; repeatable; RECIPE (how "
                         "EMB was made) and --note go into the rows")
+    parser.add_argument("--reader", action="append", choices=READERS, help="with --ceiling-of: the probe that reads "
+                        "the embeddings (repeatable; default linear): a class-balanced logistic regression, boosted "
+                        "trees, extremely randomised trees, an RBF-kernel logistic regression, a 15-neighbour vote")
     parser.add_argument("--defect-stats", metavar="CUTOUTS", help="with --ceiling-of: also the detector-defect "
                         "statistics of the gal-sim cutout table CUTOUTS (written beside it), the pixels' side")
     parser.add_argument("--no-record", action="store_true")
@@ -397,7 +427,7 @@ def main() -> None:
         made = defect_stats(args.defect_stats, os.path.splitext(args.defect_stats)[0] + "-defects.parquet")
         args.ceiling_of.append(f"{made}=detector-defect statistics of the pixels (column and row contrast, spike)")
     if args.ceiling_of:
-        return ceilings_only(args.ceiling_of, args.note, args.no_record)
+        return ceilings_only(args.ceiling_of, args.note, args.no_record, args.reader or ["linear"])
     started = time.perf_counter()
     if args.pixel_pca:
         for name in ("sim_tune", "sim_test"):
@@ -446,20 +476,23 @@ def main() -> None:
         record(result, config)
 
 
-def ceilings_only(tables, note: str, no_record: bool) -> None:
-    """--ceiling-of: what each embedding table carries about each kind (``ceiling`` at TUNE_PREVALENCE)."""
+def ceilings_only(tables, note: str, no_record: bool, readers=("linear",)) -> None:
+    """--ceiling-of: what each embedding table carries about each kind (``ceiling`` at TUNE_PREVALENCE), as read
+    by each of ``readers`` (the linear probe's line names no reader)."""
     from _record import record as append_row
 
     for table in tables:
         path, _, recipe = table.partition("=")
-        c = ceiling(path, prevalence=TUNE_PREVALENCE)
-        values = ", ".join(f"{k} AUPRC {v['auprc']:.3f}" for k, v in c.items())
-        mean = np.mean([v["auprc"] for v in c.values()])
-        print(f"{recipe or path}: {values}; mean {mean:.3f}", flush=True)
-        if not no_record:
-            append_row(f"discovery ceiling by recipe: probe given every label, 5-fold, gal-sim tuning table with every "
-                       f"object of each kind (~{np.mean([v['wanted'] for v in c.values()]):.0f} wanted); "
-                       f"{recipe or os.path.basename(path)}; {note}", f"{values}; mean {mean:.3f}",
+        for read in readers:
+            c = ceiling(path, prevalence=TUNE_PREVALENCE, read=read)
+            values = ", ".join(f"{k} AUPRC {v['auprc']:.3f}" for k, v in c.items())
+            mean = np.mean([v["auprc"] for v in c.values()])
+            name = (recipe or path) + ("" if read == "linear" else f" [{read} reader]")
+            print(f"{name}: {values}; mean {mean:.3f}", flush=True)
+            if not no_record:
+                append_row(f"discovery ceiling by recipe: probe given every label, 5-fold, gal-sim tuning table with "
+                           f"every object of each kind (~{np.mean([v['wanted'] for v in c.values()]):.0f} wanted); "
+                           f"{name}; {note}", f"{values}; mean {mean:.3f}",
                        f"prevalence {np.mean([v['prevalence'] for v in c.values()]):.4f}", "-")
 
 
