@@ -438,11 +438,19 @@ def test_both_curves_run_every_baseline_arm_by_the_same_rule(tiny_run):
               "--max-epochs", "1", "--device", "cpu", "--json"]
     for tool, floor, task in (("gal-classify", "majority", ["--label", "morph_class"]),
                               ("gal-photoz", "median", ["--z-column", "z_true", "--bins", "8", "--zmax", "0.5"])):
-        result = run_tool(tool, "curve", tiny_run / "emb.parquet", *task, *common, check=True)
+        plot = tiny_run / f"{tool}-curve.png"
+        result = run_tool(tool, "curve", tiny_run / "emb.parquet", *task, *common, "--plot", plot, check=True)
         rows = json.loads(result.stdout)["rows"]
         # one epoch allowed: every training arm hits its cap, and says so; the floor does not train
         assert {r["method"]: r["stopped"] for r in rows} == {floor: "", **{arm: "cap" for arm in ARMS}}, tool
-        assert len({r["n_test"] for r in rows}) == 1 and len({r["n_labels"] for r in rows}) == 1
+        assert len(rows) == 1 + len(ARMS) and {r["fraction"] for r in rows} == {1.0}, tool
+        assert len({r["n_test"] for r in rows}) == 1 and len({r["n_labels"] for r in rows}) == 1   # one test set
+        for row in rows:           # every arm scored, by the task's own metrics
+            if tool == "gal-photoz":
+                assert np.isfinite(row["sigma_mad"]) and 0 <= row["eta"] <= 100, row
+            else:
+                assert 0 <= row["accuracy"] <= 1, row
+        assert plot.stat().st_size > 0
         # the pixel baseline tried each number of components up to the representation's dimension, and says which
         pca = next(r for r in rows if r["method"] == "pixels-pca")
         assert pca["components"] in pca_sizes(dim), (tool, pca)
@@ -451,3 +459,61 @@ def test_both_curves_run_every_baseline_arm_by_the_same_rule(tiny_run):
         for r in (r for r in rows if r["method"] in ("finetune", "scratch")):
             n_train = r["n_labels"] - min(50_000, max(1, round(0.1 * r["n_labels"])))   # the 10% validation rows
             assert math.ceil(n_train / 64) < 25 and r["epochs"] == pytest.approx(1.0, abs=0.01), (tool, r)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_run):
+    """gal-photoz fit --finetune from the shared gal-train run, as a user runs it in the run's folder; then predict
+    from embeddings of the pre-trained encoder (refused) and straight from cutouts."""
+    fit = ["fit", "emb.parquet", "--z-column", "z_true", "--finetune", "--checkpoint", "run/last.pt", "--images",
+           "sim.parquet", "--bins", "8", "--zmax", "0.5", "--max-epochs", "1", "--seed", "2", "--device", "cpu", "-q"]
+    run_tool("gal-photoz", *fit, "-o", "finetuned.model", cwd=tiny_run, check=True)
+    refused = run_tool("gal-photoz", "predict", "emb.parquet", "--model", "finetuned.model", "--truth", "z_true",
+                       "-o", "ft-emb-refused.parquet", cwd=tiny_run)
+    # predicting straight from cutouts: the model's own encoder embeds them on the way
+    run_tool("gal-photoz", "predict", "sim.parquet", "--model", "finetuned.model", "--drop-embedding",
+             "-o", "ft-pred.parquet", cwd=tiny_run, check=True)
+    return tiny_run, refused
+
+
+def test_finetuned_model_carries_its_encoder_and_predicts_cutouts(finetuned):
+    import hashlib
+
+    import onnxruntime as ort
+
+    from galtools.io import images_of
+    from galtools.photoz.bins import RedshiftBins, summarise_pdf
+    from galtools.preprocess import Preprocess
+    from galtools.train.data import centre_crop
+
+    folder, _ = finetuned
+    with np.load(folder / "finetuned.model", allow_pickle=False) as data:
+        meta = json.loads(str(data["__galtools__"]))
+        onnx_bytes = data["encoder_onnx"].tobytes()
+        w0, b0 = data["w0"], data["b0"]
+    assert meta["kind"] == "photoz-finetuned" and meta["mode"] == "finetune" and meta["seed"] == 2
+    assert meta["model_sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    assert meta["checkpoint"] == "run/last.pt" and meta["input_size"] == 32
+    # an independent path: ONNX Runtime on the centre crop + the stored preprocessing, then the head in numpy
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    preprocess = Preprocess.from_json(session.get_modelmeta().custom_metadata_map["galtools.preprocess"])
+    with open_table(str(folder / "sim.parquet")) as table:
+        sim, bands = table.read_all(), table.bands
+    raw = images_of(sim)[:, [bands.index(b) for b in preprocess.bands]]
+    features = session.run(["embedding"], {"image": preprocess.apply_numpy(centre_crop(raw, 32))})[0]
+    logits = features @ w0 + b0
+    pdf = np.exp(logits - logits.max(axis=1, keepdims=True))
+    pdf /= pdf.sum(axis=1, keepdims=True)
+    expected = summarise_pdf(pdf, RedshiftBins(8, 0.5).centres)[0]
+    with open_table(str(folder / "ft-pred.parquet")) as table:
+        predicted, metadata = table.read_all(), table.metadata
+    assert predicted.num_rows == sim.num_rows and "embedding" not in predicted.column_names
+    assert np.allclose(predicted.column("z_phot").to_numpy(), expected, atol=1e-5)
+    assert metadata["galtools.model_sha256"] == meta["model_sha256"]
+
+
+def test_finetuned_model_refuses_embeddings_of_the_pretrained_encoder(finetuned):
+    folder, refused = finetuned
+    assert refused.returncode == 65
+    assert "embedded by another encoder" in refused.stderr.decode()
+    assert not (folder / "ft-emb-refused.parquet").exists()
