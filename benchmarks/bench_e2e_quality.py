@@ -3,7 +3,7 @@
     python benchmarks/bench_e2e_quality.py [--seeds 7,8,9] [--train-seeds 0,1] [--no-record]
 
 The pipeline is tests/test_photoz_ood_e2e.py's: gal-sim cutouts (5% anomalies), a tiny encoder pre-trained by
-gal-train (MoCo v2, 300 CPU steps), gal-embed, then gal-photoz and gal-ood.  MoCo on CPUs is not bit-reproducible
+gal-train (MoCo v2, 200 CPU steps), gal-embed, then gal-photoz and gal-ood.  MoCo on CPUs is not bit-reproducible
 across CPU families: one CPU's training run is one draw among many, so the tests hold only wide floors that every
 seed and CPU must pass.  The tighter targets they held before (measured with gal-sim seeds 7, 8 and 9) are checked
 here on every (data seed, training seed) run: the file runs once per pair (GALTOOLS_E2E_SEED,

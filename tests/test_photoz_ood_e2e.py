@@ -1,12 +1,12 @@
 """gal-photoz and gal-ood end to end, as a user runs them: gal-sim cutouts (5% anomalies), a tiny encoder
-pre-trained by gal-train (MoCo v2, 300 steps on the CPU), gal-embed; then two catalogues of spectroscopic redshifts:
+pre-trained by gal-train (MoCo v2, 200 steps on the CPU), gal-embed; then two catalogues of spectroscopic redshifts:
 - as in a survey, only the bright normal galaxies of one part of the sky (the labelled set), the rest unlabelled:
   the trust and anomaly tests;
 - a random 70% of the normal galaxies (the random split), the other 30% held out: the photo-z quality tests.
 
 The floors here are wide: they hold over data seeds, training seeds and CPUs (MoCo on CPUs is not bit-reproducible
 across CPU families, so one CPU's run is one draw among many). Each test records its figure (``record_property``);
-the tighter targets measured with gal-sim seeds 7, 8 and 9 live in ``benchmarks/bench_e2e_quality.py``, which runs
+the tighter targets, measured with gal-sim seeds 7, 8 and 9 and training seeds 0 and 1, live in ``benchmarks/bench_e2e_quality.py``, which runs
 this file over several data and training seeds, checks them on every run and appends the range to
 benchmarks/RESULTS.md. Each floor below states its tolerance against that target.
 """
@@ -36,7 +36,7 @@ SEED = int(os.environ.get("GALTOOLS_E2E_SEED", "7"))
 TRAIN_SEED = int(os.environ.get("GALTOOLS_E2E_TRAIN_SEED", "0"))
 # MoCo v2 on the tiny encoder, sized for a short CPU run: m=0.99 and a queue of a fifth of the table (gal-train's
 # notes say why); no reddening augmentation: invariance to it costs colour, i.e. redshift, at this scale
-TRAINING = ("--arch tiny --crop 32 --steps 300 --batch-size 64 --lr 0.3 --queue-size 1024 --key-momentum 0.99 "
+TRAINING = ("--arch tiny --crop 32 --steps 200 --batch-size 64 --lr 0.3 --queue-size 1024 --key-momentum 0.99 "
             "--ops rotate,jitter,psf,noise --log-every 10 --device cpu --loader-threads 1 -q")
 RANDOM_LABELLED_SHARE = 0.7
 LABELLED_SHARE = 2 / 3
@@ -214,8 +214,9 @@ def test_predicted_spread_is_larger_where_the_error_is(random_split, record_prop
     record_property("spearman_linear", correlations["linear"])
     record_property("quarter_ratio", min(quarter_ratios.values()))
     # The magnitude, the main driver of the error in gal-sim, correlates with |dz| at Spearman 0.19-0.21 (seeds
-    # 7-9): the predicted spread does as well, not much better.  The quarter of objects with the widest pdfs has
-    # 1.6-1.9 times the median error of the quarter with the narrowest.  The benchmark's targets: Spearman > 0.2
+    # 7-9): the predicted spread does about as well (0.19-0.26 mlp, 0.19-0.22 linear over data seeds 7-9 and
+    # training seeds 0-1).  The quarter of objects with the widest pdfs has 1.5-1.8 times the median error of the
+    # quarter with the narrowest.  The benchmark's targets: Spearman > 0.2
     # (mlp) and > 0.15 (linear), ratio > 1.4; here half the correlations and a ratio above 1.2.
     assert correlations["mlp"] > 0.1, correlations
     assert correlations["linear"] > 0.075, correlations
@@ -224,8 +225,8 @@ def test_predicted_spread_is_larger_where_the_error_is(random_split, record_prop
 
 def test_linear_probe_beats_the_training_median_on_fainter_targets(pipeline, record_property):
     """Labels for the bright half only: the probe still beats the median on the fainter rest, by less (sigma_MAD
-    ratio 0.76-0.79 for seeds 7-9).  Its z_phot_std does not grow for the faint objects it never saw
-    (Spearman with the error 0.01-0.12, recorded): telling those apart is gal-ood's job, tested below."""
+    ratio 0.74-0.81 over data seeds 7-9 and training seeds 0-1).  Its z_phot_std does not grow for the faint
+    objects it never saw (its Spearman correlation with the error is recorded): telling those apart is gal-ood's job, tested below."""
     from scipy.stats import spearmanr
 
     from galtools.photoz.metrics import photoz_metrics
@@ -254,7 +255,7 @@ def test_untrusted_predictions_are_the_worse_ones(pipeline, record_property):
     record_property("median_abs_dz_untrusted", trust["untrusted"]["median_error"])
     record_property("trust_ratio", trust["untrusted"]["median_error"] / trust["trusted"]["median_error"])
     assert trust["untrusted"]["n"] >= 20 and trust["trusted"]["n"] >= 200
-    # seeds 7-9: 1.46-1.56; the benchmark's target 1.3
+    # data seeds 7-9 x training seeds 0-1: 1.34-1.55; the benchmark's target 1.3
     assert trust["untrusted"]["median_error"] > 1.15 * trust["trusted"]["median_error"], trust
     bins = trust["bins"]
     assert bins[-1]["median_error"] > bins[0]["median_error"]        # strangest tenth vs most typical tenth
@@ -264,7 +265,7 @@ def test_anomalies_score_above_chance(pipeline, record_property):
     detection = pipeline["detection"]
     record_property("auroc", detection["auroc"])
     assert detection["n_anomalies"] >= 10
-    assert detection["auroc"] > 0.6, detection            # seeds 7-9: 0.74-0.83; the benchmark's target 0.65
+    assert detection["auroc"] > 0.6, detection            # seeds 7-9 x 0-1: 0.71-0.83; the target 0.65
 
 
 def test_network_options_need_a_checkpoint(pipeline):
