@@ -34,7 +34,7 @@ def test_quarter_turns_are_torch_rot90_exactly():
         assert torch.equal(turned, torch.rot90(x, k, dims=(2, 3))), k
 
 
-@pytest.mark.parametrize("tta", [1, 8])
+@pytest.mark.parametrize("tta", [8])   # tta 1 by torch.export: the fallback test below
 def test_both_exporters_give_the_embeddings_torch_gives(tmp_path, tta):
     torch.manual_seed(3)
     backbone = build_encoder("tiny", 5, width=0.5, pool="gem").eval()
