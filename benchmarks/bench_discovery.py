@@ -2,6 +2,7 @@
 
     python benchmarks/bench_discovery.py --sim-tune TUNE-EMB --sim-test TEST-EMB --gz1-emb GZ1-EMB --gz1 DATA/gz1-sdss
     python benchmarks/bench_discovery.py --ceiling-of TUNE-EMB=RECIPE ...   # what each encoder's embeddings carry
+    python benchmarks/bench_discovery.py --rank-cost TEST-EMB               # CPU-s of one ranking, steered or not
 
 Protocol (the same for every data set): a table of normal objects plus one wanted class at a given prevalence;
 start from 1, 5 or 10 known positives (no negatives), then 3 rounds in which ``rank_vectors`` proposes 20
@@ -18,7 +19,7 @@ precision@100, and precision and recall in the top 1%.  Beside it, with the same
 
 gal-sim: each anomaly kind in turn is the wanted class, at 1% and 0.1% of the table (all normal objects kept, the
 kind's objects subsampled by seed); the other anomaly kinds are left out.  The settings of 'auto' (GRID: half_labels,
-explore, graph_share) are chosen on a *tuning* table (another gal-sim seed, 5 starting positives, every object of
+explore, graph_share, each with and without steer) are chosen on a *tuning* table (another gal-sim seed, 5 starting positives, every object of
 the kind kept so that the loop's 60 labels cannot exhaust it) and reported on the *test* table, never tuned on.  Galaxy Zoo 1 (real SDSS): mergers and edge-on
 galaxies as the wanted class, all 1,500 galaxies kept (their natural prevalence).
 
@@ -52,9 +53,10 @@ STARTS = (1, 5, 10)
 ROUNDS = 3
 PER_ROUND = 20
 ARMS = ("ours", "random", "similarity", "iforest", "probe")
-BASE = dict(half_labels=5.0, similarity_share=0.75, explore=1.0, graph_share=0.0)   # the grid's reference point
+BASE = dict(half_labels=5.0, similarity_share=0.75, explore=1.0, graph_share=0.0, steer=0.0)   # the grid's reference
 GRID = [BASE, {**BASE, "explore": 0.0}, {**BASE, "half_labels": 20.0}, {**BASE, "half_labels": 50.0},
         {**BASE, "half_labels": 50.0, "explore": 0.0}, {**BASE, "graph_share": 0.5}]
+GRID += [{**g, "steer": 0.5} for g in GRID]   # each with the proposals steered half by the kernel model
 TUNE_SEEDS = (0, 1)
 # The tuning table (4,000 rows) holds ~170 objects of each kind: all of them are kept (5%), so that, as on the test
 # table (~165 at 1%), the 60 labels of the loop cannot exhaust the wanted class (at 1% there would be 28).
@@ -419,6 +421,11 @@ def main() -> None:
                         "trees, extremely randomised trees, an RBF-kernel logistic regression, a 15-neighbour vote")
     parser.add_argument("--defect-stats", metavar="CUTOUTS", help="with --ceiling-of: also the detector-defect "
                         "statistics of the gal-sim cutout table CUTOUTS (written beside it), the pixels' side")
+    parser.add_argument("--settings", metavar="KEY=VALUE,...", help="gal-sim and gz1: these 'auto' settings in place "
+                        "of the grid's choice (e.g. steer=0: the chosen settings without steering, a baseline)")
+    parser.add_argument("--rank-cost", metavar="EMB", help="only this: the CPU seconds of one ranking with --propose 20 "
+                        "(15 positives of a kind and 50 negatives) of the gal-sim embedding table EMB, steered and "
+                        "not (--steer 0.5 and 0)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--kept-only", action="store_true", help="gal-sim: report the runs kept so far (in the "
                         "runs file beside --json), computing none")
@@ -428,6 +435,8 @@ def main() -> None:
         args.ceiling_of.append(f"{made}=detector-defect statistics of the pixels (column and row contrast, spike)")
     if args.ceiling_of:
         return ceilings_only(args.ceiling_of, args.note, args.no_record, args.reader or ["linear"])
+    if args.rank_cost:
+        return rank_cost(args.rank_cost, args.note, args.no_record)
     started = time.perf_counter()
     if args.pixel_pca:
         for name in ("sim_tune", "sim_test"):
@@ -435,11 +444,14 @@ def main() -> None:
                 path = getattr(args, name)
                 setattr(args, name, pixel_pca(path, os.path.splitext(path)[0] + "-pixelpca.parquet"))
     config = dict(BASE)
-    result = {"note": args.note, "grid": None}
+    result = {"note": args.note, "grid": None, "settings": args.settings}
     done = os.path.splitext(args.json)[0] + "-runs.jsonl"
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)   # the runs files go beside it
     if args.sim_tune:
         config, result["grid"] = tune(args.sim_tune, done=done.replace("-runs", "-tuning"))
+    for item in filter(None, (args.settings or "").split(",")):
+        key, _, value = item.partition("=")
+        config[key] = float(value)
     result["config"] = config
     print(f"auto settings: {config}", flush=True)
     report = {}
@@ -496,10 +508,39 @@ def ceilings_only(tables, note: str, no_record: bool, readers=("linear",)) -> No
                        f"prevalence {np.mean([v['prevalence'] for v in c.values()]):.4f}", "-")
 
 
+def rank_cost(path: str, note: str, no_record: bool, repeats: int = 2) -> None:
+    """--rank-cost: CPU seconds (user + system of this process, the fastest of ``repeats``) of ``rank_vectors`` with
+    the default settings and --propose 20 on every row of ``path``, with steering (the default) and without."""
+    from _record import machine, record as append_row
+
+    _, vectors, columns = read_embeddings(path, ("anomaly_kind",))
+    kinds = columns["anomaly_kind"]
+    rng = np.random.default_rng(0)
+    wanted = "merger" if "merger" in kinds else sorted(set(kinds.tolist()) - {"none"})[0]
+    positives = rng.choice(np.flatnonzero(kinds == wanted), 15, replace=False)
+    negatives = rng.choice(np.flatnonzero(kinds == "none"), 50, replace=False)
+    cpu, share = {}, RankSettings().steer
+    for steer in (0.0, share):
+        times = []
+        for _ in range(repeats):
+            started = time.process_time()
+            rank_vectors(vectors, positives, negatives, RankSettings(propose=PER_ROUND, steer=steer))
+            times.append(time.process_time() - started)
+        cpu[steer] = min(times)
+    plain, steered = cpu[0.0], cpu[share]
+    print(f"{len(vectors)} rows: {steered:.1f} CPU-s steered ({share}), {plain:.1f} not", flush=True)
+    if not no_record:
+        append_row(f"gal-ood rank --propose {PER_ROUND}: CPU-s of one ranking (rank_vectors, default settings, 15 "
+                   f"positives and 50 negatives), {len(vectors):,} rows of {os.path.basename(path)}, fastest of "
+                   f"{repeats}; {note}; {machine()}", f"steer {share}: {steered:.1f} CPU-s", f"steer 0: {plain:.1f} "
+                   f"CPU-s", f"{steered / plain:.2f}x")
+
+
 def record(result: dict, config: dict) -> None:
     from _record import machine, record as append_row
 
-    setting = ("auto settings chosen on the tuning table: " + ", ".join(f"{k} {v}" for k, v in config.items())
+    by_hand = f" ({result['settings']} set by --settings)" if result.get("settings") else ""
+    setting = (f"auto settings chosen on the tuning table{by_hand}: " + ", ".join(f"{k} {v}" for k, v in config.items())
                + f"; {result['note']}")
     for part, title in (("sim", "gal-sim test table, mean over the 7 anomaly kinds x seeds"),
                         ("gz1", "Galaxy Zoo 1, merger and edge_on, x seeds")):

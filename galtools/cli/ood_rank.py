@@ -89,11 +89,14 @@ echo "1234,1,$(date -u +%FT%T)" >> labels.csv   # a yes; then rank again"""
 @click.option("--explore", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Acquisition: score + EXPLORE x the spread of an ensemble of linear models (0: the best "
                    "scores only).")
+@click.option("--steer", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="--method auto: share of the choice of --propose given to an RBF-kernel model of the labels, "
+                   "which finds wanted objects no hyperplane separates (0: off; the score is the same either way).")
 @click.option("--montage", metavar="PNG", help="Draw the proposed objects (--propose N, default 16) from --images.")
 @click.option("--images", metavar="CUTOUTS", help="Cutout table holding the pictures for --montage.")
 @seed_option
 @output_options(default=None)
-def rank(emb, labels_path, method, propose, explore, montage, images, seed, output, fmt, overwrite):
+def rank(emb, labels_path, method, propose, explore, steer, montage, images, seed, output, fmt, overwrite):
     """Rank every object of EMB (an embedding table) by how likely it is to be what the positive LABELS are.
 
     Writes one row per object, best first: score, rank (1 = best), proposed (1..N: the order in which to label
@@ -116,7 +119,8 @@ def rank(emb, labels_path, method, propose, explore, montage, images, seed, outp
     from galtools.ood.rank import RankSettings, rank_table
 
     propose, output = montage_count(montage, images, propose, output)
-    settings = RankSettings(method=method, propose=propose, explore=explore, seed=seed or 0).validate()
+    settings = RankSettings(method=method, propose=propose, explore=explore, steer=steer,
+                            seed=seed or 0).validate()
     writing = prepare_output(output or "-", fmt, overwrite, pictures=[montage], slurm=False,
                              table=output is not None)
     labels = read_labels(labels_path, display_name(labels_path))
