@@ -62,7 +62,7 @@ class RankSettings:
     alpha: float = 0.9             # label spreading: weight of the neighbours against the labels
     graph_rows: int = 50000        # the graph covers the labelled rows and the best-scored others, up to this many
     steer: float = 0.5             # share of the acquisition from the cross-fitted kernel model (0: off)
-    landmarks: int = 500           # Nystroem landmarks of the kernel model (its cost: O(N x landmarks))
+    landmarks: int = 500           # Nystroem landmarks of the kernel model (cost: O(N x landmarks x dimension))
     kernel_gamma: float = 2.0      # RBF kernel exp(-kernel_gamma d^2 / median d^2) on the unit vectors
     seed: int = 0
 
@@ -201,9 +201,10 @@ def steering_scores(vectors: np.ndarray, positives: np.ndarray, negatives: np.nd
     kernel (Williams & Seeger 2001; ``landmarks`` rows of a 1,000-row sample, the width from that sample's median
     squared distance), cross-fitted: the unlabelled sample is cut in STEER_FOLDS folds and each fold is scored by
     the model fitted without it, so no unlabelled object is scored by a model that saw it as a negative; the other
-    rows by the mean of the fold models.  Scored in blocks: O(N x landmarks).  None for tables too small to
-    cross-fit."""
+    rows by the mean of the fold models, folded into the kernel (K(x, landmarks) @ weights) and scored in blocks:
+    O(N x landmarks x dimension).  None for tables too small to cross-fit."""
     from sklearn.kernel_approximation import Nystroem
+    from sklearn.metrics.pairwise import rbf_kernel
 
     n = len(vectors)
     rng = np.random.default_rng(settings.seed + 1)
@@ -212,7 +213,8 @@ def steering_scores(vectors: np.ndarray, positives: np.ndarray, negatives: np.nd
     sample = rng.permutation(sample)
     if len(sample) < 2 * STEER_FOLDS:
         return None
-    draw = vectors[np.random.default_rng(settings.seed + 2).choice(n, min(n, 1000), replace=False)]
+    draw = vectors[np.random.default_rng(settings.seed + 2).choice(n, min(n, max(1000, settings.landmarks)),
+                                                                   replace=False)]
     draw = draw.astype(np.float64)
     squared = np.clip(2 - 2 * draw @ draw.T, 0, None)[np.triu_indices(len(draw), 1)]
     landmarks = draw[: settings.landmarks]
@@ -232,11 +234,15 @@ def steering_scores(vectors: np.ndarray, positives: np.ndarray, negatives: np.nd
         out[sample[fold == k]] = unlabelled[fold == k] @ coef + intercept
         coefs.append(coef)
         intercepts.append(intercept)
-    coef, intercept = np.mean(coefs, axis=0), float(np.mean(intercepts))
-    rest = np.setdiff1d(np.arange(n), sample)
-    for start in range(0, len(rest), 65536):
-        block = rest[start:start + 65536]
-        out[block] = mapped(block) @ coef + intercept
+    # the mean model on the map K(x, landmarks) @ normalization.T, folded: one kernel row per object, no map
+    weights = kernel.normalization_.T @ np.mean(coefs, axis=0)
+    intercept = float(np.mean(intercepts))
+    rest = np.ones(n, bool)
+    rest[sample] = False
+    rest = np.flatnonzero(rest)
+    for start in range(0, len(rest), 16384):
+        block = vectors[rest[start:start + 16384]].astype(np.float64)
+        out[rest[start:start + 16384]] = rbf_kernel(block, kernel.components_, gamma=kernel.gamma) @ weights + intercept
     return out
 
 
